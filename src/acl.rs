@@ -1,0 +1,1 @@
+//! acl: placeholder, owned by its issue.

@@ -1,0 +1,1 @@
+//! broker: placeholder, owned by its issue.

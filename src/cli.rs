@@ -1,0 +1,152 @@
+//! The command-line contract (clap derive): global `--manifest`/`--state` and one
+//! subcommand per verb. It only describes arguments; `commands` does the work.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "moat", version, about = "A locked-down MQTT broker appliance")]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct GlobalArgs {
+    /// The manifest (YAML) describing users, devices and rules.
+    #[arg(
+        long,
+        global = true,
+        env = "MOAT_MANIFEST",
+        default_value = "moat.yaml"
+    )]
+    pub manifest: PathBuf,
+    /// The state directory: keys, certificates, hashes, the database.
+    #[arg(long, global = true, env = "MOAT_STATE", default_value = "moat-state")]
+    pub state: PathBuf,
+    /// Machine-readable output where a command supports it.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Write a commented starter manifest with a `homeassistant` user.
+    Init(InitArgs),
+    /// Generate (or read from stdin) a password and print its argon2id hash.
+    Passwd(PasswdArgs),
+    /// Validate the manifest and print who may publish and subscribe to what.
+    Check(CheckArgs),
+    /// Create or renew the CA, server and device certificates (idempotent).
+    Provision,
+    /// Run the broker.
+    Serve(ServeArgs),
+    /// Ask a running broker to re-read its manifest (SIGHUP).
+    Reload(ReloadArgs),
+    /// Render, check or apply the nftables ruleset.
+    Firewall(FirewallArgs),
+    /// Audit this setup and print PASS/WARN/FAIL lines.
+    Doctor(DoctorArgs),
+    /// First boot of the appliance: import the manifest from the boot partition.
+    Firstboot(FirstbootArgs),
+    /// Print client settings for an identity (Home Assistant, Zigbee2MQTT, ...).
+    Export(ExportArgs),
+    /// Write a backup archive of the state directory.
+    Backup(BackupArgs),
+    /// Drive an MQTT broker with load and report throughput, latency and memory.
+    Bench(BenchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// Where to write the manifest (defaults to --manifest).
+    pub path: Option<PathBuf>,
+    /// Overwrite an existing file.
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct PasswdArgs {
+    /// The user or device whose password this is.
+    pub name: String,
+    /// Read the password from standard input instead of generating one.
+    #[arg(long)]
+    pub stdin: bool,
+    /// Write the hash into the manifest in place, keeping comments and layout.
+    #[arg(long)]
+    pub write: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Explain whether NAME may publish and subscribe TOPIC, and which rule decides.
+    #[arg(long, num_args = 2, value_names = ["NAME", "TOPIC"])]
+    pub explain: Option<Vec<String>>,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Write the PID here (used by `moat reload`).
+    #[arg(long)]
+    pub pid_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct ReloadArgs {
+    /// The PID file written by `moat serve --pid-file`.
+    #[arg(long)]
+    pub pid_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct FirewallArgs {
+    /// Validate the ruleset with `nft -c` instead of printing it.
+    #[arg(long, conflicts_with = "apply")]
+    pub check: bool,
+    /// Load the ruleset atomically with `nft -f`.
+    #[arg(long)]
+    pub apply: bool,
+    /// Also restrict outbound traffic to the LAN, DNS and NTP.
+    #[arg(long)]
+    pub egress: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// Also ask the router (UPnP IGD) for port mappings that point at this host.
+    #[arg(long)]
+    pub upnp: bool,
+    /// Probe the broker listening here (host:port) over loopback.
+    #[arg(long)]
+    pub probe: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct FirstbootArgs {
+    /// The mounted boot (FAT) partition holding `moat.yaml`.
+    #[arg(long, default_value = "/boot/firmware")]
+    pub boot: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// The identity to export settings for.
+    pub name: String,
+}
+
+#[derive(Debug, Args)]
+pub struct BackupArgs {
+    /// The archive to write.
+    pub output: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Arguments for the load generator (see `moat bench -- --help`).
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    pub args: Vec<String>,
+}

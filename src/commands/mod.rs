@@ -1,0 +1,53 @@
+//! The CLI edge: one module per subcommand, each turning arguments into calls on the
+//! library and results into human (or `--json`) output and an exit code. This is the
+//! only place `anyhow` is used; everything below returns typed errors.
+
+use std::process::ExitCode;
+
+use crate::cli::{Cli, Command};
+
+pub mod backup;
+pub mod bench;
+pub mod check;
+pub mod doctor;
+pub mod export;
+pub mod firewall;
+pub mod firstboot;
+pub mod init;
+pub mod passwd;
+pub mod provision;
+pub mod reload;
+pub mod serve;
+
+/// Exit code for success.
+pub const EXIT_OK: u8 = 0;
+/// Exit code for a finding or a refusal (`check`, `doctor`) and for failures.
+pub const EXIT_FINDING: u8 = 1;
+/// Exit code for bad usage.
+pub const EXIT_USAGE: u8 = 2;
+
+/// Runs the parsed command line and maps its outcome to the process exit code.
+pub fn dispatch(cli: Cli) -> ExitCode {
+    let g = &cli.global;
+    let outcome = match &cli.command {
+        Command::Init(a) => init::run(g, a),
+        Command::Passwd(a) => passwd::run(g, a),
+        Command::Check(a) => check::run(g, a),
+        Command::Provision => provision::run(g),
+        Command::Serve(a) => serve::run(g, a),
+        Command::Reload(a) => reload::run(g, a),
+        Command::Firewall(a) => firewall::run(g, a),
+        Command::Doctor(a) => doctor::run(g, a),
+        Command::Firstboot(a) => firstboot::run(g, a),
+        Command::Export(a) => export::run(g, a),
+        Command::Backup(a) => backup::run(g, a),
+        Command::Bench(a) => bench::run(g, a),
+    };
+    match outcome {
+        Ok(code) => ExitCode::from(code),
+        Err(err) => {
+            eprintln!("moat: error: {err:#}");
+            ExitCode::from(EXIT_FINDING)
+        }
+    }
+}

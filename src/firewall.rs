@@ -1,0 +1,1 @@
+//! firewall: placeholder, owned by its issue.

@@ -1,0 +1,19 @@
+//! moat: a locked-down MQTT broker appliance for smart homes.
+//!
+//! The library holds every layer; `main.rs` only dispatches the CLI. Layers point
+//! down: `protocol` knows nothing of sessions or sockets, `broker` nothing of TLS or
+//! sockets, `manifest` nothing of the runtime.
+#![forbid(unsafe_code)]
+
+pub mod acl;
+pub mod auth;
+pub mod broker;
+pub mod cli;
+pub mod commands;
+pub mod firewall;
+pub mod manifest;
+pub mod net;
+pub mod pki;
+pub mod policy;
+pub mod protocol;
+pub mod store;

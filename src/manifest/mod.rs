@@ -1,0 +1,1 @@
+//! manifest: placeholder, owned by its issue.

@@ -1,0 +1,1 @@
+//! net: placeholder, owned by its issue.

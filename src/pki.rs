@@ -1,0 +1,1 @@
+//! pki: placeholder, owned by its issue.

@@ -1,0 +1,1 @@
+//! policy: placeholder, owned by its issue.

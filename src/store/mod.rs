@@ -1,0 +1,1 @@
+//! store: placeholder, owned by its issue.
