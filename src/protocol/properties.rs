@@ -411,6 +411,91 @@ fn encode_body<S: Sink>(
     Ok(())
 }
 
+/// Clears every property `context` does not allow (and extra Subscription
+/// Identifiers in a SUBSCRIBE): what an encode-then-decode round trip keeps.
+#[cfg(test)]
+pub(crate) fn restrict(props: &mut Properties, context: Context) {
+    fn keep<T>(value: &mut Option<T>, context: Context, id: u8) {
+        if !context.allows(id) {
+            *value = None;
+        }
+    }
+    keep(
+        &mut props.payload_format_indicator,
+        context,
+        PAYLOAD_FORMAT_INDICATOR,
+    );
+    keep(
+        &mut props.message_expiry_interval,
+        context,
+        MESSAGE_EXPIRY_INTERVAL,
+    );
+    keep(&mut props.content_type, context, CONTENT_TYPE);
+    keep(&mut props.response_topic, context, RESPONSE_TOPIC);
+    keep(&mut props.correlation_data, context, CORRELATION_DATA);
+    keep(
+        &mut props.session_expiry_interval,
+        context,
+        SESSION_EXPIRY_INTERVAL,
+    );
+    keep(
+        &mut props.assigned_client_identifier,
+        context,
+        ASSIGNED_CLIENT_IDENTIFIER,
+    );
+    keep(&mut props.server_keep_alive, context, SERVER_KEEP_ALIVE);
+    keep(
+        &mut props.authentication_method,
+        context,
+        AUTHENTICATION_METHOD,
+    );
+    keep(&mut props.authentication_data, context, AUTHENTICATION_DATA);
+    keep(
+        &mut props.request_problem_information,
+        context,
+        REQUEST_PROBLEM_INFORMATION,
+    );
+    keep(&mut props.will_delay_interval, context, WILL_DELAY_INTERVAL);
+    keep(
+        &mut props.request_response_information,
+        context,
+        REQUEST_RESPONSE_INFORMATION,
+    );
+    keep(
+        &mut props.response_information,
+        context,
+        RESPONSE_INFORMATION,
+    );
+    keep(&mut props.server_reference, context, SERVER_REFERENCE);
+    keep(&mut props.reason_string, context, REASON_STRING);
+    keep(&mut props.receive_maximum, context, RECEIVE_MAXIMUM);
+    keep(&mut props.topic_alias_maximum, context, TOPIC_ALIAS_MAXIMUM);
+    keep(&mut props.topic_alias, context, TOPIC_ALIAS);
+    keep(&mut props.maximum_qos, context, MAXIMUM_QOS);
+    keep(&mut props.retain_available, context, RETAIN_AVAILABLE);
+    keep(&mut props.maximum_packet_size, context, MAXIMUM_PACKET_SIZE);
+    keep(
+        &mut props.wildcard_subscription_available,
+        context,
+        WILDCARD_SUBSCRIPTION_AVAILABLE,
+    );
+    keep(
+        &mut props.subscription_identifiers_available,
+        context,
+        SUBSCRIPTION_IDENTIFIER_AVAILABLE,
+    );
+    keep(
+        &mut props.shared_subscription_available,
+        context,
+        SHARED_SUBSCRIPTION_AVAILABLE,
+    );
+    if !context.allows(SUBSCRIPTION_IDENTIFIER) {
+        props.subscription_identifiers.clear();
+    } else if context == Context::Subscribe {
+        props.subscription_identifiers.truncate(1);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
