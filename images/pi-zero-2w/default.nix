@@ -50,9 +50,11 @@ in
   # initrd modules (ahci, sun4i-drm, pcie-brcmstb...) the Pi kernel lacks.
   hardware.enableAllHardware = lib.mkForce false;
   hardware.enableRedistributableFirmware = lib.mkForce false;
-  # Only the Broadcom Wi-Fi firmware (CYW43436 / brcmfmac43436*). mkDefault: newer
-  # nixos-hardware ships its own matching package in hardware.firmware, which wins.
-  hardware.firmware = lib.mkDefault [ pkgs.raspberrypiWirelessFirmware ];
+  # Only the Broadcom Wi-Fi firmware (CYW43436 / brcmfmac43436*), plus the regulatory
+  # database that networking.wireless adds. Not mkDefault: any plain definition (that
+  # wireless-regdb one) would silently drop it. Newer nixos-hardware adds its own copy;
+  # the list merges and the first file of a name wins.
+  hardware.firmware = [ pkgs.raspberrypiWirelessFirmware ];
 
   # The Zero 2 W device tree: the vendor kernel installs bcm2710-rpi-zero-2-w.dtb and
   # a copy under the upstream name U-Boot looks for; name it explicitly in
