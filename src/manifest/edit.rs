@@ -258,3 +258,70 @@ mod tests {
         );
     }
 }
+
+/// Writes `text` to `path` atomically: a temporary file in the same directory, synced,
+/// then renamed over `path`. An existing file's permission bits are kept; a new file
+/// is created 0600 (a manifest holds password hashes).
+pub fn write_atomically(path: &std::path::Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+
+    let mode = match std::fs::metadata(path) {
+        Ok(meta) => meta.permissions().mode() & 0o7777,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0o600,
+        Err(e) => return Err(e),
+    };
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => std::path::PathBuf::from("."),
+    };
+    let file_name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "manifest".to_string());
+    let tmp = dir.join(format!(".{file_name}.moat-tmp-{}", std::process::id()));
+    let result = (|| {
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&tmp)?;
+        // `mode` is filtered by the umask on creation; set it exactly.
+        file.set_permissions(std::fs::Permissions::from_mode(mode))?;
+        file.write_all(text.as_bytes())?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        std::fs::File::open(&dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+#[cfg(test)]
+mod write_tests {
+    use super::write_atomically;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn keeps_the_mode_of_an_existing_file_and_creates_new_ones_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let fresh = dir.path().join("new.yaml");
+        write_atomically(&fresh, "a: 1\n").unwrap();
+        let mode = std::fs::metadata(&fresh).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let existing = dir.path().join("old.yaml");
+        std::fs::write(&existing, "x").unwrap();
+        std::fs::set_permissions(&existing, std::fs::Permissions::from_mode(0o640)).unwrap();
+        write_atomically(&existing, "b: 2\n").unwrap();
+        assert_eq!(std::fs::read_to_string(&existing).unwrap(), "b: 2\n");
+        let mode = std::fs::metadata(&existing).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o640);
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            2,
+            "no temp file left"
+        );
+    }
+}

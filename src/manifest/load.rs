@@ -119,26 +119,29 @@ pub fn load_for_firstboot(path: &Path) -> Result<Loaded, ManifestError> {
 
 /// Reads `path` with a size cap, then [`parse_str`].
 pub fn load_with(path: &Path, options: LoadOptions) -> Result<Loaded, ManifestError> {
+    let text = read_text(path)?;
+    parse_str(&text, &path.display().to_string(), options)
+}
+
+/// Reads a manifest's text: at most one byte over the budget (so an oversized file is
+/// still reported as such by [`parse_str`]), and valid UTF-8.
+pub fn read_text(path: &Path) -> Result<String, ManifestError> {
     let name = path.display().to_string();
-    let text = read_bounded(path).map_err(|source| ManifestError::Io {
+    let bytes = read_bounded(path).map_err(|source| ManifestError::Io {
         path: name.clone(),
         source,
     })?;
-    let text = match String::from_utf8(text) {
-        Ok(text) => text,
-        Err(err) => {
-            let valid = err.utf8_error().valid_up_to();
-            let bytes = err.into_bytes();
-            let prefix = String::from_utf8_lossy(&bytes[..valid]).into_owned();
-            let (line, column) = line_column_at(&prefix, prefix.len());
-            return Err(invalid(
-                &name,
-                &prefix,
-                vec![(line, column, "the manifest is not valid UTF-8".to_string())],
-            ));
-        }
-    };
-    parse_str(&text, &name, options)
+    String::from_utf8(bytes).map_err(|err| {
+        let valid = err.utf8_error().valid_up_to();
+        let bytes = err.into_bytes();
+        let prefix = String::from_utf8_lossy(&bytes[..valid]).into_owned();
+        let (line, column) = line_column_at(&prefix, prefix.len());
+        invalid(
+            &name,
+            &prefix,
+            vec![(line, column, "the manifest is not valid UTF-8".to_string())],
+        )
+    })
 }
 
 fn read_bounded(path: &Path) -> std::io::Result<Vec<u8>> {

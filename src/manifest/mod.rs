@@ -11,10 +11,10 @@ pub mod schema;
 pub mod starter;
 pub mod validate;
 
-pub use edit::{EditError, set_password_hash};
+pub use edit::{EditError, set_password_hash, write_atomically};
 pub use load::{
     Diagnostic, LoadOptions, Loaded, MAX_MANIFEST_BYTES, ManifestError, Warning, load,
-    load_for_firstboot, load_with, parse_str,
+    load_for_firstboot, load_with, parse_str, read_text,
 };
 pub use schema::Manifest;
 pub use starter::{StarterScope, starter_manifest};
