@@ -3,5 +3,7 @@
 //! credentials, never sockets or sessions.
 
 pub mod hash;
+pub mod verify;
 
 pub use hash::{HashError, generate_password, hash_password};
+pub use verify::{HashKind, VerifyError, check_stored_hash, is_weak_import, verify_password};
