@@ -7,9 +7,11 @@ pub mod cache;
 pub mod hash;
 pub mod lockout;
 pub mod pool;
+pub mod secret_file;
 pub mod verify;
 
 pub use hash::{HashError, generate_password, hash_password};
 pub use lockout::LockoutConfig;
 pub use pool::{AuthConfig, AuthError, AuthStats, Authenticator};
+pub use secret_file::{SecretFileError, hash_for_secret_file};
 pub use verify::{HashKind, VerifyError, check_stored_hash, is_weak_import, verify_password};
