@@ -113,7 +113,7 @@ pub enum Outcome {
 
 impl fmt::Display for Outcome {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
+        f.pad(match self {
             Outcome::Created => "created",
             Outcome::Renewed => "renewed",
             Outcome::Kept => "kept",
@@ -355,3 +355,6 @@ impl Validity {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests;
