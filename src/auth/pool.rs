@@ -487,4 +487,54 @@ mod tests {
         );
         assert!(started.elapsed() >= Duration::from_millis(200));
     }
+
+    /// Collects formatted log output for assertions.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn every_attempt_writes_one_audit_line_without_the_password() {
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_max_level(tracing::Level::INFO)
+            .with_writer(move || writer.clone())
+            .finish();
+        let _guard = tracing::subscriber::set_default(subscriber);
+
+        let auth = Authenticator::new(fast_config());
+        let stored = cheap_hash(b"Tr0ub4dor");
+        let _ = auth
+            .verify("alice", Some(&stored), b"Tr0ub4dor", PEER)
+            .await;
+        let _ = auth
+            .verify("alice", Some(&stored), b"Tr0ub4dor", PEER)
+            .await;
+        let _ = auth
+            .verify("alice\nforged", Some(&stored), b"Tr0ub4dox", PEER)
+            .await;
+        let _ = auth.verify("ghost", None, b"Tr0ub4dor", OTHER_PEER).await;
+
+        let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+        let audit: Vec<&str> = text.lines().filter(|l| l.contains("moat::audit")).collect();
+        assert_eq!(audit.len(), 4, "{text}");
+        assert!(audit[0].contains("outcome=\"accepted\"") && audit[0].contains("cached=false"));
+        assert!(audit[1].contains("cached=true"), "{}", audit[1]);
+        assert!(audit[2].contains("wrong password") && audit[2].contains("192.168.1.20"));
+        assert!(audit[3].contains("unknown user") && audit[3].contains("192.168.1.21"));
+        // The control character is escaped, so it cannot start a forged line.
+        assert!(audit[2].contains(r#"alice\nforged"#), "{}", audit[2]);
+        assert!(!text.contains("Tr0ub4do"), "a password reached the log");
+    }
 }
