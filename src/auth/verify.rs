@@ -88,7 +88,7 @@ pub fn check_stored_hash(stored: &str) -> Result<HashKind, VerifyError> {
 /// Verifies `password` against `stored`. `Ok(false)` means a wrong password; `Err` means
 /// the stored hash itself is unusable.
 pub fn verify_password(stored: &str, password: &[u8]) -> Result<bool, VerifyError> {
-    let computed = match parse(stored)? {
+    let (computed, expected) = match parse(stored)? {
         Parsed::Argon2id {
             params,
             version,
@@ -99,7 +99,7 @@ pub fn verify_password(stored: &str, password: &[u8]) -> Result<bool, VerifyErro
             Argon2::new(Algorithm::Argon2id, version, params)
                 .hash_password_into(password, &salt, &mut out)
                 .map_err(|e| VerifyError::Argon2(e.to_string()))?;
-            return Ok(constant_time_eq(&out, &expected));
+            (out, expected)
         }
         Parsed::Pbkdf2 {
             iterations,
@@ -114,12 +114,10 @@ pub fn verify_password(stored: &str, password: &[u8]) -> Result<bool, VerifyErro
             let mut hasher = Sha512::new();
             hasher.update(password);
             hasher.update(&salt);
-            let digest = hasher.finalize();
-            (Zeroizing::new(digest.to_vec()), expected)
+            (Zeroizing::new(hasher.finalize().to_vec()), expected)
         }
     };
-    let (out, expected) = computed;
-    Ok(constant_time_eq(&out, &expected))
+    Ok(constant_time_eq(&computed, &expected))
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
