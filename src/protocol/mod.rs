@@ -4,6 +4,7 @@
 
 pub mod packet;
 pub mod reason;
+pub mod topic;
 
 pub use packet::*;
 pub use reason::ReasonCode;

@@ -1,0 +1,215 @@
+//! MQTT topic names and topic filters: validation, matching, shared-subscription
+//! prefixes, and whether one filter covers another. Pure string rules from the MQTT
+//! specification (§4.7, §4.8.2); size limits are the broker's business, not this one's.
+
+/// Why a topic name or filter was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TopicError {
+    #[error("topic is empty")]
+    Empty,
+    #[error("topic name contains a wildcard (+ or #)")]
+    WildcardInName,
+    #[error("'#' must be the last level and stand alone")]
+    MisplacedMultiLevel,
+    #[error("'+' must stand alone in its level")]
+    MisplacedSingleLevel,
+    #[error("topic contains U+0000")]
+    NullCharacter,
+    #[error("shared subscription needs $share/<group>/<filter> with a group free of + # /")]
+    InvalidShare,
+}
+
+/// A topic name a PUBLISH may carry: non-empty, no wildcards, no U+0000.
+pub fn validate_topic_name(topic: &str) -> Result<(), TopicError> {
+    if topic.is_empty() {
+        return Err(TopicError::Empty);
+    }
+    if topic.contains('\0') {
+        return Err(TopicError::NullCharacter);
+    }
+    if topic.contains(['+', '#']) {
+        return Err(TopicError::WildcardInName);
+    }
+    Ok(())
+}
+
+/// A topic filter a SUBSCRIBE may carry (including a `$share/<group>/` prefix).
+pub fn validate_topic_filter(filter: &str) -> Result<(), TopicError> {
+    let inner = match parse_shared(filter)? {
+        Some((_, inner)) => inner,
+        None => filter,
+    };
+    validate_plain_filter(inner)
+}
+
+fn validate_plain_filter(filter: &str) -> Result<(), TopicError> {
+    if filter.is_empty() {
+        return Err(TopicError::Empty);
+    }
+    if filter.contains('\0') {
+        return Err(TopicError::NullCharacter);
+    }
+    let mut levels = filter.split('/').peekable();
+    while let Some(level) = levels.next() {
+        if level.contains('#') && (level != "#" || levels.peek().is_some()) {
+            return Err(TopicError::MisplacedMultiLevel);
+        }
+        if level.contains('+') && level != "+" {
+            return Err(TopicError::MisplacedSingleLevel);
+        }
+    }
+    Ok(())
+}
+
+/// Splits `$share/<group>/<filter>` into its group and filter; `None` for an ordinary
+/// filter. The group must be non-empty and free of wildcards; the filter non-empty.
+pub fn parse_shared(filter: &str) -> Result<Option<(&str, &str)>, TopicError> {
+    let Some(rest) = filter.strip_prefix("$share/") else {
+        return Ok(None);
+    };
+    let (group, inner) = rest.split_once('/').ok_or(TopicError::InvalidShare)?;
+    if group.is_empty() || group.contains(['+', '#']) || inner.is_empty() {
+        return Err(TopicError::InvalidShare);
+    }
+    Ok(Some((group, inner)))
+}
+
+/// Whether a (non-shared, valid) filter matches a topic name. Wildcards in the first
+/// level never match a topic that starts with `$` (MQTT-4.7.2-1).
+pub fn matches(filter: &str, topic: &str) -> bool {
+    if topic.starts_with('$') && filter.starts_with(['+', '#']) {
+        return false;
+    }
+    let mut topic_levels = topic.split('/');
+    for level in filter.split('/') {
+        if level == "#" {
+            return true;
+        }
+        match topic_levels.next() {
+            Some(t) if level == "+" || level == t => {}
+            _ => return false,
+        }
+    }
+    topic_levels.next().is_none()
+}
+
+/// Whether every topic that `requested` matches is also matched by `grant` (both
+/// valid, non-shared filters). Used to decide whether a subscription is allowed.
+pub fn covers(grant: &str, requested: &str) -> bool {
+    // A grant that starts with a wildcard never reaches `$`-topics, so it cannot
+    // cover a request for them. (A request that starts with a wildcard cannot reach
+    // `$`-topics either, so no special case is needed the other way round.)
+    if requested.starts_with('$') && grant.starts_with(['+', '#']) {
+        return false;
+    }
+    let mut requested_levels = requested.split('/');
+    for g in grant.split('/') {
+        if g == "#" {
+            return true;
+        }
+        match requested_levels.next() {
+            // `#` in the request reaches deeper than any single grant level.
+            Some("#") => return false,
+            Some("+") if g == "+" => {}
+            Some("+") => return false,
+            Some(r) if g == "+" || g == r => {}
+            _ => return false,
+        }
+    }
+    requested_levels.next().is_none()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topic_names() {
+        assert!(validate_topic_name("a/b").is_ok());
+        assert!(validate_topic_name("/").is_ok());
+        assert_eq!(validate_topic_name(""), Err(TopicError::Empty));
+        assert_eq!(validate_topic_name("a/+"), Err(TopicError::WildcardInName));
+        assert_eq!(validate_topic_name("a/#"), Err(TopicError::WildcardInName));
+        assert_eq!(validate_topic_name("a\0"), Err(TopicError::NullCharacter));
+    }
+
+    #[test]
+    fn topic_filters() {
+        for ok in [
+            "#",
+            "+",
+            "a/#",
+            "a/+/b",
+            "+/+",
+            "/",
+            "$SYS/#",
+            "$share/g/a/#",
+        ] {
+            assert!(validate_topic_filter(ok).is_ok(), "{ok}");
+        }
+        assert_eq!(
+            validate_topic_filter("a/#/b"),
+            Err(TopicError::MisplacedMultiLevel)
+        );
+        assert_eq!(
+            validate_topic_filter("a#"),
+            Err(TopicError::MisplacedMultiLevel)
+        );
+        assert_eq!(
+            validate_topic_filter("a/b+"),
+            Err(TopicError::MisplacedSingleLevel)
+        );
+        assert_eq!(validate_topic_filter(""), Err(TopicError::Empty));
+        assert_eq!(
+            validate_topic_filter("$share/g"),
+            Err(TopicError::InvalidShare)
+        );
+        assert_eq!(
+            validate_topic_filter("$share//a"),
+            Err(TopicError::InvalidShare)
+        );
+        assert_eq!(
+            validate_topic_filter("$share/g+/a"),
+            Err(TopicError::InvalidShare)
+        );
+    }
+
+    #[test]
+    fn shared_prefix() {
+        assert_eq!(parse_shared("$share/grp/a/+"), Ok(Some(("grp", "a/+"))));
+        assert_eq!(parse_shared("a/b"), Ok(None));
+    }
+
+    #[test]
+    fn matching() {
+        assert!(matches("a/+/c", "a/b/c"));
+        assert!(matches("a/#", "a"));
+        assert!(matches("a/#", "a/b/c"));
+        assert!(matches("+", "a"));
+        assert!(!matches("+", "a/b"));
+        assert!(matches("+/+", "/a"));
+        assert!(!matches("a/b", "a/b/c"));
+        assert!(!matches("a/b/c", "a/b"));
+        assert!(!matches("#", "$SYS/broker/uptime"));
+        assert!(!matches("+/broker/uptime", "$SYS/broker/uptime"));
+        assert!(matches("$SYS/#", "$SYS/broker/uptime"));
+    }
+
+    #[test]
+    fn coverage() {
+        assert!(covers("#", "a/b"));
+        assert!(covers("a/#", "a/+/c"));
+        assert!(covers("a/#", "a/#"));
+        assert!(covers("a/#", "a"));
+        assert!(covers("sensors/+/temp", "sensors/kitchen/temp"));
+        assert!(covers("sensors/+/temp", "sensors/+/temp"));
+        assert!(!covers("sensors/+/temp", "sensors/#"));
+        assert!(!covers("sensors/kitchen/temp", "sensors/+/temp"));
+        assert!(!covers("a/b", "a/b/c"));
+        assert!(!covers("#", "$SYS/#"));
+        assert!(covers("$SYS/#", "$SYS/broker/+"));
+        // `#` as a request reaches `$`-topics of nobody, so a `#` grant covers it.
+        assert!(covers("#", "#"));
+        assert!(!covers("a/+", "a/#"));
+    }
+}
