@@ -19,7 +19,10 @@ fn check(yaml: &str) -> (Option<i32>, String) {
         .env_remove("MOAT_MANIFEST")
         .output()
         .unwrap();
-    (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 /// Asserts rejection at `line`, and that the message mentions `needle`.
@@ -154,7 +157,9 @@ fn two_documents() {
 }
 
 fn with_user(name_line: &str) -> String {
-    format!("version: 1\nusers:\n  {name_line} # <-\n    role: observer\n    password_hash: \"HASH\"\n")
+    format!(
+        "version: 1\nusers:\n  {name_line} # <-\n    role: observer\n    password_hash: \"HASH\"\n"
+    )
 }
 
 #[test]
@@ -325,7 +330,10 @@ fn bad_cidr() {
 
 #[test]
 fn empty_networks() {
-    rejected("version: 1\nbroker:\n  networks: [] # <-\n", "no client could connect");
+    rejected(
+        "version: 1\nbroker:\n  networks: [] # <-\n",
+        "no client could connect",
+    );
 }
 
 #[test]
@@ -486,7 +494,10 @@ fn every_error_is_reported_not_just_the_first() {
     let (code, stderr) = check(&yaml);
     assert_eq!(code, Some(1));
     for line in [3, 7, 9] {
-        assert!(stderr.contains(&format!("line {line} column")), "line {line}:\n{stderr}");
+        assert!(
+            stderr.contains(&format!("line {line} column")),
+            "line {line}:\n{stderr}"
+        );
     }
     assert!(stderr.contains("3 errors in the manifest"), "{stderr}");
 }
