@@ -1,1 +1,0 @@
-//! pki: placeholder, owned by its issue.

@@ -1,0 +1,203 @@
+//! Provisioning against real tools: the certificates `moat::pki::provision` writes must
+//! satisfy `openssl verify` and show the planned names in `openssl x509 -text`; a second
+//! run changes no file; a state directory others can read is refused.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, SystemTime};
+
+use moat::pki::{self, Outcome, ProvisionPlan};
+
+fn plan() -> ProvisionPlan {
+    ProvisionPlan {
+        hostnames: vec!["moat.home.arpa".into()],
+        addresses: vec!["192.168.1.10".parse().unwrap(), "fd00::10".parse().unwrap()],
+        rsa_server_key: true,
+        certificate_devices: vec!["kitchen-sensor".into(), "plug-1".into()],
+    }
+}
+
+fn openssl(args: &[&str], dir: &Path) -> String {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl is installed");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "openssl {args:?} failed: {text}");
+    text
+}
+
+fn snapshot(dir: &Path) -> BTreeMap<PathBuf, (Vec<u8>, SystemTime, u32)> {
+    let mut files = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            let meta = fs::metadata(&path).unwrap();
+            if meta.is_dir() {
+                stack.push(path);
+            } else {
+                let mode = meta.permissions().mode();
+                files.insert(
+                    path.clone(),
+                    (fs::read(&path).unwrap(), meta.modified().unwrap(), mode),
+                );
+            }
+        }
+    }
+    files
+}
+
+#[test]
+fn openssl_accepts_the_chains_and_shows_the_names() {
+    let root = tempfile::tempdir().unwrap();
+    let state = root.path().join("state");
+    pki::provision(&state, &plan()).unwrap();
+
+    for cert in ["server.pem", "server-rsa.pem"] {
+        let out = openssl(
+            &["verify", "-CAfile", "ca.pem", "-purpose", "sslserver", cert],
+            &state,
+        );
+        assert!(out.contains(&format!("{cert}: OK")), "{out}");
+    }
+    for device in ["kitchen-sensor", "plug-1"] {
+        let dir = state.join("devices").join(device);
+        let out = openssl(
+            &[
+                "verify",
+                "-CAfile",
+                "ca.pem",
+                "-purpose",
+                "sslclient",
+                "cert.pem",
+            ],
+            &dir,
+        );
+        assert!(out.contains("cert.pem: OK"), "{out}");
+        let text = openssl(&["x509", "-noout", "-subject", "-in", "cert.pem"], &dir);
+        assert!(text.contains(&format!("CN = {device}")), "{text}");
+        // The key in the bundle belongs to the certificate.
+        let cert_pub = openssl(&["x509", "-noout", "-pubkey", "-in", "cert.pem"], &dir);
+        let key_pub = openssl(&["pkey", "-pubout", "-in", "key.pem"], &dir);
+        assert_eq!(cert_pub, key_pub);
+    }
+
+    let text = openssl(&["x509", "-noout", "-text", "-in", "server.pem"], &state);
+    for san in [
+        "DNS:moat.home.arpa",
+        "DNS:moat.local",
+        "DNS:localhost",
+        "IP Address:127.0.0.1",
+        "IP Address:0:0:0:0:0:0:0:1",
+        "IP Address:192.168.1.10",
+        "IP Address:FD00:0:0:0:0:0:0:10",
+    ] {
+        assert!(text.contains(san), "missing {san} in\n{text}");
+    }
+    assert!(text.contains("TLS Web Server Authentication"), "{text}");
+    assert!(text.contains("ASN1 OID: prime256v1"), "{text}");
+    let rsa_text = openssl(
+        &["x509", "-noout", "-text", "-in", "server-rsa.pem"],
+        &state,
+    );
+    assert!(rsa_text.contains("Public-Key: (2048 bit)"), "{rsa_text}");
+    let ca_text = openssl(&["x509", "-noout", "-text", "-in", "ca.pem"], &state);
+    assert!(ca_text.contains("CA:TRUE"), "{ca_text}");
+    assert!(ca_text.contains("Certificate Sign, CRL Sign"), "{ca_text}");
+    assert!(ca_text.contains("Subject: CN = moat CA "), "{ca_text}");
+}
+
+#[test]
+fn second_run_changes_no_file_and_keys_are_private() {
+    let root = tempfile::tempdir().unwrap();
+    let state = root.path().join("state");
+    pki::provision(&state, &plan()).unwrap();
+    let before = snapshot(&state);
+    for (path, (_, _, mode)) in &before {
+        let name = path.file_name().unwrap().to_string_lossy();
+        if name.ends_with(".key") || name == "key.pem" {
+            assert_eq!(mode & 0o777, 0o600, "{}", path.display());
+        }
+    }
+    let report = pki::provision(&state, &plan()).unwrap();
+    assert!(
+        report
+            .items
+            .iter()
+            .all(|item| item.outcome == Outcome::Kept)
+    );
+    assert_eq!(snapshot(&state), before);
+}
+
+#[test]
+fn renewal_far_in_the_future_keeps_the_key_and_still_verifies() {
+    let root = tempfile::tempdir().unwrap();
+    let state = root.path().join("state");
+    let now = SystemTime::now();
+    pki::provision_at(&state, &plan(), now).unwrap();
+    let key = fs::read(state.join("server.key")).unwrap();
+    let fingerprint = pki::rsa_fingerprint_sha1(&state).unwrap();
+    let later = now + Duration::from_secs(300 * 86_400);
+    let report = pki::provision_at(&state, &plan(), later).unwrap();
+    assert_eq!(report.outcome_of("server.pem"), Some(Outcome::Renewed));
+    assert_eq!(fs::read(state.join("server.key")).unwrap(), key);
+    assert_eq!(pki::rsa_fingerprint_sha1(&state).unwrap(), fingerprint);
+    // openssl checks validity against a given time.
+    let epoch = later
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        .to_string();
+    openssl(
+        &[
+            "verify",
+            "-attime",
+            &epoch,
+            "-CAfile",
+            "ca.pem",
+            "server.pem",
+        ],
+        &state,
+    );
+}
+
+#[test]
+fn world_readable_state_dir_is_refused() {
+    let root = tempfile::tempdir().unwrap();
+    let state = root.path().join("state");
+    fs::create_dir(&state).unwrap();
+    fs::set_permissions(&state, fs::Permissions::from_mode(0o755)).unwrap();
+    let err = pki::provision(&state, &plan()).unwrap_err().to_string();
+    assert!(err.contains("chmod 700"), "{err}");
+    assert!(err.contains(&state.display().to_string()), "{err}");
+}
+
+#[test]
+fn the_tls_stack_accepts_the_served_credentials() {
+    let root = tempfile::tempdir().unwrap();
+    let state = root.path().join("state");
+    pki::provision(&state, &plan()).unwrap();
+    let creds = pki::load_server_credentials(&state).unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let rsa = creds.rsa.expect("the plan asks for an RSA key");
+    for (chain, key) in [(creds.ecdsa_chain, creds.ecdsa_key), rsa] {
+        rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .unwrap();
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(creds.ca).unwrap();
+    assert_eq!(roots.len(), 1);
+}
