@@ -1,1 +1,64 @@
-//! firewall: placeholder, owned by its issue.
+//! firewall: the nftables ruleset that keeps everyone but the LAN away from the broker.
+//!
+//! It owns two jobs: rendering a complete, self-contained `table inet moat` from a
+//! [`FirewallSpec`] (pure text, in `render`), and handing that text to the `nft` binary to
+//! validate or load it (in `nft`). It does not read manifests or policies: the caller
+//! (`commands::firewall`) turns a compiled policy into a spec, so this module stays pure
+//! and the broker's admission check and the firewall are fed from the same network list.
+
+mod nft;
+mod render;
+
+use ipnet::IpNet;
+
+pub use nft::{Nft, apply, check};
+pub use render::render;
+
+/// The name of the nftables table moat owns; nothing else in the ruleset is touched.
+pub const TABLE: &str = "moat";
+
+/// The SSH port opened to the allowed networks when [`FirewallSpec::ssh`] is set.
+pub const SSH_PORT: u16 = 22;
+
+/// Everything the ruleset depends on, already compiled from the manifest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FirewallSpec {
+    /// The networks allowed to reach the broker (and SSH): IPv4 and IPv6 mixed.
+    pub networks: Vec<IpNet>,
+    /// The broker's TCP ports: the TLS listener, plus the plaintext one if declared.
+    pub broker_ports: Vec<u16>,
+    /// Accept SSH (port 22) from the allowed networks.
+    pub ssh: bool,
+    /// Accept multicast DNS (UDP 5353 to 224.0.0.251 / ff02::fb).
+    pub mdns: bool,
+    /// Accept DHCP and DHCPv6 replies (the host configures its address by DHCP).
+    pub dhcp_client: bool,
+    /// Restrict outbound traffic to the allowed networks, DNS, NTP, DHCP and ICMP.
+    pub egress: bool,
+}
+
+/// Why `nft` could not validate or load a ruleset.
+#[derive(Debug, thiserror::Error)]
+pub enum FirewallError {
+    /// The `nft` program (or its wrapper) could not be started.
+    #[error("cannot run `{program}` (is nftables installed?): {source}")]
+    Spawn {
+        program: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Writing the ruleset to `nft` or waiting for it failed.
+    #[error("talking to `{program}` failed: {source}")]
+    Io {
+        program: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// `nft` ran and refused the ruleset.
+    #[error("`{program}` rejected the ruleset ({status}): {stderr}")]
+    Rejected {
+        program: String,
+        status: std::process::ExitStatus,
+        stderr: String,
+    },
+}

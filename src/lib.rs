@@ -16,4 +16,5 @@ pub mod net;
 pub mod pki;
 pub mod policy;
 pub mod protocol;
+pub mod server;
 pub mod store;

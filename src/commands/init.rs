@@ -1,7 +1,47 @@
-//! `moat init`: not built yet.
+//! `moat init [PATH] [--force]`: writes the commented starter manifest with a
+//! `homeassistant` user. The generated password goes to stdout once; only its argon2id
+//! hash is written. An existing file is left alone unless `--force` is given.
 
+use std::io::Write;
+
+use anyhow::Context;
+
+use super::EXIT_FINDING;
+use crate::auth::{generate_password, hash_password};
 use crate::cli::{GlobalArgs, InitArgs};
+use crate::manifest::{LoadOptions, StarterScope, parse_str, starter_manifest, write_atomically};
 
-pub fn run(_global: &GlobalArgs, _args: &InitArgs) -> anyhow::Result<u8> {
-    anyhow::bail!("`moat init` is not implemented yet")
+pub fn run(global: &GlobalArgs, args: &InitArgs) -> anyhow::Result<u8> {
+    let path = args.path.as_ref().unwrap_or(&global.manifest);
+    if !args.force && std::fs::symlink_metadata(path).is_ok() {
+        eprintln!(
+            "moat: {} already exists; not overwriting it (use --force to replace it)",
+            path.display()
+        );
+        return Ok(EXIT_FINDING);
+    }
+    let password = generate_password().context("generating a password")?;
+    let hash = hash_password(password.as_bytes()).context("hashing the password")?;
+    let text = starter_manifest(&hash, StarterScope::Lan);
+    // The starter must always be a manifest `check` and `serve` accept.
+    parse_str(&text, &path.display().to_string(), LoadOptions::default())
+        .context("the starter manifest does not validate (a bug in moat)")?;
+    if !args.force {
+        // Claim the name first, so a file created meanwhile is not replaced.
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(path)
+            .with_context(|| format!("creating {}", path.display()))?;
+    }
+    write_atomically(path, &text).with_context(|| format!("writing {}", path.display()))?;
+    eprintln!(
+        "moat: wrote {} with the user `homeassistant`. Its password follows; it is shown only now:",
+        path.display()
+    );
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{password}")?;
+    out.flush()?;
+    eprintln!("moat: next: edit the file, then run `moat check` and `moat provision`.");
+    Ok(super::EXIT_OK)
 }

@@ -1,0 +1,1005 @@
+//! One client connection, from the first byte to the last: reads CONNECT within the
+//! deadline, authenticates through the [`Gatekeeper`], attaches the session, then
+//! runs the MQTT state machine (QoS flows, subscriptions, keepalive, topic aliases,
+//! will) and writes what the session's mailbox holds, batching frames into as few
+//! writes as it can. Generic over the byte stream: it knows nothing of TLS or sockets.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio_util::codec::{Decoder, Encoder};
+
+use crate::protocol::{
+    Ack, ConnAck, Connect, Disconnect, Packet, Properties, ProtocolVersion, Publish, QoS,
+    ReasonCode, SubAck, Subscribe, UnsubAck, Unsubscribe, topic,
+};
+use crate::protocol::{Codec, DecodeError, Role};
+
+use super::mailbox::{Message, Outbound, QueueLimits};
+use super::permissions::{Admission, Gatekeeper, PeerInfo};
+use super::session::{Kick, SessionLink};
+use super::{Attached, Broker, BrokerConfig, Incoming};
+
+/// Read buffer growth step; the codec bounds the total by the maximum packet size.
+const READ_CHUNK: usize = 8 * 1024;
+/// Once the write buffer holds this much, write it before draining more.
+const WRITE_BATCH: usize = 64 * 1024;
+/// Write buffers bigger than this are dropped when the connection goes idle.
+const IDLE_BUFFER_KEEP: usize = 16 * 1024;
+
+/// Why a connection ended, for the log line and the will.
+#[derive(Debug)]
+enum End {
+    /// DISCONNECT from the client; `with_will` for v5 reason 0x04.
+    Normal {
+        with_will: bool,
+        expiry: Option<u32>,
+    },
+    /// Anything else: the will is published.
+    Abnormal(String),
+}
+
+impl std::fmt::Display for End {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            End::Normal {
+                with_will: false, ..
+            } => write!(f, "normal disconnect"),
+            End::Normal {
+                with_will: true, ..
+            } => write!(f, "disconnect with will"),
+            End::Abnormal(why) => write!(f, "{why}"),
+        }
+    }
+}
+
+/// Runs one connection to completion. `connect_deadline` counts from accept, so the
+/// TLS handshake and CONNECT share one deadline.
+pub async fn run<S>(
+    mut stream: S,
+    peer: PeerInfo,
+    broker: Arc<Broker>,
+    gate: Arc<dyn Gatekeeper>,
+    connect_deadline: Instant,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let config = broker.config();
+    let mut codec = Codec::new(Role::Server, config.max_packet_size_before_auth);
+    let mut rbuf = BytesMut::with_capacity(1024);
+    let connect = match tokio::time::timeout_at(
+        connect_deadline.into(),
+        read_connect(&mut stream, &mut codec, &mut rbuf),
+    )
+    .await
+    {
+        Ok(Ok(connect)) => connect,
+        Ok(Err(reason)) => {
+            tracing::debug!(peer = %peer.addr, %reason, "connection closed before CONNECT");
+            refuse_early(&mut stream, &mut codec, &reason).await;
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(peer = %peer.addr, "no CONNECT before the deadline");
+            return;
+        }
+    };
+    let mut conn = match accept(
+        &mut stream,
+        &mut codec,
+        &peer,
+        &broker,
+        &*gate,
+        &config,
+        connect,
+    )
+    .await
+    {
+        Some(conn) => conn,
+        None => {
+            broker.stats.refused();
+            return;
+        }
+    };
+    let end = conn.run(&mut stream, &mut codec, &mut rbuf).await;
+    let log_end = end.to_string();
+    conn.finish(end);
+    tracing::info!(
+        target: "moat::audit",
+        peer = %peer.addr,
+        client_id = %conn.session.client_id,
+        identity = %conn.session.owner,
+        end = %log_end,
+        "disconnected"
+    );
+}
+
+/// Reads until a CONNECT is decoded (the codec refuses anything else first).
+async fn read_connect<S>(
+    stream: &mut S,
+    codec: &mut Codec,
+    rbuf: &mut BytesMut,
+) -> Result<Box<Connect>, EarlyEnd>
+where
+    S: AsyncRead + Unpin,
+{
+    loop {
+        match codec.decode(rbuf) {
+            Ok(Some(Packet::Connect(connect))) => return Ok(connect),
+            Ok(Some(_)) => return Err(EarlyEnd::Protocol(ReasonCode::ProtocolError)),
+            Ok(None) => {}
+            Err(e) => return Err(EarlyEnd::Decode(e)),
+        }
+        rbuf.reserve(READ_CHUNK.min(1024));
+        match stream.read_buf(rbuf).await {
+            Ok(0) => return Err(EarlyEnd::Closed),
+            Ok(_) => {}
+            Err(e) => return Err(EarlyEnd::Io(e.to_string())),
+        }
+    }
+}
+
+#[derive(Debug)]
+enum EarlyEnd {
+    Closed,
+    Io(String),
+    Decode(DecodeError),
+    Protocol(ReasonCode),
+}
+
+impl std::fmt::Display for EarlyEnd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            EarlyEnd::Closed => write!(f, "peer closed"),
+            EarlyEnd::Io(e) => write!(f, "i/o error: {e}"),
+            EarlyEnd::Decode(e) => write!(f, "bad packet: {e}"),
+            EarlyEnd::Protocol(r) => write!(f, "protocol error {r:?}"),
+        }
+    }
+}
+
+/// A CONNECT with an unsupported protocol level gets the CONNACK that says so, in
+/// the 3.1.1 format every client version can read (MQTT-3.1.2-2).
+async fn refuse_early<S>(stream: &mut S, _codec: &mut Codec, reason: &EarlyEnd)
+where
+    S: AsyncWrite + Unpin,
+{
+    if let EarlyEnd::Decode(e) = reason {
+        if e.reason_code() == ReasonCode::UnsupportedProtocolVersion {
+            let _ = stream.write_all(&[0x20, 0x02, 0x00, 0x01]).await;
+            let _ = stream.shutdown().await;
+        }
+    }
+}
+
+fn valid_client_id(id: &str, max_len: usize) -> bool {
+    !id.is_empty()
+        && id.len() <= max_len
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
+}
+
+fn random_client_id() -> String {
+    let mut bytes = [0u8; 12];
+    // Falling back to a time-based id only costs uniqueness, which attach() checks.
+    if getrandom::fill(&mut bytes).is_err() {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        bytes[..8].copy_from_slice(&(nanos as u64).to_le_bytes());
+    }
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!("moat-{hex}")
+}
+
+async fn send_connack<S>(
+    stream: &mut S,
+    codec: &mut Codec,
+    reason: ReasonCode,
+    properties: Properties,
+    session_present: bool,
+) where
+    S: AsyncWrite + Unpin,
+{
+    let mut out = BytesMut::new();
+    let packet = Packet::ConnAck(ConnAck {
+        session_present,
+        reason,
+        properties,
+    });
+    if codec.encode(&packet, &mut out).is_ok() {
+        let _ = stream.write_all(&out).await;
+        let _ = stream.flush().await;
+    }
+}
+
+async fn refuse_connect<S>(stream: &mut S, codec: &mut Codec, reason: ReasonCode, why: &str)
+where
+    S: AsyncWrite + Unpin,
+{
+    let properties = Properties {
+        reason_string: Some(why.to_owned()),
+        ..Properties::default()
+    };
+    send_connack(stream, codec, reason, properties, false).await;
+    let _ = stream.shutdown().await;
+}
+
+/// Validates and authenticates a CONNECT, attaches the session and answers CONNACK.
+async fn accept<S>(
+    stream: &mut S,
+    codec: &mut Codec,
+    peer: &PeerInfo,
+    broker: &Arc<Broker>,
+    gate: &dyn Gatekeeper,
+    config: &BrokerConfig,
+    mut connect: Box<Connect>,
+) -> Option<Connection>
+where
+    S: AsyncWrite + Unpin,
+{
+    let version = connect.protocol;
+    let mut assigned_id = None;
+    if connect.client_id.is_empty() {
+        if version == ProtocolVersion::V311 && !connect.clean_start {
+            refuse_connect(
+                stream,
+                codec,
+                ReasonCode::ClientIdentifierNotValid,
+                "empty client id needs clean session",
+            )
+            .await;
+            return None;
+        }
+        connect.client_id = random_client_id();
+        assigned_id = Some(connect.client_id.clone());
+    }
+    if !valid_client_id(&connect.client_id, config.max_client_id_length) {
+        refuse_connect(
+            stream,
+            codec,
+            ReasonCode::ClientIdentifierNotValid,
+            "client id must be 1-128 characters of A-Z a-z 0-9 . _ : -",
+        )
+        .await;
+        return None;
+    }
+    if connect.properties.authentication_method.is_some() {
+        refuse_connect(
+            stream,
+            codec,
+            ReasonCode::BadAuthenticationMethod,
+            "enhanced authentication is not supported",
+        )
+        .await;
+        return None;
+    }
+    let admission = match gate.admit(&connect, peer).await {
+        Ok(admission) => admission,
+        Err(reason) => {
+            refuse_connect(stream, codec, reason, "not authorized").await;
+            return None;
+        }
+    };
+    let Admission {
+        identity,
+        permissions,
+        limits,
+    } = admission;
+    if let Some(will) = &connect.will {
+        let allowed = check_topic_limits(&will.topic, config).is_ok()
+            && !will.topic.starts_with('$')
+            && permissions.may_publish(&connect.client_id, &will.topic)
+            && (!will.retain || permissions.may_retain());
+        if !allowed {
+            tracing::info!(target: "moat::audit", peer = %peer.addr, %identity, topic = %will.topic, "will topic not authorized");
+            refuse_connect(
+                stream,
+                codec,
+                ReasonCode::NotAuthorized,
+                "will topic not authorized",
+            )
+            .await;
+            return None;
+        }
+    }
+
+    let keepalive_cap = config.max_keepalive;
+    let keep_alive = if connect.keep_alive == 0 || connect.keep_alive > keepalive_cap {
+        keepalive_cap
+    } else {
+        connect.keep_alive
+    };
+    let expiry = match version {
+        ProtocolVersion::V5 => Duration::from_secs(u64::from(
+            connect.properties.session_expiry_interval.unwrap_or(0),
+        )),
+        ProtocolVersion::V311 if connect.clean_start => Duration::ZERO,
+        ProtocolVersion::V311 => config.max_session_expiry,
+    };
+    let client_receive_max = connect.properties.receive_maximum.unwrap_or(u16::MAX);
+    let queue_limits = QueueLimits {
+        max_messages: limits.max_queued_messages,
+        max_bytes: limits.max_queued_bytes,
+        max_inflight: config.max_inflight.min(client_receive_max).max(1),
+    };
+    codec.set_max_outgoing_packet_size(connect.properties.maximum_packet_size);
+    let kick = Kick::new();
+    let attached = match broker.attach(
+        &connect.client_id,
+        &identity,
+        connect.clean_start,
+        expiry,
+        Arc::clone(&permissions),
+        queue_limits,
+        Arc::clone(&kick),
+    ) {
+        Ok(attached) => attached,
+        Err(reason) => {
+            tracing::info!(target: "moat::audit", peer = %peer.addr, %identity, client_id = %connect.client_id, ?reason, "session refused");
+            refuse_connect(
+                stream,
+                codec,
+                reason,
+                "client id belongs to another identity or quota reached",
+            )
+            .await;
+            return None;
+        }
+    };
+    let Attached {
+        session,
+        session_present,
+        connection_id,
+    } = attached;
+
+    let mut properties = Properties::default();
+    if version == ProtocolVersion::V5 {
+        properties.receive_maximum = Some(config.max_inflight);
+        properties.maximum_packet_size = Some(limits.max_packet_size);
+        properties.topic_alias_maximum = Some(config.topic_alias_maximum);
+        properties.retain_available = Some(u8::from(permissions.may_retain()));
+        properties.wildcard_subscription_available = Some(1);
+        properties.subscription_identifiers_available = Some(1);
+        properties.shared_subscription_available = Some(1);
+        properties.assigned_client_identifier = assigned_id;
+        if keep_alive != connect.keep_alive {
+            properties.server_keep_alive = Some(keep_alive);
+        }
+        if let Some(requested) = connect.properties.session_expiry_interval {
+            let granted = u32::try_from(expiry.as_secs()).unwrap_or(u32::MAX);
+            if granted != requested {
+                properties.session_expiry_interval = Some(granted);
+            }
+        }
+    }
+    codec.set_max_incoming_packet_size(limits.max_packet_size);
+    send_connack(
+        stream,
+        codec,
+        ReasonCode::Success,
+        properties,
+        session_present,
+    )
+    .await;
+    tracing::info!(
+        target: "moat::audit",
+        peer = %peer.addr,
+        %identity,
+        client_id = %session.client_id,
+        protocol = ?version,
+        session_present,
+        "connected"
+    );
+    let will = connect.will.take();
+    Some(Connection {
+        version,
+        session,
+        connection_id,
+        kick,
+        keep_alive: Duration::from_secs(u64::from(keep_alive)),
+        will,
+        expiry_on_connect: connect.properties.session_expiry_interval.unwrap_or(0),
+        aliases: HashMap::new(),
+        incoming_qos2: HashSet::new(),
+        config: broker.config(),
+        broker: Arc::clone(broker),
+    })
+}
+
+/// Checks a topic name against the broker's size limits.
+fn check_topic_limits(topic: &str, config: &BrokerConfig) -> Result<(), ReasonCode> {
+    if topic.len() > config.max_topic_length || topic.split('/').count() > config.max_topic_levels {
+        return Err(ReasonCode::TopicNameInvalid);
+    }
+    Ok(())
+}
+
+fn check_user_properties(properties: &Properties, config: &BrokerConfig) -> Result<(), ReasonCode> {
+    let count = properties.user_properties.len();
+    let bytes: usize = properties
+        .user_properties
+        .iter()
+        .map(|(k, v)| k.len() + v.len())
+        .sum();
+    if count > config.max_user_properties || bytes > config.max_user_property_bytes {
+        return Err(ReasonCode::ImplementationSpecificError);
+    }
+    Ok(())
+}
+
+struct Connection {
+    version: ProtocolVersion,
+    session: Arc<SessionLink>,
+    connection_id: u64,
+    kick: Arc<Kick>,
+    keep_alive: Duration,
+    will: Option<crate::protocol::Will>,
+    expiry_on_connect: u32,
+    /// Topic aliases the client set (v5), bounded by topic_alias_maximum.
+    aliases: HashMap<u16, String>,
+    /// QoS 2 packet ids received and acknowledged with PUBREC, awaiting PUBREL.
+    incoming_qos2: HashSet<u16>,
+    config: Arc<BrokerConfig>,
+    broker: Arc<Broker>,
+}
+
+/// A protocol violation: close with this v5 reason.
+struct Violation(ReasonCode, &'static str);
+
+impl Connection {
+    async fn run<S>(&mut self, stream: &mut S, codec: &mut Codec, rbuf: &mut BytesMut) -> End
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send,
+    {
+        let mut wbuf = BytesMut::with_capacity(4096);
+        let mut outbound = Vec::new();
+        // 1.5 times the keepalive (MQTT-3.1.2-24).
+        let grace = self.keep_alive + self.keep_alive / 2;
+        let mut last_heard = Instant::now();
+        loop {
+            // Answer what was read, then drain the mailbox, in one write.
+            self.fill_from_mailbox(codec, &mut outbound, &mut wbuf);
+            if !wbuf.is_empty() {
+                let deadline = last_heard + grace;
+                tokio::select! {
+                    result = stream.write_all(&wbuf) => {
+                        if let Err(e) = result {
+                            return End::Abnormal(format!("write failed: {e}"));
+                        }
+                    }
+                    reason = self.kick.kicked() => return self.kicked(stream, codec, reason).await,
+                    _ = tokio::time::sleep_until(deadline.into()) => {
+                        return End::Abnormal("client stopped reading (keepalive)".into());
+                    }
+                }
+                wbuf.clear();
+                if wbuf.capacity() > IDLE_BUFFER_KEEP {
+                    wbuf = BytesMut::with_capacity(4096);
+                }
+                if let Err(e) = stream.flush().await {
+                    return End::Abnormal(format!("flush failed: {e}"));
+                }
+            }
+            if rbuf.is_empty() && rbuf.capacity() > IDLE_BUFFER_KEEP {
+                *rbuf = BytesMut::with_capacity(1024);
+            }
+            rbuf.reserve(READ_CHUNK);
+            let deadline = last_heard + grace;
+            tokio::select! {
+                reason = self.kick.kicked() => return self.kicked(stream, codec, reason).await,
+                read = stream.read_buf(rbuf) => {
+                    match read {
+                        Ok(0) => return End::Abnormal("connection closed without DISCONNECT".into()),
+                        Ok(_) => last_heard = Instant::now(),
+                        Err(e) => return End::Abnormal(format!("read failed: {e}")),
+                    }
+                    loop {
+                        match codec.decode(rbuf) {
+                            Ok(Some(packet)) => match self.handle(packet, codec, &mut wbuf) {
+                                Ok(None) => {}
+                                Ok(Some(end)) => return end,
+                                Err(Violation(reason, why)) => {
+                                    return self.violation(stream, codec, &mut wbuf, reason, why).await;
+                                }
+                            },
+                            Ok(None) => break,
+                            Err(e) => {
+                                let reason = e.reason_code();
+                                let why = e.to_string();
+                                tracing::info!(client_id = %self.session.client_id, error = %why, "malformed packet");
+                                return self.violation(stream, codec, &mut wbuf, reason, "malformed packet").await;
+                            }
+                        }
+                        if wbuf.len() >= WRITE_BATCH {
+                            break;
+                        }
+                    }
+                }
+                _ = self.session.mailbox.ready() => {}
+                _ = tokio::time::sleep_until(deadline.into()) => {
+                    let _ = self.send_disconnect(stream, codec, ReasonCode::KeepAliveTimeout, None).await;
+                    return End::Abnormal("keepalive timeout".into());
+                }
+            }
+        }
+    }
+
+    async fn kicked<S>(&self, stream: &mut S, codec: &mut Codec, reason: ReasonCode) -> End
+    where
+        S: AsyncWrite + Unpin,
+    {
+        let _ = self.send_disconnect(stream, codec, reason, None).await;
+        End::Abnormal(format!("closed by the broker: {reason:?}"))
+    }
+
+    async fn violation<S>(
+        &self,
+        stream: &mut S,
+        codec: &mut Codec,
+        wbuf: &mut BytesMut,
+        reason: ReasonCode,
+        why: &'static str,
+    ) -> End
+    where
+        S: AsyncWrite + Unpin,
+    {
+        // Whatever was already answered goes out first.
+        let _ = stream.write_all(wbuf).await;
+        wbuf.clear();
+        let _ = self.send_disconnect(stream, codec, reason, Some(why)).await;
+        End::Abnormal(format!("protocol violation {reason:?}: {why}"))
+    }
+
+    async fn send_disconnect<S>(
+        &self,
+        stream: &mut S,
+        codec: &mut Codec,
+        reason: ReasonCode,
+        why: Option<&str>,
+    ) -> std::io::Result<()>
+    where
+        S: AsyncWrite + Unpin,
+    {
+        if self.version == ProtocolVersion::V5 {
+            let mut out = BytesMut::new();
+            let packet = Packet::Disconnect(Disconnect {
+                reason,
+                properties: Properties {
+                    reason_string: why.map(str::to_owned),
+                    ..Properties::default()
+                },
+            });
+            if codec.encode(&packet, &mut out).is_ok() {
+                // A peer that stopped reading must not hold the connection open.
+                let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(&out)).await;
+            }
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(1), stream.shutdown()).await;
+        Ok(())
+    }
+
+    fn encode(&self, codec: &mut Codec, packet: &Packet, wbuf: &mut BytesMut) {
+        if let Err(e) = codec.encode(packet, wbuf) {
+            tracing::debug!(client_id = %self.session.client_id, error = %e, "packet not sent");
+        }
+    }
+
+    /// Encodes what the mailbox lets us send now.
+    fn fill_from_mailbox(
+        &self,
+        codec: &mut Codec,
+        outbound: &mut Vec<Outbound>,
+        wbuf: &mut BytesMut,
+    ) {
+        let now = Instant::now();
+        self.session.mailbox.drain(now, outbound);
+        let mut sent = 0u64;
+        let mut bytes = 0usize;
+        for item in outbound.drain(..) {
+            match item {
+                Outbound::Publish {
+                    packet_id,
+                    dup,
+                    message,
+                } => {
+                    let qos = message.qos;
+                    bytes += message.payload.len();
+                    let packet = Packet::Publish(outgoing_publish(packet_id, dup, message, now));
+                    if let Err(e) = codec.encode(&packet, wbuf) {
+                        // Too large for the client: drop it (MQTT-3.1.2-25), and free
+                        // its slot in the window.
+                        tracing::debug!(client_id = %self.session.client_id, error = %e, "message not delivered");
+                        if qos != QoS::AtMostOnce {
+                            self.session.mailbox.complete(packet_id);
+                        }
+                        continue;
+                    }
+                    sent += 1;
+                }
+                Outbound::PubRel { packet_id } => {
+                    self.encode(
+                        codec,
+                        &Packet::PubRel(Ack::new(packet_id, ReasonCode::Success)),
+                        wbuf,
+                    );
+                }
+            }
+        }
+        if sent > 0 {
+            self.broker.stats.sent(sent, bytes);
+        }
+    }
+
+    /// Handles one packet; `Ok(Some(end))` ends the connection normally.
+    fn handle(
+        &mut self,
+        packet: Packet,
+        codec: &mut Codec,
+        wbuf: &mut BytesMut,
+    ) -> Result<Option<End>, Violation> {
+        match packet {
+            Packet::Publish(publish) => self.on_publish(publish, codec, wbuf)?,
+            Packet::PubAck(ack) => {
+                self.session.mailbox.complete(ack.packet_id);
+            }
+            Packet::PubRec(ack) => {
+                let reason = if ack.reason.is_error() {
+                    // The client refused it: the flow ends here.
+                    self.session.mailbox.complete(ack.packet_id);
+                    return Ok(None);
+                } else if self.session.mailbox.received(ack.packet_id) {
+                    ReasonCode::Success
+                } else {
+                    ReasonCode::PacketIdentifierNotFound
+                };
+                self.encode(
+                    codec,
+                    &Packet::PubRel(Ack::new(ack.packet_id, reason)),
+                    wbuf,
+                );
+            }
+            Packet::PubRel(ack) => {
+                let reason = if self.incoming_qos2.remove(&ack.packet_id) {
+                    ReasonCode::Success
+                } else {
+                    ReasonCode::PacketIdentifierNotFound
+                };
+                self.encode(
+                    codec,
+                    &Packet::PubComp(Ack::new(ack.packet_id, reason)),
+                    wbuf,
+                );
+            }
+            Packet::PubComp(ack) => {
+                self.session.mailbox.complete(ack.packet_id);
+            }
+            Packet::Subscribe(subscribe) => self.on_subscribe(subscribe, codec, wbuf)?,
+            Packet::Unsubscribe(unsubscribe) => self.on_unsubscribe(unsubscribe, codec, wbuf),
+            Packet::PingReq => self.encode(codec, &Packet::PingResp, wbuf),
+            Packet::Disconnect(disconnect) => {
+                let expiry = disconnect.properties.session_expiry_interval;
+                if self.expiry_on_connect == 0 && expiry.is_some_and(|e| e != 0) {
+                    return Err(Violation(
+                        ReasonCode::ProtocolError,
+                        "session expiry set on DISCONNECT after 0 on CONNECT",
+                    ));
+                }
+                return Ok(Some(End::Normal {
+                    with_will: disconnect.reason == ReasonCode::DisconnectWithWill,
+                    expiry,
+                }));
+            }
+            Packet::Auth(_) => {
+                return Err(Violation(
+                    ReasonCode::ProtocolError,
+                    "enhanced authentication is not supported",
+                ));
+            }
+            // The codec refuses these on the server side; be strict anyway.
+            Packet::Connect(_)
+            | Packet::ConnAck(_)
+            | Packet::SubAck(_)
+            | Packet::UnsubAck(_)
+            | Packet::PingResp => {
+                return Err(Violation(
+                    ReasonCode::ProtocolError,
+                    "packet not allowed here",
+                ));
+            }
+        }
+        Ok(None)
+    }
+
+    fn on_publish(
+        &mut self,
+        mut publish: Publish,
+        codec: &mut Codec,
+        wbuf: &mut BytesMut,
+    ) -> Result<(), Violation> {
+        if let Some(alias) = publish.properties.topic_alias.take() {
+            if alias == 0 || alias > self.config.topic_alias_maximum {
+                return Err(Violation(
+                    ReasonCode::TopicAliasInvalid,
+                    "topic alias out of range",
+                ));
+            }
+            if publish.topic.is_empty() {
+                match self.aliases.get(&alias) {
+                    Some(topic) => publish.topic = topic.clone(),
+                    None => {
+                        return Err(Violation(ReasonCode::ProtocolError, "unknown topic alias"));
+                    }
+                }
+            } else {
+                self.aliases.insert(alias, publish.topic.clone());
+            }
+        }
+        if publish.topic.is_empty() {
+            return Err(Violation(ReasonCode::TopicNameInvalid, "empty topic"));
+        }
+        check_topic_limits(&publish.topic, &self.config)
+            .map_err(|r| Violation(r, "topic too long or too deep"))?;
+        check_user_properties(&publish.properties, &self.config)
+            .map_err(|r| Violation(r, "too many user properties"))?;
+
+        let packet_id = publish.packet_id;
+        if publish.qos == QoS::ExactlyOnce && self.incoming_qos2.contains(&packet_id) {
+            // A resend of a message we already have: acknowledge, do not route twice.
+            self.encode(
+                codec,
+                &Packet::PubRec(Ack::new(packet_id, ReasonCode::Success)),
+                wbuf,
+            );
+            return Ok(());
+        }
+        if publish.qos == QoS::ExactlyOnce
+            && self.incoming_qos2.len() >= usize::from(self.config.max_inflight)
+        {
+            return Err(Violation(
+                ReasonCode::ReceiveMaximumExceeded,
+                "too many QoS 2 messages in flight",
+            ));
+        }
+
+        let permissions = self.session.permissions();
+        let client_id = &self.session.client_id;
+        let allowed = !publish.topic.starts_with('$')
+            && permissions.may_publish(client_id, &publish.topic)
+            && (!publish.retain || permissions.may_retain());
+        let reason = if allowed {
+            let now = Instant::now();
+            let expires_at = publish
+                .properties
+                .message_expiry_interval
+                .map(|secs| now + Duration::from_secs(u64::from(secs)));
+            let properties = passthrough_properties(&publish.properties);
+            let routed = self.broker().publish(Incoming {
+                message: Message {
+                    topic: Arc::from(publish.topic.as_str()),
+                    payload: publish.payload,
+                    qos: publish.qos,
+                    retain: publish.retain,
+                    properties,
+                    subscription_ids: Vec::new(),
+                    expires_at,
+                },
+                publisher: Some(Arc::clone(&self.session.owner)),
+                from_session: Some(self.session.id),
+            });
+            if routed.retain_refused {
+                ReasonCode::QuotaExceeded
+            } else if routed.matched == 0 {
+                ReasonCode::NoMatchingSubscribers
+            } else {
+                ReasonCode::Success
+            }
+        } else {
+            tracing::info!(
+                target: "moat::audit",
+                client_id = %client_id,
+                identity = %self.session.owner,
+                topic = %publish.topic,
+                retain = publish.retain,
+                "publish denied"
+            );
+            ReasonCode::NotAuthorized
+        };
+        match publish.qos {
+            QoS::AtMostOnce => {}
+            QoS::AtLeastOnce => {
+                self.encode(codec, &Packet::PubAck(Ack::new(packet_id, reason)), wbuf)
+            }
+            QoS::ExactlyOnce => {
+                if !reason.is_error() {
+                    self.incoming_qos2.insert(packet_id);
+                }
+                self.encode(codec, &Packet::PubRec(Ack::new(packet_id, reason)), wbuf);
+            }
+        }
+        Ok(())
+    }
+
+    fn on_subscribe(
+        &mut self,
+        subscribe: Subscribe,
+        codec: &mut Codec,
+        wbuf: &mut BytesMut,
+    ) -> Result<(), Violation> {
+        check_user_properties(&subscribe.properties, &self.config)
+            .map_err(|r| Violation(r, "too many user properties"))?;
+        let identifier = subscribe
+            .properties
+            .subscription_identifiers
+            .first()
+            .copied();
+        let permissions = self.session.permissions();
+        let mut reasons = Vec::with_capacity(subscribe.filters.len());
+        let mut granted = Vec::new();
+        for request in &subscribe.filters {
+            let filter = request.filter.as_str();
+            let shared = topic::parse_shared(filter).ok().flatten();
+            if shared.is_some() && request.options.no_local {
+                return Err(Violation(
+                    ReasonCode::ProtocolError,
+                    "no local on a shared subscription",
+                ));
+            }
+            let inner = shared.map_or(filter, |(_, inner)| inner);
+            let reason = if inner.len() > self.config.max_topic_length
+                || inner.split('/').count() > self.config.max_topic_levels
+            {
+                ReasonCode::TopicFilterInvalid
+            } else if !permissions.may_subscribe(&self.session.client_id, filter) {
+                tracing::info!(
+                    target: "moat::audit",
+                    client_id = %self.session.client_id,
+                    identity = %self.session.owner,
+                    filter = %filter,
+                    "subscribe denied"
+                );
+                ReasonCode::NotAuthorized
+            } else {
+                granted.push(request.clone());
+                match request.options.qos {
+                    QoS::AtMostOnce => ReasonCode::Success,
+                    QoS::AtLeastOnce => ReasonCode::GrantedQoS1,
+                    QoS::ExactlyOnce => ReasonCode::GrantedQoS2,
+                }
+            };
+            reasons.push(reason);
+        }
+        // SUBACK first, then retained messages (they go through the mailbox, which is
+        // drained after this packet's answers are encoded).
+        let mut final_reasons = reasons.clone();
+        let mut granted_iter = granted.into_iter();
+        for reason in final_reasons.iter_mut() {
+            if reason.is_error() {
+                continue;
+            }
+            let Some(request) = granted_iter.next() else {
+                break;
+            };
+            if let Err(refused) =
+                self.broker()
+                    .subscribe(&self.session, &request.filter, request.options, identifier)
+            {
+                *reason = refused;
+            }
+        }
+        self.encode(
+            codec,
+            &Packet::SubAck(SubAck {
+                packet_id: subscribe.packet_id,
+                reasons: final_reasons,
+                properties: Properties::default(),
+            }),
+            wbuf,
+        );
+        Ok(())
+    }
+
+    fn on_unsubscribe(&mut self, unsubscribe: Unsubscribe, codec: &mut Codec, wbuf: &mut BytesMut) {
+        let reasons = unsubscribe
+            .filters
+            .iter()
+            .map(|filter| {
+                if self.broker().unsubscribe(&self.session, filter) {
+                    ReasonCode::Success
+                } else {
+                    ReasonCode::NoSubscriptionExisted
+                }
+            })
+            .collect();
+        self.encode(
+            codec,
+            &Packet::UnsubAck(UnsubAck {
+                packet_id: unsubscribe.packet_id,
+                reasons,
+                properties: Properties::default(),
+            }),
+            wbuf,
+        );
+    }
+
+    fn broker(&self) -> &Broker {
+        &self.broker
+    }
+
+    /// Detaches from the session and publishes the will if the connection ended
+    /// without a normal DISCONNECT (or with "disconnect with will").
+    fn finish(&mut self, end: End) {
+        let (publish_will, expiry) = match end {
+            End::Normal { with_will, expiry } => (with_will, expiry),
+            End::Abnormal(_) => (true, None),
+        };
+        let will = self.will.take().filter(|_| publish_will).and_then(|will| {
+            // Rights may have changed since CONNECT (reload).
+            let permissions = self.session.permissions();
+            if !permissions.may_publish(&self.session.client_id, &will.topic) {
+                return None;
+            }
+            let delay =
+                Duration::from_secs(u64::from(will.properties.will_delay_interval.unwrap_or(0)));
+            let expires_at = will
+                .properties
+                .message_expiry_interval
+                .map(|secs| Instant::now() + delay + Duration::from_secs(u64::from(secs)));
+            Some((
+                Incoming {
+                    message: Message {
+                        topic: Arc::from(will.topic.as_str()),
+                        payload: will.payload,
+                        qos: will.qos,
+                        retain: will.retain,
+                        properties: passthrough_properties(&will.properties),
+                        subscription_ids: Vec::new(),
+                        expires_at,
+                    },
+                    publisher: Some(Arc::clone(&self.session.owner)),
+                    from_session: Some(self.session.id),
+                },
+                delay,
+            ))
+        });
+        let expiry = expiry.map(|secs| Duration::from_secs(u64::from(secs)));
+        self.broker
+            .detach(&self.session, self.connection_id, expiry, will);
+    }
+}
+
+/// The properties a message carries from publisher to subscribers (MQTT 5 §3.3.2.3).
+fn passthrough_properties(p: &Properties) -> Arc<Properties> {
+    Arc::new(Properties {
+        payload_format_indicator: p.payload_format_indicator,
+        content_type: p.content_type.clone(),
+        response_topic: p.response_topic.clone(),
+        correlation_data: p.correlation_data.clone(),
+        user_properties: p.user_properties.clone(),
+        ..Properties::default()
+    })
+}
+
+/// Builds the PUBLISH for one subscriber, with the remaining expiry and its
+/// subscription identifiers.
+fn outgoing_publish(packet_id: u16, dup: bool, message: Message, now: Instant) -> Publish {
+    let mut properties = (*message.properties).clone();
+    properties.subscription_identifiers = message.subscription_ids;
+    if let Some(expires_at) = message.expires_at {
+        let left = expires_at.saturating_duration_since(now).as_secs();
+        properties.message_expiry_interval = Some(u32::try_from(left.max(1)).unwrap_or(u32::MAX));
+    }
+    Publish {
+        dup,
+        qos: message.qos,
+        retain: message.retain,
+        topic: message.topic.to_string(),
+        packet_id,
+        payload: message.payload,
+        properties,
+    }
+}

@@ -1,0 +1,358 @@
+//! A session's outbound side: the bounded queue of messages waiting for the client,
+//! and the in-flight window of QoS 1/2 messages sent but not yet acknowledged. It is
+//! shared between the router (which pushes) and the connection (which drains); it
+//! knows nothing of subscriptions, permissions or the wire format.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::time::Instant;
+
+use bytes::Bytes;
+use tokio::sync::Notify;
+
+use crate::protocol::{Properties, QoS};
+
+/// One message on its way to one subscriber. Topic, payload and properties are
+/// shared between every subscriber of a message: one copy per message, not per queue.
+#[derive(Clone, Debug)]
+pub struct Message {
+    pub topic: Arc<str>,
+    pub payload: Bytes,
+    pub qos: QoS,
+    pub retain: bool,
+    /// Pass-through properties (content type, correlation data, user properties ...).
+    pub properties: Arc<Properties>,
+    pub subscription_ids: Vec<u32>,
+    pub expires_at: Option<Instant>,
+}
+
+impl Message {
+    /// Bytes this message counts against a queue's byte cap.
+    pub fn cost(&self) -> usize {
+        self.topic.len() + self.payload.len() + 64
+    }
+
+    pub fn is_expired(&self, now: Instant) -> bool {
+        self.expires_at.is_some_and(|t| t <= now)
+    }
+}
+
+/// What happened to a pushed message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PushOutcome {
+    Queued,
+    /// The queue was at its message or byte cap: the message was dropped (counted).
+    DroppedFull,
+    /// QoS 0 for a client that is offline: not kept, by design.
+    DroppedOffline,
+}
+
+/// An outbound QoS 1/2 message in the window.
+#[derive(Clone, Debug)]
+pub enum InFlight {
+    /// PUBLISH sent; waiting for PUBACK (QoS 1) or PUBREC (QoS 2).
+    Published(Message),
+    /// PUBREL sent; waiting for PUBCOMP.
+    Released,
+}
+
+/// Something the connection must send now.
+#[derive(Debug)]
+pub enum Outbound {
+    Publish {
+        packet_id: u16,
+        dup: bool,
+        message: Message,
+    },
+    PubRel {
+        packet_id: u16,
+    },
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct QueueLimits {
+    pub max_messages: usize,
+    pub max_bytes: usize,
+    /// In-flight window: min(our cap, the client's Receive Maximum).
+    pub max_inflight: u16,
+}
+
+struct State {
+    queue: VecDeque<Message>,
+    queued_bytes: usize,
+    inflight: VecDeque<(u16, InFlight)>,
+    next_packet_id: u16,
+    limits: QueueLimits,
+    online: bool,
+    /// After a reconnect, the whole window must be sent again before new messages.
+    resend_pending: bool,
+    dropped: u64,
+}
+
+pub struct Mailbox {
+    state: Mutex<State>,
+    notify: Notify,
+}
+
+impl Mailbox {
+    pub fn new(limits: QueueLimits) -> Mailbox {
+        Mailbox {
+            state: Mutex::new(State {
+                queue: VecDeque::new(),
+                queued_bytes: 0,
+                inflight: VecDeque::new(),
+                next_packet_id: 1,
+                limits,
+                online: false,
+                resend_pending: false,
+                dropped: 0,
+            }),
+            notify: Notify::new(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // A panic while holding this lock would be a bug in this module; the state
+        // stays consistent between statements, so keep serving rather than poison.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn is_online(&self) -> bool {
+        self.lock().online
+    }
+
+    /// Marks the session as attached to a connection (or detached). On attach, the
+    /// in-flight window is resent first.
+    pub fn set_online(&self, online: bool, limits: QueueLimits) {
+        let mut s = self.lock();
+        s.online = online;
+        s.limits = limits;
+        if online {
+            s.resend_pending = !s.inflight.is_empty();
+            // QoS 0 messages queued for a previous connection are not worth keeping
+            // past a disconnect; queued QoS 1/2 are.
+        } else {
+            s.queue.retain(|m| m.qos != QoS::AtMostOnce);
+            s.queued_bytes = s.queue.iter().map(Message::cost).sum();
+        }
+        drop(s);
+        if online {
+            self.notify.notify_one();
+        }
+    }
+
+    /// Queues a message for the client, within the caps.
+    pub fn push(&self, message: Message) -> PushOutcome {
+        let mut s = self.lock();
+        if !s.online && message.qos == QoS::AtMostOnce {
+            return PushOutcome::DroppedOffline;
+        }
+        let cost = message.cost();
+        if s.queue.len() >= s.limits.max_messages || s.queued_bytes + cost > s.limits.max_bytes {
+            s.dropped += 1;
+            return PushOutcome::DroppedFull;
+        }
+        s.queued_bytes += cost;
+        s.queue.push_back(message);
+        let online = s.online;
+        drop(s);
+        if online {
+            self.notify.notify_one();
+        }
+        PushOutcome::Queued
+    }
+
+    /// Waits until there may be something to send.
+    pub async fn ready(&self) {
+        self.notify.notified().await
+    }
+
+    /// Moves what may be sent now into `out`: the window to resend after a reconnect,
+    /// then queued messages while the in-flight window has room. Expired messages are
+    /// discarded on the way.
+    pub fn drain(&self, now: Instant, out: &mut Vec<Outbound>) {
+        let mut s = self.lock();
+        if s.resend_pending {
+            s.resend_pending = false;
+            for (packet_id, entry) in &s.inflight {
+                out.push(match entry {
+                    InFlight::Published(message) => Outbound::Publish {
+                        packet_id: *packet_id,
+                        dup: true,
+                        message: message.clone(),
+                    },
+                    InFlight::Released => Outbound::PubRel {
+                        packet_id: *packet_id,
+                    },
+                });
+            }
+        }
+        while let Some(front) = s.queue.front() {
+            if front.qos != QoS::AtMostOnce
+                && s.inflight.len() >= usize::from(s.limits.max_inflight)
+            {
+                break;
+            }
+            let Some(message) = s.queue.pop_front() else {
+                break;
+            };
+            s.queued_bytes -= message.cost();
+            if message.is_expired(now) {
+                continue;
+            }
+            if message.qos == QoS::AtMostOnce {
+                out.push(Outbound::Publish {
+                    packet_id: 0,
+                    dup: false,
+                    message,
+                });
+                continue;
+            }
+            let packet_id = next_free_id(&mut s);
+            s.inflight
+                .push_back((packet_id, InFlight::Published(message.clone())));
+            out.push(Outbound::Publish {
+                packet_id,
+                dup: false,
+                message,
+            });
+        }
+    }
+
+    /// PUBACK (QoS 1) or PUBCOMP (QoS 2): the message is done. Returns false for an
+    /// unknown packet id.
+    pub fn complete(&self, packet_id: u16) -> bool {
+        let mut s = self.lock();
+        let before = s.inflight.len();
+        s.inflight.retain(|(id, _)| *id != packet_id);
+        let found = s.inflight.len() != before;
+        drop(s);
+        if found {
+            self.notify.notify_one();
+        }
+        found
+    }
+
+    /// PUBREC: the client has the QoS 2 message; from now on only PUBREL is resent.
+    pub fn received(&self, packet_id: u16) -> bool {
+        let mut s = self.lock();
+        match s.inflight.iter_mut().find(|(id, _)| *id == packet_id) {
+            Some((_, entry)) => {
+                *entry = InFlight::Released;
+                true
+            }
+            None => false,
+        }
+    }
+
+    pub fn limits(&self) -> QueueLimits {
+        self.lock().limits
+    }
+
+    /// Messages dropped because the queue was full, since the session began.
+    pub fn dropped(&self) -> u64 {
+        self.lock().dropped
+    }
+
+    /// (queued messages, queued bytes, in flight)
+    pub fn depth(&self) -> (usize, usize, usize) {
+        let s = self.lock();
+        (s.queue.len(), s.queued_bytes, s.inflight.len())
+    }
+}
+
+fn next_free_id(s: &mut State) -> u16 {
+    // The window is at most 65535 wide and bounded far lower, so a free id exists.
+    loop {
+        let id = s.next_packet_id;
+        s.next_packet_id = s.next_packet_id.checked_add(1).unwrap_or(1);
+        if !s.inflight.iter().any(|(used, _)| *used == id) {
+            return id;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(qos: QoS, payload: &'static [u8]) -> Message {
+        Message {
+            topic: Arc::from("t"),
+            payload: Bytes::from_static(payload),
+            qos,
+            retain: false,
+            properties: Arc::new(Properties::default()),
+            subscription_ids: Vec::new(),
+            expires_at: None,
+        }
+    }
+
+    fn limits(max_messages: usize, max_inflight: u16) -> QueueLimits {
+        QueueLimits {
+            max_messages,
+            max_bytes: 1 << 20,
+            max_inflight,
+        }
+    }
+
+    #[test]
+    fn caps_drop_and_count() {
+        let mb = Mailbox::new(limits(2, 10));
+        mb.set_online(true, limits(2, 10));
+        assert_eq!(mb.push(msg(QoS::AtLeastOnce, b"a")), PushOutcome::Queued);
+        assert_eq!(mb.push(msg(QoS::AtLeastOnce, b"b")), PushOutcome::Queued);
+        assert_eq!(
+            mb.push(msg(QoS::AtLeastOnce, b"c")),
+            PushOutcome::DroppedFull
+        );
+        assert_eq!(mb.dropped(), 1);
+    }
+
+    #[test]
+    fn window_limits_inflight_and_resends_after_reconnect() {
+        let mb = Mailbox::new(limits(10, 2));
+        mb.set_online(true, limits(10, 2));
+        for _ in 0..3 {
+            mb.push(msg(QoS::AtLeastOnce, b"x"));
+        }
+        let mut out = Vec::new();
+        mb.drain(Instant::now(), &mut out);
+        assert_eq!(out.len(), 2);
+        mb.set_online(false, limits(10, 2));
+        mb.set_online(true, limits(10, 2));
+        let mut again = Vec::new();
+        mb.drain(Instant::now(), &mut again);
+        assert!(matches!(
+            again[0],
+            Outbound::Publish {
+                dup: true,
+                packet_id: 1,
+                ..
+            }
+        ));
+        assert_eq!(again.len(), 2);
+        assert!(mb.complete(1));
+        let mut third = Vec::new();
+        mb.drain(Instant::now(), &mut third);
+        assert!(matches!(
+            third[0],
+            Outbound::Publish {
+                dup: false,
+                packet_id: 3,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn offline_qos0_is_not_kept() {
+        let mb = Mailbox::new(limits(10, 2));
+        assert_eq!(
+            mb.push(msg(QoS::AtMostOnce, b"x")),
+            PushOutcome::DroppedOffline
+        );
+        assert_eq!(mb.push(msg(QoS::AtLeastOnce, b"x")), PushOutcome::Queued);
+    }
+}

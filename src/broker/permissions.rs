@@ -1,0 +1,62 @@
+//! What the broker needs to know about a client's rights and limits, as seen from the
+//! broker: a small trait the policy layer implements. Keeping it a trait keeps the
+//! broker free of manifests, roles and grants.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use crate::protocol::{Connect, ReasonCode};
+
+/// Rights of one authenticated identity. Implemented by the policy layer; swapped
+/// on reload.
+pub trait Permissions: Send + Sync {
+    /// May this client publish to `topic`?
+    fn may_publish(&self, client_id: &str, topic: &str) -> bool;
+    /// May this client subscribe to `filter` (with any `$share/<group>/` prefix)?
+    fn may_subscribe(&self, client_id: &str, filter: &str) -> bool;
+    /// May a message on `topic` be delivered to this client? (re-checked on delivery)
+    fn may_receive(&self, client_id: &str, topic: &str) -> bool;
+    /// May this client set the retain flag?
+    fn may_retain(&self) -> bool;
+}
+
+/// Per-client limits that depend on who the client is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientLimits {
+    pub max_packet_size: u32,
+    pub max_queued_messages: usize,
+    pub max_queued_bytes: usize,
+}
+
+/// Which listener a connection arrived on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListenerKind {
+    Tls,
+    Plain,
+}
+
+/// What the transport layer knows about a peer before MQTT starts.
+#[derive(Debug, Clone)]
+pub struct PeerInfo {
+    pub addr: SocketAddr,
+    pub listener: ListenerKind,
+    /// The common name of a client certificate that chained to moat's CA.
+    pub certificate_name: Option<String>,
+}
+
+/// A successful authentication: who the client is, what it may do.
+pub struct Admission {
+    pub identity: String,
+    pub permissions: Arc<dyn Permissions>,
+    pub limits: ClientLimits,
+}
+
+/// The future `Gatekeeper::admit` returns.
+pub type AdmitFuture<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<Admission, ReasonCode>> + Send + 'a>>;
+
+/// Authenticates a CONNECT. Implemented above the broker (it needs the policy and
+/// the password verifier); the error is the CONNACK reason to answer with.
+pub trait Gatekeeper: Send + Sync {
+    fn admit<'a>(&'a self, connect: &'a Connect, peer: &'a PeerInfo) -> AdmitFuture<'a>;
+}

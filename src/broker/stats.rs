@@ -1,0 +1,62 @@
+//! Broker-wide counters for `$SYS` and logs: plain atomics, no locks.
+
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+
+#[derive(Default)]
+pub struct Stats {
+    connected: AtomicI64,
+    messages_received: AtomicU64,
+    bytes_received: AtomicU64,
+    messages_sent: AtomicU64,
+    bytes_sent: AtomicU64,
+    dropped: AtomicU64,
+    connections_refused: AtomicU64,
+}
+
+/// A copy of the counters at one moment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    pub connected: i64,
+    pub messages_received: u64,
+    pub bytes_received: u64,
+    pub messages_sent: u64,
+    pub bytes_sent: u64,
+    pub dropped: u64,
+    pub connections_refused: u64,
+}
+
+impl Stats {
+    pub fn connected(&self, delta: i64) {
+        self.connected.fetch_add(delta, Relaxed);
+    }
+
+    pub fn received(&self, bytes: usize) {
+        self.messages_received.fetch_add(1, Relaxed);
+        self.bytes_received.fetch_add(bytes as u64, Relaxed);
+    }
+
+    pub fn sent(&self, messages: u64, bytes: usize) {
+        self.messages_sent.fetch_add(messages, Relaxed);
+        self.bytes_sent.fetch_add(bytes as u64, Relaxed);
+    }
+
+    pub fn dropped(&self, n: u64) {
+        self.dropped.fetch_add(n, Relaxed);
+    }
+
+    pub fn refused(&self) {
+        self.connections_refused.fetch_add(1, Relaxed);
+    }
+
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            connected: self.connected.load(Relaxed),
+            messages_received: self.messages_received.load(Relaxed),
+            bytes_received: self.bytes_received.load(Relaxed),
+            messages_sent: self.messages_sent.load(Relaxed),
+            bytes_sent: self.bytes_sent.load(Relaxed),
+            dropped: self.dropped.load(Relaxed),
+            connections_refused: self.connections_refused.load(Relaxed),
+        }
+    }
+}

@@ -1,0 +1,201 @@
+//! The subscription tree: topic filters split into levels, with the subscribers of
+//! each filter and the members of each shared group. It answers "who wants a message
+//! on this topic" without scanning every subscription; it knows nothing of queues,
+//! permissions or the wire.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::protocol::SubscriptionOptions;
+
+use super::session::SessionLink;
+
+/// One subscription as the router sees it.
+#[derive(Clone)]
+pub struct Subscription {
+    pub session: Arc<SessionLink>,
+    pub options: SubscriptionOptions,
+    pub identifier: Option<u32>,
+}
+
+#[derive(Default)]
+struct SharedGroup {
+    members: Vec<Subscription>,
+    /// Round-robin cursor over `members`.
+    next: usize,
+}
+
+#[derive(Default)]
+struct Node {
+    children: HashMap<Box<str>, Node>,
+    subscribers: HashMap<u64, Subscription>,
+    shared: HashMap<Box<str>, SharedGroup>,
+}
+
+impl Node {
+    fn is_empty(&self) -> bool {
+        self.children.is_empty() && self.subscribers.is_empty() && self.shared.is_empty()
+    }
+}
+
+/// A match found by [`SubscriptionTree::collect`].
+pub struct Matched {
+    pub subscription: Subscription,
+    /// True for the one member chosen from a shared group.
+    pub shared: bool,
+}
+
+#[derive(Default)]
+pub struct SubscriptionTree {
+    root: Node,
+    count: usize,
+}
+
+impl SubscriptionTree {
+    /// Number of subscriptions (shared members included).
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// Adds or replaces a session's subscription to `filter` (in `group` if shared).
+    /// Returns true if it replaced an existing one.
+    pub fn insert(
+        &mut self,
+        filter: &str,
+        group: Option<&str>,
+        subscription: Subscription,
+    ) -> bool {
+        let mut node = &mut self.root;
+        for level in filter.split('/') {
+            node = node.children.entry(level.into()).or_default();
+        }
+        let session_id = subscription.session.id;
+        let replaced = match group {
+            None => node.subscribers.insert(session_id, subscription).is_some(),
+            Some(group) => {
+                let members = &mut node.shared.entry(group.into()).or_default().members;
+                match members.iter_mut().find(|m| m.session.id == session_id) {
+                    Some(existing) => {
+                        *existing = subscription;
+                        true
+                    }
+                    None => {
+                        members.push(subscription);
+                        false
+                    }
+                }
+            }
+        };
+        if !replaced {
+            self.count += 1;
+        }
+        replaced
+    }
+
+    /// Removes a session's subscription; returns whether it existed.
+    pub fn remove(&mut self, filter: &str, group: Option<&str>, session_id: u64) -> bool {
+        let levels: Vec<&str> = filter.split('/').collect();
+        let removed = remove_at(&mut self.root, &levels, group, session_id);
+        if removed {
+            self.count -= 1;
+        }
+        removed
+    }
+
+    /// Appends every subscription matching `topic` to `out`: all ordinary ones, and
+    /// one chosen member of each matching shared group (online members first).
+    pub fn collect(&mut self, topic: &str, out: &mut Vec<Matched>) {
+        let levels: Vec<&str> = topic.split('/').collect();
+        let dollar = topic.starts_with('$');
+        collect_at(&mut self.root, &levels, true, dollar, out);
+    }
+}
+
+fn remove_at(node: &mut Node, levels: &[&str], group: Option<&str>, session_id: u64) -> bool {
+    let Some((first, rest)) = levels.split_first() else {
+        return match group {
+            None => node.subscribers.remove(&session_id).is_some(),
+            Some(group) => {
+                let Some(shared) = node.shared.get_mut(group) else {
+                    return false;
+                };
+                let before = shared.members.len();
+                shared.members.retain(|m| m.session.id != session_id);
+                let removed = shared.members.len() != before;
+                if shared.members.is_empty() {
+                    node.shared.remove(group);
+                }
+                removed
+            }
+        };
+    };
+    let Some(child) = node.children.get_mut(*first) else {
+        return false;
+    };
+    let removed = remove_at(child, rest, group, session_id);
+    if child.is_empty() {
+        node.children.remove(*first);
+    }
+    removed
+}
+
+fn collect_at(node: &mut Node, levels: &[&str], root: bool, dollar: bool, out: &mut Vec<Matched>) {
+    // Wildcards in the first level never match `$`-topics.
+    let wildcards_allowed = !(root && dollar);
+    match levels.split_first() {
+        Some((first, rest)) => {
+            if wildcards_allowed {
+                if let Some(hash) = node.children.get_mut("#") {
+                    visit_node(hash, out);
+                }
+                if let Some(plus) = node.children.get_mut("+") {
+                    collect_at(plus, rest, false, dollar, out);
+                }
+            }
+            if let Some(literal) = node.children.get_mut(*first) {
+                collect_at(literal, rest, false, dollar, out);
+            }
+        }
+        None => {
+            // All levels consumed: this node's subscribers match, and so does a "#"
+            // below it ("a/#" matches "a").
+            if let Some(hash) = node.children.get_mut("#") {
+                visit_node(hash, out);
+            }
+            visit_node(node, out);
+        }
+    }
+}
+
+fn visit_node(node: &mut Node, out: &mut Vec<Matched>) {
+    out.extend(node.subscribers.values().map(|s| Matched {
+        subscription: s.clone(),
+        shared: false,
+    }));
+    for group in node.shared.values_mut() {
+        if let Some(chosen) = choose_member(group) {
+            out.push(Matched {
+                subscription: chosen.clone(),
+                shared: true,
+            });
+        }
+    }
+}
+
+fn choose_member(group: &mut SharedGroup) -> Option<&Subscription> {
+    let n = group.members.len();
+    if n == 0 {
+        return None;
+    }
+    let start = group.next % n;
+    let online = (0..n)
+        .map(|i| (start + i) % n)
+        .find(|&i| group.members[i].session.mailbox.is_online());
+    let index = online.unwrap_or(start);
+    group.next = index + 1;
+    group.members.get(index)
+}

@@ -1,0 +1,409 @@
+//! The manifest as written: serde types for schema v1, one struct per YAML mapping,
+//! every one `deny_unknown_fields`. Values that validation must point at carry their
+//! source location (`Spanned`). This module parses shapes and units only; what the
+//! values mean is decided by `validate` and `crate::policy`.
+
+use std::fmt;
+use std::marker::PhantomData;
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+use serde::de::{self, Deserializer, MapAccess, Visitor};
+
+pub use serde_saphyr::Spanned;
+
+/// The whole manifest (schema version 1).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    /// Schema version; must be 1.
+    pub version: Spanned<u64>,
+    #[serde(default)]
+    pub broker: BrokerSpec,
+    #[serde(default)]
+    pub firewall: FirewallSpec,
+    /// People and services.
+    #[serde(default)]
+    pub users: NamedMap<IdentitySpec>,
+    /// Things.
+    #[serde(default)]
+    pub devices: NamedMap<IdentitySpec>,
+    /// Reusable rule bundles.
+    #[serde(default)]
+    pub roles: NamedMap<RoleSpec>,
+}
+
+/// `broker:`: certificate names, listeners, networks, limits, persistence.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BrokerSpec {
+    #[serde(default)]
+    pub hostnames: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub addresses: Vec<Spanned<IpAddr>>,
+    #[serde(default)]
+    pub listen: ListenSpec,
+    #[serde(default)]
+    pub networks: Option<Spanned<Vec<Spanned<String>>>>,
+    #[serde(default)]
+    pub allow_public: Option<Spanned<bool>>,
+    #[serde(default)]
+    pub limits: LimitsSpec,
+    #[serde(default)]
+    pub persistence: PersistenceSpec,
+}
+
+/// `broker.listen:`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenSpec {
+    #[serde(default)]
+    pub tls: Option<Spanned<ListenerSpec>>,
+    #[serde(default)]
+    pub plain: Option<Spanned<ListenerSpec>>,
+}
+
+/// One listener: `{ address, port }`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerSpec {
+    #[serde(default)]
+    pub address: Option<Spanned<IpAddr>>,
+    #[serde(default)]
+    pub port: Option<Spanned<u16>>,
+}
+
+/// `broker.limits:`; every field optional, defaults in `crate::policy::Limits`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsSpec {
+    pub max_connections: Option<Spanned<u64>>,
+    pub max_connections_per_ip: Option<Spanned<u64>>,
+    pub max_packet_size: Option<Spanned<ByteSize>>,
+    pub max_packet_size_before_auth: Option<Spanned<ByteSize>>,
+    pub connect_timeout: Option<Spanned<Seconds>>,
+    pub max_keepalive: Option<Spanned<Seconds>>,
+    pub max_inflight: Option<Spanned<u64>>,
+    pub max_queued_messages: Option<Spanned<u64>>,
+    pub max_queued_bytes: Option<Spanned<ByteSize>>,
+    pub max_subscriptions: Option<Spanned<u64>>,
+    pub max_user_properties: Option<Spanned<u64>>,
+    pub max_user_property_bytes: Option<Spanned<ByteSize>>,
+    pub max_client_id_length: Option<Spanned<u64>>,
+    pub max_topic_length: Option<Spanned<u64>>,
+    pub max_topic_levels: Option<Spanned<u64>>,
+    pub max_retained_messages: Option<Spanned<u64>>,
+    pub max_retained_bytes: Option<Spanned<ByteSize>>,
+    pub auth_concurrency: Option<Spanned<u64>>,
+    pub auth_queue: Option<Spanned<u64>>,
+}
+
+/// `broker.persistence:`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PersistenceSpec {
+    #[serde(default)]
+    pub path: Option<Spanned<PathBuf>>,
+    #[serde(default)]
+    pub durability: Option<Spanned<DurabilitySpec>>,
+    #[serde(default)]
+    pub commit_interval_ms: Option<Spanned<u64>>,
+}
+
+/// `durability: full | batched`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DurabilitySpec {
+    Full,
+    Batched,
+}
+
+/// `firewall:` (read by `moat firewall`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FirewallSpec {
+    #[serde(default)]
+    pub ssh: bool,
+    #[serde(default)]
+    pub mdns: bool,
+    #[serde(default)]
+    pub egress: bool,
+}
+
+/// One user or device.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdentitySpec {
+    #[serde(default)]
+    pub role: Option<Spanned<String>>,
+    #[serde(default)]
+    pub roles: Option<Spanned<Vec<Spanned<String>>>>,
+    #[serde(default)]
+    pub password_hash: Option<Spanned<String>>,
+    #[serde(default)]
+    pub password_file: Option<Spanned<PathBuf>>,
+    /// Plaintext password: only accepted by the first-boot import.
+    #[serde(default)]
+    pub password: Option<Spanned<String>>,
+    #[serde(default)]
+    pub certificate: Option<Spanned<bool>>,
+    #[serde(default)]
+    pub publish: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub subscribe: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub plaintext: Option<Spanned<bool>>,
+    #[serde(default)]
+    pub retain: Option<Spanned<bool>>,
+    #[serde(default)]
+    pub limits: Option<IdentityLimitsSpec>,
+}
+
+impl IdentitySpec {
+    /// The role names this identity asks for, `role:` and `roles:` together.
+    pub fn role_names(&self) -> Vec<&Spanned<String>> {
+        let mut names: Vec<&Spanned<String>> = self.role.iter().collect();
+        if let Some(list) = &self.roles {
+            names.extend(list.value.iter());
+        }
+        names
+    }
+}
+
+/// A role defined under `roles:`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoleSpec {
+    #[serde(default)]
+    pub publish: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub subscribe: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub retain: Option<Spanned<bool>>,
+    #[serde(default)]
+    pub limits: Option<IdentityLimitsSpec>,
+}
+
+/// Per-identity (or per-role) overrides of queue and packet limits.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdentityLimitsSpec {
+    pub max_queued_messages: Option<Spanned<u64>>,
+    pub max_queued_bytes: Option<Spanned<ByteSize>>,
+    pub max_packet_size: Option<Spanned<ByteSize>>,
+    pub max_retained_messages: Option<Spanned<u64>>,
+}
+
+/// A mapping from names to values that keeps the source order and the location of
+/// every key. Duplicate keys never get here: the parser rejects them.
+#[derive(Debug, Clone)]
+pub struct NamedMap<V>(pub Vec<(Spanned<String>, V)>);
+
+impl<V> Default for NamedMap<V> {
+    fn default() -> Self {
+        NamedMap(Vec::new())
+    }
+}
+
+impl<V> NamedMap<V> {
+    pub fn iter(&self) -> impl Iterator<Item = (&Spanned<String>, &V)> {
+        self.0.iter().map(|(k, v)| (k, v))
+    }
+    pub fn get(&self, name: &str) -> Option<&V> {
+        self.0.iter().find(|(k, _)| k.value == name).map(|(_, v)| v)
+    }
+    pub fn contains(&self, name: &str) -> bool {
+        self.get(name).is_some()
+    }
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl<'de, V: Deserialize<'de>> Deserialize<'de> for NamedMap<V> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct MapVisitor<V>(PhantomData<V>);
+        impl<'de, V: Deserialize<'de>> Visitor<'de> for MapVisitor<V> {
+            type Value = NamedMap<V>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a mapping of names")
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+                Ok(NamedMap(Vec::new()))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut entries = Vec::new();
+                while let Some((key, value)) = map.next_entry::<Spanned<String>, V>()? {
+                    entries.push((key, value));
+                }
+                Ok(NamedMap(entries))
+            }
+        }
+        deserializer.deserialize_map(MapVisitor(PhantomData))
+    }
+}
+
+/// A size in bytes: a plain integer or a string with a binary or decimal unit
+/// (`64KiB`, `1MiB`, `16 MiB`, `500kB`, `1024B`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ByteSize(pub u64);
+
+impl ByteSize {
+    pub fn parse(text: &str) -> Result<ByteSize, String> {
+        let text = text.trim();
+        let split = text
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len());
+        let (digits, unit) = text.split_at(split);
+        if digits.is_empty() {
+            return Err(format!(
+                "invalid size {text:?}: expected a number with an optional unit (B, KiB, MiB, GiB, kB, MB, GB), e.g. \"64KiB\""
+            ));
+        }
+        let number: u64 = digits
+            .parse()
+            .map_err(|_| format!("size {text:?} is too large"))?;
+        let multiplier: u64 = match unit.trim() {
+            "" | "B" => 1,
+            "KiB" => 1 << 10,
+            "MiB" => 1 << 20,
+            "GiB" => 1 << 30,
+            "kB" | "KB" => 1_000,
+            "MB" => 1_000_000,
+            "GB" => 1_000_000_000,
+            other => {
+                return Err(format!(
+                    "invalid size unit {other:?} in {text:?}: use B, KiB, MiB, GiB, kB, MB or GB"
+                ));
+            }
+        };
+        number
+            .checked_mul(multiplier)
+            .map(ByteSize)
+            .ok_or_else(|| format!("size {text:?} is too large"))
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct SizeVisitor;
+        impl Visitor<'_> for SizeVisitor {
+            type Value = ByteSize;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a size such as 65536, \"64KiB\" or \"1MiB\"")
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<ByteSize, E> {
+                Ok(ByteSize(v))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<ByteSize, E> {
+                u64::try_from(v)
+                    .map(ByteSize)
+                    .map_err(|_| E::custom(format!("a size cannot be negative ({v})")))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<ByteSize, E> {
+                ByteSize::parse(v).map_err(E::custom)
+            }
+        }
+        deserializer.deserialize_any(SizeVisitor)
+    }
+}
+
+/// A duration in whole seconds: a plain integer (seconds) or a string with a unit
+/// (`500ms` is refused unless it is a whole number of seconds; `10s`, `5m`, `1h`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Seconds(pub u64);
+
+impl Seconds {
+    pub fn parse(text: &str) -> Result<Seconds, String> {
+        let text = text.trim();
+        let split = text
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len());
+        let (digits, unit) = text.split_at(split);
+        if digits.is_empty() {
+            return Err(format!(
+                "invalid duration {text:?}: expected a number with an optional unit (s, m, h), e.g. \"10s\""
+            ));
+        }
+        let number: u64 = digits
+            .parse()
+            .map_err(|_| format!("duration {text:?} is too large"))?;
+        let multiplier: u64 = match unit.trim() {
+            "" | "s" => 1,
+            "m" | "min" => 60,
+            "h" => 3600,
+            "ms" if number.is_multiple_of(1000) => return Ok(Seconds(number / 1000)),
+            "ms" => {
+                return Err(format!(
+                    "duration {text:?} must be a whole number of seconds"
+                ));
+            }
+            other => {
+                return Err(format!(
+                    "invalid duration unit {other:?} in {text:?}: use s, m or h"
+                ));
+            }
+        };
+        number
+            .checked_mul(multiplier)
+            .map(Seconds)
+            .ok_or_else(|| format!("duration {text:?} is too large"))
+    }
+}
+
+impl<'de> Deserialize<'de> for Seconds {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct SecondsVisitor;
+        impl Visitor<'_> for SecondsVisitor {
+            type Value = Seconds;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a duration such as 10, \"10s\" or \"5m\"")
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Seconds, E> {
+                Ok(Seconds(v))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Seconds, E> {
+                u64::try_from(v)
+                    .map(Seconds)
+                    .map_err(|_| E::custom(format!("a duration cannot be negative ({v})")))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Seconds, E> {
+                Seconds::parse(v).map_err(E::custom)
+            }
+        }
+        deserializer.deserialize_any(SecondsVisitor)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_with_units() {
+        assert_eq!(ByteSize::parse("64KiB"), Ok(ByteSize(65536)));
+        assert_eq!(ByteSize::parse("1MiB"), Ok(ByteSize(1 << 20)));
+        assert_eq!(ByteSize::parse("16 MiB"), Ok(ByteSize(16 << 20)));
+        assert_eq!(ByteSize::parse("500kB"), Ok(ByteSize(500_000)));
+        assert_eq!(ByteSize::parse("42"), Ok(ByteSize(42)));
+        assert!(ByteSize::parse("1 lot").is_err());
+        assert!(ByteSize::parse("MiB").is_err());
+        assert!(ByteSize::parse("99999999999999999999GiB").is_err());
+        assert!(ByteSize::parse("-1").is_err());
+    }
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(Seconds::parse("10s"), Ok(Seconds(10)));
+        assert_eq!(Seconds::parse("5m"), Ok(Seconds(300)));
+        assert_eq!(Seconds::parse("1h"), Ok(Seconds(3600)));
+        assert_eq!(Seconds::parse("2000ms"), Ok(Seconds(2)));
+        assert!(Seconds::parse("1500ms").is_err());
+        assert!(Seconds::parse("ten").is_err());
+        assert!(Seconds::parse("10 fortnights").is_err());
+    }
+}

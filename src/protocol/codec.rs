@@ -1,0 +1,180 @@
+//! The framing codec for one connection: checks each fixed header as soon as it
+//! arrives (type, flags, direction, packet order, size limit) before waiting for or
+//! reserving room for the body, then decodes the body strictly. It tracks the
+//! negotiated version and the CONNECT state; it knows nothing of sessions or sockets.
+
+use bytes::{Buf, BytesMut};
+use tokio_util::codec::{Decoder, Encoder};
+
+use super::decode;
+use super::encode;
+use super::error::{DecodeError, EncodeError};
+use super::header::{self, PacketType};
+use super::packet::{Packet, ProtocolVersion};
+use super::reader::Reader;
+use super::varint;
+
+/// The largest packet a server accepts before CONNECT has been authenticated.
+pub const MAX_PACKET_SIZE_BEFORE_CONNECT: u32 = 64 * 1024;
+
+/// Room for a partly received packet is reserved at most this much at a time, so a
+/// peer that announces a large packet must actually send it to make us allocate.
+const RESERVE_CHUNK: usize = 64 * 1024;
+
+/// Which side of the connection decodes. Each refuses the packets it never receives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// The broker: refuses CONNACK, SUBACK, UNSUBACK, PINGRESP; CONNECT must come
+    /// first and only once.
+    Server,
+    /// A client (tests, bridges): refuses CONNECT, SUBSCRIBE, UNSUBSCRIBE, PINGREQ.
+    Client,
+}
+
+impl Role {
+    fn name(self) -> &'static str {
+        match self {
+            Role::Server => "server",
+            Role::Client => "client",
+        }
+    }
+
+    fn receives(self, packet_type: PacketType) -> bool {
+        use PacketType::*;
+        match self {
+            Role::Server => !matches!(packet_type, ConnAck | SubAck | UnsubAck | PingResp),
+            Role::Client => !matches!(packet_type, Connect | Subscribe | Unsubscribe | PingReq),
+        }
+    }
+}
+
+/// A `tokio_util` codec for one MQTT connection.
+#[derive(Debug)]
+pub struct Codec {
+    role: Role,
+    version: Option<ProtocolVersion>,
+    connect_received: bool,
+    max_incoming: u32,
+    max_outgoing: Option<u32>,
+}
+
+impl Codec {
+    /// `max_incoming_packet_size` counts the whole packet, fixed header included (the
+    /// MQTT 5 Maximum Packet Size); a server uses [`MAX_PACKET_SIZE_BEFORE_CONNECT`]
+    /// until the client is authenticated.
+    pub fn new(role: Role, max_incoming_packet_size: u32) -> Codec {
+        Codec {
+            role,
+            version: None,
+            connect_received: false,
+            max_incoming: max_incoming_packet_size,
+            max_outgoing: None,
+        }
+    }
+
+    pub fn set_max_incoming_packet_size(&mut self, max: u32) {
+        self.max_incoming = max;
+    }
+
+    /// The peer's MQTT 5 Maximum Packet Size; `None` for no limit but the protocol's.
+    pub fn set_max_outgoing_packet_size(&mut self, max: Option<u32>) {
+        self.max_outgoing = max;
+    }
+
+    /// The negotiated version: `None` on a server until a CONNECT announced a
+    /// supported one, on a client until [`Codec::set_version`].
+    pub fn version(&self) -> Option<ProtocolVersion> {
+        self.version
+    }
+
+    pub fn set_version(&mut self, version: ProtocolVersion) {
+        self.version = Some(version);
+    }
+
+    /// Whether a server has received the whole CONNECT packet (even a refused one).
+    pub fn connect_received(&self) -> bool {
+        self.connect_received
+    }
+
+    /// The packet order rules a fixed header can already be checked against.
+    fn check_order(&self, packet_type: PacketType) -> Result<(), DecodeError> {
+        if !self.role.receives(packet_type) {
+            return Err(DecodeError::UnexpectedPacket {
+                packet: packet_type.name(),
+                role: self.role.name(),
+            });
+        }
+        match self.role {
+            Role::Server if !self.connect_received && packet_type != PacketType::Connect => {
+                Err(DecodeError::ExpectedConnect(packet_type.name()))
+            }
+            Role::Server if self.connect_received && packet_type == PacketType::Connect => {
+                Err(DecodeError::DuplicateConnect)
+            }
+            Role::Client if self.version.is_none() => Err(DecodeError::VersionUnknown),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl Decoder for Codec {
+    type Item = Packet;
+    type Error = DecodeError;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Packet>, DecodeError> {
+        let Some(&first_byte) = src.first() else {
+            return Ok(None);
+        };
+        let (packet_type, flags) = header::parse_first_byte(first_byte, self.version)?;
+        self.check_order(packet_type)?;
+        let Some((remaining, length_bytes)) = varint::decode(&src[1..])? else {
+            return Ok(None);
+        };
+        let header_len = 1 + length_bytes;
+        let total = header_len as u64 + u64::from(remaining);
+        if total > u64::from(self.max_incoming) {
+            return Err(DecodeError::PacketTooLarge {
+                size: total,
+                max: self.max_incoming,
+            });
+        }
+        // At most 256 MiB + 5 here, which fits any usize this crate builds for.
+        let total = total as usize;
+        if src.len() < total {
+            src.reserve((total - src.len()).min(RESERVE_CHUNK));
+            return Ok(None);
+        }
+        let mut body = src.split_to(total).freeze();
+        body.advance(header_len);
+
+        if packet_type == PacketType::Connect {
+            self.connect_received = true;
+            let mut reader = Reader::new(body);
+            let version = decode::connect_protocol(&mut reader)?;
+            self.version = Some(version);
+            let connect = decode::connect(reader, version)?;
+            return Ok(Some(Packet::Connect(Box::new(connect))));
+        }
+        let version = self.version.ok_or(DecodeError::VersionUnknown)?;
+        decode::packet(packet_type, flags, body, version, self.role).map(Some)
+    }
+}
+
+impl Encoder<&Packet> for Codec {
+    type Error = EncodeError;
+
+    /// Encodes for the negotiated version; before one is known (a CONNECT refused for
+    /// its protocol level) in the 3.1.1 format every client understands.
+    fn encode(&mut self, packet: &Packet, dst: &mut BytesMut) -> Result<(), EncodeError> {
+        let version = self.version.unwrap_or(ProtocolVersion::V311);
+        encode::encode(packet, version, self.role, self.max_outgoing, dst)
+    }
+}
+
+impl Encoder<Packet> for Codec {
+    type Error = EncodeError;
+
+    fn encode(&mut self, packet: Packet, dst: &mut BytesMut) -> Result<(), EncodeError> {
+        Encoder::<&Packet>::encode(self, &packet, dst)
+    }
+}

@@ -1,0 +1,297 @@
+//! Encoding packets for the negotiated version. For 3.1.1 properties are dropped and
+//! reason codes mapped to return codes; for v5 acks, DISCONNECT and AUTH always carry
+//! a reason code and a property length (some clients reject the short forms). Packets
+//! larger than the peer's Maximum Packet Size are refused, after first trying without
+//! the Reason String and User Properties, which MQTT 5 says to drop in that case.
+
+use bytes::BytesMut;
+
+use super::codec::Role;
+use super::error::EncodeError;
+use super::header::PacketType;
+use super::packet::*;
+use super::properties::{self, Context};
+use super::reason::ReasonCode;
+use super::sink::{self, Counter, Sink};
+use super::varint::{self, MAX_VARINT};
+
+/// Bytes `packet` takes on the wire (fixed header included) when a server sends it in
+/// `version`. Best effort for a packet the encoder would refuse (a string longer than
+/// 64 KiB, AUTH in 3.1.1): then the bytes counted up to that field.
+pub fn encoded_len(packet: &Packet, version: ProtocolVersion) -> usize {
+    let mut counter = Counter::default();
+    // An error only stops the count early; the partial count is still a fair estimate.
+    let _ = body(&mut counter, packet, version, Role::Server);
+    let remaining = counter.0;
+    1 + varint::len(u32::try_from(remaining).unwrap_or(u32::MAX)) + remaining
+}
+
+/// Appends `packet` to `dst`, refusing it if it exceeds `max_size` bytes.
+pub(crate) fn encode(
+    packet: &Packet,
+    version: ProtocolVersion,
+    role: Role,
+    max_size: Option<u32>,
+    dst: &mut BytesMut,
+) -> Result<(), EncodeError> {
+    let mut counter = Counter::default();
+    body(&mut counter, packet, version, role)?;
+    let remaining = counter.0;
+    let total = (1 + varint::len(u32::try_from(remaining).unwrap_or(u32::MAX)) + remaining) as u64;
+    if remaining > MAX_VARINT as usize {
+        return Err(EncodeError::TooLarge {
+            size: total,
+            max: MAX_VARINT,
+        });
+    }
+    if let Some(max) = max_size
+        && total > u64::from(max)
+    {
+        return match without_optional_properties(packet) {
+            Some(smaller) => encode(&smaller, version, role, max_size, dst),
+            None => Err(EncodeError::TooLarge { size: total, max }),
+        };
+    }
+    dst.reserve(total as usize);
+    Sink::put_u8(dst, first_byte(packet));
+    sink::put_varint(dst, "remaining length", remaining)?;
+    body(dst, packet, version, role)
+}
+
+fn first_byte(packet: &Packet) -> u8 {
+    let packet_type = match packet {
+        Packet::Publish(publish) => {
+            let mut byte = (PacketType::Publish as u8) << 4;
+            byte |= (publish.qos as u8) << 1;
+            if publish.dup {
+                byte |= 0b1000;
+            }
+            if publish.retain {
+                byte |= 0b0001;
+            }
+            return byte;
+        }
+        Packet::Connect(_) => PacketType::Connect,
+        Packet::ConnAck(_) => PacketType::ConnAck,
+        Packet::PubAck(_) => PacketType::PubAck,
+        Packet::PubRec(_) => PacketType::PubRec,
+        Packet::PubRel(_) => PacketType::PubRel,
+        Packet::PubComp(_) => PacketType::PubComp,
+        Packet::Subscribe(_) => PacketType::Subscribe,
+        Packet::SubAck(_) => PacketType::SubAck,
+        Packet::Unsubscribe(_) => PacketType::Unsubscribe,
+        Packet::UnsubAck(_) => PacketType::UnsubAck,
+        Packet::PingReq => PacketType::PingReq,
+        Packet::PingResp => PacketType::PingResp,
+        Packet::Disconnect(_) => PacketType::Disconnect,
+        Packet::Auth(_) => PacketType::Auth,
+    };
+    packet_type.first_byte()
+}
+
+/// A copy without Reason String and User Properties, if the packet type may drop
+/// them (MQTT-3.2.2-19/-20 and the like); `None` if there is nothing to drop.
+fn without_optional_properties(packet: &Packet) -> Option<Packet> {
+    let mut smaller = packet.clone();
+    let props = match &mut smaller {
+        Packet::ConnAck(p) => &mut p.properties,
+        Packet::PubAck(p) | Packet::PubRec(p) | Packet::PubRel(p) | Packet::PubComp(p) => {
+            &mut p.properties
+        }
+        Packet::SubAck(p) => &mut p.properties,
+        Packet::UnsubAck(p) => &mut p.properties,
+        Packet::Disconnect(p) => &mut p.properties,
+        Packet::Auth(p) => &mut p.properties,
+        _ => return None,
+    };
+    if props.reason_string.is_none() && props.user_properties.is_empty() {
+        return None;
+    }
+    props.reason_string = None;
+    props.user_properties.clear();
+    Some(smaller)
+}
+
+fn body<S: Sink>(
+    sink: &mut S,
+    packet: &Packet,
+    version: ProtocolVersion,
+    role: Role,
+) -> Result<(), EncodeError> {
+    let v5 = version == ProtocolVersion::V5;
+    match packet {
+        Packet::Connect(connect) => connect_body(sink, connect, version),
+        Packet::ConnAck(connack) => {
+            sink.put_u8(u8::from(connack.session_present));
+            if v5 {
+                sink.put_u8(connack.reason as u8);
+                properties::encode(sink, &connack.properties, Context::ConnAck)
+            } else {
+                sink.put_u8(connack.reason.to_v311_connack());
+                Ok(())
+            }
+        }
+        Packet::Publish(publish) => {
+            sink::put_str(sink, "topic", &publish.topic)?;
+            if publish.qos != QoS::AtMostOnce {
+                sink.put_u16(publish.packet_id);
+            }
+            if v5 {
+                let context = Context::Publish {
+                    to_client: role == Role::Server,
+                };
+                properties::encode(sink, &publish.properties, context)?;
+            }
+            // The payload is copied once, straight into the output buffer.
+            sink.put_slice(&publish.payload);
+            Ok(())
+        }
+        Packet::PubAck(ack) | Packet::PubRec(ack) | Packet::PubRel(ack) | Packet::PubComp(ack) => {
+            sink.put_u16(ack.packet_id);
+            reason_and_properties(sink, version, ack.reason, &ack.properties, Context::Ack)
+        }
+        Packet::Subscribe(subscribe) => {
+            sink.put_u16(subscribe.packet_id);
+            if v5 {
+                properties::encode(sink, &subscribe.properties, Context::Subscribe)?;
+            }
+            for filter in &subscribe.filters {
+                sink::put_str(sink, "topic filter", &filter.filter)?;
+                sink.put_u8(options_byte(&filter.options, version));
+            }
+            Ok(())
+        }
+        Packet::SubAck(suback) => {
+            sink.put_u16(suback.packet_id);
+            if v5 {
+                properties::encode(sink, &suback.properties, Context::SubAck)?;
+            }
+            for &reason in &suback.reasons {
+                sink.put_u8(match (version, reason) {
+                    (ProtocolVersion::V5, reason) => reason as u8,
+                    (ProtocolVersion::V311, reason) if reason.is_error() => 0x80,
+                    (ProtocolVersion::V311, ReasonCode::GrantedQoS1) => 0x01,
+                    (ProtocolVersion::V311, ReasonCode::GrantedQoS2) => 0x02,
+                    (ProtocolVersion::V311, _) => 0x00,
+                });
+            }
+            Ok(())
+        }
+        Packet::Unsubscribe(unsubscribe) => {
+            sink.put_u16(unsubscribe.packet_id);
+            if v5 {
+                properties::encode(sink, &unsubscribe.properties, Context::Unsubscribe)?;
+            }
+            for filter in &unsubscribe.filters {
+                sink::put_str(sink, "topic filter", filter)?;
+            }
+            Ok(())
+        }
+        Packet::UnsubAck(unsuback) => {
+            sink.put_u16(unsuback.packet_id);
+            if v5 {
+                properties::encode(sink, &unsuback.properties, Context::UnsubAck)?;
+                for &reason in &unsuback.reasons {
+                    sink.put_u8(reason as u8);
+                }
+            }
+            Ok(())
+        }
+        Packet::PingReq | Packet::PingResp => Ok(()),
+        Packet::Disconnect(disconnect) => reason_and_properties(
+            sink,
+            version,
+            disconnect.reason,
+            &disconnect.properties,
+            Context::Disconnect,
+        ),
+        Packet::Auth(auth) => {
+            if !v5 {
+                return Err(EncodeError::NotInVersion {
+                    packet: "AUTH",
+                    version,
+                });
+            }
+            reason_and_properties(sink, version, auth.reason, &auth.properties, Context::Auth)
+        }
+    }
+}
+
+/// v5 only: the reason code and the properties, never the short forms.
+fn reason_and_properties<S: Sink>(
+    sink: &mut S,
+    version: ProtocolVersion,
+    reason: ReasonCode,
+    props: &Properties,
+    context: Context,
+) -> Result<(), EncodeError> {
+    if version == ProtocolVersion::V311 {
+        return Ok(());
+    }
+    sink.put_u8(reason as u8);
+    properties::encode(sink, props, context)
+}
+
+fn options_byte(options: &SubscriptionOptions, version: ProtocolVersion) -> u8 {
+    let mut byte = options.qos as u8;
+    if version == ProtocolVersion::V5 {
+        if options.no_local {
+            byte |= 0b0100;
+        }
+        if options.retain_as_published {
+            byte |= 0b1000;
+        }
+        byte |= match options.retain_handling {
+            RetainHandling::SendAtSubscribe => 0,
+            RetainHandling::SendIfNew => 1,
+            RetainHandling::DoNotSend => 2,
+        } << 4;
+    }
+    byte
+}
+
+fn connect_body<S: Sink>(
+    sink: &mut S,
+    connect: &Connect,
+    version: ProtocolVersion,
+) -> Result<(), EncodeError> {
+    let v5 = version == ProtocolVersion::V5;
+    sink::put_str(sink, "protocol name", "MQTT")?;
+    sink.put_u8(if v5 { 5 } else { 4 });
+    let mut flags = 0u8;
+    if connect.clean_start {
+        flags |= 0x02;
+    }
+    if let Some(will) = &connect.will {
+        flags |= 0x04 | ((will.qos as u8) << 3);
+        if will.retain {
+            flags |= 0x20;
+        }
+    }
+    if connect.password.is_some() {
+        flags |= 0x40;
+    }
+    if connect.username.is_some() {
+        flags |= 0x80;
+    }
+    sink.put_u8(flags);
+    sink.put_u16(connect.keep_alive);
+    if v5 {
+        properties::encode(sink, &connect.properties, Context::Connect)?;
+    }
+    sink::put_str(sink, "client identifier", &connect.client_id)?;
+    if let Some(will) = &connect.will {
+        if v5 {
+            properties::encode(sink, &will.properties, Context::Will)?;
+        }
+        sink::put_str(sink, "will topic", &will.topic)?;
+        sink::put_binary(sink, "will payload", &will.payload)?;
+    }
+    if let Some(username) = &connect.username {
+        sink::put_str(sink, "user name", username)?;
+    }
+    if let Some(password) = &connect.password {
+        sink::put_binary(sink, "password", password)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,142 @@
+//! Reading the fields of one packet body whose bytes have all arrived: every read is
+//! bounds-checked against the body, so a length a peer declares can never reach past
+//! the packet or cause an allocation larger than the packet itself.
+
+use bytes::{Buf, Bytes};
+
+use super::error::DecodeError;
+use super::varint;
+
+pub(crate) struct Reader {
+    buf: Bytes,
+}
+
+impl Reader {
+    pub(crate) fn new(buf: Bytes) -> Reader {
+        Reader { buf }
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.buf.is_empty()
+    }
+
+    /// Fails unless every byte has been consumed (no trailing bytes).
+    pub(crate) fn finish(self) -> Result<(), DecodeError> {
+        match self.buf.len() {
+            0 => Ok(()),
+            extra => Err(DecodeError::TrailingBytes(extra)),
+        }
+    }
+
+    /// The next `len` bytes, without copying.
+    pub(crate) fn take(&mut self, len: usize) -> Result<Bytes, DecodeError> {
+        if len > self.buf.len() {
+            return Err(DecodeError::Truncated);
+        }
+        Ok(self.buf.split_to(len))
+    }
+
+    /// Everything left, without copying.
+    pub(crate) fn rest(&mut self) -> Bytes {
+        self.buf.split_to(self.buf.len())
+    }
+
+    pub(crate) fn u8(&mut self) -> Result<u8, DecodeError> {
+        self.buf.try_get_u8().map_err(|_| DecodeError::Truncated)
+    }
+
+    pub(crate) fn u16(&mut self) -> Result<u16, DecodeError> {
+        self.buf.try_get_u16().map_err(|_| DecodeError::Truncated)
+    }
+
+    pub(crate) fn u32(&mut self) -> Result<u32, DecodeError> {
+        self.buf.try_get_u32().map_err(|_| DecodeError::Truncated)
+    }
+
+    pub(crate) fn varint(&mut self) -> Result<u32, DecodeError> {
+        let (value, len) = varint::decode(&self.buf)?.ok_or(DecodeError::Truncated)?;
+        self.buf.advance(len);
+        Ok(value)
+    }
+
+    /// Binary data: a two-byte length, then that many bytes.
+    pub(crate) fn binary(&mut self) -> Result<Bytes, DecodeError> {
+        let len = self.u16()?;
+        self.take(usize::from(len))
+    }
+
+    /// A UTF-8 string (MQTT-1.5.4-1) free of U+0000 (MQTT-1.5.4-2). Rust's UTF-8
+    /// check already refuses surrogates and overlong forms.
+    pub(crate) fn string(&mut self) -> Result<String, DecodeError> {
+        let bytes = self.binary()?;
+        let text = std::str::from_utf8(&bytes).map_err(|_| DecodeError::InvalidUtf8)?;
+        if text.contains('\0') {
+            return Err(DecodeError::NullCharacter);
+        }
+        Ok(text.to_owned())
+    }
+
+    /// A packet identifier, which must not be zero (MQTT-2.2.1-3).
+    pub(crate) fn packet_id(&mut self) -> Result<u16, DecodeError> {
+        match self.u16()? {
+            0 => Err(DecodeError::ZeroPacketId),
+            id => Ok(id),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reader(bytes: &[u8]) -> Reader {
+        Reader::new(Bytes::copy_from_slice(bytes))
+    }
+
+    #[test]
+    fn strings_must_be_utf8_without_nul() {
+        assert_eq!(reader(&[0, 2, b'h', b'i']).string().unwrap(), "hi");
+        assert!(matches!(
+            reader(&[0, 2, 0xc3, 0x28]).string(),
+            Err(DecodeError::InvalidUtf8)
+        ));
+        // An encoded surrogate (U+D800) is not UTF-8 either.
+        assert!(matches!(
+            reader(&[0, 3, 0xed, 0xa0, 0x80]).string(),
+            Err(DecodeError::InvalidUtf8)
+        ));
+        assert!(matches!(
+            reader(&[0, 3, b'a', 0, b'b']).string(),
+            Err(DecodeError::NullCharacter)
+        ));
+    }
+
+    #[test]
+    fn lengths_cannot_reach_past_the_body() {
+        assert!(matches!(
+            reader(&[0xff, 0xff, b'a']).binary(),
+            Err(DecodeError::Truncated)
+        ));
+        assert!(matches!(reader(&[0x12]).u16(), Err(DecodeError::Truncated)));
+        assert!(matches!(
+            reader(&[0x80]).varint(),
+            Err(DecodeError::Truncated)
+        ));
+    }
+
+    #[test]
+    fn finish_reports_trailing_bytes() {
+        let mut r = reader(&[1, 2, 3]);
+        r.u8().unwrap();
+        assert!(matches!(r.finish(), Err(DecodeError::TrailingBytes(2))));
+    }
+
+    #[test]
+    fn packet_id_zero_is_refused() {
+        assert!(matches!(
+            reader(&[0, 0]).packet_id(),
+            Err(DecodeError::ZeroPacketId)
+        ));
+        assert_eq!(reader(&[1, 2]).packet_id().unwrap(), 0x0102);
+    }
+}

@@ -1,0 +1,220 @@
+//! `serve`: load and provision, bind, run until SIGTERM/SIGINT, reload on SIGHUP.
+//! A reload that fails validation keeps the old policy and says why.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::auth::{AuthConfig, Authenticator, hash_for_secret_file};
+use crate::broker::{Broker, BrokerConfig, ListenerKind, sys};
+use crate::net::{AdmissionControl, AdmissionSettings, Listener, TlsSettings, serve_listener};
+use crate::pki::{self, ProvisionPlan};
+use crate::policy::{Credential, Policy};
+
+use super::gate::{ActivePolicy, IdentityPermissions, PolicyGate};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("{0}")]
+    Manifest(#[from] crate::manifest::ManifestError),
+    #[error("provisioning failed: {0}")]
+    Pki(#[from] pki::PkiError),
+    #[error("password file of {name}: {source}")]
+    SecretFile {
+        name: String,
+        source: crate::auth::SecretFileError,
+    },
+    #[error("TLS: {0}")]
+    Tls(#[from] crate::net::tls::TlsError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("signal handler: {0}")]
+    Signal(std::io::Error),
+    #[error("writing the PID file {path}: {source}")]
+    PidFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+pub struct ServeOptions {
+    pub manifest: PathBuf,
+    pub state: PathBuf,
+    pub pid_file: Option<PathBuf>,
+}
+
+/// Everything that changes when the manifest does.
+struct Loaded {
+    active: ActivePolicy,
+    tls: TlsSettings,
+}
+
+/// Loads the manifest, provisions what it implies, hashes password files.
+fn load(manifest: &Path, state: &Path) -> Result<Loaded, ServeError> {
+    let (policy, warnings) = Policy::load(manifest)?;
+    for warning in warnings {
+        tracing::warn!("{warning}");
+    }
+    let plan = ProvisionPlan {
+        hostnames: policy.hostnames.clone(),
+        addresses: policy.addresses.clone(),
+        rsa_server_key: policy.needs_rsa_server_key(),
+        certificate_devices: policy
+            .certificate_devices()
+            .into_iter()
+            .map(str::to_owned)
+            .collect(),
+    };
+    let report = pki::provision(state, &plan)?;
+    for item in report
+        .items
+        .iter()
+        .filter(|i| i.outcome != pki::Outcome::Kept)
+    {
+        tracing::info!(path = %item.path.display(), outcome = %item.outcome, "provisioned");
+    }
+    let mut file_hashes = HashMap::new();
+    for identity in policy.identities() {
+        if let Credential::PasswordFile(path) = &identity.credential {
+            let hash = hash_for_secret_file(state, &identity.name, path).map_err(|source| {
+                ServeError::SecretFile {
+                    name: identity.name.clone(),
+                    source,
+                }
+            })?;
+            file_hashes.insert(identity.name.clone(), hash);
+        }
+    }
+    let tls = TlsSettings::new(pki::load_server_credentials(state)?)?;
+    Ok(Loaded {
+        active: ActivePolicy {
+            policy,
+            file_hashes,
+        },
+        tls,
+    })
+}
+
+fn broker_config(policy: &Policy) -> BrokerConfig {
+    let l = &policy.limits;
+    BrokerConfig {
+        max_packet_size_before_auth: l.max_packet_size_before_auth,
+        connect_timeout: l.connect_timeout,
+        max_keepalive: l.max_keepalive,
+        max_inflight: l.max_inflight,
+        max_subscriptions: l.max_subscriptions,
+        max_user_properties: l.max_user_properties,
+        max_user_property_bytes: l.max_user_property_bytes,
+        max_client_id_length: l.max_client_id_length,
+        max_topic_length: l.max_topic_length,
+        max_topic_levels: l.max_topic_levels,
+        max_retained_messages: l.max_retained_messages,
+        max_retained_bytes: l.max_retained_bytes,
+        ..BrokerConfig::default()
+    }
+}
+
+fn admission_settings(policy: &Policy) -> AdmissionSettings {
+    AdmissionSettings {
+        networks: policy.networks.clone(),
+        max_connections: policy.limits.max_connections,
+        max_connections_per_ip: policy.limits.max_connections_per_ip,
+    }
+}
+
+/// Runs the broker until SIGTERM or SIGINT.
+pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
+    let loaded = load(&options.manifest, &options.state)?;
+    let policy = &loaded.active.policy;
+    let broker = Broker::new(broker_config(policy));
+    let auth = Authenticator::new(AuthConfig {
+        concurrency: policy.limits.auth_concurrency,
+        queue: policy.limits.auth_queue,
+        ..AuthConfig::default()
+    });
+    let admission = AdmissionControl::new(admission_settings(policy));
+    let tls = Arc::new(ArcSwap::from_pointee(loaded.tls));
+    let mut listeners = Vec::new();
+    for (addr, kind) in std::iter::once((policy.listen_tls, ListenerKind::Tls))
+        .chain(policy.listen_plain.map(|a| (a, ListenerKind::Plain)))
+    {
+        let listener = Listener::bind(addr, kind)
+            .await
+            .map_err(|source| ServeError::Bind { addr, source })?;
+        let bound = listener.local_addr().unwrap_or(addr);
+        tracing::info!(address = %bound, listener = ?kind, "listening");
+        listeners.push(listener);
+    }
+    let active = Arc::new(ArcSwap::from_pointee(loaded.active));
+    let gate = Arc::new(PolicyGate {
+        active: Arc::clone(&active),
+        auth: Arc::clone(&auth),
+    });
+    for listener in listeners {
+        tokio::spawn(serve_listener(
+            listener,
+            Arc::clone(&admission),
+            Arc::clone(&tls),
+            Arc::clone(&broker),
+            gate.clone(),
+        ));
+    }
+    tokio::spawn(sys::run_periodic(Arc::clone(&broker)));
+
+    if let Some(path) = &options.pid_file {
+        std::fs::write(path, format!("{}\n", std::process::id())).map_err(|source| {
+            ServeError::PidFile {
+                path: path.clone(),
+                source,
+            }
+        })?;
+    }
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+    tracing::info!("moat is ready");
+
+    let mut hangup = signal(SignalKind::hangup()).map_err(ServeError::Signal)?;
+    let mut terminate = signal(SignalKind::terminate()).map_err(ServeError::Signal)?;
+    let mut interrupt = signal(SignalKind::interrupt()).map_err(ServeError::Signal)?;
+    loop {
+        tokio::select! {
+            _ = hangup.recv() => {
+                let _ = sd_notify::notify(&[sd_notify::NotifyState::Reloading]);
+                match load(&options.manifest, &options.state) {
+                    Ok(loaded) => {
+                        let new_policy = &loaded.active.policy;
+                        broker.set_config(broker_config(new_policy));
+                        admission.update(admission_settings(new_policy));
+                        tls.store(Arc::new(loaded.tls));
+                        auth.clear_cache();
+                        let resolve = |name: &str| {
+                            new_policy.identity(name).map(|i| IdentityPermissions::new(Arc::clone(i)))
+                        };
+                        let (removed, dropped) = broker.reauthorize(&resolve);
+                        active.store(Arc::new(loaded.active));
+                        tracing::info!(sessions_removed = removed, subscriptions_dropped = dropped, "manifest reloaded");
+                    }
+                    Err(e) => tracing::error!("reload refused, the previous policy stays in force: {e}"),
+                }
+                let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+            }
+            _ = terminate.recv() => break,
+            _ = interrupt.recv() => break,
+        }
+    }
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    tracing::info!("shutting down");
+    broker.shutdown();
+    // Give connections a moment to send their DISCONNECT.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    if let Some(path) = &options.pid_file {
+        let _ = std::fs::remove_file(path);
+    }
+    Ok(())
+}

@@ -1,0 +1,343 @@
+//! Hostile and broken input, one test per class, over raw TCP on the plaintext
+//! listener (admission and the codec are the same as behind TLS). Each hostile
+//! connection is closed (v5: with the right DISCONNECT reason) and a control client
+//! keeps working throughout.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use common::{Moat, Sub};
+
+const BODY: &str = r##"devices:
+  plug:
+    password_hash: "{HASH}"
+    plaintext: true
+    publish: ["home/#"]
+    subscribe: ["home/#"]
+"##;
+
+fn encode_len(mut n: usize, out: &mut Vec<u8>) {
+    loop {
+        let mut byte = (n % 128) as u8;
+        n /= 128;
+        if n > 0 {
+            byte |= 0x80;
+        }
+        out.push(byte);
+        if n == 0 {
+            break;
+        }
+    }
+}
+
+fn packet(first: u8, body: &[u8]) -> Vec<u8> {
+    let mut out = vec![first];
+    encode_len(body.len(), &mut out);
+    out.extend_from_slice(body);
+    out
+}
+
+fn string(s: &[u8]) -> Vec<u8> {
+    let mut out = (s.len() as u16).to_be_bytes().to_vec();
+    out.extend_from_slice(s);
+    out
+}
+
+/// A valid CONNECT for the plaintext device, protocol level 4 or 5.
+fn connect_packet(level: u8, client_id: &str) -> Vec<u8> {
+    let mut body = string(b"MQTT");
+    body.push(level);
+    body.push(0xC2); // username, password, clean start
+    body.extend_from_slice(&60u16.to_be_bytes());
+    if level == 5 {
+        body.push(0); // no properties
+    }
+    body.extend(string(client_id.as_bytes()));
+    body.extend(string(b"plug"));
+    body.extend(string(common::PASSWORD.as_bytes()));
+    packet(0x10, &body)
+}
+
+fn open(moat: &Moat) -> TcpStream {
+    let s = TcpStream::connect(("127.0.0.1", moat.plain_port.unwrap())).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s
+}
+
+/// Connects and reads the CONNACK; returns the stream.
+fn connected(moat: &Moat, level: u8, client_id: &str) -> TcpStream {
+    let mut s = open(moat);
+    s.write_all(&connect_packet(level, client_id)).unwrap();
+    let mut head = [0u8; 2];
+    s.read_exact(&mut head).unwrap();
+    assert_eq!(head[0], 0x20, "CONNACK expected");
+    let mut rest = vec![0u8; usize::from(head[1])];
+    s.read_exact(&mut rest).unwrap();
+    let code = if level == 5 { rest[1] } else { rest[1] };
+    assert_eq!(code, 0, "CONNACK refused: {rest:?}\n{}", moat.log());
+    s
+}
+
+/// Reads until the broker closes; returns everything it sent.
+fn read_to_close(mut s: TcpStream) -> Vec<u8> {
+    let mut all = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut buf = [0u8; 1024];
+    while Instant::now() < deadline {
+        match s.read(&mut buf) {
+            Ok(0) => return all,
+            Ok(n) => all.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return all,
+            Err(e) => panic!("connection not closed: {e}; got {all:?}"),
+        }
+    }
+    panic!("connection not closed within 5 s; got {all:?}");
+}
+
+/// Sends `bad` after a v5 CONNECT and expects DISCONNECT with `reason`, then close.
+fn expect_disconnect(moat: &Moat, bad: &[u8], reason: u8) {
+    let mut s = connected(moat, 5, "hostile");
+    s.write_all(bad).unwrap();
+    let got = read_to_close(s);
+    assert!(
+        got.len() >= 3 && got[0] == 0xE0,
+        "no DISCONNECT for {bad:02x?}: {got:02x?}"
+    );
+    assert_eq!(got[2], reason, "reason for {bad:02x?}: {got:02x?}");
+}
+
+/// A subscriber and a publisher connected before the hostile traffic starts (so
+/// lockout of the shared loopback address cannot touch them): they must keep
+/// working throughout.
+struct Control {
+    sub: Sub,
+    publisher: TcpStream,
+    n: u32,
+}
+
+impl Control {
+    fn start(moat: &Moat) -> Control {
+        let port = moat.plain_port.unwrap().to_string();
+        let sub = Sub::start(
+            &[
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "-u",
+                "plug",
+                "-P",
+                common::PASSWORD,
+                "-t",
+                "home/control",
+                "-i",
+                "control-sub",
+            ]
+            .map(String::from),
+        );
+        let publisher = connected(moat, 5, "control-pub");
+        std::thread::sleep(Duration::from_millis(300));
+        Control {
+            sub,
+            publisher,
+            n: 0,
+        }
+    }
+
+    /// The control clients still work: a QoS 0 publish arrives.
+    fn check(&mut self, moat: &Moat) {
+        self.n += 1;
+        let payload = format!("alive-{}", self.n);
+        let mut body = string(b"home/control");
+        body.push(0); // no properties
+        body.extend_from_slice(payload.as_bytes());
+        self.publisher
+            .write_all(&packet(0x30, &body))
+            .expect("control publisher still connected");
+        assert!(
+            self.sub.wait_for(&payload, Duration::from_secs(5)),
+            "control client lost\n{}",
+            moat.log()
+        );
+    }
+}
+
+fn publish_v5(topic: &[u8], qos: u8, packet_id: Option<u16>, props: &[u8]) -> Vec<u8> {
+    let mut body = string(topic);
+    if let Some(id) = packet_id {
+        body.extend_from_slice(&id.to_be_bytes());
+    }
+    body.push(props.len() as u8);
+    body.extend_from_slice(props);
+    body.extend_from_slice(b"payload");
+    packet(0x30 | (qos << 1), &body)
+}
+
+#[test]
+fn huge_declared_length_before_connect_is_refused_without_memory_growth() {
+    let moat = Moat::start_with(BODY, true, "");
+    let mut control = Control::start(&moat);
+    let before = moat.rss_kib();
+    for _ in 0..50 {
+        let mut s = open(&moat);
+        // CONNECT announcing 256 MB.
+        s.write_all(&[0x10, 0xFF, 0xFF, 0xFF, 0x7F]).unwrap();
+        let _ = s.write_all(&[0u8; 1024]);
+        read_to_close(s);
+    }
+    let after = moat.rss_kib();
+    assert!(
+        after < before + 8 * 1024,
+        "RSS grew from {before} to {after} KiB"
+    );
+    control.check(&moat);
+}
+
+#[test]
+fn first_packet_must_be_connect_and_only_one() {
+    let moat = Moat::start_with(BODY, true, "");
+    let mut control = Control::start(&moat);
+    let mut s = open(&moat);
+    s.write_all(&[0xC0, 0x00]).unwrap(); // PINGREQ first
+    read_to_close(s);
+    expect_disconnect(&moat, &connect_packet(5, "again"), 0x82);
+    control.check(&moat);
+}
+
+#[test]
+fn malformed_packets_get_the_right_reason() {
+    let moat = Moat::start_with(BODY, true, "");
+    let mut control = Control::start(&moat);
+    // SUBSCRIBE with reserved flags 0000 instead of 0010.
+    let mut sub_body = vec![0x00, 0x01, 0x00];
+    sub_body.extend(string(b"home/x"));
+    sub_body.push(0x01);
+    expect_disconnect(&moat, &packet(0x80, &sub_body), 0x81);
+    // QoS 3.
+    expect_disconnect(&moat, &publish_v5(b"home/x", 3, Some(1), &[]), 0x81);
+    // QoS 1 with packet id 0.
+    expect_disconnect(&moat, &publish_v5(b"home/x", 1, Some(0), &[]), 0x81);
+    // Wildcards in a topic name.
+    let wild = publish_v5(b"home/+", 0, None, &[]);
+    let mut s = connected(&moat, 5, "wild");
+    s.write_all(&wild).unwrap();
+    let got = read_to_close(s);
+    assert!(
+        matches!(got.get(2), Some(0x81 | 0x90)),
+        "wildcard topic: {got:02x?}"
+    );
+    // Empty topic without an alias.
+    let empty = publish_v5(b"", 0, None, &[]);
+    let mut s = connected(&moat, 5, "empty");
+    s.write_all(&empty).unwrap();
+    let got = read_to_close(s);
+    assert!(
+        matches!(got.get(2), Some(0x81 | 0x82 | 0x90)),
+        "empty topic: {got:02x?}"
+    );
+    // Invalid UTF-8 and U+0000 in the topic.
+    expect_disconnect(&moat, &publish_v5(b"home/\xff\xfe", 0, None, &[]), 0x81);
+    expect_disconnect(&moat, &publish_v5(b"home/\0", 0, None, &[]), 0x81);
+    // Duplicate Message Expiry property; Session Expiry (not allowed in PUBLISH).
+    expect_disconnect(
+        &moat,
+        &publish_v5(b"home/x", 0, None, &[0x02, 0, 0, 0, 5, 0x02, 0, 0, 0, 6]),
+        0x81,
+    );
+    expect_disconnect(
+        &moat,
+        &publish_v5(b"home/x", 0, None, &[0x11, 0, 0, 0, 5]),
+        0x81,
+    );
+    // Non-minimal remaining length (0 encoded in two bytes).
+    expect_disconnect(&moat, &[0xC0, 0x80, 0x00], 0x81);
+    // Trailing byte after PINGREQ.
+    expect_disconnect(&moat, &[0xC0, 0x01, 0x00], 0x81);
+    control.check(&moat);
+}
+
+#[test]
+fn server_only_packet_types_are_refused() {
+    let moat = Moat::start_with(BODY, true, "");
+    let mut control = Control::start(&moat);
+    for bad in [
+        vec![0x20, 0x03, 0x00, 0x00, 0x00],       // CONNACK
+        vec![0x90, 0x04, 0x00, 0x01, 0x00, 0x00], // SUBACK
+        vec![0xB0, 0x04, 0x00, 0x01, 0x00, 0x00], // UNSUBACK
+        vec![0xD0, 0x00],                         // PINGRESP
+    ] {
+        let mut s = connected(&moat, 5, "server-only");
+        s.write_all(&bad).unwrap();
+        let got = read_to_close(s);
+        assert!(
+            got.len() >= 3 && got[0] == 0xE0 && got[2] >= 0x80,
+            "{bad:02x?} -> {got:02x?}"
+        );
+    }
+    control.check(&moat);
+}
+
+#[test]
+fn every_truncation_and_bit_flip_of_valid_packets_leaves_the_broker_serving() {
+    let moat = Moat::start_with(BODY, true, "");
+    let mut control = Control::start(&moat);
+    let mut subscribe = vec![0x00, 0x07, 0x00];
+    subscribe.extend(string(b"home/#"));
+    subscribe.push(0x01);
+    let corpus = [
+        publish_v5(
+            b"home/a",
+            1,
+            Some(7),
+            &[0x01, 0x01, 0x26, 0, 1, b'k', 0, 1, b'v'],
+        ),
+        packet(0x82, &subscribe),
+        vec![0xC0, 0x00],
+        vec![0xE0, 0x02, 0x00, 0x00],
+    ];
+    let mut cases = 0;
+    for valid in &corpus {
+        let mut variants: Vec<Vec<u8>> = (1..valid.len()).map(|n| valid[..n].to_vec()).collect();
+        for byte in 0..valid.len() {
+            for bit in 0..8 {
+                let mut v = valid.clone();
+                v[byte] ^= 1 << bit;
+                variants.push(v);
+            }
+        }
+        for v in variants {
+            let mut s = connected(&moat, 5, "fuzz");
+            let _ = s.write_all(&v);
+            cases += 1;
+        }
+    }
+    assert!(cases > 300, "ran {cases} cases");
+    control.check(&moat);
+    // And the CONNECT itself, mutated before authentication.
+    let connect = connect_packet(5, "fuzz-connect");
+    for byte in 0..connect.len() {
+        for bit in 0..8 {
+            let mut v = connect.clone();
+            v[byte] ^= 1 << bit;
+            let mut s = open(&moat);
+            let _ = s.write_all(&v);
+        }
+    }
+    control.check(&moat);
+}
+
+#[test]
+fn silent_connection_is_closed_at_the_deadline() {
+    let moat = Moat::start_with(BODY, true, "  limits: { connect_timeout: 2s }\n");
+    let s = open(&moat);
+    let started = Instant::now();
+    read_to_close(s);
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(1500) && waited < Duration::from_secs(5),
+        "closed after {waited:?}"
+    );
+}

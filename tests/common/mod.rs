@@ -1,0 +1,275 @@
+//! Shared fixture for end-to-end tests: a temp dir with a manifest, the real `moat
+//! serve` process on loopback ports, and helpers to run real MQTT clients against it.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub const PASSWORD: &str = "test-password-123";
+
+pub fn moat_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_moat")
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+/// argon2id hash of the shared test password (computed once per test binary).
+pub fn password_hash() -> String {
+    static HASH: Mutex<Option<String>> = Mutex::new(None);
+    let mut slot = HASH.lock().unwrap();
+    slot.get_or_insert_with(|| moat::auth::hash_password(PASSWORD.as_bytes()).unwrap())
+        .clone()
+}
+
+pub fn have(tool: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
+/// A running `moat serve` in its own temp dir. Killed on drop.
+pub struct Moat {
+    pub dir: tempfile::TempDir,
+    pub tls_port: u16,
+    pub plain_port: Option<u16>,
+    child: Option<Child>,
+    pub log: Arc<Mutex<String>>,
+}
+
+impl Moat {
+    pub fn manifest_path(&self) -> PathBuf {
+        self.dir.path().join("moat.yaml")
+    }
+
+    pub fn state(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    pub fn ca(&self) -> PathBuf {
+        self.state().join("ca.pem")
+    }
+
+    pub fn device_dir(&self, name: &str) -> PathBuf {
+        self.state().join("devices").join(name)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    /// Starts moat with a manifest. `body` is the manifest text after the broker
+    /// section (users, devices, roles); `{HASH}` is replaced by the test password hash.
+    pub fn start(body: &str) -> Moat {
+        Self::start_with(body, false, "")
+    }
+
+    pub fn start_with(body: &str, plain: bool, extra_broker: &str) -> Moat {
+        let dir = tempfile::tempdir().unwrap();
+        let tls_port = free_port();
+        let plain_port = plain.then(free_port);
+        let plain_line = plain_port
+            .map(|p| format!("    plain: {{ address: \"127.0.0.1\", port: {p} }}\n"))
+            .unwrap_or_default();
+        let manifest = format!(
+            "version: 1\nbroker:\n  hostnames: [moat.test]\n  listen:\n    tls: {{ address: \"127.0.0.1\", port: {tls_port} }}\n{plain_line}  networks: [loopback]\n{extra_broker}{}",
+            body.replace("{HASH}", &password_hash())
+        );
+        std::fs::write(dir.path().join("moat.yaml"), manifest).unwrap();
+        let mut moat = Moat {
+            dir,
+            tls_port,
+            plain_port,
+            child: None,
+            log: Arc::new(Mutex::new(String::new())),
+        };
+        moat.spawn();
+        moat
+    }
+
+    /// (Re)starts the process on the same directory and ports.
+    pub fn spawn(&mut self) {
+        let mut child = Command::new(moat_bin())
+            .arg("serve")
+            .arg("--manifest")
+            .arg(self.manifest_path())
+            .arg("--state")
+            .arg(self.state())
+            .arg("--pid-file")
+            .arg(self.dir.path().join("moat.pid"))
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("moat serve starts");
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::clone(&self.log);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let mut l = log.lock().unwrap();
+                l.push_str(&line);
+                l.push('\n');
+            }
+        });
+        self.child = Some(child);
+        self.wait_ready();
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let addr: SocketAddr = ([127, 0, 0, 1], self.tls_port).into();
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("moat exited early ({status}):\n{}", self.log());
+            }
+            if self.log().contains("moat is ready") && TcpStream::connect(addr).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("moat did not become ready:\n{}", self.log());
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{sig}"), &self.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Resident memory of the broker process in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap()
+    }
+
+    /// Arguments for mosquitto_pub/sub over TLS with a password.
+    pub fn tls_args(&self, user: &str) -> Vec<String> {
+        vec![
+            "-h".into(),
+            "127.0.0.1".into(),
+            "-p".into(),
+            self.tls_port.to_string(),
+            "--cafile".into(),
+            self.ca().display().to_string(),
+            "-u".into(),
+            user.into(),
+            "-P".into(),
+            PASSWORD.into(),
+        ]
+    }
+}
+
+impl Drop for Moat {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Runs a command with a time bound, returning its output.
+pub fn run_bounded(cmd: &mut Command, limit: Duration) -> Output {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("command starts");
+    let deadline = Instant::now() + limit;
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            return child.wait_with_output().unwrap();
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            return child.wait_with_output().unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Starts `mosquitto_sub` in the background; `collect` returns what it printed.
+pub struct Sub {
+    child: Child,
+    out: Arc<Mutex<String>>,
+}
+
+impl Sub {
+    pub fn start(args: &[String]) -> Sub {
+        let mut child = Command::new("mosquitto_sub")
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("mosquitto_sub starts");
+        let stdout = child.stdout.take().unwrap();
+        let out = Arc::new(Mutex::new(String::new()));
+        let sink = Arc::clone(&out);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let mut o = sink.lock().unwrap();
+                o.push_str(&line);
+                o.push('\n');
+            }
+        });
+        Sub { child, out }
+    }
+
+    pub fn output(&self) -> String {
+        self.out.lock().unwrap().clone()
+    }
+
+    /// Waits until the output contains `needle` (or the time is up).
+    pub fn wait_for(&self, needle: &str, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if self.output().contains(needle) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    pub fn stop(mut self) -> String {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        std::thread::sleep(Duration::from_millis(50));
+        self.output()
+    }
+}
+
+impl Drop for Sub {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn path_str(p: &Path) -> String {
+    p.display().to_string()
+}
