@@ -679,6 +679,9 @@ mod blob_tests {
             ..Properties::default()
         };
         assert_eq!(from_blob(&to_blob(&props).unwrap()).unwrap(), props);
-        assert_eq!(from_blob(&to_blob(&Properties::default()).unwrap()).unwrap(), Properties::default());
+        assert_eq!(
+            from_blob(&to_blob(&Properties::default()).unwrap()).unwrap(),
+            Properties::default()
+        );
     }
 }

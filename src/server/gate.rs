@@ -151,3 +151,12 @@ impl Gatekeeper for PolicyGate {
         Box::pin(self.admit_inner(connect, peer))
     }
 }
+
+/// How the broker finds an identity's current rights, for this policy.
+pub fn resolver_for(policy: &Policy) -> crate::broker::Resolver {
+    let rights: HashMap<String, Arc<dyn Permissions>> = policy
+        .identities()
+        .map(|identity| (identity.name.clone(), permissions_of(identity)))
+        .collect();
+    Arc::new(move |name: &str| rights.get(name).cloned())
+}

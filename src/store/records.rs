@@ -144,4 +144,7 @@ pub enum Op {
         client_id: String,
         packet_id: u16,
     },
+    /// Several ops that one broker event implies (a publish reaching many
+    /// persistent sessions), applied in order within the same transaction.
+    Batch(Vec<Op>),
 }

@@ -372,6 +372,11 @@ fn to_sql_u64(value: u64) -> rusqlite::Result<i64> {
 
 fn apply(tx: &Transaction<'_>, op: &Op, at: i64) -> rusqlite::Result<()> {
     match op {
+        Op::Batch(ops) => {
+            for op in ops {
+                apply(tx, op, at)?;
+            }
+        }
         Op::PutRetained(r) => {
             let m = &r.message;
             tx.prepare_cached(
