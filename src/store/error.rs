@@ -39,7 +39,8 @@ pub enum StoreError {
 
 impl StoreError {
     /// The MQTT 5 reason code for a PUBACK/PUBREC (or SUBACK) refused because of this
-    /// error: `QuotaExceeded` (0x97) when the disk is full, `UnspecifiedError` else.
+    /// error: `QuotaExceeded` (0x97) when the disk is full or the write queue is full
+    /// (`try_reserve`), `UnspecifiedError` (0x80) else.
     pub fn reason_code(&self) -> ReasonCode {
         match self {
             StoreError::DiskFull | StoreError::Busy => ReasonCode::QuotaExceeded,
