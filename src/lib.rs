@@ -10,6 +10,7 @@ pub mod auth;
 pub mod broker;
 pub mod cli;
 pub mod commands;
+pub mod doctor;
 pub mod firewall;
 pub mod manifest;
 pub mod net;
