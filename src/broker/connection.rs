@@ -776,19 +776,23 @@ impl Connection {
                     self.outbound_done(ack.packet_id, slot);
                     return Ok(None);
                 }
+                let mut commit = None;
                 let reason = if self.session.mailbox.received(ack.packet_id) {
-                    if let Some(slot) = slot {
-                        drop(slot.submit(Op::PutInflightOut(StoredInflightOut {
+                    // PUBREL only once "released" is durable: after a crash the
+                    // client must get PUBREL again, never the PUBLISH (which it
+                    // would take for a new message once it has seen PUBREL).
+                    commit = slot.map(|slot| {
+                        slot.submit(Op::PutInflightOut(StoredInflightOut {
                             client_id: self.session.client_id.to_string(),
                             packet_id: ack.packet_id,
                             state: InflightOut::Released,
-                        })));
-                    }
+                        }))
+                    });
                     ReasonCode::Success
                 } else {
                     ReasonCode::PacketIdentifierNotFound
                 };
-                self.reply(Packet::PubRel(Ack::new(ack.packet_id, reason)));
+                self.reply_after(commit, Packet::PubRel(Ack::new(ack.packet_id, reason)));
             }
             Packet::PubRel(ack) => {
                 let reason = if self.session.remove_inbound_qos2(ack.packet_id) {

@@ -99,6 +99,7 @@ impl Moat {
 
     /// (Re)starts the process on the same directory and ports.
     pub fn spawn(&mut self) {
+        self.log.lock().unwrap().clear();
         let mut child = Command::new(moat_bin())
             .arg("serve")
             .arg("--manifest")
@@ -150,6 +151,21 @@ impl Moat {
             .status()
             .unwrap();
         assert!(status.success());
+    }
+
+    /// SIGTERM, then waits for the process to exit (graceful shutdown).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 
     pub fn kill(&mut self) {
