@@ -12,7 +12,8 @@
 //! ```text
 //! MOAT-BACKUP          "moat backup 1": what this is (restore refuses other archives)
 //! state/...            the state directory; the database snapshot at its usual place
-//! manifest.yaml        the installed manifest, when it lives outside the state directory
+//! manifest.yaml        the installed manifest (also when it lives in the state directory,
+//!                      so an archive restores into any layout)
 //! database.sqlite      the database snapshot, when it lives outside the state directory
 //! ```
 
@@ -128,6 +129,8 @@ pub struct BackupReport {
 
 /// Writes a backup archive of `state` (and `manifest`, and the database) to `output`.
 pub fn backup(state: &Path, manifest: &Path, output: &Path) -> Result<BackupReport, BackupError> {
+    // Absolute paths, so the walk can recognise the manifest and the database.
+    let (state, manifest) = (&absolute(state), &absolute(manifest));
     if !state.is_dir() {
         return Err(BackupError::NoState(state.to_path_buf()));
     }
@@ -137,7 +140,7 @@ pub fn backup(state: &Path, manifest: &Path, output: &Path) -> Result<BackupRepo
     }
     let mut notes = Vec::new();
     let manifest_exists = manifest.is_file();
-    let database = database_path(state, manifest, manifest_exists, &mut notes);
+    let database = absolute(&database_path(state, manifest, manifest_exists, &mut notes));
     let database_in_state = inside(state, &database);
     let manifest_in_state = manifest_exists && inside(state, manifest);
 
@@ -159,13 +162,24 @@ pub fn backup(state: &Path, manifest: &Path, output: &Path) -> Result<BackupRepo
         .open(&temp_archive)
         .map_err(io_at(&temp_archive))?;
     let mut writer = TarWriter::new(BufWriter::new(file));
-    let marker = file_header(Path::new(MARKER_ENTRY), MARKER_TEXT.len() as u64, 0o600, 0);
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let marker = file_header(
+        Path::new(MARKER_ENTRY),
+        MARKER_TEXT.len() as u64,
+        0o600,
+        now,
+    );
     writer
         .append_file(&marker, &mut &MARKER_TEXT[..])
         .map_err(tar_at(output))?;
 
     let mut files = 0;
-    let skip = |path: &Path| database_in_state && is_database_file(path, &database);
+    let skip = |path: &Path| {
+        (database_in_state && is_database_file(path, &database))
+            || (manifest_in_state && path == manifest)
+    };
     let mut entries = Vec::new();
     walk(state, Path::new(""), &skip, &mut entries)?;
     if entries.len() + 3 > MAX_ENTRIES {
@@ -198,7 +212,7 @@ pub fn backup(state: &Path, manifest: &Path, output: &Path) -> Result<BackupRepo
         append_with_mode(&mut writer, &entry, snapshot, 0o600, output)?;
         files += 1;
     }
-    if manifest_exists && !manifest_in_state {
+    if manifest_exists {
         append_path(&mut writer, Path::new(MANIFEST_ENTRY), manifest, output)?;
         files += 1;
     }
@@ -256,13 +270,15 @@ fn is_database_file(path: &Path, database: &Path) -> bool {
             .any(|suffix| name == format!("{db_name}{suffix}"))
 }
 
+/// `path` made absolute and lexically normalised (no `.` components).
+fn absolute(path: &Path) -> PathBuf {
+    std::path::absolute(path)
+        .map(|p| p.components().collect::<PathBuf>())
+        .unwrap_or_else(|_| path.to_path_buf())
+}
+
 /// Whether `path` lies inside `dir` (lexically, after making both absolute).
 fn inside(dir: &Path, path: &Path) -> bool {
-    let absolute = |p: &Path| {
-        std::path::absolute(p)
-            .map(|p| p.components().collect::<PathBuf>())
-            .unwrap_or_else(|_| p.to_path_buf())
-    };
     absolute(path).starts_with(absolute(dir))
 }
 
@@ -395,8 +411,6 @@ pub struct RestoreReport {
 pub enum ManifestRestore {
     /// Restored to this path.
     Restored(PathBuf),
-    /// The manifest lives in the state directory and came back with it.
-    InState(PathBuf),
     /// A manifest already existed there and was kept (for example a declared one).
     KeptExisting(PathBuf),
     /// The archive held no manifest.
@@ -509,15 +523,17 @@ fn restore_into(
                     let mode = restored_mode(relative, header.mode);
                     extract(&mut reader, &target, mode, header.mtime, archive)?;
                     files += 1;
-                    if target == manifest {
-                        manifest_outcome = ManifestRestore::InState(target);
-                    }
                 }
             }
         } else if header.path == Path::new(MANIFEST_ENTRY) && header.kind == EntryKind::File {
-            if manifest_existed || manifest_in_state {
+            if manifest_existed {
                 manifest_outcome = ManifestRestore::KeptExisting(manifest.to_path_buf());
                 continue;
+            }
+            if manifest_in_state
+                && let Some(parent) = manifest.parent().and_then(|p| p.strip_prefix(state).ok())
+            {
+                create_private_dirs(state, parent)?;
             }
             extract(
                 &mut reader,

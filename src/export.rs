@@ -145,7 +145,7 @@ pub fn client_settings(
 }
 
 fn password_note(name: &str) -> String {
-    format!("the password you set with `moat passwd {name}`")
+    format!("the password you set with `moat passwd {name}` (or put in moat.yaml on the card)")
 }
 
 fn snippets(s: &ClientSettings, identity: &Identity, state: &Path) -> Vec<Snippet> {

@@ -25,9 +25,6 @@ pub fn run(global: &GlobalArgs, args: &BackupArgs) -> anyhow::Result<u8> {
             ManifestRestore::Restored(path) => {
                 println!("restored the manifest to {}", path.display())
             }
-            ManifestRestore::InState(path) => {
-                println!("the manifest is back at {}", path.display())
-            }
             ManifestRestore::KeptExisting(path) => println!(
                 "kept the existing manifest {} (the archive's copy was not restored)",
                 path.display()
