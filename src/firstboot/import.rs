@@ -55,7 +55,8 @@ pub fn hash_plaintext_passwords(text: &str, source_name: &str) -> Result<Hashed,
 #[cfg(test)]
 mod tests {
     use super::*;
-    use argon2::password_hash::{PasswordHash, PasswordVerifier};
+    use argon2::password_hash::PasswordVerifier;
+    use argon2::password_hash::phc::PasswordHash;
 
     #[test]
     fn hashes_every_plaintext_password_and_keeps_comments() {
