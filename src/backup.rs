@@ -598,6 +598,7 @@ fn restored_mode(relative: &Path, archived: u32) -> u32 {
     let private = relative
         .extension()
         .is_some_and(|e| e == "key" || e == "phc")
+        || relative.file_name().is_some_and(|n| n == "key.pem")
         || relative.starts_with("hashes")
         || relative
             .file_name()
@@ -803,6 +804,7 @@ mod tests {
         assert_eq!(restored_mode(Path::new("ca.key"), 0o644), 0o600);
         assert_eq!(restored_mode(Path::new("hashes/x.phc"), 0o644), 0o600);
         assert_eq!(restored_mode(Path::new("moat.db"), 0o644), 0o600);
+        assert_eq!(restored_mode(Path::new("devices/x/key.pem"), 0o644), 0o600);
         assert_eq!(restored_mode(Path::new("ca.pem"), 0o777), 0o644);
     }
 }

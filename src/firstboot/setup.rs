@@ -34,6 +34,15 @@ pub fn render(
         t,
         "             (clients must use one of these: the certificate covers nothing else)"
     );
+    if policy.hostnames.is_empty() && policy.addresses.is_empty() {
+        for line in [
+            "  WARNING: moat.yaml names no broker.hostnames or broker.addresses, so the",
+            "  certificate covers only localhost and no LAN client can verify it. Add the",
+            "  name (or fixed IP address) clients use, then reboot.",
+        ] {
+            let _ = writeln!(t, "{line}");
+        }
+    }
     let _ = writeln!(t, "  TLS port:  {}", policy.listen_tls.port());
     let plain: Vec<&str> = policy
         .identities()
