@@ -11,6 +11,7 @@ pub mod backup;
 pub mod broker;
 pub mod cli;
 pub mod commands;
+pub mod doctor;
 pub mod export;
 pub mod firewall;
 pub mod firstboot;

@@ -4,7 +4,7 @@
 //! will) and writes what the session's mailbox holds, batching frames into as few
 //! writes as it can. Generic over the byte stream: it knows nothing of TLS or sockets.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -18,15 +18,19 @@ use crate::protocol::{
 };
 use crate::protocol::{Codec, DecodeError, Role};
 
-use super::mailbox::{Message, Outbound, QueueLimits};
+use crate::store::{Commit, InflightOut, Op, Slot, StoredInflightOut};
+
+use super::journal::{Batch, stored_message};
+use super::mailbox::{InFlight, Message, Outbound, QueueLimits};
 use super::permissions::{Admission, Gatekeeper, PeerInfo};
 use super::session::{Kick, SessionLink};
-use super::{Attached, Broker, BrokerConfig, Incoming};
+use super::{AttachRequest, Attached, Broker, BrokerConfig, Incoming};
 
 /// Read buffer growth step; the codec bounds the total by the maximum packet size.
 const READ_CHUNK: usize = 8 * 1024;
 /// Once the write buffer holds this much, write it before draining more.
-const WRITE_BATCH: usize = 64 * 1024;
+/// Answers gathered from one read before they are written.
+const REPLY_BATCH: usize = 256;
 /// Write buffers bigger than this are dropped when the connection goes idle.
 const IDLE_BUFFER_KEEP: usize = 16 * 1024;
 
@@ -106,7 +110,7 @@ pub async fn run<S>(
     };
     let end = conn.run(&mut stream, &mut codec, &mut rbuf).await;
     let log_end = end.to_string();
-    conn.finish(end);
+    conn.finish(end).await;
     tracing::info!(
         target: "moat::audit",
         peer = %peer.addr,
@@ -161,17 +165,22 @@ impl std::fmt::Display for EarlyEnd {
     }
 }
 
-/// A CONNECT with an unsupported protocol level gets the CONNACK that says so, in
-/// the 3.1.1 format every client version can read (MQTT-3.1.2-2).
-async fn refuse_early<S>(stream: &mut S, _codec: &mut Codec, reason: &EarlyEnd)
+/// A CONNECT with an unsupported protocol level gets the CONNACK that says so; the
+/// codec, not knowing the version yet, writes it in the 3.1.1 format every client
+/// can read (MQTT-3.1.2-2).
+async fn refuse_early<S>(stream: &mut S, codec: &mut Codec, reason: &EarlyEnd)
 where
     S: AsyncWrite + Unpin,
 {
-    if let EarlyEnd::Decode(e) = reason {
-        if e.reason_code() == ReasonCode::UnsupportedProtocolVersion {
-            let _ = stream.write_all(&[0x20, 0x02, 0x00, 0x01]).await;
-            let _ = stream.shutdown().await;
-        }
+    let EarlyEnd::Decode(e) = reason else { return };
+    if e.reason_code() == ReasonCode::UnsupportedProtocolVersion {
+        refuse_connect(
+            stream,
+            codec,
+            ReasonCode::UnsupportedProtocolVersion,
+            "protocol level must be 4 or 5",
+        )
+        .await;
     }
 }
 
@@ -329,14 +338,18 @@ where
     };
     codec.set_max_outgoing_packet_size(connect.properties.maximum_packet_size);
     let kick = Kick::new();
+    let slot = broker.journal().reserve().await;
     let attached = match broker.attach(
-        &connect.client_id,
-        &identity,
-        connect.clean_start,
-        expiry,
-        Arc::clone(&permissions),
-        queue_limits,
-        Arc::clone(&kick),
+        AttachRequest {
+            client_id: &connect.client_id,
+            owner: &identity,
+            clean_start: connect.clean_start,
+            expiry,
+            permissions: Arc::clone(&permissions),
+            limits: queue_limits,
+            kick: Arc::clone(&kick),
+        },
+        slot,
     ) {
         Ok(attached) => attached,
         Err(reason) => {
@@ -351,11 +364,20 @@ where
             return None;
         }
     };
-    let Attached {
-        session,
-        session_present,
-        connection_id,
-    } = attached;
+    let (
+        Attached {
+            session,
+            session_present,
+            connection_id,
+        },
+        commit,
+    ) = attached;
+    // The session the CONNACK promises must be durable first.
+    if let Some(commit) = commit {
+        if let Err(e) = commit.await {
+            tracing::error!(client_id = %session.client_id, error = %e, "session not stored");
+        }
+    }
 
     let mut properties = Properties::default();
     if version == ProtocolVersion::V5 {
@@ -405,7 +427,7 @@ where
         will,
         expiry_on_connect: connect.properties.session_expiry_interval.unwrap_or(0),
         aliases: HashMap::new(),
-        incoming_qos2: HashSet::new(),
+        replies: VecDeque::new(),
         config: broker.config(),
         broker: Arc::clone(broker),
     })
@@ -442,8 +464,9 @@ struct Connection {
     expiry_on_connect: u32,
     /// Topic aliases the client set (v5), bounded by topic_alias_maximum.
     aliases: HashMap<u16, String>,
-    /// QoS 2 packet ids received and acknowledged with PUBREC, awaiting PUBREL.
-    incoming_qos2: HashSet<u16>,
+    /// Answers in the order their packets arrived; an acknowledgement of durable
+    /// data waits for its commit before it (and everything after it) is sent.
+    replies: VecDeque<(Option<Commit>, Packet)>,
     config: Arc<BrokerConfig>,
     broker: Arc<Broker>,
 }
@@ -463,7 +486,9 @@ impl Connection {
         let mut last_heard = Instant::now();
         loop {
             // Answer what was read, then drain the mailbox, in one write.
-            self.fill_from_mailbox(codec, &mut outbound, &mut wbuf);
+            self.flush_replies(codec, &mut wbuf).await;
+            self.fill_from_mailbox(codec, &mut outbound, &mut wbuf)
+                .await;
             if !wbuf.is_empty() {
                 let deadline = last_heard + grace;
                 tokio::select! {
@@ -500,10 +525,11 @@ impl Connection {
                     }
                     loop {
                         match codec.decode(rbuf) {
-                            Ok(Some(packet)) => match self.handle(packet, codec, &mut wbuf) {
+                            Ok(Some(packet)) => match self.handle_with_slot(packet).await {
                                 Ok(None) => {}
                                 Ok(Some(end)) => return end,
                                 Err(Violation(reason, why)) => {
+                                    self.flush_replies(codec, &mut wbuf).await;
                                     return self.violation(stream, codec, &mut wbuf, reason, why).await;
                                 }
                             },
@@ -512,10 +538,11 @@ impl Connection {
                                 let reason = e.reason_code();
                                 let why = e.to_string();
                                 tracing::info!(client_id = %self.session.client_id, error = %why, "malformed packet");
+                                self.flush_replies(codec, &mut wbuf).await;
                                 return self.violation(stream, codec, &mut wbuf, reason, "malformed packet").await;
                             }
                         }
-                        if wbuf.len() >= WRITE_BATCH {
+                        if self.replies.len() >= REPLY_BATCH {
                             break;
                         }
                     }
@@ -583,21 +610,100 @@ impl Connection {
         Ok(())
     }
 
-    fn encode(&self, codec: &mut Codec, packet: &Packet, wbuf: &mut BytesMut) {
-        if let Err(e) = codec.encode(packet, wbuf) {
-            tracing::debug!(client_id = %self.session.client_id, error = %e, "packet not sent");
+    fn reply(&mut self, packet: Packet) {
+        self.replies.push_back((None, packet));
+    }
+
+    /// Sends `packet` once `commit` (if any) is durable.
+    fn reply_after(&mut self, commit: Option<Commit>, packet: Packet) {
+        self.replies.push_back((commit, packet));
+    }
+
+    /// Encodes the answers in order, waiting for each one's commit. A failed commit
+    /// (disk full) turns a v5 acknowledgement into the refusal it has become.
+    async fn flush_replies(&mut self, codec: &mut Codec, wbuf: &mut BytesMut) {
+        while let Some((commit, mut packet)) = self.replies.pop_front() {
+            if let Some(commit) = commit {
+                if let Err(e) = commit.await {
+                    tracing::warn!(client_id = %self.session.client_id, error = %e, "durable write refused");
+                    if let Packet::PubAck(ack) | Packet::PubRec(ack) = &mut packet {
+                        ack.reason = e.reason_code();
+                    }
+                }
+            }
+            if let Err(e) = codec.encode(&packet, wbuf) {
+                tracing::debug!(client_id = %self.session.client_id, error = %e, "packet not sent");
+            }
         }
     }
 
-    /// Encodes what the mailbox lets us send now.
-    fn fill_from_mailbox(
-        &self,
+    /// Reserves room in the durable store when this packet may change durable state.
+    async fn handle_with_slot(&mut self, packet: Packet) -> Result<Option<End>, Violation> {
+        let journal = self.broker.journal();
+        let needs_slot = journal.is_enabled()
+            && match &packet {
+                Packet::Publish(p) => p.qos != QoS::AtMostOnce || p.retain,
+                Packet::Subscribe(_)
+                | Packet::Unsubscribe(_)
+                | Packet::PubAck(_)
+                | Packet::PubRec(_)
+                | Packet::PubRel(_)
+                | Packet::PubComp(_) => self.session.is_persistent(),
+                _ => false,
+            };
+        let slot = if needs_slot {
+            journal.reserve().await
+        } else {
+            None
+        };
+        self.handle(packet, slot)
+    }
+
+    /// Encodes what the mailbox lets us send now. A persistent session's new QoS 2
+    /// message is recorded in flight, under its packet id, before it is sent: a
+    /// resend after a crash must reuse that id or the client would see it twice.
+    async fn fill_from_mailbox(
+        &mut self,
         codec: &mut Codec,
         outbound: &mut Vec<Outbound>,
         wbuf: &mut BytesMut,
     ) {
         let now = Instant::now();
+        let persistent = self.session.is_persistent();
+        let slot = if persistent {
+            self.broker.journal().reserve().await
+        } else {
+            None
+        };
         self.session.mailbox.drain(now, outbound);
+        if persistent {
+            let mut batch = Batch::default();
+            for item in outbound.iter() {
+                if let Outbound::Publish {
+                    packet_id,
+                    dup: false,
+                    message,
+                } = item
+                {
+                    if message.qos == QoS::ExactlyOnce && message.seq != 0 {
+                        batch.push(Op::PutInflightOut(StoredInflightOut {
+                            client_id: self.session.client_id.to_string(),
+                            packet_id: *packet_id,
+                            state: InflightOut::Published(stored_message(message, now)),
+                        }));
+                        batch.push(Op::Dequeue {
+                            client_id: self.session.client_id.to_string(),
+                            seq: message.seq,
+                        });
+                    }
+                }
+            }
+            if let Some(commit) = batch.submit(slot) {
+                if let Err(e) = commit.await {
+                    tracing::warn!(client_id = %self.session.client_id, error = %e, "in-flight state not stored");
+                }
+            }
+        }
         let mut sent = 0u64;
         let mut bytes = 0usize;
         for item in outbound.drain(..) {
@@ -622,11 +728,10 @@ impl Connection {
                     sent += 1;
                 }
                 Outbound::PubRel { packet_id } => {
-                    self.encode(
-                        codec,
-                        &Packet::PubRel(Ack::new(packet_id, ReasonCode::Success)),
-                        wbuf,
-                    );
+                    let packet = Packet::PubRel(Ack::new(packet_id, ReasonCode::Success));
+                    if let Err(e) = codec.encode(&packet, wbuf) {
+                        tracing::debug!(client_id = %self.session.client_id, error = %e, "PUBREL not sent");
+                    }
                 }
             }
         }
@@ -635,52 +740,73 @@ impl Connection {
         }
     }
 
-    /// Handles one packet; `Ok(Some(end))` ends the connection normally.
-    fn handle(
-        &mut self,
-        packet: Packet,
-        codec: &mut Codec,
-        wbuf: &mut BytesMut,
-    ) -> Result<Option<End>, Violation> {
-        match packet {
-            Packet::Publish(publish) => self.on_publish(publish, codec, wbuf)?,
-            Packet::PubAck(ack) => {
-                self.session.mailbox.complete(ack.packet_id);
+    /// The client acknowledged an outbound message: forget it, durably too.
+    fn outbound_done(&mut self, packet_id: u16, slot: Option<Slot>) {
+        let Some(entry) = self.session.mailbox.complete(packet_id) else {
+            return;
+        };
+        let client_id = self.session.client_id.to_string();
+        let op = match entry {
+            InFlight::Published(message) if message.qos == QoS::AtLeastOnce && message.seq != 0 => {
+                Op::Dequeue {
+                    client_id,
+                    seq: message.seq,
+                }
             }
+            InFlight::Published(message) if message.qos == QoS::AtLeastOnce => return,
+            _ => Op::DeleteInflightOut {
+                client_id,
+                packet_id,
+            },
+        };
+        if let Some(slot) = slot {
+            // Nothing is answered on this: no need to wait for the commit.
+            drop(slot.submit(op));
+        }
+    }
+
+    /// Handles one packet; `Ok(Some(end))` ends the connection normally.
+    fn handle(&mut self, packet: Packet, slot: Option<Slot>) -> Result<Option<End>, Violation> {
+        match packet {
+            Packet::Publish(publish) => self.on_publish(publish, slot)?,
+            Packet::PubAck(ack) | Packet::PubComp(ack) => self.outbound_done(ack.packet_id, slot),
             Packet::PubRec(ack) => {
-                let reason = if ack.reason.is_error() {
+                if ack.reason.is_error() {
                     // The client refused it: the flow ends here.
-                    self.session.mailbox.complete(ack.packet_id);
+                    self.outbound_done(ack.packet_id, slot);
                     return Ok(None);
-                } else if self.session.mailbox.received(ack.packet_id) {
+                }
+                let reason = if self.session.mailbox.received(ack.packet_id) {
+                    if let Some(slot) = slot {
+                        drop(slot.submit(Op::PutInflightOut(StoredInflightOut {
+                            client_id: self.session.client_id.to_string(),
+                            packet_id: ack.packet_id,
+                            state: InflightOut::Released,
+                        })));
+                    }
                     ReasonCode::Success
                 } else {
                     ReasonCode::PacketIdentifierNotFound
                 };
-                self.encode(
-                    codec,
-                    &Packet::PubRel(Ack::new(ack.packet_id, reason)),
-                    wbuf,
-                );
+                self.reply(Packet::PubRel(Ack::new(ack.packet_id, reason)));
             }
             Packet::PubRel(ack) => {
-                let reason = if self.incoming_qos2.remove(&ack.packet_id) {
+                let reason = if self.session.remove_inbound_qos2(ack.packet_id) {
+                    if let Some(slot) = slot {
+                        drop(slot.submit(Op::DeleteInflightIn {
+                            client_id: self.session.client_id.to_string(),
+                            packet_id: ack.packet_id,
+                        }));
+                    }
                     ReasonCode::Success
                 } else {
                     ReasonCode::PacketIdentifierNotFound
                 };
-                self.encode(
-                    codec,
-                    &Packet::PubComp(Ack::new(ack.packet_id, reason)),
-                    wbuf,
-                );
+                self.reply(Packet::PubComp(Ack::new(ack.packet_id, reason)));
             }
-            Packet::PubComp(ack) => {
-                self.session.mailbox.complete(ack.packet_id);
-            }
-            Packet::Subscribe(subscribe) => self.on_subscribe(subscribe, codec, wbuf)?,
-            Packet::Unsubscribe(unsubscribe) => self.on_unsubscribe(unsubscribe, codec, wbuf),
-            Packet::PingReq => self.encode(codec, &Packet::PingResp, wbuf),
+            Packet::Subscribe(subscribe) => self.on_subscribe(subscribe, slot)?,
+            Packet::Unsubscribe(unsubscribe) => self.on_unsubscribe(unsubscribe, slot),
+            Packet::PingReq => self.reply(Packet::PingResp),
             Packet::Disconnect(disconnect) => {
                 let expiry = disconnect.properties.session_expiry_interval;
                 if self.expiry_on_connect == 0 && expiry.is_some_and(|e| e != 0) {
@@ -715,12 +841,7 @@ impl Connection {
         Ok(None)
     }
 
-    fn on_publish(
-        &mut self,
-        mut publish: Publish,
-        codec: &mut Codec,
-        wbuf: &mut BytesMut,
-    ) -> Result<(), Violation> {
+    fn on_publish(&mut self, mut publish: Publish, slot: Option<Slot>) -> Result<(), Violation> {
         if let Some(alias) = publish.properties.topic_alias.take() {
             if alias == 0 || alias > self.config.topic_alias_maximum {
                 return Err(Violation(
@@ -748,17 +869,13 @@ impl Connection {
             .map_err(|r| Violation(r, "too many user properties"))?;
 
         let packet_id = publish.packet_id;
-        if publish.qos == QoS::ExactlyOnce && self.incoming_qos2.contains(&packet_id) {
+        if publish.qos == QoS::ExactlyOnce && self.session.has_inbound_qos2(packet_id) {
             // A resend of a message we already have: acknowledge, do not route twice.
-            self.encode(
-                codec,
-                &Packet::PubRec(Ack::new(packet_id, ReasonCode::Success)),
-                wbuf,
-            );
+            self.reply(Packet::PubRec(Ack::new(packet_id, ReasonCode::Success)));
             return Ok(());
         }
         if publish.qos == QoS::ExactlyOnce
-            && self.incoming_qos2.len() >= usize::from(self.config.max_inflight)
+            && self.session.inbound_qos2_count() >= usize::from(self.config.max_inflight)
         {
             return Err(Violation(
                 ReasonCode::ReceiveMaximumExceeded,
@@ -771,33 +888,40 @@ impl Connection {
         let allowed = !publish.topic.starts_with('$')
             && permissions.may_publish(client_id, &publish.topic)
             && (!publish.retain || permissions.may_retain());
-        let reason = if allowed {
+        let (reason, commit) = if allowed {
             let now = Instant::now();
             let expires_at = publish
                 .properties
                 .message_expiry_interval
                 .map(|secs| now + Duration::from_secs(u64::from(secs)));
-            let properties = passthrough_properties(&publish.properties);
-            let routed = self.broker().publish(Incoming {
+            let incoming = Incoming {
                 message: Message {
                     topic: Arc::from(publish.topic.as_str()),
                     payload: publish.payload,
                     qos: publish.qos,
                     retain: publish.retain,
-                    properties,
+                    properties: passthrough_properties(&publish.properties),
                     subscription_ids: Vec::new(),
                     expires_at,
+                    seq: 0,
                 },
                 publisher: Some(Arc::clone(&self.session.owner)),
                 from_session: Some(self.session.id),
-            });
-            if routed.retain_refused {
+            };
+            let (routed, commit) = if publish.qos == QoS::ExactlyOnce {
+                self.broker
+                    .publish_exactly_once(&self.session, packet_id, incoming, slot)
+            } else {
+                self.broker.publish(incoming, slot)
+            };
+            let reason = if routed.retain_refused {
                 ReasonCode::QuotaExceeded
             } else if routed.matched == 0 {
                 ReasonCode::NoMatchingSubscribers
             } else {
                 ReasonCode::Success
-            }
+            };
+            (reason, commit)
         } else {
             tracing::info!(
                 target: "moat::audit",
@@ -807,18 +931,15 @@ impl Connection {
                 retain = publish.retain,
                 "publish denied"
             );
-            ReasonCode::NotAuthorized
+            (ReasonCode::NotAuthorized, None)
         };
         match publish.qos {
             QoS::AtMostOnce => {}
             QoS::AtLeastOnce => {
-                self.encode(codec, &Packet::PubAck(Ack::new(packet_id, reason)), wbuf)
+                self.reply_after(commit, Packet::PubAck(Ack::new(packet_id, reason)))
             }
             QoS::ExactlyOnce => {
-                if !reason.is_error() {
-                    self.incoming_qos2.insert(packet_id);
-                }
-                self.encode(codec, &Packet::PubRec(Ack::new(packet_id, reason)), wbuf);
+                self.reply_after(commit, Packet::PubRec(Ack::new(packet_id, reason)))
             }
         }
         Ok(())
@@ -827,8 +948,7 @@ impl Connection {
     fn on_subscribe(
         &mut self,
         subscribe: Subscribe,
-        codec: &mut Codec,
-        wbuf: &mut BytesMut,
+        mut slot: Option<Slot>,
     ) -> Result<(), Violation> {
         check_user_properties(&subscribe.properties, &self.config)
             .map_err(|r| Violation(r, "too many user properties"))?;
@@ -839,7 +959,7 @@ impl Connection {
             .copied();
         let permissions = self.session.permissions();
         let mut reasons = Vec::with_capacity(subscribe.filters.len());
-        let mut granted = Vec::new();
+        let mut commits = Vec::new();
         for request in &subscribe.filters {
             let filter = request.filter.as_str();
             let shared = topic::parse_shared(filter).ok().flatten();
@@ -864,75 +984,78 @@ impl Connection {
                 );
                 ReasonCode::NotAuthorized
             } else {
-                granted.push(request.clone());
-                match request.options.qos {
-                    QoS::AtMostOnce => ReasonCode::Success,
-                    QoS::AtLeastOnce => ReasonCode::GrantedQoS1,
-                    QoS::ExactlyOnce => ReasonCode::GrantedQoS2,
+                // One slot for the first filter; later filters of the same packet
+                // take what the queue has room for right now.
+                let slot = slot.take().or_else(|| {
+                    self.broker
+                        .journal()
+                        .store()
+                        .filter(|_| self.session.is_persistent())
+                        .and_then(|s| s.try_reserve().ok())
+                });
+                match self.broker.subscribe(
+                    &self.session,
+                    filter,
+                    request.options,
+                    identifier,
+                    slot,
+                ) {
+                    Ok(commit) => {
+                        commits.extend(commit);
+                        match request.options.qos {
+                            QoS::AtMostOnce => ReasonCode::Success,
+                            QoS::AtLeastOnce => ReasonCode::GrantedQoS1,
+                            QoS::ExactlyOnce => ReasonCode::GrantedQoS2,
+                        }
+                    }
+                    Err(refused) => refused,
                 }
             };
             reasons.push(reason);
         }
         // SUBACK first, then retained messages (they go through the mailbox, which is
-        // drained after this packet's answers are encoded).
-        let mut final_reasons = reasons.clone();
-        let mut granted_iter = granted.into_iter();
-        for reason in final_reasons.iter_mut() {
-            if reason.is_error() {
-                continue;
-            }
-            let Some(request) = granted_iter.next() else {
-                break;
-            };
-            if let Err(refused) =
-                self.broker()
-                    .subscribe(&self.session, &request.filter, request.options, identifier)
-            {
-                *reason = refused;
-            }
-        }
-        self.encode(
-            codec,
-            &Packet::SubAck(SubAck {
-                packet_id: subscribe.packet_id,
-                reasons: final_reasons,
-                properties: Properties::default(),
-            }),
-            wbuf,
-        );
+        // drained after the answers are encoded).
+        let suback = Packet::SubAck(SubAck {
+            packet_id: subscribe.packet_id,
+            reasons,
+            properties: Properties::default(),
+        });
+        // The writer commits in submission order: the last commit covers the rest.
+        let last = commits.into_iter().last();
+        self.reply_after(last, suback);
         Ok(())
     }
 
-    fn on_unsubscribe(&mut self, unsubscribe: Unsubscribe, codec: &mut Codec, wbuf: &mut BytesMut) {
+    fn on_unsubscribe(&mut self, unsubscribe: Unsubscribe, mut slot: Option<Slot>) {
+        let mut last_commit = None;
         let reasons = unsubscribe
             .filters
             .iter()
             .map(|filter| {
-                if self.broker().unsubscribe(&self.session, filter) {
+                let (existed, commit) = self.broker.unsubscribe(&self.session, filter, slot.take());
+                if commit.is_some() {
+                    last_commit = commit;
+                }
+                if existed {
                     ReasonCode::Success
                 } else {
                     ReasonCode::NoSubscriptionExisted
                 }
             })
             .collect();
-        self.encode(
-            codec,
-            &Packet::UnsubAck(UnsubAck {
+        self.reply_after(
+            last_commit,
+            Packet::UnsubAck(UnsubAck {
                 packet_id: unsubscribe.packet_id,
                 reasons,
                 properties: Properties::default(),
             }),
-            wbuf,
         );
-    }
-
-    fn broker(&self) -> &Broker {
-        &self.broker
     }
 
     /// Detaches from the session and publishes the will if the connection ended
     /// without a normal DISCONNECT (or with "disconnect with will").
-    fn finish(&mut self, end: End) {
+    async fn finish(&mut self, end: End) {
         let (publish_will, expiry) = match end {
             End::Normal { with_will, expiry } => (with_will, expiry),
             End::Abnormal(_) => (true, None),
@@ -959,6 +1082,7 @@ impl Connection {
                         properties: passthrough_properties(&will.properties),
                         subscription_ids: Vec::new(),
                         expires_at,
+                        seq: 0,
                     },
                     publisher: Some(Arc::clone(&self.session.owner)),
                     from_session: Some(self.session.id),
@@ -967,8 +1091,15 @@ impl Connection {
             ))
         });
         let expiry = expiry.map(|secs| Duration::from_secs(u64::from(secs)));
-        self.broker
-            .detach(&self.session, self.connection_id, expiry, will);
+        let slot = self.broker.journal().reserve().await;
+        let commit = self
+            .broker
+            .detach(&self.session, self.connection_id, expiry, will, slot);
+        if let Some(commit) = commit {
+            if let Err(e) = commit.await {
+                tracing::warn!(client_id = %self.session.client_id, error = %e, "session state not stored");
+            }
+        }
     }
 }
 

@@ -25,6 +25,8 @@ pub struct Message {
     pub properties: Arc<Properties>,
     pub subscription_ids: Vec<u32>,
     pub expires_at: Option<Instant>,
+    /// Position in a persistent session's durable queue; 0 when not journaled.
+    pub seq: u64,
 }
 
 impl Message {
@@ -88,6 +90,8 @@ struct State {
     /// After a reconnect, the whole window must be sent again before new messages.
     resend_pending: bool,
     dropped: u64,
+    /// Next durable queue position (persistent sessions).
+    next_seq: u64,
 }
 
 pub struct Mailbox {
@@ -107,6 +111,7 @@ impl Mailbox {
                 online: false,
                 resend_pending: false,
                 dropped: 0,
+                next_seq: 1,
             }),
             notify: Notify::new(),
         }
@@ -144,15 +149,26 @@ impl Mailbox {
 
     /// Queues a message for the client, within the caps.
     pub fn push(&self, message: Message) -> PushOutcome {
+        self.push_journaled(message, false).0
+    }
+
+    /// Like [`Mailbox::push`]; with `journal`, a queued QoS 1/2 message gets the
+    /// next durable queue position, which is returned (0 when none was given).
+    pub fn push_journaled(&self, mut message: Message, journal: bool) -> (PushOutcome, u64) {
         let mut s = self.lock();
         if !s.online && message.qos == QoS::AtMostOnce {
-            return PushOutcome::DroppedOffline;
+            return (PushOutcome::DroppedOffline, 0);
         }
         let cost = message.cost();
         if s.queue.len() >= s.limits.max_messages || s.queued_bytes + cost > s.limits.max_bytes {
             s.dropped += 1;
-            return PushOutcome::DroppedFull;
+            return (PushOutcome::DroppedFull, 0);
         }
+        if journal && message.qos != QoS::AtMostOnce {
+            message.seq = s.next_seq;
+            s.next_seq += 1;
+        }
+        let seq = message.seq;
         s.queued_bytes += cost;
         s.queue.push_back(message);
         let online = s.online;
@@ -160,7 +176,18 @@ impl Mailbox {
         if online {
             self.notify.notify_one();
         }
-        PushOutcome::Queued
+        (PushOutcome::Queued, seq)
+    }
+
+    /// Puts back what a persistent session had before a restart: its queue (in
+    /// order) and its in-flight window (resent first on the next connection).
+    pub fn restore(&self, queued: Vec<Message>, inflight: Vec<(u16, InFlight)>) {
+        let mut s = self.lock();
+        s.next_seq = queued.iter().map(|m| m.seq).max().unwrap_or(0) + 1;
+        s.queued_bytes = queued.iter().map(Message::cost).sum();
+        s.queue = queued.into();
+        s.resend_pending = !inflight.is_empty();
+        s.inflight = inflight.into();
     }
 
     /// Waits until there may be something to send.
@@ -220,18 +247,15 @@ impl Mailbox {
         }
     }
 
-    /// PUBACK (QoS 1) or PUBCOMP (QoS 2): the message is done. Returns false for an
-    /// unknown packet id.
-    pub fn complete(&self, packet_id: u16) -> bool {
+    /// PUBACK (QoS 1) or PUBCOMP (QoS 2): the message is done. Returns what was in
+    /// flight under that id, `None` for an unknown packet id.
+    pub fn complete(&self, packet_id: u16) -> Option<InFlight> {
         let mut s = self.lock();
-        let before = s.inflight.len();
-        s.inflight.retain(|(id, _)| *id != packet_id);
-        let found = s.inflight.len() != before;
+        let position = s.inflight.iter().position(|(id, _)| *id == packet_id)?;
+        let (_, entry) = s.inflight.remove(position)?;
         drop(s);
-        if found {
-            self.notify.notify_one();
-        }
-        found
+        self.notify.notify_one();
+        Some(entry)
     }
 
     /// PUBREC: the client has the QoS 2 message; from now on only PUBREL is resent.
@@ -286,6 +310,7 @@ mod tests {
             properties: Arc::new(Properties::default()),
             subscription_ids: Vec::new(),
             expires_at: None,
+            seq: 0,
         }
     }
 
@@ -333,7 +358,7 @@ mod tests {
             }
         ));
         assert_eq!(again.len(), 2);
-        assert!(mb.complete(1));
+        assert!(mb.complete(1).is_some());
         let mut third = Vec::new();
         mb.drain(Instant::now(), &mut third);
         assert!(matches!(

@@ -1,9 +1,12 @@
 //! The broker core: sessions, the subscription tree, retained messages, routing,
 //! wills and session expiry, plus the per-connection protocol driver that speaks
 //! MQTT over any byte stream. It knows nothing of TLS, sockets or manifests: rights
-//! arrive as [`Permissions`] and authentication through a [`Gatekeeper`].
+//! arrive as [`Permissions`] and authentication through a [`Gatekeeper`]. Durable
+//! state goes through the [`journal`]: every mutating call takes the slot its
+//! caller reserved and returns the commit to wait for before acknowledging.
 
 pub mod connection;
+pub mod journal;
 pub mod mailbox;
 pub mod permissions;
 pub mod retained;
@@ -13,14 +16,19 @@ pub mod subscriptions;
 pub mod sys;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 
 use crate::protocol::{QoS, ReasonCode, RetainHandling, SubscriptionOptions, topic};
+use crate::store::{
+    Commit, InflightOut, Op, Slot, Snapshot, StoredInflightIn, StoredRetained, StoredSession,
+    StoredSubscription as StoredSubscriptionRecord,
+};
 
-use mailbox::{Mailbox, Message, PushOutcome, QueueLimits};
+use journal::{Batch, Journal, restored_message, stored_message};
+use mailbox::{InFlight, Mailbox, Message, PushOutcome, QueueLimits};
 pub use permissions::{Admission, ClientLimits, Gatekeeper, ListenerKind, PeerInfo, Permissions};
 use retained::{RetainRefused, Retained, RetainedStore};
 use session::{Kick, SessionLink};
@@ -88,12 +96,12 @@ pub struct Routed {
     pub retain_refused: bool,
 }
 
-/// A subscription as the session remembers it (to drop it on reload or expiry, and
-/// to persist it).
+/// A subscription as the session remembers it (to drop it on reload or expiry).
 #[derive(Clone)]
+#[allow(dead_code)] // kept for `$SYS` and diagnostics; the tree holds the live copy
 struct StoredSubscription {
-    #[allow(dead_code)] // read by the durable store (issue 4)
     options: SubscriptionOptions,
+    identifier: Option<u32>,
 }
 
 struct SessionEntry {
@@ -122,6 +130,20 @@ struct State {
     next_id: u64,
 }
 
+/// A connection asking for its session.
+pub struct AttachRequest<'a> {
+    pub client_id: &'a str,
+    /// The authenticated identity.
+    pub owner: &'a str,
+    pub clean_start: bool,
+    /// Session expiry interval the client asked for (capped by the config).
+    pub expiry: Duration,
+    pub permissions: Arc<dyn Permissions>,
+    pub limits: QueueLimits,
+    /// Closes this connection when another takes the session over.
+    pub kick: Arc<Kick>,
+}
+
 /// What `Broker::attach` hands a connection.
 pub struct Attached {
     pub session: Arc<SessionLink>,
@@ -129,21 +151,81 @@ pub struct Attached {
     pub connection_id: u64,
 }
 
+/// Finds the current rights of an identity by name (for stored state whose owner
+/// or publisher may have lost them).
+pub type Resolver = Arc<dyn Fn(&str) -> Option<Arc<dyn Permissions>> + Send + Sync>;
+
 pub struct Broker {
     state: Mutex<State>,
     config: ArcSwap<BrokerConfig>,
     pub stats: Stats,
     started: Instant,
+    journal: Journal,
+    resolver: RwLock<Option<Resolver>>,
+}
+
+/// The MQTT 5 subscription options byte, as stored.
+fn options_byte(o: SubscriptionOptions) -> u8 {
+    let handling = match o.retain_handling {
+        RetainHandling::SendAtSubscribe => 0,
+        RetainHandling::SendIfNew => 1,
+        RetainHandling::DoNotSend => 2,
+    };
+    (o.qos as u8)
+        | (u8::from(o.no_local) << 2)
+        | (u8::from(o.retain_as_published) << 3)
+        | (handling << 4)
+}
+
+fn options_from_byte(b: u8) -> SubscriptionOptions {
+    SubscriptionOptions {
+        qos: QoS::from_u8(b & 0x03).unwrap_or(QoS::AtMostOnce),
+        no_local: b & 0x04 != 0,
+        retain_as_published: b & 0x08 != 0,
+        retain_handling: match (b >> 4) & 0x03 {
+            0 => RetainHandling::SendAtSubscribe,
+            1 => RetainHandling::SendIfNew,
+            _ => RetainHandling::DoNotSend,
+        },
+    }
+}
+
+fn expiry_secs(expiry: Duration) -> u32 {
+    u32::try_from(expiry.as_secs()).unwrap_or(u32::MAX)
 }
 
 impl Broker {
     pub fn new(config: BrokerConfig) -> Arc<Broker> {
+        Broker::with_journal(config, Journal::default())
+    }
+
+    pub fn with_journal(config: BrokerConfig, journal: Journal) -> Arc<Broker> {
         Arc::new(Broker {
             state: Mutex::new(State::default()),
             config: ArcSwap::from_pointee(config),
             stats: Stats::default(),
             started: Instant::now(),
+            journal,
+            resolver: RwLock::new(None),
         })
+    }
+
+    pub fn journal(&self) -> &Journal {
+        &self.journal
+    }
+
+    /// Sets how to find an identity's current rights (swapped on reload).
+    pub fn set_resolver(&self, resolver: Resolver) {
+        *self.resolver.write().unwrap_or_else(|e| e.into_inner()) = Some(resolver);
+    }
+
+    fn resolve(&self, identity: &str) -> Option<Arc<dyn Permissions>> {
+        let resolver = self
+            .resolver
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()?;
+        resolver(identity)
     }
 
     pub fn config(&self) -> Arc<BrokerConfig> {
@@ -164,20 +246,157 @@ impl Broker {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Rebuilds retained messages and persistent sessions from the store at start.
+    /// Sessions whose owner no longer exists, and subscriptions no longer allowed,
+    /// are dropped (and deleted from the store through `slot`).
+    pub fn restore(
+        &self,
+        snapshot: Snapshot,
+        limits: QueueLimits,
+        slot: Option<Slot>,
+    ) -> Option<Commit> {
+        let now = Instant::now();
+        let config = self.config();
+        let mut state = self.lock();
+        let mut batch = Batch::default();
+        for r in snapshot.retained {
+            let retained = Retained {
+                message: restored_message(r.message, 0, now),
+                publisher: Arc::from(r.publisher.as_str()),
+            };
+            if state
+                .retained
+                .set(
+                    retained,
+                    config.max_retained_messages,
+                    config.max_retained_bytes,
+                )
+                .is_err()
+            {
+                tracing::warn!(
+                    "retained store over its quota after restart; some retained messages dropped"
+                );
+            }
+        }
+        let mut queued: HashMap<String, Vec<Message>> = HashMap::new();
+        for q in snapshot.queued {
+            queued
+                .entry(q.client_id)
+                .or_default()
+                .push(restored_message(q.message, q.seq, now));
+        }
+        let mut inflight: HashMap<String, Vec<(u16, InFlight)>> = HashMap::new();
+        for entry in snapshot.inflight_out {
+            let state_in_flight = match entry.state {
+                InflightOut::Published(m) => InFlight::Published(restored_message(m, 0, now)),
+                InflightOut::Released => InFlight::Released,
+            };
+            inflight
+                .entry(entry.client_id)
+                .or_default()
+                .push((entry.packet_id, state_in_flight));
+        }
+        let mut links: HashMap<String, Arc<SessionLink>> = HashMap::new();
+        for restored in snapshot.sessions {
+            let s = restored.session;
+            let Some(permissions) = self.resolve(&s.owner) else {
+                batch.push(Op::DeleteSession {
+                    client_id: s.client_id,
+                });
+                continue;
+            };
+            state.next_id += 1;
+            let link = Arc::new(SessionLink::new(
+                state.next_id,
+                Arc::from(s.client_id.as_str()),
+                Arc::from(s.owner.as_str()),
+                Mailbox::new(limits),
+                permissions,
+            ));
+            link.set_persistent(true);
+            link.mailbox.restore(
+                queued.remove(&s.client_id).unwrap_or_default(),
+                inflight.remove(&s.client_id).unwrap_or_default(),
+            );
+            let expiry = Duration::from_secs(u64::from(s.expiry_secs));
+            let expires_at = restored
+                .expires_in_secs
+                .map(|secs| now + Duration::from_secs(u64::from(secs)));
+            state.sessions.insert(
+                Arc::clone(&link.client_id),
+                SessionEntry {
+                    link: Arc::clone(&link),
+                    subscriptions: HashMap::new(),
+                    connection: None,
+                    expiry,
+                    expires_at: expires_at.or(Some(now + config.max_session_expiry)),
+                },
+            );
+            links.insert(s.client_id, link);
+        }
+        for StoredInflightIn {
+            client_id,
+            packet_id,
+        } in snapshot.inflight_in
+        {
+            if let Some(link) = links.get(&client_id) {
+                link.add_inbound_qos2(packet_id);
+            }
+        }
+        for sub in snapshot.subscriptions {
+            let Some(link) = links.get(&sub.client_id) else {
+                continue;
+            };
+            if !link
+                .permissions()
+                .may_subscribe(&link.client_id, &sub.filter)
+            {
+                batch.push(Op::DeleteSubscription {
+                    client_id: sub.client_id,
+                    filter: sub.filter,
+                });
+                continue;
+            }
+            let options = options_from_byte(sub.options);
+            if let Some(entry) = state.sessions.get_mut(sub.client_id.as_str()) {
+                entry.subscriptions.insert(
+                    sub.filter.clone(),
+                    StoredSubscription {
+                        options,
+                        identifier: sub.identifier,
+                    },
+                );
+            }
+            insert_into_tree(&mut state.tree, &sub.filter, link, options, sub.identifier);
+        }
+        tracing::info!(
+            sessions = state.sessions.len(),
+            retained = state.retained.len(),
+            "durable state restored"
+        );
+        drop(state);
+        batch.submit(slot)
+    }
+
     /// Attaches a new connection to its session: takes over a live connection of the
     /// same client id (only for the same identity), resumes or starts the session.
     pub fn attach(
         &self,
-        client_id: &str,
-        owner: &str,
-        clean_start: bool,
-        expiry: Duration,
-        permissions: Arc<dyn Permissions>,
-        limits: QueueLimits,
-        kick: Arc<Kick>,
-    ) -> Result<Attached, ReasonCode> {
+        request: AttachRequest<'_>,
+        slot: Option<Slot>,
+    ) -> Result<(Attached, Option<Commit>), ReasonCode> {
+        let AttachRequest {
+            client_id,
+            owner,
+            clean_start,
+            expiry,
+            permissions,
+            limits,
+            kick,
+        } = request;
         let config = self.config();
         let mut state = self.lock();
+        let mut batch = Batch::default();
         state.next_id += 1;
         let connection_id = state.next_id;
         let expiry = expiry.min(config.max_session_expiry);
@@ -224,7 +443,7 @@ impl Broker {
                 link
             }
             None => {
-                self.remove_session_locked(&mut state, client_id);
+                self.remove_session_locked(&mut state, client_id, &mut batch);
                 state.next_id += 1;
                 let link = Arc::new(SessionLink::new(
                     state.next_id,
@@ -246,14 +465,34 @@ impl Broker {
                 link
             }
         };
+        let persistent = !expiry.is_zero();
+        if persistent || session.is_persistent() {
+            if persistent {
+                batch.push(Op::PutSession(StoredSession {
+                    client_id: client_id.to_owned(),
+                    owner: owner.to_owned(),
+                    expiry_secs: expiry_secs(expiry),
+                }));
+            } else {
+                // A persistent session resumed with expiry 0 ends at this disconnect;
+                // until then it is an ordinary session.
+                batch.push(Op::DeleteSession {
+                    client_id: client_id.to_owned(),
+                });
+            }
+        }
+        session.set_persistent(persistent && self.journal.is_enabled());
         drop(state);
         session.mailbox.set_online(true, limits);
         self.stats.connected(1);
-        Ok(Attached {
-            session,
-            session_present,
-            connection_id,
-        })
+        Ok((
+            Attached {
+                session,
+                session_present,
+                connection_id,
+            },
+            batch.submit(slot),
+        ))
     }
 
     /// Detaches a connection. The session stays for its expiry interval (if any);
@@ -264,26 +503,33 @@ impl Broker {
         connection_id: u64,
         expiry: Option<Duration>,
         will: Option<(Incoming, Duration)>,
-    ) {
+        slot: Option<Slot>,
+    ) -> Option<Commit> {
         self.stats.connected(-1);
         let config = self.config();
         let mut state = self.lock();
-        let Some(entry) = state.sessions.get_mut(&*session.client_id) else {
-            drop(state);
-            self.publish_will(will);
-            return;
-        };
-        let current = entry.link.id == session.id
-            && entry
-                .connection
-                .as_ref()
-                .is_some_and(|(id, _)| *id == connection_id);
+        let mut batch = Batch::default();
+        let current = state
+            .sessions
+            .get(&*session.client_id)
+            .is_some_and(|entry| {
+                entry.link.id == session.id
+                    && entry
+                        .connection
+                        .as_ref()
+                        .is_some_and(|(id, _)| *id == connection_id)
+            });
         if !current {
-            // Taken over: the new connection owns the session now.
+            // Taken over (or removed): the new owner of the session decides.
+            if let Some((incoming, _)) = will {
+                self.route_locked(&mut state, incoming, &mut batch);
+            }
             drop(state);
-            self.publish_will(will);
-            return;
+            return batch.submit(slot);
         }
+        let Some(entry) = state.sessions.get_mut(&*session.client_id) else {
+            return None;
+        };
         entry.connection = None;
         if let Some(expiry) = expiry {
             entry.expiry = expiry.min(config.max_session_expiry);
@@ -291,13 +537,23 @@ impl Broker {
         let session_expiry = entry.expiry;
         let session_ends = session_expiry.is_zero();
         if session_ends {
-            self.remove_session_locked(&mut state, &session.client_id);
+            self.remove_session_locked(&mut state, &session.client_id, &mut batch);
         } else {
             entry.expires_at = Some(Instant::now() + session_expiry);
             entry
                 .link
                 .mailbox
                 .set_online(false, entry.link.mailbox.limits());
+            if session.is_persistent() {
+                batch.push(Op::PutSession(StoredSession {
+                    client_id: session.client_id.to_string(),
+                    owner: session.owner.to_string(),
+                    expiry_secs: expiry_secs(session_expiry),
+                }));
+                batch.push(Op::SessionDisconnected {
+                    client_id: session.client_id.to_string(),
+                });
+            }
         }
         match will {
             // The will waits for its delay, but never past the session's end.
@@ -308,42 +564,69 @@ impl Broker {
                     incoming,
                 });
             }
-            other => {
-                drop(state);
-                self.publish_will(other);
+            Some((incoming, _)) => {
+                self.route_locked(&mut state, incoming, &mut batch);
             }
+            None => {}
         }
+        drop(state);
+        batch.submit(slot)
     }
 
-    fn publish_will(&self, will: Option<(Incoming, Duration)>) {
-        if let Some((incoming, _)) = will {
-            self.publish(incoming);
-        }
-    }
-
-    fn remove_session_locked(&self, state: &mut State, client_id: &str) {
+    fn remove_session_locked(&self, state: &mut State, client_id: &str, batch: &mut Batch) {
         if let Some(entry) = state.sessions.remove(client_id) {
             for (filter, _) in entry.subscriptions {
                 remove_from_tree(&mut state.tree, &filter, entry.link.id);
             }
-            // A will whose session ends is published now (MQTT-3.1.3-9 and §3.1.2.5).
+            if entry.link.is_persistent() {
+                batch.push(Op::DeleteSession {
+                    client_id: client_id.to_owned(),
+                });
+            }
+            // A will whose session ends is published now (MQTT 5 §3.1.2.5).
             let (due, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut state.pending_wills)
                 .into_iter()
                 .partition(|w| w.session_id == entry.link.id);
             state.pending_wills = keep;
             for will in due {
-                self.route_locked(state, will.incoming);
+                self.route_locked(state, will.incoming, batch);
             }
         }
     }
 
     /// Routes a message to every matching subscriber and updates the retained store.
-    pub fn publish(&self, incoming: Incoming) -> Routed {
+    pub fn publish(&self, incoming: Incoming, slot: Option<Slot>) -> (Routed, Option<Commit>) {
         let mut state = self.lock();
-        self.route_locked(&mut state, incoming)
+        let mut batch = Batch::default();
+        let routed = self.route_locked(&mut state, incoming, &mut batch);
+        drop(state);
+        (routed, batch.submit(slot))
     }
 
-    fn route_locked(&self, state: &mut State, incoming: Incoming) -> Routed {
+    /// Routes an inbound QoS 2 message and records its packet id (awaiting PUBREL)
+    /// in the same durable batch, so a resend after a crash is not routed twice.
+    pub fn publish_exactly_once(
+        &self,
+        session: &SessionLink,
+        packet_id: u16,
+        incoming: Incoming,
+        slot: Option<Slot>,
+    ) -> (Routed, Option<Commit>) {
+        let mut state = self.lock();
+        let mut batch = Batch::default();
+        let routed = self.route_locked(&mut state, incoming, &mut batch);
+        session.add_inbound_qos2(packet_id);
+        if session.is_persistent() {
+            batch.push(Op::PutInflightIn(StoredInflightIn {
+                client_id: session.client_id.to_string(),
+                packet_id,
+            }));
+        }
+        drop(state);
+        (routed, batch.submit(slot))
+    }
+
+    fn route_locked(&self, state: &mut State, incoming: Incoming, batch: &mut Batch) -> Routed {
         let config = self.config();
         let mut routed = Routed::default();
         let message = incoming.message;
@@ -351,28 +634,44 @@ impl Broker {
             self.stats.received(message.payload.len());
         }
         if message.retain {
+            let publisher = incoming
+                .publisher
+                .clone()
+                .unwrap_or_else(|| Arc::from("$broker"));
             let retained = Retained {
                 message: Message {
                     subscription_ids: Vec::new(),
+                    seq: 0,
                     ..message.clone()
                 },
-                publisher: incoming
-                    .publisher
-                    .clone()
-                    .unwrap_or_else(|| Arc::from("$broker")),
+                publisher: Arc::clone(&publisher),
             };
-            if let Err(RetainRefused::QuotaExceeded) = state.retained.set(
+            match state.retained.set(
                 retained,
                 config.max_retained_messages,
                 config.max_retained_bytes,
             ) {
-                routed.retain_refused = true;
+                Err(RetainRefused::QuotaExceeded) => routed.retain_refused = true,
+                // `$SYS` is rebuilt at start, never stored.
+                Ok(()) if !message.topic.starts_with('$') && self.journal.is_enabled() => {
+                    if message.payload.is_empty() {
+                        batch.push(Op::DeleteRetained {
+                            topic: message.topic.to_string(),
+                        });
+                    } else {
+                        batch.push(Op::PutRetained(StoredRetained {
+                            publisher: publisher.to_string(),
+                            message: stored_message(&message, Instant::now()),
+                        }));
+                    }
+                }
+                Ok(()) => {}
             }
         }
         let mut matches = Vec::new();
         state.tree.collect(&message.topic, &mut matches);
         routed.matched = matches.len();
-        deliver(&self.stats, &message, incoming.from_session, matches);
+        deliver(&self.stats, &message, incoming.from_session, matches, batch);
         routed
     }
 
@@ -384,9 +683,11 @@ impl Broker {
         filter: &str,
         options: SubscriptionOptions,
         identifier: Option<u32>,
-    ) -> Result<(), ReasonCode> {
+        slot: Option<Slot>,
+    ) -> Result<Option<Commit>, ReasonCode> {
         let config = self.config();
         let mut state = self.lock();
+        let mut batch = Batch::default();
         let Some(entry) = state.sessions.get_mut(&*session.client_id) else {
             return Err(ReasonCode::UnspecifiedError);
         };
@@ -394,61 +695,85 @@ impl Broker {
         if !existed && entry.subscriptions.len() >= config.max_subscriptions {
             return Err(ReasonCode::QuotaExceeded);
         }
-        entry
-            .subscriptions
-            .insert(filter.to_owned(), StoredSubscription { options });
-        let shared = topic::parse_shared(filter).ok().flatten();
-        let (group, inner) = match shared {
-            Some((group, inner)) => (Some(group), inner),
-            None => (None, filter),
-        };
-        state.tree.insert(
-            inner,
-            group,
-            Subscription {
-                session: Arc::clone(session),
+        entry.subscriptions.insert(
+            filter.to_owned(),
+            StoredSubscription {
                 options,
                 identifier,
             },
         );
-        let send_retained = group.is_none()
+        if session.is_persistent() {
+            batch.push(Op::PutSubscription(StoredSubscriptionRecord {
+                client_id: session.client_id.to_string(),
+                filter: filter.to_owned(),
+                options: options_byte(options),
+                identifier,
+            }));
+        }
+        let shared = insert_into_tree(&mut state.tree, filter, session, options, identifier);
+        let send_retained = !shared
             && match options.retain_handling {
                 RetainHandling::SendAtSubscribe => true,
                 RetainHandling::SendIfNew => !existed,
                 RetainHandling::DoNotSend => false,
             };
-        if !send_retained {
-            return Ok(());
-        }
-        let retained = state.retained.matching(inner, Instant::now());
-        drop(state);
-        let permissions = session.permissions();
-        for r in retained {
-            if !permissions.may_receive(&session.client_id, &r.message.topic) {
-                continue;
+        if send_retained {
+            let retained = state.retained.matching(filter, Instant::now());
+            let permissions = session.permissions();
+            for r in retained {
+                if !permissions.may_receive(&session.client_id, &r.message.topic)
+                    || !self.publisher_may_still_write(&r)
+                {
+                    continue;
+                }
+                let mut message = r.message;
+                message.qos = message.qos.min(options.qos);
+                message.retain = true;
+                message.subscription_ids = identifier.into_iter().collect();
+                push_to(&self.stats, session, message, &mut batch);
             }
-            let mut message = r.message;
-            message.qos = message.qos.min(options.qos);
-            message.retain = true;
-            message.subscription_ids = identifier.into_iter().collect();
-            let outcome = session.mailbox.push(message);
-            self.stats.pushed(session, outcome);
         }
-        Ok(())
+        drop(state);
+        Ok(batch.submit(slot))
+    }
+
+    /// Revocation reaches stored state: a retained message whose publisher lost
+    /// write access to its topic (or no longer exists) is withheld. The publisher's
+    /// client id is not kept, so `%c` grants are judged with the identity's name.
+    fn publisher_may_still_write(&self, retained: &Retained) -> bool {
+        if &*retained.publisher == "$broker" {
+            return true;
+        }
+        self.resolve(&retained.publisher).is_some_and(|p| {
+            p.may_publish(&retained.publisher, &retained.message.topic) && p.may_retain()
+        })
     }
 
     /// Removes a subscription; returns whether it existed.
-    pub fn unsubscribe(&self, session: &SessionLink, filter: &str) -> bool {
+    pub fn unsubscribe(
+        &self,
+        session: &SessionLink,
+        filter: &str,
+        slot: Option<Slot>,
+    ) -> (bool, Option<Commit>) {
         let mut state = self.lock();
         let State { sessions, tree, .. } = &mut *state;
         let Some(entry) = sessions.get_mut(&*session.client_id) else {
-            return false;
+            return (false, None);
         };
         if entry.subscriptions.remove(filter).is_none() {
-            return false;
+            return (false, None);
         }
         remove_from_tree(tree, filter, session.id);
-        true
+        let mut batch = Batch::default();
+        if session.is_persistent() {
+            batch.push(Op::DeleteSubscription {
+                client_id: session.client_id.to_string(),
+                filter: filter.to_owned(),
+            });
+        }
+        drop(state);
+        (true, batch.submit(slot))
     }
 
     /// Applies a new policy to live and stored sessions: `resolve` gives the new
@@ -457,13 +782,16 @@ impl Broker {
     /// dropped. Returns (sessions removed, subscriptions dropped).
     pub fn reauthorize(
         &self,
-        resolve: &dyn Fn(&str) -> Option<Arc<dyn Permissions>>,
-    ) -> (usize, usize) {
+        resolver: Resolver,
+        slot: Option<Slot>,
+    ) -> (usize, usize, Option<Commit>) {
+        self.set_resolver(Arc::clone(&resolver));
         let mut state = self.lock();
+        let mut batch = Batch::default();
         let mut removed_sessions = Vec::new();
-        let mut dropped: Vec<(String, u64)> = Vec::new();
+        let mut dropped: Vec<(String, Arc<SessionLink>)> = Vec::new();
         for (client_id, entry) in state.sessions.iter_mut() {
-            match resolve(&entry.link.owner) {
+            match resolver(&entry.link.owner) {
                 None => {
                     if let Some((_, kick)) = entry.connection.take() {
                         kick.kick(ReasonCode::NotAuthorized);
@@ -474,7 +802,7 @@ impl Broker {
                     entry.subscriptions.retain(|filter, _| {
                         let keep = permissions.may_subscribe(client_id, filter);
                         if !keep {
-                            dropped.push((filter.clone(), entry.link.id));
+                            dropped.push((filter.clone(), Arc::clone(&entry.link)));
                         }
                         keep
                     });
@@ -482,8 +810,14 @@ impl Broker {
                 }
             }
         }
-        for (filter, session_id) in &dropped {
-            remove_from_tree(&mut state.tree, filter, *session_id);
+        for (filter, link) in &dropped {
+            remove_from_tree(&mut state.tree, filter, link.id);
+            if link.is_persistent() {
+                batch.push(Op::DeleteSubscription {
+                    client_id: link.client_id.to_string(),
+                    filter: filter.clone(),
+                });
+            }
         }
         for client_id in &removed_sessions {
             // Its will is not published: the identity is gone.
@@ -491,21 +825,23 @@ impl Broker {
                 let id = entry.link.id;
                 state.pending_wills.retain(|w| w.session_id != id);
             }
-            self.remove_session_locked(&mut state, client_id);
+            self.remove_session_locked(&mut state, client_id, &mut batch);
         }
-        (removed_sessions.len(), dropped.len())
+        drop(state);
+        (removed_sessions.len(), dropped.len(), batch.submit(slot))
     }
 
     /// Expires offline sessions and publishes delayed wills that are due. Call about
     /// once a second.
-    pub fn housekeeping(&self, now: Instant) {
+    pub fn housekeeping(&self, now: Instant, slot: Option<Slot>) -> Option<Commit> {
         let mut state = self.lock();
+        let mut batch = Batch::default();
         let (due, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut state.pending_wills)
             .into_iter()
             .partition(|w| w.due <= now);
         state.pending_wills = keep;
         for will in due {
-            self.route_locked(&mut state, will.incoming);
+            self.route_locked(&mut state, will.incoming, &mut batch);
         }
         let expired: Vec<Arc<str>> = state
             .sessions
@@ -514,8 +850,10 @@ impl Broker {
             .map(|(k, _)| Arc::clone(k))
             .collect();
         for client_id in expired {
-            self.remove_session_locked(&mut state, &client_id);
+            self.remove_session_locked(&mut state, &client_id, &mut batch);
         }
+        drop(state);
+        batch.submit(slot)
     }
 
     /// Tells every live connection that the server is going away.
@@ -535,6 +873,30 @@ impl Broker {
     }
 }
 
+/// Adds a subscription to the tree; returns whether it is a shared one.
+fn insert_into_tree(
+    tree: &mut SubscriptionTree,
+    filter: &str,
+    session: &Arc<SessionLink>,
+    options: SubscriptionOptions,
+    identifier: Option<u32>,
+) -> bool {
+    let (group, inner) = match topic::parse_shared(filter).ok().flatten() {
+        Some((group, inner)) => (Some(group), inner),
+        None => (None, filter),
+    };
+    tree.insert(
+        inner,
+        group,
+        Subscription {
+            session: Arc::clone(session),
+            options,
+            identifier,
+        },
+    );
+    group.is_some()
+}
+
 fn remove_from_tree(tree: &mut SubscriptionTree, filter: &str, session_id: u64) {
     match topic::parse_shared(filter).ok().flatten() {
         Some((group, inner)) => tree.remove(inner, Some(group), session_id),
@@ -542,9 +904,31 @@ fn remove_from_tree(tree: &mut SubscriptionTree, filter: &str, session_id: u64) 
     };
 }
 
+/// Queues a message for one session; a persistent session's QoS 1/2 message is
+/// journaled at its queue position.
+fn push_to(stats: &Stats, session: &SessionLink, message: Message, batch: &mut Batch) {
+    let journal = session.is_persistent() && message.qos != QoS::AtMostOnce;
+    let stored = journal.then(|| stored_message(&message, Instant::now()));
+    let (outcome, seq) = session.mailbox.push_journaled(message, journal);
+    if let (PushOutcome::Queued, Some(message)) = (outcome, stored) {
+        batch.push(Op::Enqueue(crate::store::QueuedMessage {
+            client_id: session.client_id.to_string(),
+            seq,
+            message,
+        }));
+    }
+    stats.pushed(session, outcome);
+}
+
 /// Pushes one message to each matching session: one copy per session for ordinary
 /// subscriptions (highest QoS, every subscription identifier), one per shared group.
-fn deliver(stats: &Stats, message: &Message, from_session: Option<u64>, matches: Vec<Matched>) {
+fn deliver(
+    stats: &Stats,
+    message: &Message,
+    from_session: Option<u64>,
+    matches: Vec<Matched>,
+    batch: &mut Batch,
+) {
     let mut merged: Vec<(Subscription, QoS, Vec<u32>)> = Vec::with_capacity(matches.len());
     // Index of each session's ordinary delivery in `merged`, to merge overlaps.
     let mut ordinary: HashMap<u64, usize> = HashMap::new();
@@ -582,9 +966,9 @@ fn deliver(stats: &Stats, message: &Message, from_session: Option<u64>, matches:
             properties: Arc::clone(&message.properties),
             subscription_ids: ids,
             expires_at: message.expires_at,
+            seq: 0,
         };
-        let outcome = session.mailbox.push(outgoing);
-        stats.pushed(session, outcome);
+        push_to(stats, session, outgoing, batch);
     }
 }
 
@@ -598,7 +982,7 @@ impl Stats {
         }
         self.dropped(1);
         let n = session.mailbox.dropped();
-        if n.is_power_of_two() || n % 1000 == 0 {
+        if n.is_power_of_two() || n.is_multiple_of(1000) {
             tracing::warn!(
                 client_id = %session.client_id,
                 identity = %session.owner,

@@ -3,6 +3,8 @@
 //! the connection; the session's own bookkeeping (subscriptions, expiry) stays in
 //! the broker state.
 
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use tokio::sync::Notify;
@@ -21,6 +23,11 @@ pub struct SessionLink {
     pub owner: Arc<str>,
     pub mailbox: Mailbox,
     permissions: RwLock<Arc<dyn Permissions>>,
+    /// Whether the session outlives its connection (and so is journaled).
+    persistent: AtomicBool,
+    /// QoS 2 packet ids received and acknowledged with PUBREC, awaiting PUBREL. Part
+    /// of the session: a resumed session must not route a resent message twice.
+    inbound_qos2: Mutex<HashSet<u16>>,
 }
 
 impl SessionLink {
@@ -37,7 +44,39 @@ impl SessionLink {
             owner,
             mailbox,
             permissions: RwLock::new(permissions),
+            persistent: AtomicBool::new(false),
+            inbound_qos2: Mutex::new(HashSet::new()),
         }
+    }
+
+    pub fn is_persistent(&self) -> bool {
+        self.persistent.load(Ordering::Relaxed)
+    }
+
+    pub fn set_persistent(&self, persistent: bool) {
+        self.persistent.store(persistent, Ordering::Relaxed);
+    }
+
+    fn inbound(&self) -> std::sync::MutexGuard<'_, HashSet<u16>> {
+        self.inbound_qos2.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether a QoS 2 packet id is awaiting PUBREL.
+    pub fn has_inbound_qos2(&self, packet_id: u16) -> bool {
+        self.inbound().contains(&packet_id)
+    }
+
+    pub fn inbound_qos2_count(&self) -> usize {
+        self.inbound().len()
+    }
+
+    pub fn add_inbound_qos2(&self, packet_id: u16) {
+        self.inbound().insert(packet_id);
+    }
+
+    /// PUBREL: returns whether the id was awaiting it.
+    pub fn remove_inbound_qos2(&self, packet_id: u16) -> bool {
+        self.inbound().remove(&packet_id)
     }
 
     pub fn permissions(&self) -> Arc<dyn Permissions> {

@@ -50,19 +50,23 @@ pub fn sys_topics(broker: &Broker) -> Vec<(&'static str, String)> {
 /// Publishes every `$SYS` topic once, retained.
 pub fn publish_sys(broker: &Broker) {
     for (topic, value) in sys_topics(broker) {
-        broker.publish(Incoming {
-            message: Message {
-                topic: Arc::from(topic),
-                payload: Bytes::from(value),
-                qos: QoS::AtMostOnce,
-                retain: true,
-                properties: Arc::new(Properties::default()),
-                subscription_ids: Vec::new(),
-                expires_at: None,
+        broker.publish(
+            Incoming {
+                message: Message {
+                    topic: Arc::from(topic),
+                    payload: Bytes::from(value),
+                    qos: QoS::AtMostOnce,
+                    retain: true,
+                    properties: Arc::new(Properties::default()),
+                    subscription_ids: Vec::new(),
+                    expires_at: None,
+                    seq: 0,
+                },
+                publisher: None,
+                from_session: None,
             },
-            publisher: None,
-            from_session: None,
-        });
+            None,
+        );
     }
 }
 
@@ -72,8 +76,14 @@ pub async fn run_periodic(broker: Arc<Broker>) {
     let mut seconds = 0u64;
     loop {
         tick.tick().await;
-        broker.housekeeping(std::time::Instant::now());
-        if seconds % SYS_INTERVAL.as_secs() == 0 {
+        let slot = broker.journal().reserve().await;
+        if let Some(commit) = broker.housekeeping(std::time::Instant::now(), slot) {
+            // Expired sessions: nothing waits on this, but a failure is worth a line.
+            if let Err(e) = commit.await {
+                tracing::warn!(error = %e, "expired sessions not removed from the store");
+            }
+        }
+        if seconds.is_multiple_of(SYS_INTERVAL.as_secs()) {
             publish_sys(&broker);
         }
         seconds += 1;

@@ -1,7 +1,7 @@
 //! `moat firewall`: prints the nftables ruleset for the manifest (default), validates it
 //! with `nft -c` (`--check`) or loads it atomically (`--apply`). `--egress` turns the
 //! outbound restriction on even if the manifest leaves it off. The ruleset itself is
-//! rendered by `crate::firewall`; this module only turns the manifest into a spec.
+//! rendered by `crate::firewall`; this module only turns the compiled policy into a spec.
 
 use std::net::SocketAddr;
 
@@ -11,13 +11,24 @@ use ipnet::IpNet;
 use crate::cli::{FirewallArgs, GlobalArgs};
 use crate::commands::EXIT_OK;
 use crate::firewall::{self, FirewallSpec};
+use crate::policy::{FirewallSettings, Policy};
 
-/// The manifest's firewall switches (`broker.firewall` in the manifest).
+/// The manifest's firewall switches (the top-level `firewall:` section).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Toggles {
     pub ssh: bool,
     pub mdns: bool,
     pub egress: bool,
+}
+
+impl From<FirewallSettings> for Toggles {
+    fn from(settings: FirewallSettings) -> Self {
+        Toggles {
+            ssh: settings.ssh,
+            mdns: settings.mdns,
+            egress: settings.egress,
+        }
+    }
 }
 
 pub fn run(global: &GlobalArgs, args: &FirewallArgs) -> anyhow::Result<u8> {
@@ -35,13 +46,22 @@ pub fn run(global: &GlobalArgs, args: &FirewallArgs) -> anyhow::Result<u8> {
     Ok(EXIT_OK)
 }
 
-/// Reads the manifest and compiles the spec. The manifest loader and policy compiler
-/// (`crate::policy`) come from another change; until they land this refuses to guess.
-fn load_spec(global: &GlobalArgs, _egress_flag: bool) -> anyhow::Result<FirewallSpec> {
-    anyhow::bail!(
-        "`moat firewall` needs the manifest loader (policy compilation), which is not in this build; \
-         cannot read {}",
-        global.manifest.display()
+/// Reads and compiles the manifest (the same `Policy` the broker's admission check
+/// uses, so the two share one network list) and builds the spec from it.
+fn load_spec(global: &GlobalArgs, egress_flag: bool) -> anyhow::Result<FirewallSpec> {
+    let (policy, _warnings) = Policy::load(&global.manifest)
+        .with_context(|| format!("reading {}", global.manifest.display()))?;
+    Ok(spec_for_policy(&policy, egress_flag))
+}
+
+/// The spec for a compiled policy (also used by `moat doctor` to compare with what is loaded).
+pub fn spec_for_policy(policy: &Policy, egress_flag: bool) -> FirewallSpec {
+    spec_for(
+        policy.networks.cidrs(),
+        policy.listen_tls,
+        policy.listen_plain,
+        Toggles::from(policy.firewall),
+        egress_flag,
     )
 }
 
@@ -108,14 +128,51 @@ mod tests {
         assert!(spec_for(&[], addr("0.0.0.0:8883"), None, Toggles::default(), true).egress);
     }
 
+    fn example(name: &str) -> std::path::PathBuf {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("examples")
+            .join(name)
+    }
+
     #[test]
-    fn without_a_manifest_loader_it_refuses_with_a_clear_error() {
+    fn the_home_example_opens_both_broker_ports_ssh_and_mdns_to_the_lan() {
         let global = GlobalArgs {
-            manifest: "moat.yaml".into(),
+            manifest: example("home.yaml"),
             state: "moat-state".into(),
             json: false,
         };
-        let err = load_spec(&global, false).unwrap_err().to_string();
-        assert!(err.contains("needs the manifest loader"), "{err}");
+        let spec = load_spec(&global, false).unwrap();
+        assert_eq!(spec.broker_ports, vec![1883, 8883]);
+        assert!(spec.ssh && spec.mdns && spec.dhcp_client && !spec.egress);
+        for cidr in [
+            "127.0.0.0/8",
+            "::1/128",
+            "10.0.0.0/8",
+            "172.16.0.0/12",
+            "192.168.0.0/16",
+            "fc00::/7",
+            "fe80::/10",
+        ] {
+            let net: IpNet = cidr.parse().unwrap();
+            assert!(spec.networks.contains(&net), "{cidr} missing: {spec:?}");
+        }
+        assert!(spec.networks.iter().all(|n| {
+            !n.contains(&"8.8.8.8".parse::<std::net::IpAddr>().unwrap())
+                && !n.contains(&"2001:db8::1".parse::<std::net::IpAddr>().unwrap())
+        }));
+        assert!(load_spec(&global, true).unwrap().egress);
+        let rules = firewall::render(&spec);
+        assert!(rules.contains("ip saddr @allowed_v4 tcp dport { 1883, 8883 } accept"));
+    }
+
+    #[test]
+    fn a_missing_manifest_is_an_error_naming_it() {
+        let global = GlobalArgs {
+            manifest: "/nonexistent/moat.yaml".into(),
+            state: "moat-state".into(),
+            json: false,
+        };
+        let err = format!("{:#}", load_spec(&global, false).unwrap_err());
+        assert!(err.contains("/nonexistent/moat.yaml"), "{err}");
     }
 }

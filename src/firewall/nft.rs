@@ -1,5 +1,5 @@
 //! Hands a rendered ruleset to the `nft` binary on stdin, to check (`nft -c -f -`) or to
-//! load (`nft -f -`). `nft -f` loads a file as one transaction, so a rejected ruleset
+//! load (`nft -f -`), and reads moat's loaded table back (`nft list table inet moat`). `nft -f` loads a file as one transaction, so a rejected ruleset
 //! leaves the running one untouched.
 
 use std::ffi::OsString;
@@ -46,6 +46,29 @@ impl Nft {
     /// Loads `ruleset` atomically (`nft -f -`).
     pub fn apply(&self, ruleset: &str) -> Result<(), FirewallError> {
         self.run(&["-f", "-"], ruleset)
+    }
+
+    /// Prints moat's table as loaded in the kernel (`nft list table inet moat`).
+    pub fn list_table(&self) -> Result<String, FirewallError> {
+        let program = self.display();
+        let output = Command::new(&self.program)
+            .args(&self.leading_args)
+            .args(["list", "table", "inet", super::TABLE])
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|source| FirewallError::Spawn {
+                program: program.clone(),
+                source,
+            })?;
+        if output.status.success() {
+            Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+        } else {
+            Err(FirewallError::Rejected {
+                program,
+                status: output.status,
+                stderr: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
+            })
+        }
     }
 
     fn display(&self) -> String {
@@ -123,6 +146,18 @@ mod tests {
             }
             other => panic!("unexpected {other}"),
         }
+    }
+
+    #[test]
+    fn listing_runs_nft_list_table_inet_moat() {
+        // The wrapper echoes its arguments, so the listing is the command line itself.
+        let nft = Nft::wrapped("sh", ["-c", "echo \"$@\"", "nft"]);
+        assert_eq!(nft.list_table().unwrap().trim(), "list table inet moat");
+        let failing = Nft::wrapped("sh", ["-c", "echo 'No such file or directory' >&2; exit 1"]);
+        assert!(matches!(
+            failing.list_table().unwrap_err(),
+            FirewallError::Rejected { stderr, .. } if stderr.contains("No such file")
+        ));
     }
 
     #[test]

@@ -2,6 +2,8 @@
 //! duplicate and value checks, and encoding. Encoding writes only the properties the
 //! packet type allows, so a property set by mistake never reaches the wire.
 
+use bytes::{Bytes, BytesMut};
+
 use super::error::{DecodeError, EncodeError};
 use super::packet::Properties;
 use super::reader::Reader;
@@ -647,5 +649,39 @@ mod tests {
         encode(&mut wire, &props, Context::Subscribe).unwrap();
         let decoded = decode_bytes(&wire, Context::Subscribe).unwrap();
         assert_eq!(decoded.subscription_identifiers, vec![4]);
+    }
+}
+
+/// Message properties as bytes for storage: the MQTT 5 wire encoding of the
+/// properties a PUBLISH carries (length-prefixed). The store keeps them opaque.
+pub fn to_blob(props: &Properties) -> Result<Vec<u8>, EncodeError> {
+    let mut out = BytesMut::new();
+    encode(&mut out, props, Context::Publish { to_client: true })?;
+    Ok(out.to_vec())
+}
+
+/// Reads back what [`to_blob`] wrote, with the codec's own checks.
+pub fn from_blob(blob: &[u8]) -> Result<Properties, DecodeError> {
+    let mut reader = Reader::new(Bytes::copy_from_slice(blob));
+    decode(&mut reader, Context::Publish { to_client: true })
+}
+
+#[cfg(test)]
+mod blob_tests {
+    use super::*;
+
+    #[test]
+    fn blobs_round_trip() {
+        let props = Properties {
+            content_type: Some("text/plain".into()),
+            correlation_data: Some(Bytes::from_static(b"c")),
+            user_properties: vec![("k".into(), "v".into())],
+            ..Properties::default()
+        };
+        assert_eq!(from_blob(&to_blob(&props).unwrap()).unwrap(), props);
+        assert_eq!(
+            from_blob(&to_blob(&Properties::default()).unwrap()).unwrap(),
+            Properties::default()
+        );
     }
 }

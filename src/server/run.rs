@@ -10,12 +10,15 @@ use arc_swap::ArcSwap;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::auth::{AuthConfig, Authenticator, hash_for_secret_file};
+use crate::broker::journal::Journal;
+use crate::broker::mailbox::QueueLimits;
 use crate::broker::{Broker, BrokerConfig, ListenerKind, sys};
 use crate::net::{AdmissionControl, AdmissionSettings, Listener, TlsSettings, serve_listener};
 use crate::pki;
-use crate::policy::{Credential, Policy, provision_plan};
+use crate::policy::{Credential, Durability, Policy, provision_plan};
+use crate::store::{self, Store};
 
-use super::gate::{ActivePolicy, IdentityPermissions, PolicyGate};
+use super::gate::{ActivePolicy, PolicyGate, resolver_for};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -35,6 +38,8 @@ pub enum ServeError {
         addr: std::net::SocketAddr,
         source: std::io::Error,
     },
+    #[error("durable store: {0}")]
+    Store(#[from] store::StoreError),
     #[error("signal handler: {0}")]
     Signal(std::io::Error),
     #[error("writing the PID file {path}: {source}")]
@@ -119,11 +124,50 @@ fn admission_settings(policy: &Policy) -> AdmissionSettings {
     }
 }
 
+/// Opens the durable store the manifest names (default `<state>/moat.db`). A
+/// damaged database is moved aside by the store, loudly; the broker starts fresh.
+fn open_store(policy: &Policy, state: &Path) -> Result<Arc<Store>, ServeError> {
+    let path = policy
+        .persistence
+        .path
+        .clone()
+        .unwrap_or_else(|| state.join("moat.db"));
+    let durability = match policy.persistence.durability {
+        Durability::Full => store::Durability::Full,
+        Durability::Batched { commit_interval } => store::Durability::Batched { commit_interval },
+    };
+    let (store, recovery) = Store::open(&path, durability)?;
+    if let Some(moved) = &recovery.moved_aside {
+        tracing::error!(
+            moved_aside = %moved.display(),
+            reason = recovery.reason.as_deref().unwrap_or("damaged"),
+            "the database was damaged: it was moved aside and moat starts with empty durable state"
+        );
+    }
+    tracing::info!(path = %path.display(), ?durability, "durable store open");
+    Ok(Arc::new(store))
+}
+
 /// Runs the broker until SIGTERM or SIGINT.
 pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
     let loaded = load(&options.manifest, &options.state)?;
     let policy = &loaded.active.policy;
-    let broker = Broker::new(broker_config(policy));
+    let store = open_store(policy, &options.state)?;
+    let broker = Broker::with_journal(
+        broker_config(policy),
+        Journal::new(Some(Arc::clone(&store))),
+    );
+    broker.set_resolver(resolver_for(policy));
+    let snapshot = store.load()?;
+    let restore_limits = QueueLimits {
+        max_messages: policy.limits.max_queued_messages,
+        max_bytes: policy.limits.max_queued_bytes,
+        max_inflight: policy.limits.max_inflight,
+    };
+    let slot = broker.journal().reserve().await;
+    if let Some(commit) = broker.restore(snapshot, restore_limits, slot) {
+        commit.await?;
+    }
     let auth = Authenticator::new(AuthConfig {
         concurrency: policy.limits.auth_concurrency,
         queue: policy.limits.auth_queue,
@@ -183,10 +227,13 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
                         admission.update(admission_settings(new_policy));
                         tls.store(Arc::new(loaded.tls));
                         auth.clear_cache();
-                        let resolve = |name: &str| {
-                            new_policy.identity(name).map(|i| IdentityPermissions::new(Arc::clone(i)))
-                        };
-                        let (removed, dropped) = broker.reauthorize(&resolve);
+                        let slot = broker.journal().reserve().await;
+                        let (removed, dropped, commit) = broker.reauthorize(resolver_for(new_policy), slot);
+                        if let Some(commit) = commit {
+                            if let Err(e) = commit.await {
+                                tracing::warn!(error = %e, "revoked state not removed from the store");
+                            }
+                        }
                         active.store(Arc::new(loaded.active));
                         tracing::info!(sessions_removed = removed, subscriptions_dropped = dropped, "manifest reloaded");
                     }
@@ -201,8 +248,11 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     tracing::info!("shutting down");
     broker.shutdown();
-    // Give connections a moment to send their DISCONNECT.
+    // Give connections a moment to send their DISCONNECT and detach.
     tokio::time::sleep(Duration::from_millis(200)).await;
+    if let Err(e) = store.close().await {
+        tracing::error!(error = %e, "closing the durable store");
+    }
     if let Some(path) = &options.pid_file {
         let _ = std::fs::remove_file(path);
     }

@@ -1,0 +1,490 @@
+//! Issue 5 acceptance: the LAN reaches the broker, the WAN does not, proven with real
+//! packets in network namespaces this test creates (and always deletes).
+//!
+//! ```text
+//!  LAN client  192.168.78.2, fd00:78::2 ─┐
+//!                                        ├─ ROUTER (forwarding; DNAT 198.51.100.1:8883
+//!  WAN client  198.51.100.2,             │   -> 192.168.77.2:8883, source kept)
+//!              2001:db8:100::2 ──────────┘
+//!                                        └─ APPLIANCE 192.168.77.2, fd00:77::2,
+//!                                           2001:db8:77::2: `moat serve` + `moat firewall --apply`
+//! ```
+//!
+//! The real binary runs inside the appliance namespace; the real `mosquitto_pub` and
+//! `mosquitto_sub` run inside the client namespaces. Needs root, `ip`, `nft`, `bash`,
+//! `timeout` and the mosquitto clients; without them it prints why and skips.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const PASSWORD: &str = "lan-client-password-77";
+const APP_V4: &str = "192.168.77.2";
+const APP_ULA: &str = "fd00:77::2";
+const APP_GLOBAL: &str = "2001:db8:77::2";
+const ROUTER_WAN_V4: &str = "198.51.100.1";
+
+/// Namespaces, and the broker running in one of them; all torn down on drop, even
+/// when an assertion failed half-way.
+struct Lab {
+    namespaces: Vec<String>,
+    broker: Option<Child>,
+}
+
+impl Lab {
+    fn new() -> Self {
+        Lab {
+            namespaces: Vec::new(),
+            broker: None,
+        }
+    }
+
+    /// Creates `moat-lock-<pid>-<role>` with its loopback up.
+    fn netns(&mut self, role: &str) -> String {
+        let name = format!("moat-lock-{}-{role}", std::process::id());
+        sh(&["ip", "netns", "add", &name]);
+        self.namespaces.push(name.clone());
+        sh(&["ip", "-n", &name, "link", "set", "lo", "up"]);
+        // No duplicate address detection on links created later (link-local
+        // addresses included), so IPv6 works as soon as a link is up.
+        for key in [
+            "net.ipv6.conf.all.accept_dad=0",
+            "net.ipv6.conf.default.accept_dad=0",
+        ] {
+            sh(&["ip", "netns", "exec", &name, "sysctl", "-qw", key]);
+        }
+        name
+    }
+
+    /// Waits (bounded) until no IPv6 address in `ns` is still tentative.
+    fn wait_ipv6_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        for ns in &self.namespaces {
+            loop {
+                let out = sh(&["ip", "-n", ns, "-6", "addr", "show", "tentative"]);
+                if out.stdout.is_empty() {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "IPv6 addresses stay tentative in {ns}"
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+
+    /// A veth pair between two namespaces, both ends up, with the given addresses.
+    fn link(
+        &self,
+        (a, a_dev, a_addrs): (&str, &str, &[&str]),
+        (b, b_dev, b_addrs): (&str, &str, &[&str]),
+    ) {
+        sh(&[
+            "ip", "link", "add", a_dev, "netns", a, "type", "veth", "peer", "name", b_dev, "netns",
+            b,
+        ]);
+        for (ns, dev, addrs) in [(a, a_dev, a_addrs), (b, b_dev, b_addrs)] {
+            for addr in addrs {
+                let mut cmd = vec!["ip", "-n", ns, "addr", "add", addr, "dev", dev];
+                if addr.contains(':') {
+                    // No duplicate address detection: the address is usable at once.
+                    cmd.push("nodad");
+                }
+                sh(&cmd);
+            }
+            sh(&["ip", "-n", ns, "link", "set", dev, "up"]);
+        }
+    }
+
+    fn kill_broker(&mut self) {
+        if let Some(mut child) = self.broker.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline {
+                if matches!(child.try_wait(), Ok(Some(_))) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        self.kill_broker();
+        for ns in self.namespaces.drain(..).rev() {
+            let _ = Command::new("ip")
+                .args(["netns", "delete", &ns])
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
+
+/// Runs a setup command that must succeed.
+fn sh(args: &[&str]) -> Output {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("{}: {e}", args[0]));
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// Runs `args` inside `ns`, killed after `limit`.
+fn in_ns(ns: &str, args: &[&str], limit: Duration) -> Output {
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", ns])
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("ip netns exec starts");
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if matches!(child.try_wait(), Ok(Some(_))) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    child.wait_with_output().expect("child output")
+}
+
+/// What a bare TCP connect from `ns` to `addr` port 8883 gets, bounded by 4 s.
+#[derive(Debug, PartialEq, Eq)]
+enum Tcp {
+    Connected,
+    Refused,
+    NoAnswer,
+}
+
+fn tcp_connect(ns: &str, addr: &str) -> Tcp {
+    let script = format!("exec 3<>/dev/tcp/{addr}/8883");
+    let out = in_ns(
+        ns,
+        &["timeout", "4", "bash", "-c", &script],
+        Duration::from_secs(10),
+    );
+    match out.status.code() {
+        Some(0) => Tcp::Connected,
+        Some(124) => Tcp::NoAnswer,
+        _ => {
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(err.contains("refused"), "unexpected connect failure: {err}");
+            Tcp::Refused
+        }
+    }
+}
+
+fn mqtt_args<'a>(host: &'a str, ca: &'a str) -> Vec<&'a str> {
+    vec![
+        "-h", host, "-p", "8883", "--cafile", ca, "-u", "lan", "-P", PASSWORD, "-q", "1",
+    ]
+}
+
+/// Publishes a retained message (QoS 1) from `ns` to `host`, giving up after 6 s.
+fn publish(ns: &str, host: &str, ca: &str, topic: &str, payload: &str) -> Output {
+    let mut args = vec!["timeout", "6", "mosquitto_pub"];
+    args.extend(mqtt_args(host, ca));
+    args.extend(["-t", topic, "-m", payload, "-r"]);
+    in_ns(ns, &args, Duration::from_secs(12))
+}
+
+/// Subscribes from `ns` and returns the first message (the retained one), waiting at
+/// most `wait_seconds` for it.
+fn first_message(ns: &str, host: &str, ca: &str, filter: &str, wait_seconds: &str) -> Output {
+    let mut args = vec!["mosquitto_sub"];
+    args.extend(mqtt_args(host, ca));
+    args.extend(["-t", filter, "-C", "1", "-W", wait_seconds]);
+    in_ns(ns, &args, Duration::from_secs(12))
+}
+
+fn skip_reason() -> Option<String> {
+    if !nix::unistd::Uid::effective().is_root() {
+        return Some("not root (network namespaces need CAP_SYS_ADMIN)".into());
+    }
+    for tool in [
+        "ip",
+        "nft",
+        "bash",
+        "timeout",
+        "mosquitto_pub",
+        "mosquitto_sub",
+    ] {
+        let found = Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .stdout(Stdio::null())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        if !found {
+            return Some(format!("`{tool}` is not installed"));
+        }
+    }
+    None
+}
+
+fn write_manifest(dir: &Path) -> PathBuf {
+    let hash = moat::auth::hash_password(PASSWORD.as_bytes()).unwrap();
+    let manifest = format!(
+        "version: 1
+broker:
+  hostnames: [moat.home.arpa]
+  addresses: [{APP_V4}, \"{APP_ULA}\", \"{APP_GLOBAL}\"]
+  listen:
+    tls: {{ address: \"::\", port: 8883 }}
+  networks: [loopback, private]
+users:
+  lan:
+    password_hash: \"{hash}\"
+    publish: [\"lan/#\"]
+    subscribe: [\"lan/#\"]
+"
+    );
+    let path = dir.join("moat.yaml");
+    std::fs::write(&path, manifest).unwrap();
+    path
+}
+
+/// Starts `moat serve` inside `ns`; its stderr (the log) is collected into `log`.
+fn start_broker(ns: &str, manifest: &Path, state: &Path, log: &Arc<Mutex<String>>) -> Child {
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", ns, env!("CARGO_BIN_EXE_moat"), "serve"])
+        .arg("--manifest")
+        .arg(manifest)
+        .arg("--state")
+        .arg(state)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("moat serve starts");
+    let stderr = child.stderr.take().unwrap();
+    let sink = Arc::clone(log);
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let mut log = sink.lock().unwrap();
+            log.push_str(&line);
+            log.push('\n');
+        }
+    });
+    child
+}
+
+fn wait_for_log(log: &Arc<Mutex<String>>, needle: &str, limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if log.lock().unwrap().contains(needle) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+#[test]
+fn the_lan_gets_in_and_the_wan_gets_no_answer_even_through_a_port_forward() {
+    if let Some(reason) = skip_reason() {
+        eprintln!("skipping netns_lockdown: {reason}");
+        return;
+    }
+    let mut lab = Lab::new();
+    let app = lab.netns("app");
+    let router = lab.netns("router");
+    let lan = lab.netns("lan");
+    let wan = lab.netns("wan");
+
+    lab.link(
+        (
+            &app,
+            "eth0",
+            &["192.168.77.2/24", "fd00:77::2/64", "2001:db8:77::2/64"],
+        ),
+        (
+            &router,
+            "r-app",
+            &["192.168.77.1/24", "fd00:77::1/64", "2001:db8:77::1/64"],
+        ),
+    );
+    lab.link(
+        (&lan, "eth0", &["192.168.78.2/24", "fd00:78::2/64"]),
+        (&router, "r-lan", &["192.168.78.1/24", "fd00:78::1/64"]),
+    );
+    lab.link(
+        (&wan, "eth0", &["198.51.100.2/24", "2001:db8:100::2/64"]),
+        (&router, "r-wan", &["198.51.100.1/24", "2001:db8:100::1/64"]),
+    );
+    for (ns, v4, v6) in [
+        (&app, "192.168.77.1", "fd00:77::1"),
+        (&lan, "192.168.78.1", "fd00:78::1"),
+        (&wan, "198.51.100.1", "2001:db8:100::1"),
+    ] {
+        sh(&["ip", "-n", ns, "route", "add", "default", "via", v4]);
+        sh(&["ip", "-n", ns, "-6", "route", "add", "default", "via", v6]);
+    }
+    lab.wait_ipv6_ready();
+    // Forwarding in the router only; a port forward that keeps the source address
+    // (DNAT, no masquerade), as a home router does for "open port 8883".
+    for key in ["net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"] {
+        sh(&["ip", "netns", "exec", &router, "sysctl", "-qw", key]);
+    }
+    let nat = format!(
+        "table ip portforward {{
+  chain prerouting {{
+    type nat hook prerouting priority dstnat; policy accept;
+    iifname \"r-wan\" ip daddr {ROUTER_WAN_V4} tcp dport 8883 dnat to {APP_V4}:8883
+  }}
+}}
+"
+    );
+    let nat_file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(nat_file.path(), nat).unwrap();
+    sh(&[
+        "ip",
+        "netns",
+        "exec",
+        &router,
+        "nft",
+        "-f",
+        nat_file.path().to_str().unwrap(),
+    ]);
+
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = write_manifest(dir.path());
+    let state = dir.path().join("state");
+    let ca = state.join("ca.pem");
+    let ca = ca.to_str().unwrap();
+
+    // The ruleset, from the same manifest, applied inside the appliance.
+    let applied = in_ns(
+        &app,
+        &[
+            env!("CARGO_BIN_EXE_moat"),
+            "firewall",
+            "--apply",
+            "--manifest",
+            manifest.to_str().unwrap(),
+        ],
+        Duration::from_secs(20),
+    );
+    assert!(
+        applied.status.success(),
+        "moat firewall --apply: {}",
+        String::from_utf8_lossy(&applied.stderr)
+    );
+
+    let log = Arc::new(Mutex::new(String::new()));
+    lab.broker = Some(start_broker(&app, &manifest, &state, &log));
+    assert!(
+        wait_for_log(&log, "moat is ready", Duration::from_secs(30)),
+        "moat serve did not become ready:\n{}",
+        log.lock().unwrap()
+    );
+
+    // The LAN client publishes and subscribes over TLS (IPv4, then IPv6 ULA).
+    let out = publish(&lan, APP_V4, ca, "lan/v4", "hello-over-v4");
+    assert!(
+        out.status.success(),
+        "LAN publish failed: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        log.lock().unwrap()
+    );
+    let out = first_message(&lan, APP_V4, ca, "lan/v4", "8");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "hello-over-v4",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let out = publish(&lan, APP_ULA, ca, "lan/ula", "hello-over-ula");
+    assert!(
+        out.status.success(),
+        "ULA publish failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = first_message(&lan, APP_ULA, ca, "lan/ula", "8");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "hello-over-ula",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // The WAN client, through the port forward (IPv4) and straight to the appliance's
+    // global address (IPv6): no answer at all, neither an accept nor a reset.
+    assert_eq!(
+        tcp_connect(&wan, ROUTER_WAN_V4),
+        Tcp::NoAnswer,
+        "IPv4 port forward"
+    );
+    assert_eq!(tcp_connect(&wan, APP_GLOBAL), Tcp::NoAnswer, "global IPv6");
+    let out = publish(&wan, ROUTER_WAN_V4, ca, "lan/wan", "should-not-arrive");
+    assert!(!out.status.success(), "a WAN publish got through");
+    assert!(
+        !log.lock().unwrap().contains("198.51.100.2"),
+        "the firewall let a WAN packet reach the broker:\n{}",
+        log.lock().unwrap()
+    );
+
+    // Defence in depth: without the firewall the TCP handshake completes, and the
+    // broker itself closes the connection before TLS.
+    sh(&[
+        "ip", "netns", "exec", &app, "nft", "delete", "table", "inet", "moat",
+    ]);
+    assert_eq!(
+        tcp_connect(&wan, ROUTER_WAN_V4),
+        Tcp::Connected,
+        "IPv4 port forward without firewall"
+    );
+    assert_eq!(
+        tcp_connect(&wan, APP_GLOBAL),
+        Tcp::Connected,
+        "global IPv6 without firewall"
+    );
+    let out = publish(&wan, ROUTER_WAN_V4, ca, "lan/wan", "should-not-arrive");
+    assert!(
+        !out.status.success(),
+        "a WAN publish got through without the firewall"
+    );
+    let out = publish(&wan, APP_GLOBAL, ca, "lan/wan", "should-not-arrive");
+    assert!(
+        !out.status.success(),
+        "a global IPv6 publish got through without the firewall"
+    );
+    assert!(
+        wait_for_log(&log, "198.51.100.2", Duration::from_secs(5)),
+        "no refusal logged"
+    );
+    let log_text = log.lock().unwrap().clone();
+    for peer in ["198.51.100.2", "2001:db8:100::2"] {
+        let refused = log_text.lines().any(|line| {
+            line.contains(peer)
+                && line.contains("connection refused before TLS")
+                && line.contains("NetworkNotAllowed")
+        });
+        assert!(refused, "no admission refusal for {peer} in:\n{log_text}");
+    }
+    // And nothing the WAN sent reached a subscriber.
+    let out = first_message(&lan, APP_V4, ca, "lan/wan", "2");
+    assert!(String::from_utf8_lossy(&out.stdout).trim().is_empty());
+    // The LAN still works with the firewall gone.
+    let out = first_message(&lan, APP_V4, ca, "lan/v4", "8");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "hello-over-v4");
+}
