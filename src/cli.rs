@@ -54,7 +54,7 @@ pub enum Command {
     Firstboot(FirstbootArgs),
     /// Print client settings for an identity (Home Assistant, Zigbee2MQTT, ...).
     Export(ExportArgs),
-    /// Write a backup archive of the state directory.
+    /// Write a backup archive of the state directory (or `--restore` one).
     Backup(BackupArgs),
     /// Drive an MQTT broker with load and report throughput, latency and memory.
     Bench(BenchArgs),
@@ -140,8 +140,12 @@ pub struct ExportArgs {
 
 #[derive(Debug, Args)]
 pub struct BackupArgs {
-    /// The archive to write.
-    pub output: PathBuf,
+    /// The archive to write (0600; it holds private keys).
+    #[arg(required_unless_present = "restore")]
+    pub output: Option<PathBuf>,
+    /// Restore this archive into an empty state directory instead.
+    #[arg(long, value_name = "ARCHIVE", conflicts_with = "output")]
+    pub restore: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -7,11 +7,14 @@
 
 pub mod acl;
 pub mod auth;
+pub mod backup;
 pub mod broker;
 pub mod cli;
 pub mod commands;
 pub mod doctor;
+pub mod export;
 pub mod firewall;
+pub mod firstboot;
 pub mod manifest;
 pub mod net;
 pub mod pki;

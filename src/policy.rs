@@ -324,6 +324,22 @@ impl Policy {
     }
 }
 
+/// What the state directory must contain for `policy`: the server certificate's
+/// names and addresses, the RSA server key if a role needs one, and one client bundle
+/// per `certificate: true` device. `serve` and `firstboot` both provision from this.
+pub fn provision_plan(policy: &Policy) -> crate::pki::ProvisionPlan {
+    crate::pki::ProvisionPlan {
+        hostnames: policy.hostnames.clone(),
+        addresses: policy.addresses.clone(),
+        rsa_server_key: policy.needs_rsa_server_key(),
+        certificate_devices: policy
+            .certificate_devices()
+            .into_iter()
+            .map(str::to_owned)
+            .collect(),
+    }
+}
+
 fn to_usize(v: u64) -> usize {
     usize::try_from(v).unwrap_or(usize::MAX)
 }

@@ -14,8 +14,8 @@ use crate::broker::journal::Journal;
 use crate::broker::mailbox::QueueLimits;
 use crate::broker::{Broker, BrokerConfig, ListenerKind, sys};
 use crate::net::{AdmissionControl, AdmissionSettings, Listener, TlsSettings, serve_listener};
-use crate::pki::{self, ProvisionPlan};
-use crate::policy::{Credential, Durability, Policy};
+use crate::pki;
+use crate::policy::{Credential, Durability, Policy, provision_plan};
 use crate::store::{self, Store};
 
 use super::gate::{ActivePolicy, PolicyGate, resolver_for};
@@ -67,17 +67,7 @@ fn load(manifest: &Path, state: &Path) -> Result<Loaded, ServeError> {
     for warning in warnings {
         tracing::warn!("{warning}");
     }
-    let plan = ProvisionPlan {
-        hostnames: policy.hostnames.clone(),
-        addresses: policy.addresses.clone(),
-        rsa_server_key: policy.needs_rsa_server_key(),
-        certificate_devices: policy
-            .certificate_devices()
-            .into_iter()
-            .map(str::to_owned)
-            .collect(),
-    };
-    let report = pki::provision(state, &plan)?;
+    let report = pki::provision(state, &provision_plan(&policy))?;
     for item in report
         .items
         .iter()
