@@ -20,7 +20,7 @@ use crate::protocol::{Codec, DecodeError, Role};
 
 use crate::store::{Commit, InflightOut, Op, Slot, StoredInflightOut};
 
-use super::journal::{Batch, stored_message};
+use super::journal::{Batch, settle, stored_message};
 use super::mailbox::{InFlight, Message, Outbound, QueueLimits};
 use super::permissions::{Admission, Gatekeeper, PeerInfo};
 use super::session::{Kick, SessionLink};
@@ -373,11 +373,7 @@ where
         commit,
     ) = attached;
     // The session the CONNACK promises must be durable first.
-    if let Some(commit) = commit {
-        if let Err(e) = commit.await {
-            tracing::error!(client_id = %session.client_id, error = %e, "session not stored");
-        }
-    }
+    settle(commit, "session").await;
 
     let mut properties = Properties::default();
     if version == ProtocolVersion::V5 {
@@ -623,12 +619,12 @@ impl Connection {
     /// (disk full) turns a v5 acknowledgement into the refusal it has become.
     async fn flush_replies(&mut self, codec: &mut Codec, wbuf: &mut BytesMut) {
         while let Some((commit, mut packet)) = self.replies.pop_front() {
-            if let Some(commit) = commit {
-                if let Err(e) = commit.await {
-                    tracing::warn!(client_id = %self.session.client_id, error = %e, "durable write refused");
-                    if let Packet::PubAck(ack) | Packet::PubRec(ack) = &mut packet {
-                        ack.reason = e.reason_code();
-                    }
+            if let Some(commit) = commit
+                && let Err(e) = commit.await
+            {
+                tracing::warn!(client_id = %self.session.client_id, error = %e, "durable write refused");
+                if let Packet::PubAck(ack) | Packet::PubRec(ack) = &mut packet {
+                    ack.reason = e.reason_code();
                 }
             }
             if let Err(e) = codec.encode(&packet, wbuf) {
@@ -684,25 +680,21 @@ impl Connection {
                     dup: false,
                     message,
                 } = item
+                    && message.qos == QoS::ExactlyOnce
+                    && message.seq != 0
                 {
-                    if message.qos == QoS::ExactlyOnce && message.seq != 0 {
-                        batch.push(Op::PutInflightOut(StoredInflightOut {
-                            client_id: self.session.client_id.to_string(),
-                            packet_id: *packet_id,
-                            state: InflightOut::Published(stored_message(message, now)),
-                        }));
-                        batch.push(Op::Dequeue {
-                            client_id: self.session.client_id.to_string(),
-                            seq: message.seq,
-                        });
-                    }
+                    batch.push(Op::PutInflightOut(StoredInflightOut {
+                        client_id: self.session.client_id.to_string(),
+                        packet_id: *packet_id,
+                        state: InflightOut::Published(stored_message(message, now)),
+                    }));
+                    batch.push(Op::Dequeue {
+                        client_id: self.session.client_id.to_string(),
+                        seq: message.seq,
+                    });
                 }
             }
-            if let Some(commit) = batch.submit(slot) {
-                if let Err(e) = commit.await {
-                    tracing::warn!(client_id = %self.session.client_id, error = %e, "in-flight state not stored");
-                }
-            }
+            settle(batch.submit(slot), "in-flight state").await;
         }
         let mut sent = 0u64;
         let mut bytes = 0usize;
@@ -1099,11 +1091,7 @@ impl Connection {
         let commit = self
             .broker
             .detach(&self.session, self.connection_id, expiry, will, slot);
-        if let Some(commit) = commit {
-            if let Err(e) = commit.await {
-                tracing::warn!(client_id = %self.session.client_id, error = %e, "session state not stored");
-            }
-        }
+        settle(commit, "session state").await;
     }
 }
 

@@ -71,6 +71,15 @@ impl Batch {
     }
 }
 
+/// Waits for a commit nobody answers on, logging a failure with `what` it was for.
+pub async fn settle(commit: Option<Commit>, what: &str) {
+    if let Some(commit) = commit
+        && let Err(e) = commit.await
+    {
+        tracing::warn!(error = %e, "durable store: {what} not stored");
+    }
+}
+
 /// A broker message as a stored record; `$SYS` never gets here.
 pub fn stored_message(message: &Message, now: Instant) -> StoredMessage {
     let properties = to_blob(&message.properties).unwrap_or_else(|e| {

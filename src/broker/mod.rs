@@ -527,9 +527,7 @@ impl Broker {
             drop(state);
             return batch.submit(slot);
         }
-        let Some(entry) = state.sessions.get_mut(&*session.client_id) else {
-            return None;
-        };
+        let entry = state.sessions.get_mut(&*session.client_id)?;
         entry.connection = None;
         if let Some(expiry) = expiry {
             entry.expiry = expiry.min(config.max_session_expiry);

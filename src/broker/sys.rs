@@ -9,6 +9,7 @@ use bytes::Bytes;
 
 use crate::protocol::{Properties, QoS};
 
+use super::journal::settle;
 use super::mailbox::Message;
 use super::{Broker, Incoming};
 
@@ -77,12 +78,8 @@ pub async fn run_periodic(broker: Arc<Broker>) {
     loop {
         tick.tick().await;
         let slot = broker.journal().reserve().await;
-        if let Some(commit) = broker.housekeeping(std::time::Instant::now(), slot) {
-            // Expired sessions: nothing waits on this, but a failure is worth a line.
-            if let Err(e) = commit.await {
-                tracing::warn!(error = %e, "expired sessions not removed from the store");
-            }
-        }
+        let commit = broker.housekeeping(std::time::Instant::now(), slot);
+        settle(commit, "expired sessions").await;
         if seconds.is_multiple_of(SYS_INTERVAL.as_secs()) {
             publish_sys(&broker);
         }

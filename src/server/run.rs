@@ -10,7 +10,7 @@ use arc_swap::ArcSwap;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::auth::{AuthConfig, Authenticator, hash_for_secret_file};
-use crate::broker::journal::Journal;
+use crate::broker::journal::{Journal, settle};
 use crate::broker::mailbox::QueueLimits;
 use crate::broker::{Broker, BrokerConfig, ListenerKind, sys};
 use crate::net::{AdmissionControl, AdmissionSettings, Listener, TlsSettings, serve_listener};
@@ -229,11 +229,7 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
                         auth.clear_cache();
                         let slot = broker.journal().reserve().await;
                         let (removed, dropped, commit) = broker.reauthorize(resolver_for(new_policy), slot);
-                        if let Some(commit) = commit {
-                            if let Err(e) = commit.await {
-                                tracing::warn!(error = %e, "revoked state not removed from the store");
-                            }
-                        }
+                        settle(commit, "revoked sessions and subscriptions").await;
                         active.store(Arc::new(loaded.active));
                         tracing::info!(sessions_removed = removed, subscriptions_dropped = dropped, "manifest reloaded");
                     }
