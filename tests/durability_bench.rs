@@ -40,7 +40,25 @@ fn run(label: &str, persistence: &str) -> (f64, f64) {
     let port = moat.plain_port.unwrap().to_string();
     // An offline persistent subscriber: every message is queued for it, durably.
     let out = run_bounded(
-        Command::new("mosquitto_sub").args(["-h", "127.0.0.1", "-p", &port, "-u", "sub", "-P", common::PASSWORD, "-t", "bench/#", "-q", "1", "-i", "offline-sub", "-c", "-W", "1"]),
+        Command::new("mosquitto_sub").args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "-u",
+            "sub",
+            "-P",
+            common::PASSWORD,
+            "-t",
+            "bench/#",
+            "-q",
+            "1",
+            "-i",
+            "offline-sub",
+            "-c",
+            "-W",
+            "1",
+        ]),
         Duration::from_secs(10),
     );
     let _ = out;
@@ -64,9 +82,15 @@ c.disconnect(); c.loop_stop()
         n = MESSAGES
     );
     let before = write_bytes(moat.pid());
-    let out = run_bounded(Command::new("python3").args(["-c", &script]), Duration::from_secs(120));
+    let out = run_bounded(
+        Command::new("python3").args(["-c", &script]),
+        Duration::from_secs(120),
+    );
     let after = write_bytes(moat.pid());
-    let seconds: f64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(f64::NAN);
+    let seconds: f64 = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(f64::NAN);
     let rate = f64::from(MESSAGES) / seconds;
     let per_message = (after - before) as f64 / f64::from(MESSAGES);
     println!("{label:<28} {rate:>10.0} msg/s {per_message:>10.0} bytes written per message");
@@ -77,10 +101,20 @@ c.disconnect(); c.loop_stop()
 #[ignore = "a measurement, run by hand"]
 fn durability_cost() {
     let shm = tempfile::tempdir_in("/dev/shm").unwrap();
-    let memory = format!("  persistence: {{ durability: full, path: \"{}/moat.db\" }}\n", shm.path().display());
+    let memory = format!(
+        "  persistence: {{ durability: full, path: \"{}/moat.db\" }}\n",
+        shm.path().display()
+    );
     println!("QoS 1, 64-byte payloads, {MESSAGES} messages, offline persistent subscriber");
     let (full, _) = run("full (disk)", "  persistence: { durability: full }\n");
-    let (batched, _) = run("batched 50 ms (disk)", "  persistence: { durability: batched, commit_interval_ms: 50 }\n");
+    let (batched, _) = run(
+        "batched 50 ms (disk)",
+        "  persistence: { durability: batched, commit_interval_ms: 50 }\n",
+    );
     let (memory_rate, _) = run("full on /dev/shm (memory)", &memory);
-    println!("full/memory = {:.2}, batched/memory = {:.2}", full / memory_rate, batched / memory_rate);
+    println!(
+        "full/memory = {:.2}, batched/memory = {:.2}",
+        full / memory_rate,
+        batched / memory_rate
+    );
 }

@@ -903,6 +903,7 @@ impl Connection {
                 },
                 publisher: Some(Arc::clone(&self.session.owner)),
                 from_session: Some(self.session.id),
+                retained_quota: self.session.permissions().retained_quota(),
             };
             let (routed, commit) = if publish.qos == QoS::ExactlyOnce {
                 self.broker
@@ -1082,6 +1083,7 @@ impl Connection {
                     },
                     publisher: Some(Arc::clone(&self.session.owner)),
                     from_session: Some(self.session.id),
+                    retained_quota: self.session.permissions().retained_quota(),
                 },
                 delay,
             ))

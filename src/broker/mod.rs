@@ -30,7 +30,7 @@ use crate::store::{
 use journal::{Batch, Journal, restored_message, stored_message};
 use mailbox::{InFlight, Mailbox, Message, PushOutcome, QueueLimits};
 pub use permissions::{Admission, ClientLimits, Gatekeeper, ListenerKind, PeerInfo, Permissions};
-use retained::{RetainRefused, Retained, RetainedStore};
+use retained::{RetainQuota, RetainRefused, Retained, RetainedStore};
 use session::{Kick, SessionLink};
 use stats::Stats;
 use subscriptions::{Matched, Subscription, SubscriptionTree};
@@ -83,6 +83,8 @@ impl Default for BrokerConfig {
 /// A message entering the router.
 pub struct Incoming {
     pub message: Message,
+    /// How many retained messages the publisher may hold (usize::MAX for `$SYS`).
+    pub retained_quota: usize,
     /// The identity that published it (`None` for the broker's own `$SYS`).
     pub publisher: Option<Arc<str>>,
     /// The publishing session, for No Local.
@@ -268,8 +270,11 @@ impl Broker {
                 .retained
                 .set(
                     retained,
-                    config.max_retained_messages,
-                    config.max_retained_bytes,
+                    RetainQuota {
+                        max_messages: config.max_retained_messages,
+                        max_bytes: config.max_retained_bytes,
+                        max_per_publisher: usize::MAX,
+                    },
                 )
                 .is_err()
             {
@@ -644,11 +649,12 @@ impl Broker {
                 },
                 publisher: Arc::clone(&publisher),
             };
-            match state.retained.set(
-                retained,
-                config.max_retained_messages,
-                config.max_retained_bytes,
-            ) {
+            let quota = RetainQuota {
+                max_messages: config.max_retained_messages,
+                max_bytes: config.max_retained_bytes,
+                max_per_publisher: incoming.retained_quota,
+            };
+            match state.retained.set(retained, quota) {
                 Err(RetainRefused::QuotaExceeded) => routed.retain_refused = true,
                 // `$SYS` is rebuilt at start, never stored.
                 Ok(()) if !message.topic.starts_with('$') && self.journal.is_enabled() => {

@@ -18,6 +18,10 @@ pub trait Permissions: Send + Sync {
     fn may_receive(&self, client_id: &str, topic: &str) -> bool;
     /// May this client set the retain flag?
     fn may_retain(&self) -> bool;
+    /// How many retained messages this identity may hold.
+    fn retained_quota(&self) -> usize {
+        usize::MAX
+    }
 }
 
 /// Per-client limits that depend on who the client is.

@@ -65,6 +65,7 @@ pub fn publish_sys(broker: &Broker) {
                 },
                 publisher: None,
                 from_session: None,
+                retained_quota: usize::MAX,
             },
             None,
         );

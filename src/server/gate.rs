@@ -68,6 +68,10 @@ impl Permissions for IdentityPermissions {
     fn may_retain(&self) -> bool {
         self.identity.may_retain
     }
+
+    fn retained_quota(&self) -> usize {
+        self.identity.max_retained_messages
+    }
 }
 
 pub struct PolicyGate {
