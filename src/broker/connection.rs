@@ -885,26 +885,14 @@ impl Connection {
             && permissions.may_publish(client_id, &publish.topic)
             && (!publish.retain || permissions.may_retain());
         let (reason, commit) = if allowed {
-            let now = Instant::now();
-            let expires_at = publish
-                .properties
-                .message_expiry_interval
-                .map(|secs| now + Duration::from_secs(u64::from(secs)));
-            let incoming = Incoming {
-                message: Message {
-                    topic: Arc::from(publish.topic.as_str()),
-                    payload: publish.payload,
-                    qos: publish.qos,
-                    retain: publish.retain,
-                    properties: passthrough_properties(&publish.properties),
-                    subscription_ids: Vec::new(),
-                    expires_at,
-                    seq: 0,
-                },
-                publisher: Some(Arc::clone(&self.session.owner)),
-                from_session: Some(self.session.id),
-                retained_quota: self.session.permissions().retained_quota(),
-            };
+            let incoming = self.incoming(
+                &publish.topic,
+                publish.payload,
+                publish.qos,
+                publish.retain,
+                &publish.properties,
+                Instant::now(),
+            );
             let (routed, commit) = if publish.qos == QoS::ExactlyOnce {
                 self.broker
                     .publish_exactly_once(&self.session, packet_id, incoming, slot)
@@ -1050,6 +1038,36 @@ impl Connection {
         );
     }
 
+    /// A message this client publishes (or its will), ready for the router;
+    /// `published_at` starts its expiry clock.
+    fn incoming(
+        &self,
+        topic: &str,
+        payload: bytes::Bytes,
+        qos: QoS,
+        retain: bool,
+        properties: &Properties,
+        published_at: Instant,
+    ) -> Incoming {
+        Incoming {
+            message: Message {
+                topic: Arc::from(topic),
+                payload,
+                qos,
+                retain,
+                properties: passthrough_properties(properties),
+                subscription_ids: Vec::new(),
+                expires_at: properties
+                    .message_expiry_interval
+                    .map(|secs| published_at + Duration::from_secs(u64::from(secs))),
+                seq: 0,
+            },
+            publisher: Some(Arc::clone(&self.session.owner)),
+            from_session: Some(self.session.id),
+            retained_quota: self.session.permissions().retained_quota(),
+        }
+    }
+
     /// Detaches from the session and publishes the will if the connection ended
     /// without a normal DISCONNECT (or with "disconnect with will").
     async fn finish(&mut self, end: End) {
@@ -1065,28 +1083,16 @@ impl Connection {
             }
             let delay =
                 Duration::from_secs(u64::from(will.properties.will_delay_interval.unwrap_or(0)));
-            let expires_at = will
-                .properties
-                .message_expiry_interval
-                .map(|secs| Instant::now() + delay + Duration::from_secs(u64::from(secs)));
-            Some((
-                Incoming {
-                    message: Message {
-                        topic: Arc::from(will.topic.as_str()),
-                        payload: will.payload,
-                        qos: will.qos,
-                        retain: will.retain,
-                        properties: passthrough_properties(&will.properties),
-                        subscription_ids: Vec::new(),
-                        expires_at,
-                        seq: 0,
-                    },
-                    publisher: Some(Arc::clone(&self.session.owner)),
-                    from_session: Some(self.session.id),
-                    retained_quota: self.session.permissions().retained_quota(),
-                },
-                delay,
-            ))
+            // A delayed will's expiry counts from when it is published.
+            let incoming = self.incoming(
+                &will.topic,
+                will.payload,
+                will.qos,
+                will.retain,
+                &will.properties,
+                Instant::now() + delay,
+            );
+            Some((incoming, delay))
         });
         let expiry = expiry.map(|secs| Duration::from_secs(u64::from(secs)));
         let slot = self.broker.journal().reserve().await;

@@ -934,14 +934,16 @@ fn deliver(
     batch: &mut Batch,
 ) {
     let mut merged: Vec<(Subscription, QoS, Vec<u32>)> = Vec::with_capacity(matches.len());
-    // Index of each session's ordinary delivery in `merged`, to merge overlaps.
+    // Index of each session's ordinary delivery in `merged`, to merge overlaps; a
+    // single match (the common case) needs no index.
+    let may_overlap = matches.len() > 1;
     let mut ordinary: HashMap<u64, usize> = HashMap::new();
     for m in matches {
         let sub = m.subscription;
         if sub.options.no_local && !m.shared && Some(sub.session.id) == from_session {
             continue;
         }
-        if !m.shared {
+        if !m.shared && may_overlap {
             if let Some(&i) = ordinary.get(&sub.session.id) {
                 let (_, qos, ids) = &mut merged[i];
                 *qos = (*qos).max(sub.options.qos);
