@@ -42,9 +42,11 @@ let
 
   # `moat firstboot` imports the manifest only when none is declared; the Wi-Fi
   # import is wanted either way on a Wi-Fi appliance.
+  # Wi-Fi first: a failing `moat firstboot` (it reports why in moat-error.txt on the
+  # card) must not also leave the device offline.
   firstbootSteps =
-    lib.optional (cfg.manifest == null) "${moat} firstboot --boot ${cfg.firstboot.bootPartition}"
-    ++ lib.optional cfg.wifi.enable importWifi;
+    lib.optional cfg.wifi.enable importWifi
+    ++ lib.optional (cfg.manifest == null) "${moat} firstboot --boot ${cfg.firstboot.bootPartition}";
   firstbootActive = cfg.firstboot.enable && firstbootSteps != [ ];
 in
 {
