@@ -1,6 +1,8 @@
-//! Provisioning against real tools: the certificates `moat::pki::provision` writes must
-//! satisfy `openssl verify` and show the planned names in `openssl x509 -text`; a second
-//! run changes no file; a state directory others can read is refused.
+//! Provisioning against real tools: `moat provision` (the real binary, on the starter
+//! manifest and on examples/home.yaml) and `moat::pki::provision` must write
+//! certificates that satisfy `openssl verify` and show the planned names in
+//! `openssl x509 -text`; a second run changes no file; a state directory others can
+//! read is refused.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -200,4 +202,119 @@ fn the_tls_stack_accepts_the_served_credentials() {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(creds.ca).unwrap();
     assert_eq!(roots.len(), 1);
+}
+
+fn moat(args: &[&str], dir: &Path) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_moat"))
+        .args(args)
+        .current_dir(dir)
+        .env_remove("MOAT_MANIFEST")
+        .env_remove("MOAT_STATE")
+        .output()
+        .unwrap()
+}
+
+fn text(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+#[test]
+fn moat_provision_on_the_starter_manifest() {
+    let root = tempfile::tempdir().unwrap();
+    let out = moat(&["init"], root.path());
+    assert!(out.status.success(), "{}", text(&out));
+    let out = moat(&["provision"], root.path());
+    assert!(out.status.success(), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("created  server.pem"), "{stdout}");
+    let state = root.path().join("moat-state");
+    openssl(&["verify", "-CAfile", "ca.pem", "server.pem"], &state);
+
+    let before = snapshot(&state);
+    let out = moat(&["provision"], root.path());
+    assert!(out.status.success(), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !stdout.contains("created") && !stdout.contains("renewed"),
+        "{stdout}"
+    );
+    assert_eq!(snapshot(&state), before);
+}
+
+#[test]
+fn moat_provision_on_the_home_example() {
+    let root = tempfile::tempdir().unwrap();
+    let secret = root.path().join("z2m-secret");
+    fs::write(&secret, "zigbee-secret\n").unwrap();
+    let example = fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/home.yaml"))
+        .unwrap()
+        .replace("/run/secrets/zigbee2mqtt", &secret.display().to_string());
+    let manifest = root.path().join("home.yaml");
+    fs::write(&manifest, example).unwrap();
+    let manifest_arg = manifest.display().to_string();
+    let state = root.path().join("state");
+    let state_arg = state.display().to_string();
+    let args = [
+        "--manifest",
+        &manifest_arg,
+        "--state",
+        &state_arg,
+        "provision",
+    ];
+
+    let out = moat(&args, root.path());
+    assert!(out.status.success(), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    for line in [
+        "created  ca.pem",
+        "created  server-rsa.pem",
+        "created  devices/kitchen-sensor/cert.pem",
+        "created  hashes/zigbee2mqtt.phc",
+        "MqttFingerprint1 ",
+    ] {
+        assert!(stdout.contains(line), "missing {line:?} in\n{stdout}");
+    }
+    openssl(&["verify", "-CAfile", "ca.pem", "server-rsa.pem"], &state);
+    let device = state.join("devices/kitchen-sensor");
+    openssl(&["verify", "-CAfile", "ca.pem", "cert.pem"], &device);
+    let hash = fs::read_to_string(state.join("hashes/zigbee2mqtt.phc")).unwrap();
+    let phc = hash.lines().next().unwrap();
+    assert_eq!(moat::auth::verify_password(phc, b"zigbee-secret"), Ok(true));
+
+    let before = snapshot(&state);
+    let mut json_args = vec!["--json"];
+    json_args.extend_from_slice(&args);
+    let out = moat(&json_args, root.path());
+    assert!(out.status.success(), "{}", text(&out));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let items = json["items"].as_array().unwrap();
+    assert!(items.len() >= 10, "{json}");
+    assert!(items.iter().all(|i| i["outcome"] == "kept"), "{json}");
+    let fingerprint = json["tasmota_fingerprint"].as_str().unwrap();
+    assert_eq!(fingerprint.split(' ').count(), 20, "{fingerprint}");
+    assert_eq!(snapshot(&state), before);
+}
+
+#[test]
+fn moat_provision_refuses_an_open_state_dir_and_a_bad_manifest() {
+    let root = tempfile::tempdir().unwrap();
+    assert!(moat(&["init"], root.path()).status.success());
+    let state = root.path().join("moat-state");
+    fs::create_dir(&state).unwrap();
+    fs::set_permissions(&state, fs::Permissions::from_mode(0o755)).unwrap();
+    let out = moat(&["provision"], root.path());
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out).contains("chmod 700"), "{}", text(&out));
+    assert_eq!(fs::read_dir(&state).unwrap().count(), 0);
+
+    fs::write(root.path().join("moat.yaml"), "version: 1\nbogus: yes\n").unwrap();
+    fs::set_permissions(&state, fs::Permissions::from_mode(0o700)).unwrap();
+    let out = moat(&["provision"], root.path());
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out).contains("line 2"), "{}", text(&out));
+    assert_eq!(fs::read_dir(&state).unwrap().count(), 0);
 }

@@ -4,7 +4,7 @@
 //! cost parameters exceed a fixed ceiling is an error, so a hostile manifest cannot make
 //! one verification eat the appliance. It does not schedule work: `pool` does that.
 
-use argon2::{Algorithm, Argon2, Params, Version};
+use argon2::{Algorithm, Argon2, Block, Params, Version};
 use base64ct::{Base64, Base64Unpadded, Encoding};
 use sha2::{Digest, Sha512};
 use subtle::ConstantTimeEq;
@@ -88,6 +88,50 @@ pub fn check_stored_hash(stored: &str) -> Result<HashKind, VerifyError> {
 /// Verifies `password` against `stored`. `Ok(false)` means a wrong password; `Err` means
 /// the stored hash itself is unusable.
 pub fn verify_password(stored: &str, password: &[u8]) -> Result<bool, VerifyError> {
+    verify_password_with(stored, password, &mut Scratch::default())
+}
+
+/// argon2 working memory, reused across verifications. Allocating 19 MiB per login on
+/// whichever blocking thread runs it makes glibc keep one such block per thread arena
+/// (its mmap threshold adapts upwards), so resident memory grows with the number of
+/// threads that ever verified; a fixed set of reused buffers keeps it at one per slot.
+#[derive(Default)]
+pub struct Scratch {
+    blocks: Vec<Block>,
+}
+
+impl Scratch {
+    /// Bytes held.
+    pub fn capacity_bytes(&self) -> usize {
+        self.blocks.len() * Block::SIZE
+    }
+
+    /// Wipes the working memory (it holds password-derived state).
+    pub fn wipe(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.blocks.iter_mut());
+    }
+
+    fn blocks_for(&mut self, params: &Params) -> &mut [Block] {
+        let needed = params.block_count();
+        if self.blocks.len() < needed {
+            self.blocks.resize_with(needed, Block::default);
+        }
+        &mut self.blocks[..needed]
+    }
+}
+
+impl std::fmt::Debug for Scratch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Scratch({} bytes)", self.capacity_bytes())
+    }
+}
+
+/// `verify_password` with caller-provided argon2 working memory.
+pub fn verify_password_with(
+    stored: &str,
+    password: &[u8],
+    scratch: &mut Scratch,
+) -> Result<bool, VerifyError> {
     let (computed, expected) = match parse(stored)? {
         Parsed::Argon2id {
             params,
@@ -96,9 +140,12 @@ pub fn verify_password(stored: &str, password: &[u8]) -> Result<bool, VerifyErro
             expected,
         } => {
             let mut out = Zeroizing::new(vec![0u8; expected.len()]);
-            Argon2::new(Algorithm::Argon2id, version, params)
-                .hash_password_into(password, &salt, &mut out)
-                .map_err(|e| VerifyError::Argon2(e.to_string()))?;
+            let memory = scratch.blocks_for(&params);
+            let hashed = Argon2::new(Algorithm::Argon2id, version, params)
+                .hash_password_into_with_memory(password, &salt, &mut out, memory)
+                .map_err(|e| VerifyError::Argon2(e.to_string()));
+            scratch.wipe();
+            hashed?;
             (out, expected)
         }
         Parsed::Pbkdf2 {

@@ -21,7 +21,7 @@ use crate::protocol::{Codec, DecodeError, Role};
 use super::mailbox::{Message, Outbound, QueueLimits};
 use super::permissions::{Admission, Gatekeeper, PeerInfo};
 use super::session::{Kick, SessionLink};
-use super::{Attached, Broker, BrokerConfig, Incoming};
+use super::{AttachRequest, Attached, Broker, BrokerConfig, Incoming};
 
 /// Read buffer growth step; the codec bounds the total by the maximum packet size.
 const READ_CHUNK: usize = 8 * 1024;
@@ -161,17 +161,22 @@ impl std::fmt::Display for EarlyEnd {
     }
 }
 
-/// A CONNECT with an unsupported protocol level gets the CONNACK that says so, in
-/// the 3.1.1 format every client version can read (MQTT-3.1.2-2).
-async fn refuse_early<S>(stream: &mut S, _codec: &mut Codec, reason: &EarlyEnd)
+/// A CONNECT with an unsupported protocol level gets the CONNACK that says so; the
+/// codec, not knowing the version yet, writes it in the 3.1.1 format every client
+/// can read (MQTT-3.1.2-2).
+async fn refuse_early<S>(stream: &mut S, codec: &mut Codec, reason: &EarlyEnd)
 where
     S: AsyncWrite + Unpin,
 {
-    if let EarlyEnd::Decode(e) = reason {
-        if e.reason_code() == ReasonCode::UnsupportedProtocolVersion {
-            let _ = stream.write_all(&[0x20, 0x02, 0x00, 0x01]).await;
-            let _ = stream.shutdown().await;
-        }
+    let EarlyEnd::Decode(e) = reason else { return };
+    if e.reason_code() == ReasonCode::UnsupportedProtocolVersion {
+        refuse_connect(
+            stream,
+            codec,
+            ReasonCode::UnsupportedProtocolVersion,
+            "protocol level must be 4 or 5",
+        )
+        .await;
     }
 }
 
@@ -329,15 +334,15 @@ where
     };
     codec.set_max_outgoing_packet_size(connect.properties.maximum_packet_size);
     let kick = Kick::new();
-    let attached = match broker.attach(
-        &connect.client_id,
-        &identity,
-        connect.clean_start,
+    let attached = match broker.attach(AttachRequest {
+        client_id: &connect.client_id,
+        owner: &identity,
+        clean_start: connect.clean_start,
         expiry,
-        Arc::clone(&permissions),
-        queue_limits,
-        Arc::clone(&kick),
-    ) {
+        permissions: Arc::clone(&permissions),
+        limits: queue_limits,
+        kick: Arc::clone(&kick),
+    }) {
         Ok(attached) => attached,
         Err(reason) => {
             tracing::info!(target: "moat::audit", peer = %peer.addr, %identity, client_id = %connect.client_id, ?reason, "session refused");

@@ -122,6 +122,20 @@ struct State {
     next_id: u64,
 }
 
+/// A connection asking for its session.
+pub struct AttachRequest<'a> {
+    pub client_id: &'a str,
+    /// The authenticated identity.
+    pub owner: &'a str,
+    pub clean_start: bool,
+    /// Session expiry interval the client asked for (capped by the config).
+    pub expiry: Duration,
+    pub permissions: Arc<dyn Permissions>,
+    pub limits: QueueLimits,
+    /// Closes this connection when another takes the session over.
+    pub kick: Arc<Kick>,
+}
+
 /// What `Broker::attach` hands a connection.
 pub struct Attached {
     pub session: Arc<SessionLink>,
@@ -166,16 +180,16 @@ impl Broker {
 
     /// Attaches a new connection to its session: takes over a live connection of the
     /// same client id (only for the same identity), resumes or starts the session.
-    pub fn attach(
-        &self,
-        client_id: &str,
-        owner: &str,
-        clean_start: bool,
-        expiry: Duration,
-        permissions: Arc<dyn Permissions>,
-        limits: QueueLimits,
-        kick: Arc<Kick>,
-    ) -> Result<Attached, ReasonCode> {
+    pub fn attach(&self, request: AttachRequest<'_>) -> Result<Attached, ReasonCode> {
+        let AttachRequest {
+            client_id,
+            owner,
+            clean_start,
+            expiry,
+            permissions,
+            limits,
+            kick,
+        } = request;
         let config = self.config();
         let mut state = self.lock();
         state.next_id += 1;
@@ -598,7 +612,7 @@ impl Stats {
         }
         self.dropped(1);
         let n = session.mailbox.dropped();
-        if n.is_power_of_two() || n % 1000 == 0 {
+        if n.is_power_of_two() || n.is_multiple_of(1000) {
             tracing::warn!(
                 client_id = %session.client_id,
                 identity = %session.owner,

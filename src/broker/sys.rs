@@ -73,7 +73,7 @@ pub async fn run_periodic(broker: Arc<Broker>) {
     loop {
         tick.tick().await;
         broker.housekeeping(std::time::Instant::now());
-        if seconds % SYS_INTERVAL.as_secs() == 0 {
+        if seconds.is_multiple_of(SYS_INTERVAL.as_secs()) {
             publish_sys(&broker);
         }
         seconds += 1;

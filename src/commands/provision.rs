@@ -11,8 +11,9 @@ use serde::Serialize;
 
 use crate::auth::hash_for_secret_file;
 use crate::cli::GlobalArgs;
-use crate::commands::EXIT_OK;
+use crate::commands::{EXIT_FINDING, EXIT_OK};
 use crate::pki::{self, Outcome, ProvisionPlan, ProvisionReport, ReportItem};
+use crate::policy::{Credential, Policy};
 
 /// What provisioning needs from the manifest.
 #[derive(Debug, Clone, Default)]
@@ -23,8 +24,17 @@ pub struct ProvisionInputs {
 }
 
 pub fn run(global: &GlobalArgs) -> anyhow::Result<u8> {
-    let inputs = inputs_from_manifest(&global.manifest)?;
-    let summary = provision_state(&global.state, &inputs)?;
+    let (policy, warnings) = match Policy::load(&global.manifest) {
+        Ok(loaded) => loaded,
+        Err(err) => {
+            eprintln!("{err}");
+            return Ok(EXIT_FINDING);
+        }
+    };
+    for warning in &warnings {
+        eprintln!("{}: {warning}", global.manifest.display());
+    }
+    let summary = provision_state(&global.state, &ProvisionInputs::from_policy(&policy))?;
     if global.json {
         println!("{}", serde_json::to_string_pretty(&summary)?);
     } else {
@@ -33,13 +43,31 @@ pub fn run(global: &GlobalArgs) -> anyhow::Result<u8> {
     Ok(EXIT_OK)
 }
 
-/// Reads the manifest and derives the plan. Depends on `policy::Policy`, which lands
-/// separately; see the report of the authpki branch.
-fn inputs_from_manifest(manifest: &Path) -> anyhow::Result<ProvisionInputs> {
-    anyhow::bail!(
-        "cannot read {}: manifest loading is not built yet",
-        manifest.display()
-    )
+impl ProvisionInputs {
+    /// What a compiled manifest asks of the state directory.
+    pub fn from_policy(policy: &Policy) -> Self {
+        let plan = ProvisionPlan {
+            hostnames: policy.hostnames.clone(),
+            addresses: policy.addresses.clone(),
+            rsa_server_key: policy.needs_rsa_server_key(),
+            certificate_devices: policy
+                .certificate_devices()
+                .into_iter()
+                .map(str::to_owned)
+                .collect(),
+        };
+        let password_files = policy
+            .identities()
+            .filter_map(|identity| match &identity.credential {
+                Credential::PasswordFile(path) => Some((identity.name.clone(), path.clone())),
+                _ => None,
+            })
+            .collect();
+        ProvisionInputs {
+            plan,
+            password_files,
+        }
+    }
 }
 
 /// The result of a provisioning run, as printed.

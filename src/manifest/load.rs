@@ -220,6 +220,7 @@ pub fn parse_str(
     if !errors.is_empty() {
         return Err(invalid(source_name, text, errors));
     }
+    warnings.sort_by_key(|w| (w.line, w.column));
     Ok(Loaded { manifest, warnings })
 }
 

@@ -42,6 +42,7 @@ pub const PRESETS: &[Preset] = &[
             "+/+/+/command",
             "+/+/+/+/command",
             "shellies/command",
+            "+/rpc",
         ],
         subscribe: &["#"],
         retain: true,

@@ -69,3 +69,41 @@ devices: {{}}
 "##
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::{LoadOptions, parse_str};
+    use crate::policy::Policy;
+
+    const HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNo";
+
+    #[test]
+    fn both_scopes_load_cleanly_without_warnings() {
+        for scope in [StarterScope::Lan, StarterScope::LoopbackOnly] {
+            let text = starter_manifest(HASH, scope);
+            let loaded = parse_str(&text, "starter.yaml", LoadOptions::default()).unwrap();
+            assert!(
+                loaded.warnings.is_empty(),
+                "{scope:?}: {:?}",
+                loaded.warnings
+            );
+            let policy = Policy::compile(&loaded.manifest).unwrap();
+            let ha = policy.identity("homeassistant").unwrap();
+            assert_eq!(ha.roles, ["homeassistant"]);
+            assert!(policy.listen_plain.is_none());
+            let lan_ip = "192.168.1.5".parse().unwrap();
+            match scope {
+                StarterScope::Lan => {
+                    assert_eq!(policy.listen_tls, "0.0.0.0:8883".parse().unwrap());
+                    assert!(policy.networks.allows(lan_ip));
+                }
+                StarterScope::LoopbackOnly => {
+                    assert_eq!(policy.listen_tls, "127.0.0.1:8883".parse().unwrap());
+                    assert!(!policy.networks.allows(lan_ip));
+                    assert!(policy.networks.allows("127.0.0.1".parse().unwrap()));
+                }
+            }
+        }
+    }
+}

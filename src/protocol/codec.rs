@@ -164,9 +164,18 @@ impl Encoder<&Packet> for Codec {
     type Error = EncodeError;
 
     /// Encodes for the negotiated version; before one is known (a CONNECT refused for
-    /// its protocol level) in the 3.1.1 format every client understands.
+    /// its protocol level) in the 3.1.1 format every client understands. A CONNECT is
+    /// encoded in its own `protocol` version, which a client codec then adopts.
     fn encode(&mut self, packet: &Packet, dst: &mut BytesMut) -> Result<(), EncodeError> {
-        let version = self.version.unwrap_or(ProtocolVersion::V311);
+        let version = match packet {
+            Packet::Connect(connect) => {
+                if self.role == Role::Client {
+                    self.version = Some(connect.protocol);
+                }
+                connect.protocol
+            }
+            _ => self.version.unwrap_or(ProtocolVersion::V311),
+        };
         encode::encode(packet, version, self.role, self.max_outgoing, dst)
     }
 }

@@ -1287,3 +1287,18 @@ fn auth_round_trips_in_v5() {
         vec![auth]
     );
 }
+
+#[test]
+fn a_client_codec_adopts_the_version_of_the_connect_it_sends() {
+    let mut codec = Codec::new(Role::Client, MIB);
+    let connect = connect_packets(ProtocolVersion::V5).remove(1);
+    let wire = encode_with(&mut codec, &Packet::Connect(Box::new(connect)));
+    let level_at = wire.windows(4).position(|w| w == b"MQTT").unwrap() + 4;
+    assert_eq!(wire[level_at], 5, "protocol level byte");
+    assert_eq!(codec.version(), Some(ProtocolVersion::V5));
+    let connack = [0x20, 0x03, 0x00, 0x00, 0x00];
+    assert!(matches!(
+        decode_all(&mut codec, &connack).unwrap()[..],
+        [Packet::ConnAck(_)]
+    ));
+}

@@ -340,7 +340,7 @@ fn subscription_options(
     byte: u8,
     version: ProtocolVersion,
 ) -> Result<SubscriptionOptions, DecodeError> {
-    // 3.1.1 has only the QoS bits (MQTT-3-8.3-4); v5 reserves bits 6 and 7 (MQTT-3.8.3-5).
+    // 3.1.1 has only the QoS bits (MQTT-3.8.3-4); v5 reserves bits 6 and 7 (MQTT-3.8.3-5).
     let reserved = match version {
         ProtocolVersion::V311 => 0b1111_1100,
         ProtocolVersion::V5 => 0b1100_0000,

@@ -36,10 +36,11 @@ pub struct IdentityPermissions {
     identity: Arc<Identity>,
 }
 
-impl IdentityPermissions {
-    pub fn new(identity: Arc<Identity>) -> Arc<dyn Permissions> {
-        Arc::new(IdentityPermissions { identity })
-    }
+/// The broker-facing rights of an identity.
+pub fn permissions_of(identity: &Arc<Identity>) -> Arc<dyn Permissions> {
+    Arc::new(IdentityPermissions {
+        identity: Arc::clone(identity),
+    })
 }
 
 impl Permissions for IdentityPermissions {
@@ -77,7 +78,7 @@ pub struct PolicyGate {
 fn admission(identity: &Arc<Identity>) -> Admission {
     Admission {
         identity: identity.name.clone(),
-        permissions: IdentityPermissions::new(Arc::clone(identity)),
+        permissions: permissions_of(identity),
         limits: ClientLimits {
             max_packet_size: identity.max_packet_size,
             max_queued_messages: identity.max_queued_messages,

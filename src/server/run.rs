@@ -15,7 +15,7 @@ use crate::net::{AdmissionControl, AdmissionSettings, Listener, TlsSettings, ser
 use crate::pki::{self, ProvisionPlan};
 use crate::policy::{Credential, Policy};
 
-use super::gate::{ActivePolicy, IdentityPermissions, PolicyGate};
+use super::gate::{ActivePolicy, PolicyGate, permissions_of};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -194,7 +194,7 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
                         tls.store(Arc::new(loaded.tls));
                         auth.clear_cache();
                         let resolve = |name: &str| {
-                            new_policy.identity(name).map(|i| IdentityPermissions::new(Arc::clone(i)))
+                            new_policy.identity(name).map(permissions_of)
                         };
                         let (removed, dropped) = broker.reauthorize(&resolve);
                         active.store(Arc::new(loaded.active));
