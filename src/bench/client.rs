@@ -29,6 +29,8 @@ const KEEP_ALIVE_SECS: u16 = 300;
 /// Deadline for TCP + TLS + CONNACK and for SUBACK.
 pub const SETUP_TIMEOUT: Duration = Duration::from_secs(15);
 const READ_CHUNK: usize = 64 * 1024;
+/// How often a login refused with "server busy" is retried.
+const BUSY_RETRIES: u32 = 40;
 
 /// Any byte stream a client can run over (plain TCP or TLS).
 pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
@@ -125,10 +127,29 @@ impl Target {
     }
 
     /// Opens a stream and logs in as `client_id`; fails unless CONNACK says success.
+    /// A broker that answers "server busy" (moat while its bounded password-hashing
+    /// pool is full) is asked again a bounded number of times, as a real client would.
     pub async fn connect(&self, client_id: &str, index: usize) -> Result<Client, BenchError> {
-        tokio::time::timeout(SETUP_TIMEOUT, self.connect_inner(client_id, index))
-            .await
-            .map_err(|_| BenchError::Timeout("connect"))?
+        let mut attempt = 0u32;
+        loop {
+            let outcome = tokio::time::timeout(SETUP_TIMEOUT, self.connect_inner(client_id, index))
+                .await
+                .map_err(|_| BenchError::Timeout("connect"))?;
+            match outcome {
+                Err(BenchError::Refused(ReasonCode::ServerBusy)) if attempt < BUSY_RETRIES => {
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(25 * u64::from(attempt.min(8)))).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// One login and goodbye, so a broker's credential cache is warm before a run
+    /// (the first login of an identity costs moat a full argon2 verification).
+    pub async fn warm_up(&self) -> Result<(), BenchError> {
+        let client = self.connect("bench-warm-up", 0).await?;
+        client.disconnect().await
     }
 
     async fn connect_inner(&self, client_id: &str, index: usize) -> Result<Client, BenchError> {

@@ -28,6 +28,7 @@ struct Tally {
 pub async fn run(args: &ConnectRateArgs) -> Result<Report, BenchError> {
     let target = Target::from_args(&args.common)?;
     let tag = run_tag();
+    target.warm_up().await?;
     let tally = Arc::new(Tally::default());
     let stop = Arc::new(AtomicBool::new(false));
     let mut loops = JoinSet::new();

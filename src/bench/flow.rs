@@ -87,6 +87,7 @@ async fn run_flow(
 ) -> Result<Report, BenchError> {
     let tag = run_tag();
     let base = format!("{prefix}/{tag}");
+    target.warm_up().await?;
     // Fan-in: publisher i writes base/in/i, the subscriber takes base/in/#.
     // Fan-out: the publisher writes base/out, every subscriber takes exactly that.
     let (filter, topic_of): (String, Box<dyn Fn(usize) -> String>) = if subscribers == 1 {

@@ -18,6 +18,7 @@ use super::{BenchError, joined, run_tag};
 pub async fn run(args: &IdleArgs) -> Result<Report, BenchError> {
     let target = Target::from_args(&args.common)?;
     let tag = run_tag();
+    target.warm_up().await?;
     let rss_before = args.broker_pid.map(rss_kib).transpose()?;
 
     let started = Instant::now();

@@ -27,6 +27,7 @@ const MAX_IN_FLIGHT: u16 = 20;
 pub async fn run(args: &LatencyArgs) -> Result<Report, BenchError> {
     let target = Target::from_args(&args.common)?;
     let tag = run_tag();
+    target.warm_up().await?;
     let topic = format!("{}/{tag}/lat", args.common.topic_prefix);
 
     let mut subscriber = connect_all(&target, &format!("ls-{tag}"), 1, 0).await?;
