@@ -197,7 +197,7 @@ async fn drain(counters: &Counters, expected: u64, qos: QoS) {
     let quiet_limit = if qos == QoS::AtMostOnce {
         Duration::from_millis(500)
     } else {
-        Duration::from_secs(5)
+        Duration::from_secs(2)
     };
     let start = Instant::now();
     let mut last_seen = counters.received.load(Ordering::Relaxed);
