@@ -1,0 +1,419 @@
+//! Throughput scenarios: fan-in (N publishers -> 1 subscriber) and fan-out (1
+//! publisher -> N subscribers) at QoS 0, 1 or 2. Subscribers connect and subscribe
+//! first; publishers then run until the measured window ends or their message count
+//! is reached. Counters are sampled at the start and the end of the window; the run
+//! then drains (bounded) so the whole-run counts can be compared.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+use super::client::{Client, ClientReader, ClientWriter, Target, packet_name};
+use super::options::{FanInArgs, FanOutArgs, FlowArgs};
+use super::report::{FlowResult, Measured, Report};
+use super::{BenchError, joined, run_tag};
+use crate::protocol::{Ack, Packet, Properties, Publish, QoS, ReasonCode};
+
+/// How long a QoS 1/2 publisher waits for the next acknowledgement.
+const ACK_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often idle subscribers look at the stop flag.
+const POLL: Duration = Duration::from_millis(50);
+/// Bytes a QoS 0 publisher queues before one write.
+const WRITE_BATCH_BYTES: usize = 16 * 1024;
+/// TLS handshakes and logins in progress at once while setting up.
+const SETUP_PARALLEL: usize = 16;
+/// Longest drain after the publishers stop.
+const DRAIN_LIMIT: Duration = Duration::from_secs(15);
+
+/// Counters shared by all tasks of one run.
+#[derive(Default)]
+pub(super) struct Counters {
+    pub sent: AtomicU64,
+    pub acked: AtomicU64,
+    pub received: AtomicU64,
+}
+
+struct Snapshot {
+    at: Instant,
+    acked: u64,
+    received: u64,
+}
+
+impl Counters {
+    fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            at: Instant::now(),
+            acked: self.acked.load(Ordering::Relaxed),
+            received: self.received.load(Ordering::Relaxed),
+        }
+    }
+}
+
+pub async fn fan_in(args: &FanInArgs) -> Result<Report, BenchError> {
+    run_flow(
+        "fan-in",
+        &Target::from_args(&args.common)?,
+        &args.common.topic_prefix,
+        &args.flow,
+        args.publishers,
+        1,
+    )
+    .await
+}
+
+pub async fn fan_out(args: &FanOutArgs) -> Result<Report, BenchError> {
+    run_flow(
+        "fan-out",
+        &Target::from_args(&args.common)?,
+        &args.common.topic_prefix,
+        &args.flow,
+        1,
+        args.subscribers,
+    )
+    .await
+}
+
+async fn run_flow(
+    scenario: &'static str,
+    target: &Target,
+    prefix: &str,
+    flow: &FlowArgs,
+    publishers: usize,
+    subscribers: usize,
+) -> Result<Report, BenchError> {
+    let tag = run_tag();
+    let base = format!("{prefix}/{tag}");
+    target.warm_up().await?;
+    // Fan-in: publisher i writes base/in/i, the subscriber takes base/in/#.
+    // Fan-out: the publisher writes base/out, every subscriber takes exactly that.
+    let (filter, topic_of): (String, Box<dyn Fn(usize) -> String>) = if subscribers == 1 {
+        let b = base.clone();
+        (
+            format!("{base}/in/#"),
+            Box::new(move |i| format!("{b}/in/{i}")),
+        )
+    } else {
+        let b = base.clone();
+        (format!("{base}/out"), Box::new(move |_| format!("{b}/out")))
+    };
+
+    let subs = connect_all(target, &format!("bs-{tag}"), subscribers, 0).await?;
+    let mut subscribed = Vec::with_capacity(subs.len());
+    for mut sub in subs {
+        sub.subscribe(&filter, flow.qos).await?;
+        subscribed.push(sub);
+    }
+    let pubs = connect_all(target, &format!("bp-{tag}"), publishers, subscribers).await?;
+
+    let counters = Arc::new(Counters::default());
+    let stop_publishing = Arc::new(AtomicBool::new(false));
+    let stop_receiving = Arc::new(AtomicBool::new(false));
+    let finished = Arc::new(AtomicUsize::new(0));
+
+    let mut sub_tasks = JoinSet::new();
+    for sub in subscribed {
+        let (reader, writer) = sub.split();
+        let counters = Arc::clone(&counters);
+        let stop = Arc::clone(&stop_receiving);
+        sub_tasks.spawn(receive(reader, writer, counters, stop));
+    }
+
+    let payload = Bytes::from(vec![0x5a; flow.payload]);
+    let started = Instant::now();
+    let mut pub_tasks = JoinSet::new();
+    for (i, publisher) in pubs.into_iter().enumerate() {
+        let packet = Publish {
+            dup: false,
+            qos: flow.qos,
+            retain: false,
+            topic: topic_of(i),
+            packet_id: 0,
+            payload: payload.clone(),
+            properties: Properties::default(),
+        };
+        let job = PublishJob {
+            template: packet,
+            max: flow.max_messages,
+            window: flow.inflight,
+            counters: Arc::clone(&counters),
+            stop: Arc::clone(&stop_publishing),
+            finished: Arc::clone(&finished),
+        };
+        pub_tasks.spawn(job.run(publisher));
+    }
+
+    // Warm-up, then the measured window (ended early if every publisher is done).
+    tokio::time::sleep_until((started + flow.warmup).into()).await;
+    let first = counters.snapshot();
+    let window_end = first.at + flow.duration;
+    while Instant::now() < window_end && finished.load(Ordering::Relaxed) < publishers {
+        tokio::time::sleep(POLL.min(window_end.saturating_duration_since(Instant::now()))).await;
+    }
+    let last = counters.snapshot();
+    stop_publishing.store(true, Ordering::Relaxed);
+    while let Some(outcome) = pub_tasks.join_next().await {
+        joined(outcome)?;
+    }
+
+    let sent = counters.sent.load(Ordering::Relaxed);
+    let acked = counters.acked.load(Ordering::Relaxed);
+    let expected = acked * subscribers as u64;
+    drain(&counters, expected, flow.qos).await;
+    stop_receiving.store(true, Ordering::Relaxed);
+    while let Some(outcome) = sub_tasks.join_next().await {
+        joined(outcome)?;
+    }
+    let received = counters.received.load(Ordering::Relaxed);
+
+    let window = last.at.duration_since(first.at).as_secs_f64().max(1e-9);
+    Ok(Report {
+        scenario,
+        target: target.addr.to_string(),
+        tls: target.is_tls(),
+        protocol: target.protocol.level(),
+        result: Measured::Flow(FlowResult {
+            publishers,
+            subscribers,
+            qos: flow.qos as u8,
+            payload_bytes: flow.payload,
+            window_secs: window,
+            received_per_sec: (last.received - first.received) as f64 / window,
+            published_per_sec: (last.acked - first.acked) as f64 / window,
+            sent,
+            acked,
+            received,
+            expected,
+            missing: expected.saturating_sub(received),
+        }),
+    })
+}
+
+/// Waits until the subscribers have everything, or until deliveries stop coming.
+async fn drain(counters: &Counters, expected: u64, qos: QoS) {
+    let quiet_limit = if qos == QoS::AtMostOnce {
+        Duration::from_millis(500)
+    } else {
+        Duration::from_secs(2)
+    };
+    let start = Instant::now();
+    let mut last_seen = counters.received.load(Ordering::Relaxed);
+    let mut last_progress = Instant::now();
+    while start.elapsed() < DRAIN_LIMIT {
+        let now_seen = counters.received.load(Ordering::Relaxed);
+        if now_seen >= expected {
+            return;
+        }
+        if now_seen != last_seen {
+            last_seen = now_seen;
+            last_progress = Instant::now();
+        } else if last_progress.elapsed() > quiet_limit {
+            return;
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Connects `count` clients named `{prefix}-{i}`, a bounded number at a time.
+pub(super) async fn connect_all(
+    target: &Target,
+    prefix: &str,
+    count: usize,
+    index_offset: usize,
+) -> Result<Vec<Client>, BenchError> {
+    let gate = Arc::new(Semaphore::new(SETUP_PARALLEL));
+    let mut tasks = JoinSet::new();
+    for i in 0..count {
+        let target = target.clone();
+        let gate = Arc::clone(&gate);
+        let id = format!("{prefix}-{i}");
+        tasks.spawn(async move {
+            let _permit = gate
+                .acquire_owned()
+                .await
+                .map_err(|e| BenchError::Task(e.to_string()))?;
+            target.connect(&id, index_offset + i).await.map(|c| (i, c))
+        });
+    }
+    let mut clients: Vec<(usize, Client)> = Vec::with_capacity(count);
+    while let Some(outcome) = tasks.join_next().await {
+        clients.push(joined(outcome)?);
+    }
+    clients.sort_by_key(|(i, _)| *i);
+    Ok(clients.into_iter().map(|(_, c)| c).collect())
+}
+
+/// A subscriber: counts PUBLISHes and answers the QoS 1/2 flow, until told to stop.
+async fn receive(
+    mut reader: ClientReader,
+    mut writer: ClientWriter,
+    counters: Arc<Counters>,
+    stop: Arc<AtomicBool>,
+) -> Result<(), BenchError> {
+    loop {
+        let first = match tokio::time::timeout(POLL, reader.recv()).await {
+            Err(_) if stop.load(Ordering::Relaxed) => return Ok(()),
+            Err(_) => continue,
+            Ok(packet) => packet?,
+        };
+        let Some(mut packet) = first else {
+            return if stop.load(Ordering::Relaxed) {
+                Ok(())
+            } else {
+                Err(BenchError::Closed)
+            };
+        };
+        let mut publishes = 0u64;
+        loop {
+            match packet {
+                Packet::Publish(p) => {
+                    publishes += 1;
+                    match p.qos {
+                        QoS::AtMostOnce => {}
+                        QoS::AtLeastOnce => writer
+                            .queue(&Packet::PubAck(Ack::new(p.packet_id, ReasonCode::Success)))?,
+                        QoS::ExactlyOnce => writer
+                            .queue(&Packet::PubRec(Ack::new(p.packet_id, ReasonCode::Success)))?,
+                    }
+                }
+                Packet::PubRel(ack) => writer.queue(&Packet::PubComp(Ack::new(
+                    ack.packet_id,
+                    ReasonCode::Success,
+                )))?,
+                Packet::Disconnect(d) => return Err(BenchError::Disconnected(d.reason)),
+                Packet::PingResp => {}
+                other => return Err(BenchError::Unexpected(packet_name(&other))),
+            }
+            match reader.try_recv()? {
+                Some(next) => packet = next,
+                None => break,
+            }
+        }
+        counters.received.fetch_add(publishes, Ordering::Relaxed);
+        if writer.queued_bytes() > 0 {
+            writer.flush().await?;
+        }
+    }
+}
+
+/// One publisher's work: a PUBLISH template sent until stopped or `max` is reached.
+struct PublishJob {
+    template: Publish,
+    max: u64,
+    window: u16,
+    counters: Arc<Counters>,
+    stop: Arc<AtomicBool>,
+    finished: Arc<AtomicUsize>,
+}
+
+impl PublishJob {
+    async fn run(self, client: Client) -> Result<(), BenchError> {
+        let outcome = match self.template.qos {
+            QoS::AtMostOnce => self.at_most_once(client).await,
+            _ => self.acknowledged(client).await,
+        };
+        self.finished.fetch_add(1, Ordering::Relaxed);
+        outcome
+    }
+
+    /// QoS 0: batches of PUBLISH as fast as the socket takes them.
+    async fn at_most_once(&self, client: Client) -> Result<(), BenchError> {
+        let (_reader, mut writer) = client.split();
+        let packet = Packet::Publish(self.template.clone());
+        let size = self.template.payload.len() + self.template.topic.len() + 8;
+        let batch = (WRITE_BATCH_BYTES / size).clamp(1, 256) as u64;
+        let mut sent = 0u64;
+        while sent < self.max && !self.stop.load(Ordering::Relaxed) {
+            let n = batch.min(self.max - sent);
+            for _ in 0..n {
+                writer.queue(&packet)?;
+            }
+            writer.flush().await?;
+            sent += n;
+            self.counters.sent.fetch_add(n, Ordering::Relaxed);
+            self.counters.acked.fetch_add(n, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// QoS 1/2: keeps `window` messages unacknowledged; stops sending when told and
+    /// then waits for the acknowledgements still owed.
+    async fn acknowledged(&self, client: Client) -> Result<(), BenchError> {
+        let window = self.window.min(client.receive_maximum).max(1);
+        let (mut reader, mut writer) = client.split();
+        let qos = self.template.qos;
+        let mut in_flight = vec![false; usize::from(u16::MAX) + 1];
+        let mut open = 0u16;
+        let mut next_id = 0u16;
+        let mut sent = 0u64;
+        let mut publish = self.template.clone();
+        loop {
+            let mut queued = 0u64;
+            while open < window && sent < self.max && !self.stop.load(Ordering::Relaxed) {
+                next_id = if next_id == u16::MAX { 1 } else { next_id + 1 };
+                if in_flight[usize::from(next_id)] {
+                    break; // Wrapped onto an id still owed: wait for its ack.
+                }
+                publish.packet_id = next_id;
+                writer.queue(&Packet::Publish(publish.clone()))?;
+                in_flight[usize::from(next_id)] = true;
+                open += 1;
+                sent += 1;
+                queued += 1;
+            }
+            if queued > 0 || writer.queued_bytes() > 0 {
+                writer.flush().await?;
+                self.counters.sent.fetch_add(queued, Ordering::Relaxed);
+            }
+            if open == 0 && (sent >= self.max || self.stop.load(Ordering::Relaxed)) {
+                return Ok(());
+            }
+            let first = tokio::time::timeout(ACK_TIMEOUT, reader.recv())
+                .await
+                .map_err(|_| BenchError::Timeout("acknowledgements"))??;
+            let Some(mut packet) = first else {
+                return Err(BenchError::Closed);
+            };
+            let mut acked = 0u64;
+            loop {
+                match (&packet, qos) {
+                    (Packet::PubAck(ack), QoS::AtLeastOnce)
+                    | (Packet::PubComp(ack), QoS::ExactlyOnce) => {
+                        if ack.reason.is_error() {
+                            return Err(BenchError::Refused(ack.reason));
+                        }
+                        let slot = &mut in_flight[usize::from(ack.packet_id)];
+                        if !*slot {
+                            return Err(BenchError::Unexpected(
+                                "acknowledgement of an unknown packet id",
+                            ));
+                        }
+                        *slot = false;
+                        open -= 1;
+                        acked += 1;
+                    }
+                    (Packet::PubRec(ack), QoS::ExactlyOnce) => {
+                        if ack.reason.is_error() {
+                            return Err(BenchError::Refused(ack.reason));
+                        }
+                        writer.queue(&Packet::PubRel(Ack::new(
+                            ack.packet_id,
+                            ReasonCode::Success,
+                        )))?;
+                    }
+                    (Packet::Disconnect(d), _) => return Err(BenchError::Disconnected(d.reason)),
+                    (Packet::PingResp, _) => {}
+                    (other, _) => return Err(BenchError::Unexpected(packet_name(other))),
+                }
+                match reader.try_recv()? {
+                    Some(next) => packet = next,
+                    None => break,
+                }
+            }
+            self.counters.acked.fetch_add(acked, Ordering::Relaxed);
+        }
+    }
+}

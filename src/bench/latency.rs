@@ -1,0 +1,263 @@
+//! End-to-end latency at a fixed offered rate: one publisher, one subscriber, both in
+//! this process. Each payload carries its send time (nanoseconds since a shared
+//! `Instant`) and a sequence number; the subscriber records now - send time for every
+//! message sent inside the measured window.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use super::client::{ClientReader, ClientWriter, Target, packet_name};
+use super::flow::connect_all;
+use super::histogram::Samples;
+use super::options::LatencyArgs;
+use super::report::{LatencyResult, Measured, Report};
+use super::{BenchError, joined, run_tag};
+use crate::protocol::{Ack, Packet, Properties, Publish, QoS, ReasonCode};
+
+const ACK_TIMEOUT: Duration = Duration::from_secs(10);
+const POLL: Duration = Duration::from_millis(50);
+/// How long the subscriber waits for stragglers after the publisher is done.
+const DRAIN: Duration = Duration::from_secs(2);
+/// Unacknowledged publications the publisher allows before it sends late.
+const MAX_IN_FLIGHT: u16 = 20;
+
+pub async fn run(args: &LatencyArgs) -> Result<Report, BenchError> {
+    let target = Target::from_args(&args.common)?;
+    let tag = run_tag();
+    target.warm_up().await?;
+    let topic = format!("{}/{tag}/lat", args.common.topic_prefix);
+
+    let mut subscriber = connect_all(&target, &format!("ls-{tag}"), 1, 0).await?;
+    let mut publisher = connect_all(&target, &format!("lp-{tag}"), 1, 1).await?;
+    let (Some(mut subscriber), Some(publisher)) = (subscriber.pop(), publisher.pop()) else {
+        return Err(BenchError::Task("no client".into()));
+    };
+    subscriber.subscribe(&topic, args.qos).await?;
+
+    let base = Instant::now();
+    let window_start = base + args.warmup;
+    let window_end = window_start + args.duration;
+    let capacity = (u64::from(args.rate) * args.duration.as_secs().saturating_add(1)) as usize;
+    let stop = Arc::new(AtomicBool::new(false));
+
+    let (reader, writer) = subscriber.split();
+    let sub_task = tokio::spawn(measure(
+        reader,
+        writer,
+        base,
+        window_start.duration_since(base),
+        args.duration,
+        capacity,
+        Arc::clone(&stop),
+    ));
+
+    let window = MAX_IN_FLIGHT.min(publisher.receive_maximum).max(1);
+    let send = Sender {
+        qos: args.qos,
+        topic,
+        payload: args.payload,
+        period: Duration::from_secs_f64(1.0 / f64::from(args.rate)),
+        base,
+        window,
+    };
+    let (sent, sent_in_window) = send.run(publisher, window_start, window_end).await?;
+
+    tokio::time::sleep(DRAIN).await;
+    stop.store(true, Ordering::Relaxed);
+    let (samples, received) = joined(sub_task.await)?;
+    Ok(Report {
+        scenario: "latency",
+        target: target.addr.to_string(),
+        tls: target.is_tls(),
+        protocol: target.protocol.level(),
+        result: Measured::Latency(LatencyResult {
+            qos: args.qos as u8,
+            payload_bytes: args.payload,
+            offered_per_sec: args.rate,
+            sent_per_sec: sent_in_window as f64 / args.duration.as_secs_f64(),
+            sent,
+            received,
+            latency: samples.percentiles(),
+        }),
+    })
+}
+
+struct Sender {
+    qos: QoS,
+    topic: String,
+    payload: usize,
+    period: Duration,
+    base: Instant,
+    window: u16,
+}
+
+impl Sender {
+    /// Sends on schedule (late sends go out at once) until `end`; returns the total
+    /// sent and the number sent inside the window.
+    async fn run(
+        &self,
+        client: super::client::Client,
+        window_start: Instant,
+        end: Instant,
+    ) -> Result<(u64, u64), BenchError> {
+        let (mut reader, mut writer) = client.split();
+        let mut in_flight = vec![false; usize::from(u16::MAX) + 1];
+        let mut open = 0u16;
+        let mut next_id = 0u16;
+        let mut sent = 0u64;
+        let mut in_window = 0u64;
+        let mut due = self.base;
+        let mut buffer = BytesMut::with_capacity(self.payload);
+        while due < end {
+            let can_send = open < self.window;
+            tokio::select! {
+                _ = tokio::time::sleep_until(due.into()), if can_send => {
+                    let packet_id = if self.qos == QoS::AtMostOnce {
+                        0
+                    } else {
+                        next_id = if next_id == u16::MAX { 1 } else { next_id + 1 };
+                        if in_flight[usize::from(next_id)] {
+                            return Err(BenchError::Unexpected("packet id still in flight"));
+                        }
+                        in_flight[usize::from(next_id)] = true;
+                        open += 1;
+                        next_id
+                    };
+                    let now = Instant::now();
+                    buffer.clear();
+                    buffer.put_u64(now.duration_since(self.base).as_nanos() as u64);
+                    buffer.put_u64(sent);
+                    buffer.resize(self.payload, 0x5a);
+                    let publish = Publish {
+                        dup: false,
+                        qos: self.qos,
+                        retain: false,
+                        topic: self.topic.clone(),
+                        packet_id,
+                        payload: Bytes::copy_from_slice(&buffer),
+                        properties: Properties::default(),
+                    };
+                    writer.queue(&Packet::Publish(publish))?;
+                    writer.flush().await?;
+                    sent += 1;
+                    if now >= window_start && now < end {
+                        in_window += 1;
+                    }
+                    due += self.period;
+                }
+                packet = reader.recv() => {
+                    let packet = packet?.ok_or(BenchError::Closed)?;
+                    self.on_ack(packet, &mut in_flight, &mut open, &mut writer)?;
+                    while let Some(packet) = reader.try_recv()? {
+                        self.on_ack(packet, &mut in_flight, &mut open, &mut writer)?;
+                    }
+                    writer.flush().await?;
+                }
+            }
+        }
+        while open > 0 {
+            let packet = tokio::time::timeout(ACK_TIMEOUT, reader.recv())
+                .await
+                .map_err(|_| BenchError::Timeout("acknowledgements"))??
+                .ok_or(BenchError::Closed)?;
+            self.on_ack(packet, &mut in_flight, &mut open, &mut writer)?;
+            writer.flush().await?;
+        }
+        Ok((sent, in_window))
+    }
+
+    fn on_ack(
+        &self,
+        packet: Packet,
+        in_flight: &mut [bool],
+        open: &mut u16,
+        writer: &mut ClientWriter,
+    ) -> Result<(), BenchError> {
+        match (packet, self.qos) {
+            (Packet::PubAck(ack), QoS::AtLeastOnce) | (Packet::PubComp(ack), QoS::ExactlyOnce) => {
+                let slot = &mut in_flight[usize::from(ack.packet_id)];
+                if ack.reason.is_error() {
+                    return Err(BenchError::Refused(ack.reason));
+                }
+                if !*slot {
+                    return Err(BenchError::Unexpected(
+                        "acknowledgement of an unknown packet id",
+                    ));
+                }
+                *slot = false;
+                *open -= 1;
+                Ok(())
+            }
+            (Packet::PubRec(ack), QoS::ExactlyOnce) => writer.queue(&Packet::PubRel(Ack::new(
+                ack.packet_id,
+                ReasonCode::Success,
+            ))),
+            (Packet::Disconnect(d), _) => Err(BenchError::Disconnected(d.reason)),
+            (Packet::PingResp, _) => Ok(()),
+            (other, _) => Err(BenchError::Unexpected(packet_name(&other))),
+        }
+    }
+}
+
+/// The subscriber: records the latency of every message sent inside the window.
+async fn measure(
+    mut reader: ClientReader,
+    mut writer: ClientWriter,
+    base: Instant,
+    window_from: Duration,
+    window_len: Duration,
+    capacity: usize,
+    stop: Arc<AtomicBool>,
+) -> Result<(Samples, u64), BenchError> {
+    let from = window_from.as_nanos() as u64;
+    let to = (window_from + window_len).as_nanos() as u64;
+    let mut samples = Samples::with_capacity(capacity);
+    let mut received = 0u64;
+    loop {
+        let packet = match tokio::time::timeout(POLL, reader.recv()).await {
+            Err(_) if stop.load(Ordering::Relaxed) => return Ok((samples, received)),
+            Err(_) => continue,
+            Ok(packet) => packet?,
+        };
+        let Some(packet) = packet else {
+            return Err(BenchError::Closed);
+        };
+        let now = Instant::now().duration_since(base).as_nanos() as u64;
+        match packet {
+            Packet::Publish(p) => {
+                received += 1;
+                let sent_at = p
+                    .payload
+                    .get(..8)
+                    .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                    .map(u64::from_be_bytes)
+                    .ok_or(BenchError::Unexpected("PUBLISH without a timestamp"))?;
+                if (from..to).contains(&sent_at) {
+                    samples.record(now.saturating_sub(sent_at) / 1000);
+                }
+                match p.qos {
+                    QoS::AtMostOnce => {}
+                    QoS::AtLeastOnce => {
+                        writer.queue(&Packet::PubAck(Ack::new(p.packet_id, ReasonCode::Success)))?
+                    }
+                    QoS::ExactlyOnce => {
+                        writer.queue(&Packet::PubRec(Ack::new(p.packet_id, ReasonCode::Success)))?
+                    }
+                }
+            }
+            Packet::PubRel(ack) => writer.queue(&Packet::PubComp(Ack::new(
+                ack.packet_id,
+                ReasonCode::Success,
+            )))?,
+            Packet::Disconnect(d) => return Err(BenchError::Disconnected(d.reason)),
+            Packet::PingResp => {}
+            other => return Err(BenchError::Unexpected(packet_name(&other))),
+        }
+        if writer.queued_bytes() > 0 {
+            writer.flush().await?;
+        }
+    }
+}

@@ -1,0 +1,143 @@
+//! `moat bench` against a real `moat serve`: each scenario runs about a second and
+//! its JSON report must parse and add up (QoS 0 may lose messages, never invent
+//! them; QoS 1/2 deliver exactly what was acknowledged).
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::{Moat, PASSWORD, moat_bin, path_str, run_bounded};
+use serde_json::Value;
+
+const USER: &str = "users:\n  bench:\n    password_hash: \"{HASH}\"\n    publish: [\"bench/#\"]\n    subscribe: [\"bench/#\"]\n    plaintext: true\n";
+const LIMITS: &str = "  limits: { max_connections: 64, max_connections_per_ip: 64 }\n";
+
+/// Runs `moat bench -- <args> <target> --json` and returns the parsed report.
+fn bench(moat: &Moat, tls: bool, args: &[&str]) -> Value {
+    let mut cmd = Command::new(moat_bin());
+    cmd.arg("bench").arg("--").args(args);
+    cmd.args(["--host", "127.0.0.1", "--username", "bench", "--json"]);
+    cmd.env("MOAT_BENCH_PASSWORD", PASSWORD);
+    if tls {
+        cmd.args(["--port", &moat.tls_port.to_string()]);
+        cmd.args([
+            "--cafile",
+            &path_str(&moat.ca()),
+            "--server-name",
+            "localhost",
+        ]);
+    } else {
+        let port = moat.plain_port.expect("a plaintext listener");
+        cmd.args(["--port", &port.to_string()]);
+    }
+    let out = run_bounded(&mut cmd, Duration::from_secs(30));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "moat bench {args:?} failed: {}\n{stdout}\nbroker log:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        moat.log()
+    );
+    serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}"))
+}
+
+fn count(report: &Value, field: &str) -> u64 {
+    report[field]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{field} missing in {report}"))
+}
+
+#[test]
+fn fan_in_latency_and_idle_report_consistent_numbers() {
+    let moat = Moat::start_with(USER, true, LIMITS);
+    let window = ["--duration", "1s", "--warmup", "200ms"];
+
+    // QoS 0 over plaintext: something arrives, never more than was sent.
+    let q0 = bench(
+        &moat,
+        false,
+        &[
+            &["fan-in", "--publishers", "2", "--qos", "0"][..],
+            &window[..],
+        ]
+        .concat(),
+    );
+    assert_eq!(q0["scenario"], "fan-in");
+    assert_eq!(q0["tls"], false);
+    let (sent, received) = (count(&q0, "sent"), count(&q0, "received"));
+    assert!(sent > 0 && received > 0, "{q0}");
+    assert!(received <= sent, "{q0}");
+    assert!(q0["received_per_sec"].as_f64().unwrap() > 0.0, "{q0}");
+
+    // QoS 1 and 2 over TLS, bounded by count so the subscriber's queue cannot
+    // overflow: every acknowledged message is delivered exactly once.
+    for qos in ["1", "2"] {
+        let report = bench(
+            &moat,
+            true,
+            &[
+                &[
+                    "fan-in",
+                    "--publishers",
+                    "2",
+                    "--qos",
+                    qos,
+                    "--max-messages",
+                    "300",
+                ][..],
+                &window[..],
+            ]
+            .concat(),
+        );
+        assert_eq!(report["tls"], true);
+        assert_eq!(count(&report, "sent"), 600, "{report}");
+        assert_eq!(count(&report, "acked"), 600, "{report}");
+        assert_eq!(count(&report, "received"), 600, "{report}");
+        assert_eq!(count(&report, "missing"), 0, "{report}");
+    }
+
+    let latency = bench(
+        &moat,
+        true,
+        &[&["latency", "--rate", "200", "--qos", "1"][..], &window[..]].concat(),
+    );
+    let samples = count(&latency["latency"], "samples");
+    assert!(
+        samples > 100 && samples <= count(&latency, "received"),
+        "{latency}"
+    );
+    let p50 = count(&latency["latency"], "p50_us");
+    let p99 = count(&latency["latency"], "p99_us");
+    let max = count(&latency["latency"], "max_us");
+    assert!(0 < p50 && p50 <= p99 && p99 <= max, "{latency}");
+
+    let pid = moat.pid().to_string();
+    let idle = bench(
+        &moat,
+        false,
+        &[
+            "idle",
+            "--connections",
+            "20",
+            "--settle",
+            "200ms",
+            "--hold",
+            "0s",
+            "--broker-pid",
+            &pid,
+        ],
+    );
+    assert_eq!(count(&idle, "opened"), 20, "{idle}");
+    assert!(count(&idle, "rss_after_kib") > 0, "{idle}");
+}
+
+#[test]
+fn bad_arguments_are_a_usage_error() {
+    let out = run_bounded(
+        Command::new(moat_bin()).args(["bench", "--", "fan-in", "--host", "192.0.2.1"]),
+        Duration::from_secs(10),
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("loopback"));
+}
