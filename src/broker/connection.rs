@@ -29,6 +29,8 @@ use super::{AttachRequest, Attached, Broker, BrokerConfig, Incoming};
 /// Read buffer growth step; the codec bounds the total by the maximum packet size.
 const READ_CHUNK: usize = 8 * 1024;
 /// Once the write buffer holds this much, write it before draining more.
+/// Longest a publisher waits for a full subscriber queue to drain.
+const BACKPRESSURE_WAIT: Duration = Duration::from_millis(5);
 /// Answers gathered from one read before they are written.
 const REPLY_BATCH: usize = 256;
 /// Write buffers bigger than this are dropped when the connection goes idle.
@@ -424,6 +426,7 @@ where
         expiry_on_connect: connect.properties.session_expiry_interval.unwrap_or(0),
         aliases: HashMap::new(),
         replies: VecDeque::new(),
+        congested: None,
         config: broker.config(),
         broker: Arc::clone(broker),
     })
@@ -460,6 +463,9 @@ struct Connection {
     expiry_on_connect: u32,
     /// Topic aliases the client set (v5), bounded by topic_alias_maximum.
     aliases: HashMap<u16, String>,
+    /// A subscriber that could not take this client's last messages: wait briefly
+    /// for it before reading more (see `BACKPRESSURE_WAIT`).
+    congested: Option<Arc<SessionLink>>,
     /// Answers in the order their packets arrived; an acknowledgement of durable
     /// data waits for its commit before it (and everything after it) is sent.
     replies: VecDeque<(Option<Commit>, Packet)>,
@@ -541,6 +547,12 @@ impl Connection {
                         if self.replies.len() >= REPLY_BATCH {
                             break;
                         }
+                    }
+                    // Backpressure: a publisher whose messages overflow a subscriber's
+                    // queue waits (briefly: a stuck subscriber must not stall it) until
+                    // that subscriber drains, instead of reading on only to drop.
+                    if let Some(full) = self.congested.take() {
+                        let _ = tokio::time::timeout(BACKPRESSURE_WAIT, full.mailbox.room()).await;
                     }
                 }
                 _ = self.session.mailbox.ready() => {}
@@ -899,6 +911,9 @@ impl Connection {
             } else {
                 self.broker.publish(incoming, slot)
             };
+            if routed.congested.is_some() {
+                self.congested = routed.congested.clone();
+            }
             let reason = if routed.retain_refused {
                 ReasonCode::QuotaExceeded
             } else if routed.matched == 0 {

@@ -97,6 +97,8 @@ struct State {
 pub struct Mailbox {
     state: Mutex<State>,
     notify: Notify,
+    /// Woken when draining makes room in a full queue (publisher backpressure).
+    room: Notify,
 }
 
 impl Mailbox {
@@ -114,6 +116,7 @@ impl Mailbox {
                 next_seq: 1,
             }),
             notify: Notify::new(),
+            room: Notify::new(),
         }
     }
 
@@ -191,6 +194,11 @@ impl Mailbox {
     }
 
     /// Waits until there may be something to send.
+    /// Waits until the client has taken messages from the queue.
+    pub async fn room(&self) {
+        self.room.notified().await
+    }
+
     pub async fn ready(&self) {
         self.notify.notified().await
     }
@@ -200,6 +208,7 @@ impl Mailbox {
     /// discarded on the way.
     pub fn drain(&self, now: Instant, out: &mut Vec<Outbound>) {
         let mut s = self.lock();
+        let queued_before = s.queue.len();
         if s.resend_pending {
             s.resend_pending = false;
             for (packet_id, entry) in &s.inflight {
@@ -244,6 +253,11 @@ impl Mailbox {
                 dup: false,
                 message,
             });
+        }
+        let made_room = s.queue.len() < queued_before;
+        drop(s);
+        if made_room {
+            self.room.notify_waiters();
         }
     }
 

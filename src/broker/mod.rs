@@ -92,10 +92,13 @@ pub struct Incoming {
 }
 
 /// What routing did with a message.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Default)]
 pub struct Routed {
     pub matched: usize,
     pub retain_refused: bool,
+    /// A subscriber whose queue was full, so the message was dropped for it: the
+    /// publisher should wait briefly for it to drain (backpressure).
+    pub congested: Option<Arc<SessionLink>>,
 }
 
 /// A subscription as the session remembers it (to drop it on reload or expiry).
@@ -675,7 +678,7 @@ impl Broker {
         let mut matches = Vec::new();
         state.tree.collect(&message.topic, &mut matches);
         routed.matched = matches.len();
-        deliver(&self.stats, &message, incoming.from_session, matches, batch);
+        routed.congested = deliver(&self.stats, &message, incoming.from_session, matches, batch);
         routed
     }
 
@@ -734,7 +737,8 @@ impl Broker {
                 message.qos = message.qos.min(options.qos);
                 message.retain = true;
                 message.subscription_ids = identifier.into_iter().collect();
-                push_to(&self.stats, session, message, &mut batch);
+                // A subscriber's own retained burst: its queue cap applies, no one to slow down.
+                let _ = push_to(&self.stats, session, message, &mut batch);
             }
         }
         drop(state);
@@ -910,7 +914,8 @@ fn remove_from_tree(tree: &mut SubscriptionTree, filter: &str, session_id: u64) 
 
 /// Queues a message for one session; a persistent session's QoS 1/2 message is
 /// journaled at its queue position.
-fn push_to(stats: &Stats, session: &SessionLink, message: Message, batch: &mut Batch) {
+/// Returns whether the session's queue was full.
+fn push_to(stats: &Stats, session: &SessionLink, message: Message, batch: &mut Batch) -> bool {
     let journal = session.is_persistent() && message.qos != QoS::AtMostOnce;
     let stored = journal.then(|| stored_message(&message, Instant::now()));
     let (outcome, seq) = session.mailbox.push_journaled(message, journal);
@@ -922,17 +927,20 @@ fn push_to(stats: &Stats, session: &SessionLink, message: Message, batch: &mut B
         }));
     }
     stats.pushed(session, outcome);
+    outcome == PushOutcome::DroppedFull
 }
 
 /// Pushes one message to each matching session: one copy per session for ordinary
 /// subscriptions (highest QoS, every subscription identifier), one per shared group.
+/// Returns a session whose queue was full, if any.
 fn deliver(
     stats: &Stats,
     message: &Message,
     from_session: Option<u64>,
     matches: Vec<Matched>,
     batch: &mut Batch,
-) {
+) -> Option<Arc<SessionLink>> {
+    let mut congested = None;
     let mut merged: Vec<(Subscription, QoS, Vec<u32>)> = Vec::with_capacity(matches.len());
     // Index of each session's ordinary delivery in `merged`, to merge overlaps; a
     // single match (the common case) needs no index.
@@ -974,8 +982,11 @@ fn deliver(
             expires_at: message.expires_at,
             seq: 0,
         };
-        push_to(stats, session, outgoing, batch);
+        if push_to(stats, session, outgoing, batch) && congested.is_none() {
+            congested = Some(Arc::clone(session));
+        }
     }
+    congested
 }
 
 impl Stats {
