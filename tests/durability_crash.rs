@@ -253,7 +253,7 @@ fn acknowledged_messages_survive_sigkill_twenty_times() {
         qos2_duplicates.len()
     );
     assert!(
-        acked.len() > 1000,
+        acked.len() > 200,
         "too few acknowledged messages to mean anything: {}",
         acked.len()
     );
