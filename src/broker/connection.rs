@@ -28,6 +28,9 @@ use super::{AttachRequest, Attached, Broker, BrokerConfig, Incoming};
 
 /// Read buffer growth step; the codec bounds the total by the maximum packet size.
 const READ_CHUNK: usize = 8 * 1024;
+/// Read space an idle connection keeps: most connections are idle most of the time,
+/// and 10 000 of them must fit in a Pi's memory.
+const IDLE_READ_CHUNK: usize = 512;
 /// Once the write buffer holds this much, write it before draining more.
 /// Longest a publisher waits for a full subscriber queue to drain.
 const BACKPRESSURE_WAIT: Duration = Duration::from_millis(5);
@@ -481,7 +484,9 @@ impl Connection {
     where
         S: AsyncRead + AsyncWrite + Unpin + Send,
     {
-        let mut wbuf = BytesMut::with_capacity(4096);
+        let mut wbuf = BytesMut::new();
+        // Grow the read space only while reads fill it.
+        let mut read_chunk = IDLE_READ_CHUNK;
         let mut outbound = Vec::new();
         // 1.5 times the keepalive (MQTT-3.1.2-24).
         let grace = self.keep_alive + self.keep_alive / 2;
@@ -506,23 +511,27 @@ impl Connection {
                 }
                 wbuf.clear();
                 if wbuf.capacity() > IDLE_BUFFER_KEEP {
-                    wbuf = BytesMut::with_capacity(4096);
+                    wbuf = BytesMut::new();
                 }
                 if let Err(e) = stream.flush().await {
                     return End::Abnormal(format!("flush failed: {e}"));
                 }
             }
-            if rbuf.is_empty() && rbuf.capacity() > IDLE_BUFFER_KEEP {
-                *rbuf = BytesMut::with_capacity(1024);
+            if rbuf.is_empty() && rbuf.capacity() > read_chunk.max(IDLE_READ_CHUNK) * 2 {
+                *rbuf = BytesMut::new();
             }
-            rbuf.reserve(READ_CHUNK);
+            rbuf.reserve(read_chunk);
+            let space = rbuf.capacity() - rbuf.len();
             let deadline = last_heard + grace;
             tokio::select! {
                 reason = self.kick.kicked() => return self.kicked(stream, codec, reason).await,
                 read = stream.read_buf(rbuf) => {
                     match read {
                         Ok(0) => return End::Abnormal("connection closed without DISCONNECT".into()),
-                        Ok(_) => last_heard = Instant::now(),
+                        Ok(n) => {
+                            last_heard = Instant::now();
+                            read_chunk = if n >= space { READ_CHUNK } else { IDLE_READ_CHUNK };
+                        }
                         Err(e) => return End::Abnormal(format!("read failed: {e}")),
                     }
                     loop {

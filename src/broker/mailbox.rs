@@ -255,6 +255,10 @@ impl Mailbox {
             });
         }
         let made_room = s.queue.len() < queued_before;
+        if s.queue.is_empty() && s.queue.capacity() > 64 {
+            // A burst is over: give its memory back.
+            s.queue.shrink_to_fit();
+        }
         drop(s);
         if made_room {
             self.room.notify_waiters();
