@@ -2,7 +2,9 @@
 //! serve` process on loopback ports, and helpers to run real MQTT clients against it.
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader};
+pub mod netns;
+
+use std::io::{BufRead, BufReader, Read};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -113,15 +115,7 @@ impl Moat {
             .stderr(Stdio::piped())
             .spawn()
             .expect("moat serve starts");
-        let stderr = child.stderr.take().unwrap();
-        let log = Arc::clone(&self.log);
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let mut l = log.lock().unwrap();
-                l.push_str(&line);
-                l.push('\n');
-            }
-        });
+        collect_lines(child.stderr.take().unwrap(), Arc::clone(&self.log));
         self.child = Some(child);
         self.wait_ready();
     }
@@ -242,16 +236,8 @@ impl Sub {
             .stderr(Stdio::piped())
             .spawn()
             .expect("mosquitto_sub starts");
-        let stdout = child.stdout.take().unwrap();
         let out = Arc::new(Mutex::new(String::new()));
-        let sink = Arc::clone(&out);
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let mut o = sink.lock().unwrap();
-                o.push_str(&line);
-                o.push('\n');
-            }
-        });
+        collect_lines(child.stdout.take().unwrap(), Arc::clone(&out));
         Sub { child, out }
     }
 
@@ -261,14 +247,7 @@ impl Sub {
 
     /// Waits until the output contains `needle` (or the time is up).
     pub fn wait_for(&self, needle: &str, limit: Duration) -> bool {
-        let deadline = Instant::now() + limit;
-        while Instant::now() < deadline {
-            if self.output().contains(needle) {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        false
+        wait_for_text(&self.out, needle, limit)
     }
 
     pub fn stop(mut self) -> String {
@@ -284,6 +263,29 @@ impl Drop for Sub {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Appends each line `reader` yields to `sink`, on a thread of its own.
+pub fn collect_lines(reader: impl Read + Send + 'static, sink: Arc<Mutex<String>>) {
+    std::thread::spawn(move || {
+        for line in BufReader::new(reader).lines().map_while(Result::ok) {
+            let mut text = sink.lock().unwrap();
+            text.push_str(&line);
+            text.push('\n');
+        }
+    });
+}
+
+/// Waits (bounded) until `text` contains `needle`.
+pub fn wait_for_text(text: &Mutex<String>, needle: &str, limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if text.lock().unwrap().contains(needle) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
 }
 
 pub fn path_str(p: &Path) -> String {
