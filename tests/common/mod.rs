@@ -181,19 +181,84 @@ impl Moat {
 
     /// Arguments for mosquitto_pub/sub over TLS with a password.
     pub fn tls_args(&self, user: &str) -> Vec<String> {
-        vec![
-            "-h".into(),
-            "127.0.0.1".into(),
-            "-p".into(),
-            self.tls_port.to_string(),
-            "--cafile".into(),
-            self.ca().display().to_string(),
-            "-u".into(),
-            user.into(),
-            "-P".into(),
-            PASSWORD.into(),
-        ]
+        let mut args = login_args(self.tls_port, user);
+        args.extend(["--cafile".into(), path_str(&self.ca())]);
+        args
     }
+
+    /// Arguments for mosquitto_pub/sub over the plaintext listener with a password.
+    pub fn plain_args(&self, user: &str) -> Vec<String> {
+        login_args(self.plain_port.expect("a plaintext listener"), user)
+    }
+
+    /// Arguments for mosquitto_pub/sub over TLS as a device with its client certificate.
+    pub fn cert_args(&self, device: &str) -> Vec<String> {
+        let dir = self.device_dir(device);
+        let mut args = vec!["-h".into(), "127.0.0.1".into(), "-p".into()];
+        args.push(self.tls_port.to_string());
+        for (flag, file) in [
+            ("--cafile", "ca.pem"),
+            ("--cert", "cert.pem"),
+            ("--key", "key.pem"),
+        ] {
+            args.extend([flag.into(), path_str(&dir.join(file))]);
+        }
+        args
+    }
+
+    /// `mosquitto_pub` over the plaintext listener as `user`, with `extra` arguments.
+    pub fn publish_plain(&self, user: &str, extra: &[&str]) -> Output {
+        mosquitto("mosquitto_pub", &with_extra(self.plain_args(user), extra))
+    }
+
+    /// `mosquitto_sub` over the plaintext listener as `user`, with `extra` arguments
+    /// (which should bound it: `-C`, `-W`).
+    pub fn subscribe_plain(&self, user: &str, extra: &[&str]) -> Output {
+        mosquitto("mosquitto_sub", &with_extra(self.plain_args(user), extra))
+    }
+
+    /// A background `mosquitto_sub` over the plaintext listener as `user`.
+    pub fn sub_plain(&self, user: &str, extra: &[&str]) -> Sub {
+        Sub::start(&with_extra(self.plain_args(user), extra))
+    }
+
+    /// Runs a Python script over TLS, bounded by `limit`; the script gets the TLS port,
+    /// the CA file, the test password and then `extra` as `sys.argv[1..]`.
+    pub fn python_tls(&self, script: &str, extra: &[&str], limit: Duration) -> Output {
+        let tls_port = self.tls_port.to_string();
+        let ca = path_str(&self.ca());
+        run_bounded(
+            Command::new("python3")
+                .args(["-c", script, &tls_port, &ca, PASSWORD])
+                .args(extra),
+            limit,
+        )
+    }
+}
+
+/// `-h 127.0.0.1 -p PORT -u USER -P PASSWORD`.
+fn login_args(port: u16, user: &str) -> Vec<String> {
+    vec![
+        "-h".into(),
+        "127.0.0.1".into(),
+        "-p".into(),
+        port.to_string(),
+        "-u".into(),
+        user.into(),
+        "-P".into(),
+        PASSWORD.into(),
+    ]
+}
+
+/// `args` followed by `extra`.
+pub fn with_extra(mut args: Vec<String>, extra: &[&str]) -> Vec<String> {
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
+/// Runs a mosquitto client (`mosquitto_pub` or `mosquitto_sub`), bounded by 10 s.
+pub fn mosquitto(tool: &str, args: &[String]) -> Output {
+    run_bounded(Command::new(tool).args(args), Duration::from_secs(10))
 }
 
 impl Drop for Moat {
