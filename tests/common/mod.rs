@@ -2,6 +2,7 @@
 //! serve` process on loopback ports, and helpers to run real MQTT clients against it.
 #![allow(dead_code)]
 
+pub mod cli;
 pub mod netns;
 
 use std::io::{BufRead, BufReader, Read};
@@ -79,7 +80,13 @@ impl Moat {
     pub fn start_with(body: &str, plain: bool, extra_broker: &str) -> Moat {
         let dir = tempfile::tempdir().unwrap();
         let tls_port = free_port();
-        let plain_port = plain.then(free_port);
+        // Two free ports in a row may be the same one: the plain listener needs another.
+        let plain_port = plain.then(|| {
+            (0..100)
+                .map(|_| free_port())
+                .find(|&port| port != tls_port)
+                .expect("a second free loopback port")
+        });
         let plain_line = plain_port
             .map(|p| format!("    plain: {{ address: \"127.0.0.1\", port: {p} }}\n"))
             .unwrap_or_default();
