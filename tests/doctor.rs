@@ -44,6 +44,15 @@ impl Report {
             .iter()
             .any(|f| f.check == check && f.status == status && f.message.contains(needle))
     }
+
+    #[track_caller]
+    fn assert_has(&self, check: &str, status: &str, needle: &str) {
+        assert!(
+            self.has(check, status, needle),
+            "no {status} {check} `{needle}`:\n{}",
+            self.raw
+        );
+    }
 }
 
 fn doctor(ns: &str, manifest: &Path, state: &Path, extra: &[&str]) -> Report {
@@ -160,11 +169,7 @@ fn doctor_passes_on_the_example_appliance() {
         ("probe", "refused an anonymous CONNECT"),
         ("probe", "as device kitchen-sensor"),
     ] {
-        assert!(
-            report.has(check, "PASS", needle),
-            "no PASS {check} `{needle}`:\n{}",
-            report.raw
-        );
+        report.assert_has(check, "PASS", needle);
     }
 }
 
@@ -191,20 +196,12 @@ fn doctor_fails_on_a_plaintext_listener_bound_to_a_public_interface() {
 
     let report = doctor(&app, &manifest, &state, &[]);
     assert_eq!(report.code, Some(1), "{}", report.raw);
-    assert!(
-        report.has(
-            "listeners",
-            "FAIL",
-            "plaintext listener bound to a public interface: 0.0.0.0:1883"
-        ),
-        "{}",
-        report.raw
+    report.assert_has(
+        "listeners",
+        "FAIL",
+        "plaintext listener bound to a public interface: 0.0.0.0:1883",
     );
-    assert!(
-        report.has("listeners", "FAIL", "198.51.100.5"),
-        "{}",
-        report.raw
-    );
+    report.assert_has("listeners", "FAIL", "198.51.100.5");
 }
 
 #[test]
@@ -252,41 +249,17 @@ users:
 
     let report = doctor(&app, &manifest, &state, &[]);
     assert_eq!(report.code, Some(1), "{}", report.raw);
-    assert!(
-        report.has("firewall", "FAIL", "no firewall"),
-        "{}",
-        report.raw
-    );
-    assert!(
-        report.has("permissions", "FAIL", "readable by everyone"),
-        "{}",
-        report.raw
-    );
-    assert!(
-        report.has("permissions", "FAIL", "devices/cam/key.pem"),
-        "{}",
-        report.raw
-    );
-    assert!(
-        report.has("grants", "FAIL", "user nosy may subscribe to every topic"),
-        "{}",
-        report.raw
-    );
+    report.assert_has("firewall", "FAIL", "no firewall");
+    report.assert_has("permissions", "FAIL", "readable by everyone");
+    report.assert_has("permissions", "FAIL", "devices/cam/key.pem");
+    report.assert_has("grants", "FAIL", "user nosy may subscribe to every topic");
     // No broker runs here: the probe says so without failing.
-    assert!(
-        report.has("probe", "WARN", "no broker to probe"),
-        "{}",
-        report.raw
-    );
+    report.assert_has("probe", "WARN", "no broker to probe");
 
     // With the firewall applied, that finding turns into a PASS.
     apply_firewall(&app, &manifest);
     let report = doctor(&app, &manifest, &state, &[]);
-    assert!(
-        report.has("firewall", "PASS", "input drops by default"),
-        "{}",
-        report.raw
-    );
+    report.assert_has("firewall", "PASS", "input drops by default");
 }
 
 const GATEWAY: &str = "192.168.77.1";
@@ -349,20 +322,12 @@ fn doctor_upnp_fails_on_a_mapping_to_the_broker_port() {
     let state = dir.path().join("state");
     let report = doctor(&app, &manifest, &state, &["--upnp"]);
     assert_eq!(report.code, Some(1), "{}", report.raw);
-    assert!(
-        report.has(
-            "upnp",
-            "FAIL",
-            "forwards external 8883/TCP to this host's 192.168.77.2:8883"
-        ),
-        "{}",
-        report.raw
+    report.assert_has(
+        "upnp",
+        "FAIL",
+        "forwards external 8883/TCP to this host's 192.168.77.2:8883",
     );
-    assert!(
-        report.has("upnp", "FAIL", "the broker port is exposed"),
-        "{}",
-        report.raw
-    );
+    report.assert_has("upnp", "FAIL", "the broker port is exposed");
 }
 
 /// Not a test on its own: the UPnP IGD responder that
