@@ -4,7 +4,11 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
+
+mod common;
+
+use common::cli::{ok, run_moat as moat, walk};
 
 const PASSWORDS: [&str; 3] = ["ha-Password-1", "z2m-Password-2", "plug-Password-3"];
 
@@ -54,30 +58,6 @@ fn install() -> Install {
     }
 }
 
-fn moat(manifest: &Path, state: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_moat"))
-        .arg("--manifest")
-        .arg(manifest)
-        .arg("--state")
-        .arg(state)
-        .args(args)
-        .env_remove("MOAT_MANIFEST")
-        .env_remove("MOAT_STATE")
-        .output()
-        .unwrap()
-}
-
-fn ok(output: &Output) -> String {
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    assert!(
-        output.status.success(),
-        "exit {:?}\nstdout:\n{stdout}\nstderr:\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
-    stdout
-}
-
 fn refused(output: &Output) -> String {
     assert_eq!(output.status.code(), Some(1), "{output:?}");
     String::from_utf8_lossy(&output.stderr).into_owned()
@@ -85,23 +65,18 @@ fn refused(output: &Output) -> String {
 
 /// Every entry under `dir`: relative path -> (mode, content; empty for directories).
 fn tree(dir: &Path) -> BTreeMap<PathBuf, (u32, Vec<u8>)> {
-    let mut out = BTreeMap::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(current) = stack.pop() {
-        for entry in fs::read_dir(&current).unwrap() {
-            let path = entry.unwrap().path();
-            let meta = fs::symlink_metadata(&path).unwrap();
-            let relative = path.strip_prefix(dir).unwrap().to_path_buf();
-            let mode = meta.permissions().mode() & 0o7777;
-            if meta.is_dir() {
-                out.insert(relative, (mode, Vec::new()));
-                stack.push(path);
+    walk(dir)
+        .into_iter()
+        .map(|entry| {
+            let mode = entry.meta.permissions().mode() & 0o7777;
+            let content = if entry.meta.is_dir() {
+                Vec::new()
             } else {
-                out.insert(relative, (mode, fs::read(&path).unwrap()));
-            }
-        }
-    }
-    out
+                fs::read(&entry.path).unwrap()
+            };
+            (entry.relative, (mode, content))
+        })
+        .collect()
 }
 
 #[test]

@@ -21,47 +21,13 @@ const BODY: &str = r##"users:
 "##;
 
 fn plain_pub(moat: &Moat, topic: &str, payload: &str) -> bool {
-    let port = moat.plain_port.unwrap().to_string();
-    run_bounded(
-        Command::new("mosquitto_pub").args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port,
-            "-u",
-            "alice",
-            "-P",
-            common::PASSWORD,
-            "-t",
-            topic,
-            "-m",
-            payload,
-        ]),
-        Duration::from_secs(10),
-    )
-    .status
-    .success()
+    moat.publish_plain("alice", &["-t", topic, "-m", payload])
+        .status
+        .success()
 }
 
 fn plain_sub(moat: &Moat, topic: &str, id: &str) -> Sub {
-    let port = moat.plain_port.unwrap().to_string();
-    Sub::start(
-        &[
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port,
-            "-u",
-            "alice",
-            "-P",
-            common::PASSWORD,
-            "-t",
-            topic,
-            "-i",
-            id,
-        ]
-        .map(String::from),
-    )
+    moat.sub_plain("alice", &["-t", topic, "-i", id])
 }
 
 #[test]

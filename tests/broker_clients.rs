@@ -113,7 +113,6 @@ fn retained_message_set_delivered_and_cleared() {
 #[test]
 fn client_certificate_device() {
     let moat = Moat::start(BODY);
-    let dev = moat.device_dir("sensor-1");
     let sub = Sub::start(&pub_args(
         &moat,
         "bob",
@@ -121,26 +120,12 @@ fn client_certificate_device() {
         &["-t", "home/sensor-1/temp", "-C", "1"],
     ));
     std::thread::sleep(Duration::from_millis(300));
-    let out = run_bounded(
-        Command::new("mosquitto_pub").args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &moat.tls_port.to_string(),
-            "--cafile",
-            &common::path_str(&dev.join("ca.pem")),
-            "--cert",
-            &common::path_str(&dev.join("cert.pem")),
-            "--key",
-            &common::path_str(&dev.join("key.pem")),
-            "-t",
-            "home/sensor-1/temp",
-            "-m",
-            "21.5",
-            "-q",
-            "1",
-        ]),
-        Duration::from_secs(10),
+    let out = common::mosquitto(
+        "mosquitto_pub",
+        &common::with_extra(
+            moat.cert_args("sensor-1"),
+            &["-t", "home/sensor-1/temp", "-m", "21.5", "-q", "1"],
+        ),
     );
     assert!(
         out.status.success(),
@@ -150,28 +135,12 @@ fn client_certificate_device() {
     );
     assert!(sub.wait_for("21.5", Duration::from_secs(5)));
     // Outside its rules: refused (v5 PUBACK "not authorized" makes mosquitto_pub fail).
-    let out = run_bounded(
-        Command::new("mosquitto_pub").args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &moat.tls_port.to_string(),
-            "-V",
-            "mqttv5",
-            "--cafile",
-            &common::path_str(&dev.join("ca.pem")),
-            "--cert",
-            &common::path_str(&dev.join("cert.pem")),
-            "--key",
-            &common::path_str(&dev.join("key.pem")),
-            "-t",
-            "home/other",
-            "-m",
-            "x",
-            "-q",
-            "1",
-        ]),
-        Duration::from_secs(10),
+    let out = common::mosquitto(
+        "mosquitto_pub",
+        &common::with_extra(
+            moat.cert_args("sensor-1"),
+            &["-V", "mqttv5", "-t", "home/other", "-m", "x", "-q", "1"],
+        ),
     );
     let _ = out;
     assert!(
@@ -318,17 +287,7 @@ for c in (sub, pub):
 print("OK" if ok else "MISSING")
 "##;
     for proto in ["3", "5"] {
-        let out = run_bounded(
-            Command::new("python3").args([
-                "-c",
-                script,
-                &moat.tls_port.to_string(),
-                &common::path_str(&moat.ca()),
-                common::PASSWORD,
-                proto,
-            ]),
-            Duration::from_secs(30),
-        );
+        let out = moat.python_tls(script, &[proto], Duration::from_secs(30));
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert_eq!(
             stdout.trim(),

@@ -120,24 +120,7 @@ struct Control {
 
 impl Control {
     fn start(moat: &Moat) -> Control {
-        let port = moat.plain_port.unwrap().to_string();
-        let sub = Sub::start(
-            &[
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &port,
-                "-u",
-                "plug",
-                "-P",
-                common::PASSWORD,
-                "-t",
-                "home/control",
-                "-i",
-                "control-sub",
-            ]
-            .map(String::from),
-        );
+        let sub = moat.sub_plain("plug", &["-t", "home/control", "-i", "control-sub"]);
         let publisher = connected(moat, 5, "control-pub");
         std::thread::sleep(Duration::from_millis(300));
         Control {

@@ -119,42 +119,16 @@ fn anonymous_and_wrong_password_are_refused_on_every_listener() {
 #[test]
 fn plaintext_only_for_identities_marked_for_it() {
     let moat = Moat::start_with(BODY, true, "");
-    let plain = moat.plain_port.unwrap().to_string();
-    let args = |user: &str| -> Vec<String> {
-        [
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &plain,
-            "-u",
-            user,
-            "-P",
-            common::PASSWORD,
-            "-t",
-            "home/plug/state",
-            "-m",
-            "on",
-            "-q",
-            "1",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect()
-    };
-    let out = run_bounded(
-        Command::new("mosquitto_pub").args(args("plug")),
-        Duration::from_secs(10),
-    );
+    let publish =
+        |user: &str| moat.publish_plain(user, &["-t", "home/plug/state", "-m", "on", "-q", "1"]);
+    let out = publish("plug");
     assert!(
         out.status.success(),
         "plug on plaintext: {}\n{}",
         String::from_utf8_lossy(&out.stderr),
         moat.log()
     );
-    let out = run_bounded(
-        Command::new("mosquitto_pub").args(args("alice")),
-        Duration::from_secs(10),
-    );
+    let out = publish("alice");
     assert!(!out.status.success(), "alice is not marked plaintext: true");
 }
 

@@ -5,10 +5,9 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::Duration;
 
-use common::{Moat, run_bounded};
+use common::Moat;
 
 const BODY: &str = r##"users:
   v5:
@@ -24,16 +23,7 @@ const BODY: &str = r##"users:
 "##;
 
 fn python(moat: &Moat, script: &str) -> String {
-    let out = run_bounded(
-        Command::new("python3").args([
-            "-c",
-            script,
-            &moat.tls_port.to_string(),
-            &common::path_str(&moat.ca()),
-            common::PASSWORD,
-        ]),
-        Duration::from_secs(60),
-    );
+    let out = moat.python_tls(script, &[], Duration::from_secs(60));
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),

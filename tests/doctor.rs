@@ -6,128 +6,16 @@
 //! SSDP + HTTP/SOAP responder this test runs in a gateway namespace). Needs root, `ip`
 //! and `nft`; without them it prints why and skips.
 
+mod common;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-const MOAT: &str = env!("CARGO_BIN_EXE_moat");
-
-/// Namespaces and the processes running in them; all torn down on drop.
-struct Lab {
-    case: &'static str,
-    namespaces: Vec<String>,
-    children: Vec<Child>,
-}
-
-impl Lab {
-    fn new(case: &'static str) -> Self {
-        Lab {
-            case,
-            namespaces: Vec::new(),
-            children: Vec::new(),
-        }
-    }
-
-    /// `moat-doc-<pid>-<case>-<role>`, loopback up, no IPv6 duplicate address detection.
-    fn netns(&mut self, role: &str) -> String {
-        let name = format!("moat-doc-{}-{}-{role}", std::process::id(), self.case);
-        sh(&["ip", "netns", "add", &name]);
-        self.namespaces.push(name.clone());
-        sh(&["ip", "-n", &name, "link", "set", "lo", "up"]);
-        for key in [
-            "net.ipv6.conf.all.accept_dad=0",
-            "net.ipv6.conf.default.accept_dad=0",
-        ] {
-            sh(&["ip", "netns", "exec", &name, "sysctl", "-qw", key]);
-        }
-        name
-    }
-
-    /// A veth pair `eth0` (in `a`) <-> `peer0` (in `b`), up, with addresses.
-    fn link(&self, a: &str, a_addrs: &[&str], b: &str, b_addrs: &[&str]) {
-        sh(&[
-            "ip", "link", "add", "eth0", "netns", a, "type", "veth", "peer", "name", "peer0",
-            "netns", b,
-        ]);
-        for (ns, dev, addrs) in [(a, "eth0", a_addrs), (b, "peer0", b_addrs)] {
-            for addr in addrs {
-                sh(&["ip", "-n", ns, "addr", "add", addr, "dev", dev]);
-            }
-            sh(&["ip", "-n", ns, "link", "set", dev, "up"]);
-        }
-    }
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        for child in &mut self.children {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        for ns in self.namespaces.drain(..).rev() {
-            let _ = Command::new("ip")
-                .args(["netns", "delete", &ns])
-                .stderr(Stdio::null())
-                .status();
-        }
-    }
-}
-
-fn sh(args: &[&str]) -> Output {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("{}: {e}", args[0]));
-    assert!(
-        out.status.success(),
-        "{args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-/// Runs `args` inside `ns`, killed after `limit`.
-fn in_ns(ns: &str, args: &[&str], limit: Duration) -> Output {
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", ns])
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("ip netns exec starts");
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if matches!(child.try_wait(), Ok(Some(_))) {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let _ = child.kill();
-    child.wait_with_output().expect("child output")
-}
-
-fn skip_reason() -> Option<String> {
-    if !nix::unistd::Uid::effective().is_root() {
-        return Some("not root (network namespaces need CAP_SYS_ADMIN)".into());
-    }
-    for tool in ["ip", "nft"] {
-        let found = Command::new("sh")
-            .args(["-c", &format!("command -v {tool}")])
-            .stdout(Stdio::null())
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false);
-        if !found {
-            return Some(format!("`{tool}` is not installed"));
-        }
-    }
-    None
-}
+use common::moat_bin;
+use common::netns::{Lab, apply_firewall, in_ns, sh, skip_reason};
 
 /// A strong random password's hash (doctor must not find it weak).
 fn strong_hash() -> String {
@@ -156,11 +44,20 @@ impl Report {
             .iter()
             .any(|f| f.check == check && f.status == status && f.message.contains(needle))
     }
+
+    #[track_caller]
+    fn assert_has(&self, check: &str, status: &str, needle: &str) {
+        assert!(
+            self.has(check, status, needle),
+            "no {status} {check} `{needle}`:\n{}",
+            self.raw
+        );
+    }
 }
 
 fn doctor(ns: &str, manifest: &Path, state: &Path, extra: &[&str]) -> Report {
     let mut args = vec![
-        MOAT,
+        moat_bin(),
         "doctor",
         "--json",
         "--manifest",
@@ -192,61 +89,6 @@ fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     let path = dir.join(name);
     std::fs::write(&path, text).unwrap();
     path
-}
-
-/// `moat firewall --apply` inside `ns`.
-fn apply_firewall(ns: &str, manifest: &Path) {
-    let out = in_ns(
-        ns,
-        &[
-            MOAT,
-            "firewall",
-            "--apply",
-            "--manifest",
-            manifest.to_str().unwrap(),
-        ],
-        Duration::from_secs(20),
-    );
-    assert!(
-        out.status.success(),
-        "moat firewall --apply: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// `moat serve` inside `ns`, returned once it logged that it is ready.
-fn serve(lab: &mut Lab, ns: &str, manifest: &Path, state: &Path) {
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", ns, MOAT, "serve", "--manifest"])
-        .arg(manifest)
-        .arg("--state")
-        .arg(state)
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("moat serve starts");
-    let stderr = child.stderr.take().unwrap();
-    lab.children.push(child);
-    let log = Arc::new(Mutex::new(String::new()));
-    let sink = Arc::clone(&log);
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let mut log = sink.lock().unwrap();
-            log.push_str(&line);
-            log.push('\n');
-        }
-    });
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !log.lock().unwrap().contains("moat is ready") {
-        assert!(
-            Instant::now() < deadline,
-            "moat serve did not become ready:\n{}",
-            log.lock().unwrap()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// The example appliance: like examples/home.yaml, with real hashes and no secret files.
@@ -288,24 +130,22 @@ devices:
 
 #[test]
 fn doctor_passes_on_the_example_appliance() {
-    if let Some(reason) = skip_reason() {
+    if let Some(reason) = skip_reason(&["ip", "nft"]) {
         eprintln!("skipping doctor: {reason}");
         return;
     }
-    let mut lab = Lab::new("pass");
+    let mut lab = Lab::new("moat-doc-pass");
     let app = lab.netns("app");
     let lan = lab.netns("lan");
     lab.link(
-        &app,
-        &["192.168.77.2/24", "fd00:77::2/64"],
-        &lan,
-        &["192.168.77.3/24"],
+        (&app, "eth0", &["192.168.77.2/24", "fd00:77::2/64"]),
+        (&lan, "peer0", &["192.168.77.3/24"]),
     );
     let dir = tempfile::tempdir().unwrap();
     let manifest = write(dir.path(), "moat.yaml", &appliance_manifest("0.0.0.0"));
     let state = dir.path().join("state");
     apply_firewall(&app, &manifest);
-    serve(&mut lab, &app, &manifest, &state);
+    lab.serve(&app, &manifest, &state);
 
     let report = doctor(&app, &manifest, &state, &[]);
     let failures: Vec<&Finding> = report
@@ -329,57 +169,48 @@ fn doctor_passes_on_the_example_appliance() {
         ("probe", "refused an anonymous CONNECT"),
         ("probe", "as device kitchen-sensor"),
     ] {
-        assert!(
-            report.has(check, "PASS", needle),
-            "no PASS {check} `{needle}`:\n{}",
-            report.raw
-        );
+        report.assert_has(check, "PASS", needle);
     }
 }
 
 #[test]
 fn doctor_fails_on_a_plaintext_listener_bound_to_a_public_interface() {
-    if let Some(reason) = skip_reason() {
+    if let Some(reason) = skip_reason(&["ip", "nft"]) {
         eprintln!("skipping doctor: {reason}");
         return;
     }
-    let mut lab = Lab::new("public");
+    let mut lab = Lab::new("moat-doc-public");
     let app = lab.netns("app");
     let wan = lab.netns("wan");
     // The host itself holds a public address (a documentation one).
-    lab.link(&app, &["198.51.100.5/24"], &wan, &["198.51.100.1/24"]);
+    lab.link(
+        (&app, "eth0", &["198.51.100.5/24"]),
+        (&wan, "peer0", &["198.51.100.1/24"]),
+    );
     let dir = tempfile::tempdir().unwrap();
     let manifest = write(dir.path(), "moat.yaml", &appliance_manifest("0.0.0.0"));
     let state = dir.path().join("state");
     // Even with the firewall in place, the binding itself is the finding.
     apply_firewall(&app, &manifest);
-    serve(&mut lab, &app, &manifest, &state);
+    lab.serve(&app, &manifest, &state);
 
     let report = doctor(&app, &manifest, &state, &[]);
     assert_eq!(report.code, Some(1), "{}", report.raw);
-    assert!(
-        report.has(
-            "listeners",
-            "FAIL",
-            "plaintext listener bound to a public interface: 0.0.0.0:1883"
-        ),
-        "{}",
-        report.raw
+    report.assert_has(
+        "listeners",
+        "FAIL",
+        "plaintext listener bound to a public interface: 0.0.0.0:1883",
     );
-    assert!(
-        report.has("listeners", "FAIL", "198.51.100.5"),
-        "{}",
-        report.raw
-    );
+    report.assert_has("listeners", "FAIL", "198.51.100.5");
 }
 
 #[test]
 fn doctor_fails_on_no_firewall_a_world_readable_key_and_an_identity_with_hash() {
-    if let Some(reason) = skip_reason() {
+    if let Some(reason) = skip_reason(&["ip", "nft"]) {
         eprintln!("skipping doctor: {reason}");
         return;
     }
-    let mut lab = Lab::new("bare");
+    let mut lab = Lab::new("moat-doc-bare");
     let app = lab.netns("app");
     let dir = tempfile::tempdir().unwrap();
     let manifest = write(
@@ -418,41 +249,17 @@ users:
 
     let report = doctor(&app, &manifest, &state, &[]);
     assert_eq!(report.code, Some(1), "{}", report.raw);
-    assert!(
-        report.has("firewall", "FAIL", "no firewall"),
-        "{}",
-        report.raw
-    );
-    assert!(
-        report.has("permissions", "FAIL", "readable by everyone"),
-        "{}",
-        report.raw
-    );
-    assert!(
-        report.has("permissions", "FAIL", "devices/cam/key.pem"),
-        "{}",
-        report.raw
-    );
-    assert!(
-        report.has("grants", "FAIL", "user nosy may subscribe to every topic"),
-        "{}",
-        report.raw
-    );
+    report.assert_has("firewall", "FAIL", "no firewall");
+    report.assert_has("permissions", "FAIL", "readable by everyone");
+    report.assert_has("permissions", "FAIL", "devices/cam/key.pem");
+    report.assert_has("grants", "FAIL", "user nosy may subscribe to every topic");
     // No broker runs here: the probe says so without failing.
-    assert!(
-        report.has("probe", "WARN", "no broker to probe"),
-        "{}",
-        report.raw
-    );
+    report.assert_has("probe", "WARN", "no broker to probe");
 
     // With the firewall applied, that finding turns into a PASS.
     apply_firewall(&app, &manifest);
     let report = doctor(&app, &manifest, &state, &[]);
-    assert!(
-        report.has("firewall", "PASS", "input drops by default"),
-        "{}",
-        report.raw
-    );
+    report.assert_has("firewall", "PASS", "input drops by default");
 }
 
 const GATEWAY: &str = "192.168.77.1";
@@ -460,18 +267,16 @@ const APPLIANCE: &str = "192.168.77.2";
 
 #[test]
 fn doctor_upnp_fails_on_a_mapping_to_the_broker_port() {
-    if let Some(reason) = skip_reason() {
+    if let Some(reason) = skip_reason(&["ip", "nft"]) {
         eprintln!("skipping doctor: {reason}");
         return;
     }
-    let mut lab = Lab::new("upnp");
+    let mut lab = Lab::new("moat-doc-upnp");
     let app = lab.netns("app");
     let gw = lab.netns("gw");
     lab.link(
-        &app,
-        &[&format!("{APPLIANCE}/24")],
-        &gw,
-        &[&format!("{GATEWAY}/24")],
+        (&app, "eth0", &[&format!("{APPLIANCE}/24")]),
+        (&gw, "peer0", &[&format!("{GATEWAY}/24")]),
     );
     sh(&["ip", "-n", &app, "route", "add", "default", "via", GATEWAY]);
 
@@ -517,20 +322,12 @@ fn doctor_upnp_fails_on_a_mapping_to_the_broker_port() {
     let state = dir.path().join("state");
     let report = doctor(&app, &manifest, &state, &["--upnp"]);
     assert_eq!(report.code, Some(1), "{}", report.raw);
-    assert!(
-        report.has(
-            "upnp",
-            "FAIL",
-            "forwards external 8883/TCP to this host's 192.168.77.2:8883"
-        ),
-        "{}",
-        report.raw
+    report.assert_has(
+        "upnp",
+        "FAIL",
+        "forwards external 8883/TCP to this host's 192.168.77.2:8883",
     );
-    assert!(
-        report.has("upnp", "FAIL", "the broker port is exposed"),
-        "{}",
-        report.raw
-    );
+    report.assert_has("upnp", "FAIL", "the broker port is exposed");
 }
 
 /// Not a test on its own: the UPnP IGD responder that

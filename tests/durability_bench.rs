@@ -39,16 +39,9 @@ fn run(label: &str, persistence: &str) -> (f64, f64) {
     let moat = Moat::start_with(BODY, true, persistence);
     let port = moat.plain_port.unwrap().to_string();
     // An offline persistent subscriber: every message is queued for it, durably.
-    let out = run_bounded(
-        Command::new("mosquitto_sub").args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port,
-            "-u",
-            "sub",
-            "-P",
-            common::PASSWORD,
+    let _ = moat.subscribe_plain(
+        "sub",
+        &[
             "-t",
             "bench/#",
             "-q",
@@ -58,10 +51,8 @@ fn run(label: &str, persistence: &str) -> (f64, f64) {
             "-c",
             "-W",
             "1",
-        ]),
-        Duration::from_secs(10),
+        ],
     );
-    let _ = out;
     let script = format!(
         r#"
 import time, paho.mqtt.client as mqtt

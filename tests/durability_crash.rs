@@ -13,7 +13,7 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Moat, run_bounded};
+use common::Moat;
 
 const BODY: &str = r##"users:
   pub:
@@ -94,26 +94,7 @@ fn spawn_lines(args: &[String], sink: Arc<Mutex<Vec<String>>>) -> std::process::
 }
 
 fn retained_value(moat: &Moat) -> String {
-    let port = moat.plain_port.unwrap().to_string();
-    let out = run_bounded(
-        Command::new("mosquitto_sub").args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port,
-            "-u",
-            "sub",
-            "-P",
-            common::PASSWORD,
-            "-t",
-            "state/retained",
-            "-C",
-            "1",
-            "-W",
-            "5",
-        ]),
-        Duration::from_secs(10),
-    );
+    let out = moat.subscribe_plain("sub", &["-t", "state/retained", "-C", "1", "-W", "5"]);
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
@@ -129,25 +110,9 @@ fn next_random(state: &mut u64) -> u64 {
 fn acknowledged_messages_survive_sigkill_twenty_times() {
     let mut moat = Moat::start_with(BODY, true, "  persistence: { durability: full }\n");
     let port = moat.plain_port.unwrap().to_string();
-    let out = run_bounded(
-        Command::new("mosquitto_pub").args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port,
-            "-u",
-            "pub",
-            "-P",
-            common::PASSWORD,
-            "-t",
-            "state/retained",
-            "-m",
-            "keep",
-            "-r",
-            "-q",
-            "1",
-        ]),
-        Duration::from_secs(10),
+    let out = moat.publish_plain(
+        "pub",
+        &["-t", "state/retained", "-m", "keep", "-r", "-q", "1"],
     );
     assert!(out.status.success());
 
@@ -272,26 +237,9 @@ fn acknowledged_messages_survive_sigkill_twenty_times() {
 fn damaged_database_files_lead_to_a_clean_start_with_the_old_file_kept() {
     for damage in ["truncated", "zeroed", "garbage"] {
         let mut moat = Moat::start_with(BODY, true, "");
-        let port = moat.plain_port.unwrap().to_string();
-        let out = run_bounded(
-            Command::new("mosquitto_pub").args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &port,
-                "-u",
-                "pub",
-                "-P",
-                common::PASSWORD,
-                "-t",
-                "state/retained",
-                "-m",
-                "before",
-                "-r",
-                "-q",
-                "1",
-            ]),
-            Duration::from_secs(10),
+        let out = moat.publish_plain(
+            "pub",
+            &["-t", "state/retained", "-m", "before", "-r", "-q", "1"],
         );
         assert!(out.status.success());
         // A graceful stop checkpoints the WAL into the database file: the damage
@@ -328,25 +276,9 @@ fn damaged_database_files_lead_to_a_clean_start_with_the_old_file_kept() {
             "{damage}: not logged loudly"
         );
         // The fresh store works.
-        let out = run_bounded(
-            Command::new("mosquitto_pub").args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &port,
-                "-u",
-                "pub",
-                "-P",
-                common::PASSWORD,
-                "-t",
-                "state/retained",
-                "-m",
-                "after",
-                "-r",
-                "-q",
-                "1",
-            ]),
-            Duration::from_secs(10),
+        let out = moat.publish_plain(
+            "pub",
+            &["-t", "state/retained", "-m", "after", "-r", "-q", "1"],
         );
         assert!(out.status.success(), "{damage}: {}", moat.log());
         assert_eq!(retained_value(&moat), "after");

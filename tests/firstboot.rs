@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::SystemTime;
 
 use argon2::password_hash::PasswordVerifier;
@@ -12,6 +12,10 @@ use argon2::password_hash::phc::PasswordHash;
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 use sha2::{Digest, Sha256};
+
+mod common;
+
+use common::cli::{ok, run_moat, walk};
 
 const HA_PASSWORD: &str = "correct horse battery staple";
 const PLUG_PASSWORD: &str = "plug-Secret-4711";
@@ -52,63 +56,24 @@ impl Appliance {
     }
 
     fn firstboot(&self) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_moat"))
-            .arg("--manifest")
-            .arg(&self.manifest)
-            .arg("--state")
-            .arg(&self.state)
-            .arg("firstboot")
-            .arg("--boot")
-            .arg(&self.card)
-            .env_remove("MOAT_MANIFEST")
-            .env_remove("MOAT_STATE")
-            .output()
-            .unwrap()
+        self.moat(&["firstboot", "--boot", self.card.to_str().unwrap()])
     }
 
     fn moat(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_moat"))
-            .arg("--manifest")
-            .arg(&self.manifest)
-            .arg("--state")
-            .arg(&self.state)
-            .args(args)
-            .output()
-            .unwrap()
+        run_moat(&self.manifest, &self.state, args)
     }
-}
-
-fn ok(output: &Output) -> String {
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    assert!(
-        output.status.success(),
-        "exit {:?}\nstdout:\n{stdout}\nstderr:\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
-    stdout
 }
 
 /// Every file under `dir`: relative path -> (content, mtime).
 fn snapshot(dir: &Path) -> BTreeMap<PathBuf, (Vec<u8>, SystemTime)> {
-    let mut out = BTreeMap::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(current) = stack.pop() {
-        for entry in fs::read_dir(&current).unwrap() {
-            let path = entry.unwrap().path();
-            let meta = fs::symlink_metadata(&path).unwrap();
-            if meta.is_dir() {
-                stack.push(path);
-            } else {
-                let relative = path.strip_prefix(dir).unwrap().to_path_buf();
-                out.insert(
-                    relative,
-                    (fs::read(&path).unwrap(), meta.modified().unwrap()),
-                );
-            }
-        }
-    }
-    out
+    walk(dir)
+        .into_iter()
+        .filter(|entry| !entry.meta.is_dir())
+        .map(|entry| {
+            let content = fs::read(&entry.path).unwrap();
+            (entry.relative, (content, entry.meta.modified().unwrap()))
+        })
+        .collect()
 }
 
 fn contains(haystack: &[u8], needle: &str) -> bool {

@@ -14,156 +14,20 @@
 //! `mosquitto_sub` run inside the client namespaces. Needs root, `ip`, `nft`, `bash`,
 //! `timeout` and the mosquitto clients; without them it prints why and skips.
 
-use std::io::{BufRead, BufReader};
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::process::Output;
+use std::time::Duration;
+
+use common::netns::{Lab, apply_firewall, in_ns, sh, skip_reason};
+use common::wait_for_text;
 
 const PASSWORD: &str = "lan-client-password-77";
 const APP_V4: &str = "192.168.77.2";
 const APP_ULA: &str = "fd00:77::2";
 const APP_GLOBAL: &str = "2001:db8:77::2";
 const ROUTER_WAN_V4: &str = "198.51.100.1";
-
-/// Namespaces, and the broker running in one of them; all torn down on drop, even
-/// when an assertion failed half-way.
-struct Lab {
-    namespaces: Vec<String>,
-    broker: Option<Child>,
-}
-
-impl Lab {
-    fn new() -> Self {
-        Lab {
-            namespaces: Vec::new(),
-            broker: None,
-        }
-    }
-
-    /// Creates `moat-lock-<pid>-<role>` with its loopback up.
-    fn netns(&mut self, role: &str) -> String {
-        let name = format!("moat-lock-{}-{role}", std::process::id());
-        sh(&["ip", "netns", "add", &name]);
-        self.namespaces.push(name.clone());
-        sh(&["ip", "-n", &name, "link", "set", "lo", "up"]);
-        // No duplicate address detection on links created later (link-local
-        // addresses included), so IPv6 works as soon as a link is up.
-        for key in [
-            "net.ipv6.conf.all.accept_dad=0",
-            "net.ipv6.conf.default.accept_dad=0",
-        ] {
-            sh(&["ip", "netns", "exec", &name, "sysctl", "-qw", key]);
-        }
-        name
-    }
-
-    /// Waits (bounded) until no IPv6 address in `ns` is still tentative.
-    fn wait_ipv6_ready(&self) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        for ns in &self.namespaces {
-            loop {
-                let out = sh(&["ip", "-n", ns, "-6", "addr", "show", "tentative"]);
-                if out.stdout.is_empty() {
-                    break;
-                }
-                assert!(
-                    Instant::now() < deadline,
-                    "IPv6 addresses stay tentative in {ns}"
-                );
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        }
-    }
-
-    /// A veth pair between two namespaces, both ends up, with the given addresses.
-    fn link(
-        &self,
-        (a, a_dev, a_addrs): (&str, &str, &[&str]),
-        (b, b_dev, b_addrs): (&str, &str, &[&str]),
-    ) {
-        sh(&[
-            "ip", "link", "add", a_dev, "netns", a, "type", "veth", "peer", "name", b_dev, "netns",
-            b,
-        ]);
-        for (ns, dev, addrs) in [(a, a_dev, a_addrs), (b, b_dev, b_addrs)] {
-            for addr in addrs {
-                let mut cmd = vec!["ip", "-n", ns, "addr", "add", addr, "dev", dev];
-                if addr.contains(':') {
-                    // No duplicate address detection: the address is usable at once.
-                    cmd.push("nodad");
-                }
-                sh(&cmd);
-            }
-            sh(&["ip", "-n", ns, "link", "set", dev, "up"]);
-        }
-    }
-
-    fn kill_broker(&mut self) {
-        if let Some(mut child) = self.broker.take() {
-            let _ = Command::new("kill")
-                .args(["-TERM", &child.id().to_string()])
-                .status();
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while Instant::now() < deadline {
-                if matches!(child.try_wait(), Ok(Some(_))) {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        self.kill_broker();
-        for ns in self.namespaces.drain(..).rev() {
-            let _ = Command::new("ip")
-                .args(["netns", "delete", &ns])
-                .stderr(Stdio::null())
-                .status();
-        }
-    }
-}
-
-/// Runs a setup command that must succeed.
-fn sh(args: &[&str]) -> Output {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("{}: {e}", args[0]));
-    assert!(
-        out.status.success(),
-        "{args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-/// Runs `args` inside `ns`, killed after `limit`.
-fn in_ns(ns: &str, args: &[&str], limit: Duration) -> Output {
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", ns])
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("ip netns exec starts");
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if matches!(child.try_wait(), Ok(Some(_))) {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let _ = child.kill();
-    child.wait_with_output().expect("child output")
-}
 
 /// What a bare TCP connect from `ns` to `addr` port 8883 gets, bounded by 4 s.
 #[derive(Debug, PartialEq, Eq)]
@@ -214,31 +78,6 @@ fn first_message(ns: &str, host: &str, ca: &str, filter: &str, wait_seconds: &st
     in_ns(ns, &args, Duration::from_secs(12))
 }
 
-fn skip_reason() -> Option<String> {
-    if !nix::unistd::Uid::effective().is_root() {
-        return Some("not root (network namespaces need CAP_SYS_ADMIN)".into());
-    }
-    for tool in [
-        "ip",
-        "nft",
-        "bash",
-        "timeout",
-        "mosquitto_pub",
-        "mosquitto_sub",
-    ] {
-        let found = Command::new("sh")
-            .args(["-c", &format!("command -v {tool}")])
-            .stdout(Stdio::null())
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false);
-        if !found {
-            return Some(format!("`{tool}` is not installed"));
-        }
-    }
-    None
-}
-
 fn write_manifest(dir: &Path) -> PathBuf {
     let hash = moat::auth::hash_password(PASSWORD.as_bytes()).unwrap();
     let manifest = format!(
@@ -261,50 +100,20 @@ users:
     path
 }
 
-/// Starts `moat serve` inside `ns`; its stderr (the log) is collected into `log`.
-fn start_broker(ns: &str, manifest: &Path, state: &Path, log: &Arc<Mutex<String>>) -> Child {
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", ns, env!("CARGO_BIN_EXE_moat"), "serve"])
-        .arg("--manifest")
-        .arg(manifest)
-        .arg("--state")
-        .arg(state)
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("moat serve starts");
-    let stderr = child.stderr.take().unwrap();
-    let sink = Arc::clone(log);
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let mut log = sink.lock().unwrap();
-            log.push_str(&line);
-            log.push('\n');
-        }
-    });
-    child
-}
-
-fn wait_for_log(log: &Arc<Mutex<String>>, needle: &str, limit: Duration) -> bool {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if log.lock().unwrap().contains(needle) {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    false
-}
-
 #[test]
 fn the_lan_gets_in_and_the_wan_gets_no_answer_even_through_a_port_forward() {
-    if let Some(reason) = skip_reason() {
+    if let Some(reason) = skip_reason(&[
+        "ip",
+        "nft",
+        "bash",
+        "timeout",
+        "mosquitto_pub",
+        "mosquitto_sub",
+    ]) {
         eprintln!("skipping netns_lockdown: {reason}");
         return;
     }
-    let mut lab = Lab::new();
+    let mut lab = Lab::new("moat-lock");
     let app = lab.netns("app");
     let router = lab.netns("router");
     let lan = lab.netns("lan");
@@ -372,30 +181,8 @@ fn the_lan_gets_in_and_the_wan_gets_no_answer_even_through_a_port_forward() {
     let ca = ca.to_str().unwrap();
 
     // The ruleset, from the same manifest, applied inside the appliance.
-    let applied = in_ns(
-        &app,
-        &[
-            env!("CARGO_BIN_EXE_moat"),
-            "firewall",
-            "--apply",
-            "--manifest",
-            manifest.to_str().unwrap(),
-        ],
-        Duration::from_secs(20),
-    );
-    assert!(
-        applied.status.success(),
-        "moat firewall --apply: {}",
-        String::from_utf8_lossy(&applied.stderr)
-    );
-
-    let log = Arc::new(Mutex::new(String::new()));
-    lab.broker = Some(start_broker(&app, &manifest, &state, &log));
-    assert!(
-        wait_for_log(&log, "moat is ready", Duration::from_secs(30)),
-        "moat serve did not become ready:\n{}",
-        log.lock().unwrap()
-    );
+    apply_firewall(&app, &manifest);
+    let log = lab.serve(&app, &manifest, &state);
 
     // The LAN client publishes and subscribes over TLS (IPv4, then IPv6 ULA).
     let out = publish(&lan, APP_V4, ca, "lan/v4", "hello-over-v4");
@@ -469,7 +256,7 @@ fn the_lan_gets_in_and_the_wan_gets_no_answer_even_through_a_port_forward() {
         "a global IPv6 publish got through without the firewall"
     );
     assert!(
-        wait_for_log(&log, "198.51.100.2", Duration::from_secs(5)),
+        wait_for_text(&log, "198.51.100.2", Duration::from_secs(5)),
         "no refusal logged"
     );
     let log_text = log.lock().unwrap().clone();

@@ -13,6 +13,10 @@ use std::time::{Duration, SystemTime};
 
 use moat::pki::{self, Outcome, ProvisionPlan};
 
+mod common;
+
+use common::cli::walk;
+
 fn plan() -> ProvisionPlan {
     ProvisionPlan {
         hostnames: vec!["moat.home.arpa".into()],
@@ -38,24 +42,15 @@ fn openssl(args: &[&str], dir: &Path) -> String {
 }
 
 fn snapshot(dir: &Path) -> BTreeMap<PathBuf, (Vec<u8>, SystemTime, u32)> {
-    let mut files = BTreeMap::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for entry in fs::read_dir(&d).unwrap() {
-            let path = entry.unwrap().path();
-            let meta = fs::metadata(&path).unwrap();
-            if meta.is_dir() {
-                stack.push(path);
-            } else {
-                let mode = meta.permissions().mode();
-                files.insert(
-                    path.clone(),
-                    (fs::read(&path).unwrap(), meta.modified().unwrap(), mode),
-                );
-            }
-        }
-    }
-    files
+    walk(dir)
+        .into_iter()
+        .filter(|entry| !entry.meta.is_dir())
+        .map(|entry| {
+            let content = fs::read(&entry.path).unwrap();
+            let mode = entry.meta.permissions().mode();
+            (entry.path, (content, entry.meta.modified().unwrap(), mode))
+        })
+        .collect()
 }
 
 #[test]

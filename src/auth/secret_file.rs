@@ -81,14 +81,7 @@ fn reusable(contents: &[u8], stamp: &[u8; 32]) -> Option<String> {
 }
 
 fn check_name(name: &str) -> Result<(), SecretFileError> {
-    let valid = !name.is_empty()
-        && name.len() <= 64
-        && name != "."
-        && name != ".."
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
-    if valid {
+    if state_dir::is_safe_entry_name(name) {
         Ok(())
     } else {
         Err(SecretFileError::BadName(name.to_owned()))

@@ -13,7 +13,7 @@ use crate::auth::hash_for_secret_file;
 use crate::cli::GlobalArgs;
 use crate::commands::{EXIT_FINDING, EXIT_OK};
 use crate::pki::{self, Outcome, ProvisionPlan, ProvisionReport, ReportItem};
-use crate::policy::{Credential, Policy};
+use crate::policy::{Credential, Policy, provision_plan};
 
 /// What provisioning needs from the manifest.
 #[derive(Debug, Clone, Default)]
@@ -46,16 +46,7 @@ pub fn run(global: &GlobalArgs) -> anyhow::Result<u8> {
 impl ProvisionInputs {
     /// What a compiled manifest asks of the state directory.
     pub fn from_policy(policy: &Policy) -> Self {
-        let plan = ProvisionPlan {
-            hostnames: policy.hostnames.clone(),
-            addresses: policy.addresses.clone(),
-            rsa_server_key: policy.needs_rsa_server_key(),
-            certificate_devices: policy
-                .certificate_devices()
-                .into_iter()
-                .map(str::to_owned)
-                .collect(),
-        };
+        let plan = provision_plan(policy);
         let password_files = policy
             .identities()
             .filter_map(|identity| match &identity.credential {

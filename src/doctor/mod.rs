@@ -70,12 +70,7 @@ impl Finding {
         message: impl Into<String>,
         fix: impl Into<String>,
     ) -> Finding {
-        Finding {
-            check,
-            status: Status::Warn,
-            message: message.into(),
-            fix: fix.into(),
-        }
+        Finding::with_fix(check, Status::Warn, message, fix)
     }
 
     pub fn fail(
@@ -83,9 +78,18 @@ impl Finding {
         message: impl Into<String>,
         fix: impl Into<String>,
     ) -> Finding {
+        Finding::with_fix(check, Status::Fail, message, fix)
+    }
+
+    fn with_fix(
+        check: &'static str,
+        status: Status,
+        message: impl Into<String>,
+        fix: impl Into<String>,
+    ) -> Finding {
         Finding {
             check,
-            status: Status::Fail,
+            status,
             message: message.into(),
             fix: fix.into(),
         }

@@ -4,18 +4,16 @@
 //! would put there). It reads files only.
 
 use std::collections::BTreeSet;
-use std::net::IpAddr;
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
-use x509_parser::extensions::GeneralName;
 use x509_parser::public_key::PublicKey;
 
 use super::Finding;
-use crate::pki::{self, ProvisionPlan, SubjectName};
-use crate::policy::Policy;
+use crate::pki::{self, SubjectName};
+use crate::policy::{Policy, provision_plan};
 
 const CHECK: &str = "tls";
 const DAY: i64 = 24 * 60 * 60;
@@ -32,34 +30,15 @@ pub struct CertFacts {
     pub names: BTreeSet<SubjectName>,
 }
 
-fn ip_from_bytes(bytes: &[u8]) -> Option<IpAddr> {
-    match bytes.len() {
-        4 => <[u8; 4]>::try_from(bytes).ok().map(IpAddr::from),
-        16 => <[u8; 16]>::try_from(bytes).ok().map(IpAddr::from),
-        _ => None,
-    }
-}
-
 /// Parses the first certificate of a PEM text.
 pub fn cert_facts(pem: &[u8]) -> Result<CertFacts, String> {
     let der = CertificateDer::from_pem_slice(pem).map_err(|e| e.to_string())?;
     let (_, cert) = x509_parser::parse_x509_certificate(&der).map_err(|e| e.to_string())?;
-    let mut names = BTreeSet::new();
-    if let Ok(Some(san)) = cert.subject_alternative_name() {
-        for name in &san.value.general_names {
-            match name {
-                GeneralName::DNSName(dns) => {
-                    names.insert(SubjectName::Dns(dns.to_ascii_lowercase()));
-                }
-                GeneralName::IPAddress(bytes) => {
-                    if let Some(ip) = ip_from_bytes(bytes) {
-                        names.insert(SubjectName::Ip(ip));
-                    }
-                }
-                _ => {}
-            }
-        }
-    }
+    // A SAN extension that does not parse counts as naming nothing.
+    let names = match cert.subject_alternative_name() {
+        Ok(Some(san)) => pki::san_names(san.value),
+        Ok(None) | Err(_) => BTreeSet::new(),
+    };
     let (key, key_ok) = match cert.public_key().parsed() {
         Ok(PublicKey::EC(point)) if point.key_size() == 256 => ("ECDSA P-256".to_owned(), true),
         Ok(PublicKey::EC(point)) => (format!("ECDSA ({} bits)", point.key_size()), false),
@@ -150,12 +129,7 @@ fn now() -> i64 {
 
 pub fn check(policy: &Policy, state_dir: &Path) -> Vec<Finding> {
     let now = now();
-    let wanted = pki::subject_names(&ProvisionPlan {
-        hostnames: policy.hostnames.clone(),
-        addresses: policy.addresses.clone(),
-        ..ProvisionPlan::default()
-    })
-    .unwrap_or_default();
+    let wanted = pki::subject_names(&provision_plan(policy)).unwrap_or_default();
     let mut findings = Vec::new();
     for (file, label, required, server) in [
         (pki::CA_CERT, "the CA certificate", true, false),
@@ -210,6 +184,7 @@ pub fn check(policy: &Policy, state_dir: &Path) -> Vec<Finding> {
 mod tests {
     use super::*;
     use crate::doctor::Status;
+    use crate::pki::ProvisionPlan;
 
     fn facts(days_left: i64, names: &[SubjectName]) -> CertFacts {
         CertFacts {

@@ -159,43 +159,30 @@ pub fn parse_str(
     source_name: &str,
     options: LoadOptions,
 ) -> Result<Loaded, ManifestError> {
+    // A refusal found before parsing: one error at one place.
+    let refuse = |(line, column): (u64, u64), message: String| {
+        Err(invalid(source_name, text, vec![(line, column, message)]))
+    };
     if text.len() > MAX_MANIFEST_BYTES {
-        let (line, column) = line_column_at(text, floor_char_boundary(text, MAX_MANIFEST_BYTES));
-        return Err(invalid(
-            source_name,
-            text,
-            vec![(
-                line,
-                column,
-                format!(
-                    "the manifest is larger than the {} KiB budget",
-                    MAX_MANIFEST_BYTES / 1024
-                ),
-            )],
-        ));
+        return refuse(
+            line_column_at(text, floor_char_boundary(text, MAX_MANIFEST_BYTES)),
+            format!(
+                "the manifest is larger than the {} KiB budget",
+                MAX_MANIFEST_BYTES / 1024
+            ),
+        );
     }
     if text.trim().is_empty() {
-        return Err(invalid(
-            source_name,
-            text,
-            vec![(
-                1,
-                1,
-                "the manifest is empty; it needs at least `version: 1` (run `moat init`)"
-                    .to_string(),
-            )],
-        ));
+        return refuse(
+            (1, 1),
+            "the manifest is empty; it needs at least `version: 1` (run `moat init`)".to_string(),
+        );
     }
-    if let Some((line, column)) = tab_in_indentation(text) {
-        return Err(invalid(
-            source_name,
-            text,
-            vec![(
-                line,
-                column,
-                "tab character in indentation; YAML indents with spaces only".to_string(),
-            )],
-        ));
+    if let Some(place) = tab_in_indentation(text) {
+        return refuse(
+            place,
+            "tab character in indentation; YAML indents with spaces only".to_string(),
+        );
     }
     let manifest = parse_yaml(text, source_name)?;
     let findings = validate::validate(&manifest, options);

@@ -18,14 +18,7 @@ pub const DEVICE_LIFETIME_DAYS: u64 = 730;
 /// Device names become directory names and certificate CNs: `[A-Za-z0-9._-]{1,64}`,
 /// and not `.` or `..`.
 pub fn check_name(name: &str) -> Result<(), PkiError> {
-    let valid = !name.is_empty()
-        && name.len() <= 64
-        && name != "."
-        && name != ".."
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
-    if valid {
+    if state_dir::is_safe_entry_name(name) {
         Ok(())
     } else {
         Err(PkiError::BadDeviceName(name.to_owned()))

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
-use x509_parser::extensions::GeneralName;
+use x509_parser::extensions::{GeneralName, SubjectAlternativeName};
 
 use super::PkiError;
 
@@ -65,25 +65,11 @@ pub fn parse_der(path: &Path, der: CertificateDer<'static>) -> Result<ExistingCe
         reason,
     };
     let (_, cert) = x509_parser::parse_x509_certificate(&der).map_err(|e| bad(e.to_string()))?;
-    let mut names = BTreeSet::new();
-    if let Some(san) = cert
+    let names = cert
         .subject_alternative_name()
         .map_err(|e| bad(e.to_string()))?
-    {
-        for name in &san.value.general_names {
-            match name {
-                GeneralName::DNSName(dns) => {
-                    names.insert(SubjectName::Dns(dns.to_ascii_lowercase()));
-                }
-                GeneralName::IPAddress(bytes) => {
-                    if let Some(ip) = ip_from_bytes(bytes) {
-                        names.insert(SubjectName::Ip(ip));
-                    }
-                }
-                _ => {}
-            }
-        }
-    }
+        .map(|san| san_names(san.value))
+        .unwrap_or_default();
     let common_name = cert
         .subject()
         .iter_common_name()
@@ -105,6 +91,19 @@ pub fn parse_der(path: &Path, der: CertificateDer<'static>) -> Result<ExistingCe
         common_name,
         names,
     })
+}
+
+/// The DNS and IP names of a subject alternative name extension, normalised (DNS
+/// names lowercased); other kinds of name are left out.
+pub fn san_names(san: &SubjectAlternativeName<'_>) -> BTreeSet<SubjectName> {
+    san.general_names
+        .iter()
+        .filter_map(|name| match name {
+            GeneralName::DNSName(dns) => Some(SubjectName::Dns(dns.to_ascii_lowercase())),
+            GeneralName::IPAddress(bytes) => ip_from_bytes(bytes).map(SubjectName::Ip),
+            _ => None,
+        })
+        .collect()
 }
 
 fn ip_from_bytes(bytes: &[u8]) -> Option<IpAddr> {

@@ -37,7 +37,7 @@ mod server;
 pub mod state_dir;
 
 pub use device::check_name as check_device_name;
-pub use existing::SubjectName;
+pub use existing::{SubjectName, san_names};
 pub use server::subject_names;
 pub use state_dir::StateDirError;
 

@@ -34,6 +34,18 @@ pub(crate) fn io_error(path: &Path) -> impl FnOnce(io::Error) -> StateDirError +
     }
 }
 
+/// Whether `name` may name one entry of the state directory (a device bundle, a
+/// secret file's hash): `[A-Za-z0-9._-]{1,64}`, and not `.` or `..`.
+pub fn is_safe_entry_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name != "."
+        && name != ".."
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
 /// Creates `dir` (and missing parents) with mode 0700, or checks an existing one:
 /// it must be a directory that neither group nor others can read, write or enter.
 pub fn ensure_private_dir(dir: &Path) -> Result<(), StateDirError> {

@@ -2,7 +2,10 @@
 //! serve` process on loopback ports, and helpers to run real MQTT clients against it.
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader};
+pub mod cli;
+pub mod netns;
+
+use std::io::{BufRead, BufReader, Read};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -77,7 +80,13 @@ impl Moat {
     pub fn start_with(body: &str, plain: bool, extra_broker: &str) -> Moat {
         let dir = tempfile::tempdir().unwrap();
         let tls_port = free_port();
-        let plain_port = plain.then(free_port);
+        // Two free ports in a row may be the same one: the plain listener needs another.
+        let plain_port = plain.then(|| {
+            (0..100)
+                .map(|_| free_port())
+                .find(|&port| port != tls_port)
+                .expect("a second free loopback port")
+        });
         let plain_line = plain_port
             .map(|p| format!("    plain: {{ address: \"127.0.0.1\", port: {p} }}\n"))
             .unwrap_or_default();
@@ -113,15 +122,7 @@ impl Moat {
             .stderr(Stdio::piped())
             .spawn()
             .expect("moat serve starts");
-        let stderr = child.stderr.take().unwrap();
-        let log = Arc::clone(&self.log);
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let mut l = log.lock().unwrap();
-                l.push_str(&line);
-                l.push('\n');
-            }
-        });
+        collect_lines(child.stderr.take().unwrap(), Arc::clone(&self.log));
         self.child = Some(child);
         self.wait_ready();
     }
@@ -187,19 +188,84 @@ impl Moat {
 
     /// Arguments for mosquitto_pub/sub over TLS with a password.
     pub fn tls_args(&self, user: &str) -> Vec<String> {
-        vec![
-            "-h".into(),
-            "127.0.0.1".into(),
-            "-p".into(),
-            self.tls_port.to_string(),
-            "--cafile".into(),
-            self.ca().display().to_string(),
-            "-u".into(),
-            user.into(),
-            "-P".into(),
-            PASSWORD.into(),
-        ]
+        let mut args = login_args(self.tls_port, user);
+        args.extend(["--cafile".into(), path_str(&self.ca())]);
+        args
     }
+
+    /// Arguments for mosquitto_pub/sub over the plaintext listener with a password.
+    pub fn plain_args(&self, user: &str) -> Vec<String> {
+        login_args(self.plain_port.expect("a plaintext listener"), user)
+    }
+
+    /// Arguments for mosquitto_pub/sub over TLS as a device with its client certificate.
+    pub fn cert_args(&self, device: &str) -> Vec<String> {
+        let dir = self.device_dir(device);
+        let mut args = vec!["-h".into(), "127.0.0.1".into(), "-p".into()];
+        args.push(self.tls_port.to_string());
+        for (flag, file) in [
+            ("--cafile", "ca.pem"),
+            ("--cert", "cert.pem"),
+            ("--key", "key.pem"),
+        ] {
+            args.extend([flag.into(), path_str(&dir.join(file))]);
+        }
+        args
+    }
+
+    /// `mosquitto_pub` over the plaintext listener as `user`, with `extra` arguments.
+    pub fn publish_plain(&self, user: &str, extra: &[&str]) -> Output {
+        mosquitto("mosquitto_pub", &with_extra(self.plain_args(user), extra))
+    }
+
+    /// `mosquitto_sub` over the plaintext listener as `user`, with `extra` arguments
+    /// (which should bound it: `-C`, `-W`).
+    pub fn subscribe_plain(&self, user: &str, extra: &[&str]) -> Output {
+        mosquitto("mosquitto_sub", &with_extra(self.plain_args(user), extra))
+    }
+
+    /// A background `mosquitto_sub` over the plaintext listener as `user`.
+    pub fn sub_plain(&self, user: &str, extra: &[&str]) -> Sub {
+        Sub::start(&with_extra(self.plain_args(user), extra))
+    }
+
+    /// Runs a Python script over TLS, bounded by `limit`; the script gets the TLS port,
+    /// the CA file, the test password and then `extra` as `sys.argv[1..]`.
+    pub fn python_tls(&self, script: &str, extra: &[&str], limit: Duration) -> Output {
+        let tls_port = self.tls_port.to_string();
+        let ca = path_str(&self.ca());
+        run_bounded(
+            Command::new("python3")
+                .args(["-c", script, &tls_port, &ca, PASSWORD])
+                .args(extra),
+            limit,
+        )
+    }
+}
+
+/// `-h 127.0.0.1 -p PORT -u USER -P PASSWORD`.
+fn login_args(port: u16, user: &str) -> Vec<String> {
+    vec![
+        "-h".into(),
+        "127.0.0.1".into(),
+        "-p".into(),
+        port.to_string(),
+        "-u".into(),
+        user.into(),
+        "-P".into(),
+        PASSWORD.into(),
+    ]
+}
+
+/// `args` followed by `extra`.
+pub fn with_extra(mut args: Vec<String>, extra: &[&str]) -> Vec<String> {
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
+/// Runs a mosquitto client (`mosquitto_pub` or `mosquitto_sub`), bounded by 10 s.
+pub fn mosquitto(tool: &str, args: &[String]) -> Output {
+    run_bounded(Command::new(tool).args(args), Duration::from_secs(10))
 }
 
 impl Drop for Moat {
@@ -242,16 +308,8 @@ impl Sub {
             .stderr(Stdio::piped())
             .spawn()
             .expect("mosquitto_sub starts");
-        let stdout = child.stdout.take().unwrap();
         let out = Arc::new(Mutex::new(String::new()));
-        let sink = Arc::clone(&out);
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let mut o = sink.lock().unwrap();
-                o.push_str(&line);
-                o.push('\n');
-            }
-        });
+        collect_lines(child.stdout.take().unwrap(), Arc::clone(&out));
         Sub { child, out }
     }
 
@@ -261,14 +319,7 @@ impl Sub {
 
     /// Waits until the output contains `needle` (or the time is up).
     pub fn wait_for(&self, needle: &str, limit: Duration) -> bool {
-        let deadline = Instant::now() + limit;
-        while Instant::now() < deadline {
-            if self.output().contains(needle) {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        false
+        wait_for_text(&self.out, needle, limit)
     }
 
     pub fn stop(mut self) -> String {
@@ -284,6 +335,29 @@ impl Drop for Sub {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Appends each line `reader` yields to `sink`, on a thread of its own.
+pub fn collect_lines(reader: impl Read + Send + 'static, sink: Arc<Mutex<String>>) {
+    std::thread::spawn(move || {
+        for line in BufReader::new(reader).lines().map_while(Result::ok) {
+            let mut text = sink.lock().unwrap();
+            text.push_str(&line);
+            text.push('\n');
+        }
+    });
+}
+
+/// Waits (bounded) until `text` contains `needle`.
+pub fn wait_for_text(text: &Mutex<String>, needle: &str, limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if text.lock().unwrap().contains(needle) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
 }
 
 pub fn path_str(p: &Path) -> String {
