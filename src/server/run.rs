@@ -26,9 +26,10 @@ pub enum ServeError {
     Manifest(#[from] crate::manifest::ManifestError),
     #[error("provisioning failed: {0}")]
     Pki(#[from] pki::PkiError),
-    #[error("password file of {name}: {source}")]
+    #[error("password file of {name}")]
     SecretFile {
         name: String,
+        #[source]
         source: crate::auth::SecretFileError,
     },
     #[error("TLS: {0}")]
