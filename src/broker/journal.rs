@@ -11,6 +11,7 @@ use crate::protocol::{Properties, QoS};
 use crate::store::{Commit, Op, Slot, Store, StoredMessage};
 
 use super::mailbox::Message;
+use super::session::SessionLink;
 
 /// The durable store, if persistence is on.
 #[derive(Clone, Default)]
@@ -45,29 +46,44 @@ impl Journal {
     }
 }
 
-/// The operations one broker event implies.
+/// The operations one broker event implies, and the mailboxes holding messages
+/// staged until those operations are submitted.
 #[derive(Default)]
-pub struct Batch(Vec<Op>);
+pub struct Batch {
+    ops: Vec<Op>,
+    staged: Vec<Arc<SessionLink>>,
+}
 
 impl Batch {
     pub fn push(&mut self, op: Op) {
-        self.0.push(op);
+        self.ops.push(op);
+    }
+
+    /// Remembers a session whose mailbox staged a journaled message.
+    pub fn staged_in(&mut self, session: &Arc<SessionLink>) {
+        if !self.staged.iter().any(|s| Arc::ptr_eq(s, session)) {
+            self.staged.push(Arc::clone(session));
+        }
     }
 
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.ops.is_empty()
     }
 
-    /// Submits the batch through `slot`; nothing to submit (or no store) gives no
-    /// commit to wait for.
+    /// Submits the batch through `slot`, then releases the staged messages. Call it
+    /// under the broker lock that ordered the batch, so batches reach the store in
+    /// the order their messages reach the mailboxes. Nothing to submit (or no
+    /// store) gives no commit to wait for.
     pub fn submit(self, slot: Option<Slot>) -> Option<Commit> {
-        if self.0.is_empty() {
-            return None;
+        let commit = if self.ops.is_empty() {
+            None
+        } else {
+            slot.map(|slot| slot.submit(Op::Batch(self.ops)))
+        };
+        for session in self.staged {
+            session.mailbox.release_staged();
         }
-        match slot {
-            Some(slot) => Some(slot.submit(Op::Batch(self.0))),
-            None => None,
-        }
+        commit
     }
 }
 

@@ -82,6 +82,10 @@ pub struct QueueLimits {
 
 struct State {
     queue: VecDeque<Message>,
+    /// Journaled messages whose store operation is not submitted yet: counted
+    /// against the caps but invisible to `drain`, so the client's acknowledgement
+    /// (a store operation of its own) can never overtake their Enqueue.
+    staged: Vec<Message>,
     queued_bytes: usize,
     inflight: VecDeque<(u16, InFlight)>,
     next_packet_id: u16,
@@ -106,6 +110,7 @@ impl Mailbox {
         Mailbox {
             state: Mutex::new(State {
                 queue: VecDeque::new(),
+                staged: Vec::new(),
                 queued_bytes: 0,
                 inflight: VecDeque::new(),
                 next_packet_id: 1,
@@ -163,16 +168,23 @@ impl Mailbox {
             return (PushOutcome::DroppedOffline, 0);
         }
         let cost = message.cost();
-        if s.queue.len() >= s.limits.max_messages || s.queued_bytes + cost > s.limits.max_bytes {
+        let count = s.queue.len() + s.staged.len();
+        if count >= s.limits.max_messages || s.queued_bytes + cost > s.limits.max_bytes {
             s.dropped += 1;
             return (PushOutcome::DroppedFull, 0);
         }
-        if journal && message.qos != QoS::AtMostOnce {
+        let journal = journal && message.qos != QoS::AtMostOnce;
+        if journal {
             message.seq = s.next_seq;
             s.next_seq += 1;
         }
         let seq = message.seq;
         s.queued_bytes += cost;
+        // Behind a staged message, everything waits too: order is kept.
+        if journal || !s.staged.is_empty() {
+            s.staged.push(message);
+            return (PushOutcome::Queued, seq);
+        }
         s.queue.push_back(message);
         let online = s.online;
         drop(s);
@@ -180,6 +192,21 @@ impl Mailbox {
             self.notify.notify_one();
         }
         (PushOutcome::Queued, seq)
+    }
+
+    /// Makes staged messages visible once their store operations are submitted.
+    pub fn release_staged(&self) {
+        let mut s = self.lock();
+        if s.staged.is_empty() {
+            return;
+        }
+        let staged = std::mem::take(&mut s.staged);
+        s.queue.extend(staged);
+        let online = s.online;
+        drop(s);
+        if online {
+            self.notify.notify_one();
+        }
     }
 
     /// Puts back what a persistent session had before a restart: its queue (in

@@ -382,8 +382,9 @@ impl Broker {
             retained = state.retained.len(),
             "durable state restored"
         );
+        let commit = batch.submit(slot);
         drop(state);
-        batch.submit(slot)
+        commit
     }
 
     /// Attaches a new connection to its session: takes over a live connection of the
@@ -490,6 +491,7 @@ impl Broker {
             }
         }
         session.set_persistent(persistent && self.journal.is_enabled());
+        let commit = batch.submit(slot);
         drop(state);
         session.mailbox.set_online(true, limits);
         self.stats.connected(1);
@@ -499,7 +501,7 @@ impl Broker {
                 session_present,
                 connection_id,
             },
-            batch.submit(slot),
+            commit,
         ))
     }
 
@@ -532,8 +534,9 @@ impl Broker {
             if let Some((incoming, _)) = will {
                 self.route_locked(&mut state, incoming, &mut batch);
             }
+            let commit = batch.submit(slot);
             drop(state);
-            return batch.submit(slot);
+            return commit;
         }
         let entry = state.sessions.get_mut(&*session.client_id)?;
         entry.connection = None;
@@ -575,8 +578,9 @@ impl Broker {
             }
             None => {}
         }
+        let commit = batch.submit(slot);
         drop(state);
-        batch.submit(slot)
+        commit
     }
 
     fn remove_session_locked(&self, state: &mut State, client_id: &str, batch: &mut Batch) {
@@ -605,8 +609,9 @@ impl Broker {
         let mut state = self.lock();
         let mut batch = Batch::default();
         let routed = self.route_locked(&mut state, incoming, &mut batch);
+        let commit = batch.submit(slot);
         drop(state);
-        (routed, batch.submit(slot))
+        (routed, commit)
     }
 
     /// Routes an inbound QoS 2 message and records its packet id (awaiting PUBREL)
@@ -628,8 +633,9 @@ impl Broker {
                 packet_id,
             }));
         }
+        let commit = batch.submit(slot);
         drop(state);
-        (routed, batch.submit(slot))
+        (routed, commit)
     }
 
     fn route_locked(&self, state: &mut State, incoming: Incoming, batch: &mut Batch) -> Routed {
@@ -741,8 +747,9 @@ impl Broker {
                 let _ = push_to(&self.stats, session, message, &mut batch);
             }
         }
+        let commit = batch.submit(slot);
         drop(state);
-        Ok(batch.submit(slot))
+        Ok(commit)
     }
 
     /// Revocation reaches stored state: a retained message whose publisher lost
@@ -780,8 +787,9 @@ impl Broker {
                 filter: filter.to_owned(),
             });
         }
+        let commit = batch.submit(slot);
         drop(state);
-        (true, batch.submit(slot))
+        (true, commit)
     }
 
     /// Applies a new policy to live and stored sessions: `resolve` gives the new
@@ -835,8 +843,9 @@ impl Broker {
             }
             self.remove_session_locked(&mut state, client_id, &mut batch);
         }
+        let commit = batch.submit(slot);
         drop(state);
-        (removed_sessions.len(), dropped.len(), batch.submit(slot))
+        (removed_sessions.len(), dropped.len(), commit)
     }
 
     /// Expires offline sessions and publishes delayed wills that are due. Call about
@@ -860,8 +869,9 @@ impl Broker {
         for client_id in expired {
             self.remove_session_locked(&mut state, &client_id, &mut batch);
         }
+        let commit = batch.submit(slot);
         drop(state);
-        batch.submit(slot)
+        commit
     }
 
     /// Tells every live connection that the server is going away.
@@ -915,7 +925,7 @@ fn remove_from_tree(tree: &mut SubscriptionTree, filter: &str, session_id: u64) 
 /// Queues a message for one session; a persistent session's QoS 1/2 message is
 /// journaled at its queue position.
 /// Returns whether the session's queue was full.
-fn push_to(stats: &Stats, session: &SessionLink, message: Message, batch: &mut Batch) -> bool {
+fn push_to(stats: &Stats, session: &Arc<SessionLink>, message: Message, batch: &mut Batch) -> bool {
     let journal = session.is_persistent() && message.qos != QoS::AtMostOnce;
     let stored = journal.then(|| stored_message(&message, Instant::now()));
     let (outcome, seq) = session.mailbox.push_journaled(message, journal);
@@ -925,6 +935,7 @@ fn push_to(stats: &Stats, session: &SessionLink, message: Message, batch: &mut B
             seq,
             message,
         }));
+        batch.staged_in(session);
     }
     stats.pushed(session, outcome);
     outcome == PushOutcome::DroppedFull
