@@ -75,6 +75,8 @@ pub struct Limits {
     pub max_retained_bytes: usize,
     pub auth_concurrency: usize,
     pub auth_queue: usize,
+    /// Persistent sessions one identity may keep (each client id is one).
+    pub max_sessions_per_identity: usize,
 }
 
 impl Default for Limits {
@@ -99,6 +101,7 @@ impl Default for Limits {
             max_retained_bytes: 16 * 1024 * 1024,
             auth_concurrency: 2,
             auth_queue: 16,
+            max_sessions_per_identity: 64,
         }
     }
 }
@@ -390,6 +393,7 @@ fn compile_limits(manifest: &Manifest) -> Limits {
         max_retained_bytes: size(&l.max_retained_bytes, d.max_retained_bytes),
         auth_concurrency: count(&l.auth_concurrency, d.auth_concurrency),
         auth_queue: count(&l.auth_queue, d.auth_queue),
+        max_sessions_per_identity: count(&l.max_sessions_per_identity, d.max_sessions_per_identity),
     }
 }
 

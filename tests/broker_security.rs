@@ -263,3 +263,31 @@ fn client_id_takeover_by_another_identity_is_refused() {
         moat.log()
     );
 }
+
+#[test]
+fn persistent_sessions_per_identity_are_capped_by_the_manifest() {
+    let moat = Moat::start_with(BODY, true, "  limits: { max_sessions_per_identity: 1 }\n");
+    let session = |id: &str| {
+        let args = common::with_extra(
+            moat.tls_args("eve"),
+            &["-t", "eve/x", "-q", "1", "-c", "-i", id, "-W", "1"],
+        );
+        let out = common::mosquitto("mosquitto_sub", &args);
+        String::from_utf8_lossy(&out.stderr).to_lowercase()
+    };
+    let first = session("eve-a");
+    assert!(
+        !first.contains("refused") && !first.contains("denied"),
+        "first session: {first}"
+    );
+    // A second client id with a session of its own is over the quota ...
+    let second = session("eve-b");
+    assert!(
+        second.contains("refused"),
+        "second persistent session accepted: {second}\n{}",
+        moat.log()
+    );
+    // ... while the first one resumes as before.
+    let again = session("eve-a");
+    assert!(!again.contains("refused"), "first session lost: {again}");
+}

@@ -97,6 +97,7 @@ pub struct LimitsSpec {
     pub max_retained_bytes: Option<Spanned<ByteSize>>,
     pub auth_concurrency: Option<Spanned<u64>>,
     pub auth_queue: Option<Spanned<u64>>,
+    pub max_sessions_per_identity: Option<Spanned<u64>>,
 }
 
 /// `broker.persistence:`.

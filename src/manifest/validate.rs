@@ -449,6 +449,7 @@ fn validate_limits(c: &mut Collector, l: &LimitsSpec) {
         ("max_topic_levels", &l.max_topic_levels),
         ("max_retained_messages", &l.max_retained_messages),
         ("auth_concurrency", &l.auth_concurrency),
+        ("max_sessions_per_identity", &l.max_sessions_per_identity),
     ] {
         at_least_one(c, field, value);
     }

@@ -113,6 +113,7 @@ fn broker_config(policy: &Policy) -> BrokerConfig {
         max_topic_levels: l.max_topic_levels,
         max_retained_messages: l.max_retained_messages,
         max_retained_bytes: l.max_retained_bytes,
+        max_sessions_per_identity: l.max_sessions_per_identity,
         ..BrokerConfig::default()
     }
 }
