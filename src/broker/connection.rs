@@ -954,11 +954,7 @@ impl Connection {
         Ok(())
     }
 
-    fn on_subscribe(
-        &mut self,
-        subscribe: Subscribe,
-        mut slot: Option<Slot>,
-    ) -> Result<(), Violation> {
+    fn on_subscribe(&mut self, subscribe: Subscribe, slot: Option<Slot>) -> Result<(), Violation> {
         check_user_properties(&subscribe.properties, &self.config)
             .map_err(|r| Violation(r, "too many user properties"))?;
         let identifier = subscribe
@@ -967,8 +963,9 @@ impl Connection {
             .first()
             .copied();
         let permissions = self.session.permissions();
-        let mut reasons = Vec::with_capacity(subscribe.filters.len());
-        let mut commits = Vec::new();
+        // The refusal for each filter, or `None` for one to grant.
+        let mut refusals = Vec::with_capacity(subscribe.filters.len());
+        let mut granted = Vec::new();
         for request in &subscribe.filters {
             let filter = request.filter.as_str();
             let shared = topic::parse_shared(filter).ok().flatten();
@@ -979,10 +976,10 @@ impl Connection {
                 ));
             }
             let inner = shared.map_or(filter, |(_, inner)| inner);
-            let reason = if inner.len() > self.config.max_topic_length
+            let refusal = if inner.len() > self.config.max_topic_length
                 || inner.split('/').count() > self.config.max_topic_levels
             {
-                ReasonCode::TopicFilterInvalid
+                Some(ReasonCode::TopicFilterInvalid)
             } else if !permissions.may_subscribe(&self.session.client_id, filter) {
                 tracing::info!(
                     target: "moat::audit",
@@ -991,47 +988,44 @@ impl Connection {
                     filter = %filter,
                     "subscribe denied"
                 );
-                ReasonCode::NotAuthorized
+                Some(ReasonCode::NotAuthorized)
             } else {
-                // One slot for the first filter; later filters of the same packet
-                // take what the queue has room for right now.
-                let slot = slot.take().or_else(|| {
-                    self.broker
-                        .journal()
-                        .store()
-                        .filter(|_| self.session.is_persistent())
-                        .and_then(|s| s.try_reserve().ok())
-                });
-                match self.broker.subscribe(
-                    &self.session,
-                    filter,
-                    request.options,
-                    identifier,
-                    slot,
-                ) {
-                    Ok(commit) => {
-                        commits.extend(commit);
-                        match request.options.qos {
-                            QoS::AtMostOnce => ReasonCode::Success,
-                            QoS::AtLeastOnce => ReasonCode::GrantedQoS1,
-                            QoS::ExactlyOnce => ReasonCode::GrantedQoS2,
-                        }
-                    }
-                    Err(refused) => refused,
-                }
+                granted.push((filter, request.options));
+                None
             };
-            reasons.push(reason);
+            refusals.push(refusal);
         }
+        // One lock and one durable batch for every granted filter of the packet.
+        let (results, commit) = self
+            .broker
+            .subscribe(&self.session, &granted, identifier, slot);
+        let mut results = results.into_iter();
+        let reasons = refusals
+            .into_iter()
+            .zip(&subscribe.filters)
+            .map(|(refusal, request)| match refusal {
+                Some(reason) => reason,
+                None => match results.next() {
+                    Some(Ok(())) => match request.options.qos {
+                        QoS::AtMostOnce => ReasonCode::Success,
+                        QoS::AtLeastOnce => ReasonCode::GrantedQoS1,
+                        QoS::ExactlyOnce => ReasonCode::GrantedQoS2,
+                    },
+                    Some(Err(refused)) => refused,
+                    None => ReasonCode::UnspecifiedError,
+                },
+            })
+            .collect();
         // SUBACK first, then retained messages (they go through the mailbox, which is
         // drained after the answers are encoded).
-        let suback = Packet::SubAck(SubAck {
-            packet_id: subscribe.packet_id,
-            reasons,
-            properties: Properties::default(),
-        });
-        // The writer commits in submission order: the last commit covers the rest.
-        let last = commits.into_iter().last();
-        self.reply_after(last, suback);
+        self.reply_after(
+            commit,
+            Packet::SubAck(SubAck {
+                packet_id: subscribe.packet_id,
+                reasons,
+                properties: Properties::default(),
+            }),
+        );
         Ok(())
     }
 

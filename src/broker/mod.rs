@@ -15,7 +15,7 @@ pub mod stats;
 pub mod subscriptions;
 pub mod sys;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
@@ -101,17 +101,11 @@ pub struct Routed {
     pub congested: Option<Arc<SessionLink>>,
 }
 
-/// A subscription as the session remembers it (to drop it on reload or expiry).
-#[derive(Clone)]
-#[allow(dead_code)] // kept for `$SYS` and diagnostics; the tree holds the live copy
-struct StoredSubscription {
-    options: SubscriptionOptions,
-    identifier: Option<u32>,
-}
-
 struct SessionEntry {
     link: Arc<SessionLink>,
-    subscriptions: HashMap<String, StoredSubscription>,
+    /// The session's filters (the tree holds options and identifiers), so they can
+    /// be dropped on reload or expiry.
+    subscriptions: HashSet<String>,
     /// The live connection, if any: its id and its kill switch.
     connection: Option<(u64, Arc<Kick>)>,
     expiry: Duration,
@@ -334,7 +328,7 @@ impl Broker {
                 Arc::clone(&link.client_id),
                 SessionEntry {
                     link: Arc::clone(&link),
-                    subscriptions: HashMap::new(),
+                    subscriptions: HashSet::new(),
                     connection: None,
                     expiry,
                     expires_at: expires_at.or(Some(now + config.max_session_expiry)),
@@ -367,13 +361,7 @@ impl Broker {
             }
             let options = options_from_byte(sub.options);
             if let Some(entry) = state.sessions.get_mut(sub.client_id.as_str()) {
-                entry.subscriptions.insert(
-                    sub.filter.clone(),
-                    StoredSubscription {
-                        options,
-                        identifier: sub.identifier,
-                    },
-                );
+                entry.subscriptions.insert(sub.filter.clone());
             }
             insert_into_tree(&mut state.tree, &sub.filter, link, options, sub.identifier);
         }
@@ -465,7 +453,7 @@ impl Broker {
                     Arc::clone(&link.client_id),
                     SessionEntry {
                         link: Arc::clone(&link),
-                        subscriptions: HashMap::new(),
+                        subscriptions: HashSet::new(),
                         connection: Some((connection_id, kick)),
                         expiry,
                         expires_at: None,
@@ -585,7 +573,7 @@ impl Broker {
 
     fn remove_session_locked(&self, state: &mut State, client_id: &str, batch: &mut Batch) {
         if let Some(entry) = state.sessions.remove(client_id) {
-            for (filter, _) in entry.subscriptions {
+            for filter in entry.subscriptions {
                 remove_from_tree(&mut state.tree, &filter, entry.link.id);
             }
             if entry.link.is_persistent() {
@@ -688,33 +676,51 @@ impl Broker {
         routed
     }
 
-    /// Adds (or replaces) a subscription and queues the matching retained messages
-    /// as its retain handling asks. The caller has checked the permissions.
+    /// Adds (or replaces) the subscriptions of one SUBSCRIBE and queues the matching
+    /// retained messages as each one's retain handling asks, all in one durable
+    /// batch. The caller has checked the permissions. One result per filter.
     pub fn subscribe(
         &self,
+        session: &Arc<SessionLink>,
+        requests: &[(&str, SubscriptionOptions)],
+        identifier: Option<u32>,
+        slot: Option<Slot>,
+    ) -> (Vec<Result<(), ReasonCode>>, Option<Commit>) {
+        let config = self.config();
+        let mut state = self.lock();
+        let mut batch = Batch::default();
+        let results = requests
+            .iter()
+            .map(|&(filter, options)| {
+                self.subscribe_locked(
+                    &mut state, &mut batch, &config, session, filter, options, identifier,
+                )
+            })
+            .collect();
+        let commit = batch.submit(slot);
+        drop(state);
+        (results, commit)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn subscribe_locked(
+        &self,
+        state: &mut State,
+        batch: &mut Batch,
+        config: &BrokerConfig,
         session: &Arc<SessionLink>,
         filter: &str,
         options: SubscriptionOptions,
         identifier: Option<u32>,
-        slot: Option<Slot>,
-    ) -> Result<Option<Commit>, ReasonCode> {
-        let config = self.config();
-        let mut state = self.lock();
-        let mut batch = Batch::default();
+    ) -> Result<(), ReasonCode> {
         let Some(entry) = state.sessions.get_mut(&*session.client_id) else {
             return Err(ReasonCode::UnspecifiedError);
         };
-        let existed = entry.subscriptions.contains_key(filter);
+        let existed = entry.subscriptions.contains(filter);
         if !existed && entry.subscriptions.len() >= config.max_subscriptions {
             return Err(ReasonCode::QuotaExceeded);
         }
-        entry.subscriptions.insert(
-            filter.to_owned(),
-            StoredSubscription {
-                options,
-                identifier,
-            },
-        );
+        entry.subscriptions.insert(filter.to_owned());
         if session.is_persistent() {
             batch.push(Op::PutSubscription(StoredSubscriptionRecord {
                 client_id: session.client_id.to_string(),
@@ -744,12 +750,10 @@ impl Broker {
                 message.retain = true;
                 message.subscription_ids = identifier.into_iter().collect();
                 // A subscriber's own retained burst: its queue cap applies, no one to slow down.
-                let _ = push_to(&self.stats, session, message, &mut batch);
+                let _ = push_to(&self.stats, session, message, batch);
             }
         }
-        let commit = batch.submit(slot);
-        drop(state);
-        Ok(commit)
+        Ok(())
     }
 
     /// Revocation reaches stored state: a retained message whose publisher lost
@@ -776,7 +780,7 @@ impl Broker {
         let Some(entry) = sessions.get_mut(&*session.client_id) else {
             return (false, None);
         };
-        if entry.subscriptions.remove(filter).is_none() {
+        if !entry.subscriptions.remove(filter) {
             return (false, None);
         }
         remove_from_tree(tree, filter, session.id);
@@ -815,7 +819,7 @@ impl Broker {
                     removed_sessions.push(Arc::clone(client_id));
                 }
                 Some(permissions) => {
-                    entry.subscriptions.retain(|filter, _| {
+                    entry.subscriptions.retain(|filter| {
                         let keep = permissions.may_subscribe(client_id, filter);
                         if !keep {
                             dropped.push((filter.clone(), Arc::clone(&entry.link)));
