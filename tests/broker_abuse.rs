@@ -41,12 +41,16 @@ fn connection_flood_past_the_cap_is_refused_while_clients_keep_publishing() {
     std::thread::sleep(Duration::from_millis(300));
     let port = moat.plain_port.unwrap();
     // Hold 60 idle TCP connections: the per-IP cap (30) refuses the rest.
+    // Open them all first, then give the broker time to close the refused ones, so a
+    // busy machine cannot make a slow close look like a held connection.
+    let opened: Vec<TcpStream> = (0..60)
+        .map(|_| TcpStream::connect(("127.0.0.1", port)).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_secs(2));
     let mut held = Vec::new();
     let mut refused = 0;
-    for _ in 0..60 {
-        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-        s.set_read_timeout(Some(Duration::from_millis(300)))
-            .unwrap();
+    for mut s in opened {
+        s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
         let mut b = [0u8; 1];
         match s.read(&mut b) {
             Ok(0) => refused += 1,
