@@ -20,7 +20,7 @@ use crate::protocol::{Codec, DecodeError, Role};
 
 use crate::store::{Commit, InflightOut, Op, Slot, StoredInflightOut};
 
-use super::journal::{Batch, settle, stored_message};
+use super::journal::{Batch, QueueFull, settle, stored_message};
 use super::mailbox::{InFlight, Message, Outbound, QueueLimits};
 use super::permissions::{Admission, Gatekeeper, PeerInfo};
 use super::session::{Kick, SessionLink};
@@ -66,64 +66,94 @@ impl std::fmt::Display for End {
 }
 
 /// Runs one connection to completion. `connect_deadline` counts from accept, so the
-/// TLS handshake and CONNECT share one deadline.
-pub async fn run<S>(
+/// TLS handshake and CONNECT share one deadline. `held` (the admission slot) is
+/// dropped when the connection ends.
+///
+/// An idle connection costs little more than its task's future, which is as big
+/// as its largest state for as long as the connection lives. So the CONNECT phase
+/// and the teardown (large, short-lived) run in boxed futures, and this is a plain
+/// `fn` around an `async move` block: an `async fn` would store the stream twice
+/// (once as its argument, once as a local; rust-lang/rust#62958).
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn stores its arguments twice"
+)]
+pub fn run<S, H>(
     mut stream: S,
     peer: PeerInfo,
     broker: Arc<Broker>,
     gate: Arc<dyn Gatekeeper>,
     connect_deadline: Instant,
-) where
+    held: H,
+) -> impl Future<Output = ()> + Send
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+    H: Send,
+{
+    async move {
+        let _held = &held;
+        let Some((mut conn, mut codec, mut rbuf)) = Box::pin(establish(
+            &mut stream,
+            &peer,
+            &broker,
+            &*gate,
+            connect_deadline,
+        ))
+        .await
+        else {
+            return;
+        };
+        let end = conn.run(&mut stream, &mut codec, &mut rbuf).await;
+        let log_end = end.to_string();
+        Box::pin(conn.finish(end)).await;
+        tracing::info!(
+            target: "moat::audit",
+            peer = %peer.addr,
+            client_id = %conn.session.client_id,
+            identity = %conn.session.owner,
+            end = %log_end,
+            "disconnected"
+        );
+    }
+}
+
+/// Reads the CONNECT before the deadline, authenticates it and attaches the
+/// session: the connection, its codec and any bytes read past the CONNECT.
+async fn establish<S>(
+    stream: &mut S,
+    peer: &PeerInfo,
+    broker: &Arc<Broker>,
+    gate: &dyn Gatekeeper,
+    connect_deadline: Instant,
+) -> Option<(Box<Connection>, Codec, BytesMut)>
+where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
     let config = broker.config();
     let mut codec = Codec::new(Role::Server, config.max_packet_size_before_auth);
-    let mut rbuf = BytesMut::with_capacity(1024);
+    let mut rbuf = BytesMut::with_capacity(IDLE_READ_CHUNK);
     let connect = match tokio::time::timeout_at(
         connect_deadline.into(),
-        read_connect(&mut stream, &mut codec, &mut rbuf),
+        read_connect(stream, &mut codec, &mut rbuf),
     )
     .await
     {
         Ok(Ok(connect)) => connect,
         Ok(Err(reason)) => {
             tracing::debug!(peer = %peer.addr, %reason, "connection closed before CONNECT");
-            refuse_early(&mut stream, &mut codec, &reason).await;
-            return;
+            refuse_early(stream, &mut codec, &reason).await;
+            return None;
         }
         Err(_) => {
             tracing::debug!(peer = %peer.addr, "no CONNECT before the deadline");
-            return;
+            return None;
         }
     };
-    let mut conn = match accept(
-        &mut stream,
-        &mut codec,
-        &peer,
-        &broker,
-        &*gate,
-        &config,
-        connect,
-    )
-    .await
-    {
-        Some(conn) => conn,
-        None => {
-            broker.stats.refused();
-            return;
-        }
-    };
-    let end = conn.run(&mut stream, &mut codec, &mut rbuf).await;
-    let log_end = end.to_string();
-    conn.finish(end).await;
-    tracing::info!(
-        target: "moat::audit",
-        peer = %peer.addr,
-        client_id = %conn.session.client_id,
-        identity = %conn.session.owner,
-        end = %log_end,
-        "disconnected"
-    );
+    let accepted = accept(stream, &mut codec, peer, broker, gate, &config, connect).await;
+    if accepted.is_none() {
+        broker.stats.refused();
+    }
+    accepted.map(|conn| (Box::new(conn), codec, rbuf))
 }
 
 /// Reads until a CONNECT is decoded (the codec refuses anything else first).
@@ -479,6 +509,13 @@ struct Connection {
 /// A protocol violation: close with this v5 reason.
 struct Violation(ReasonCode, &'static str);
 
+/// What [`Connection::try_handle`] did with a packet.
+enum Handled {
+    Done(Result<Option<End>, Violation>),
+    /// The store's write queue is full; the packet waits for room.
+    QueueFull(Box<Packet>),
+}
+
 impl Connection {
     async fn run<S>(&mut self, stream: &mut S, codec: &mut Codec, rbuf: &mut BytesMut) -> End
     where
@@ -504,7 +541,7 @@ impl Connection {
                             return End::Abnormal(format!("write failed: {e}"));
                         }
                     }
-                    reason = self.kick.kicked() => return self.kicked(stream, codec, reason).await,
+                    reason = self.kick.kicked() => return Box::pin(self.kicked(stream, codec, reason)).await,
                     _ = tokio::time::sleep_until(deadline.into()) => {
                         return End::Abnormal("client stopped reading (keepalive)".into());
                     }
@@ -517,14 +554,14 @@ impl Connection {
                     return End::Abnormal(format!("flush failed: {e}"));
                 }
             }
-            if rbuf.is_empty() && rbuf.capacity() > read_chunk.max(IDLE_READ_CHUNK) * 2 {
+            if rbuf.is_empty() && rbuf.capacity() > read_chunk {
                 *rbuf = BytesMut::new();
             }
             rbuf.reserve(read_chunk);
             let space = rbuf.capacity() - rbuf.len();
             let deadline = last_heard + grace;
             tokio::select! {
-                reason = self.kick.kicked() => return self.kicked(stream, codec, reason).await,
+                reason = self.kick.kicked() => return Box::pin(self.kicked(stream, codec, reason)).await,
                 read = stream.read_buf(rbuf) => {
                     match read {
                         Ok(0) => return End::Abnormal("connection closed without DISCONNECT".into()),
@@ -536,21 +573,29 @@ impl Connection {
                     }
                     loop {
                         match codec.decode(rbuf) {
-                            Ok(Some(packet)) => match self.handle_with_slot(packet).await {
-                                Ok(None) => {}
-                                Ok(Some(end)) => return end,
-                                Err(Violation(reason, why)) => {
-                                    self.flush_replies(codec, &mut wbuf).await;
-                                    return self.violation(stream, codec, &mut wbuf, reason, why).await;
+                            Ok(Some(packet)) => {
+                                let handled = match self.try_handle(packet) {
+                                    Handled::Done(result) => result,
+                                    Handled::QueueFull(packet) => {
+                                        Box::pin(self.handle_when_reserved(*packet)).await
+                                    }
+                                };
+                                match handled {
+                                    Ok(None) => {}
+                                    Ok(Some(end)) => return end,
+                                    Err(Violation(reason, why)) => {
+                                        self.flush_replies(codec, &mut wbuf).await;
+                                        return Box::pin(self.violation(stream, codec, &mut wbuf, reason, why)).await;
+                                    }
                                 }
-                            },
+                            }
                             Ok(None) => break,
                             Err(e) => {
                                 let reason = e.reason_code();
                                 let why = e.to_string();
                                 tracing::info!(client_id = %self.session.client_id, error = %why, "malformed packet");
                                 self.flush_replies(codec, &mut wbuf).await;
-                                return self.violation(stream, codec, &mut wbuf, reason, "malformed packet").await;
+                                return Box::pin(self.violation(stream, codec, &mut wbuf, reason, "malformed packet")).await;
                             }
                         }
                         if self.replies.len() >= REPLY_BATCH {
@@ -566,7 +611,7 @@ impl Connection {
                 }
                 _ = self.session.mailbox.ready() => {}
                 _ = tokio::time::sleep_until(deadline.into()) => {
-                    let _ = self.send_disconnect(stream, codec, ReasonCode::KeepAliveTimeout, None).await;
+                    let _ = Box::pin(self.send_disconnect(stream, codec, ReasonCode::KeepAliveTimeout, None)).await;
                     return End::Abnormal("keepalive timeout".into());
                 }
             }
@@ -639,10 +684,18 @@ impl Connection {
     /// Encodes the answers in order, waiting for each one's commit. A failed commit
     /// (disk full) turns a v5 acknowledgement into the refusal it has become.
     async fn flush_replies(&mut self, codec: &mut Codec, wbuf: &mut BytesMut) {
-        while let Some((commit, mut packet)) = self.replies.pop_front() {
-            if let Some(commit) = commit
-                && let Err(e) = commit.await
-            {
+        loop {
+            // Only the commit is held across the wait, not the packet: this future
+            // is part of every connection's task and should stay small.
+            let refused = match self.replies.front_mut() {
+                None => return,
+                Some((Some(commit), _)) => commit.await.err(),
+                Some((None, _)) => None,
+            };
+            let Some((_, mut packet)) = self.replies.pop_front() else {
+                return;
+            };
+            if let Some(e) = refused {
                 tracing::warn!(client_id = %self.session.client_id, error = %e, "durable write refused");
                 if let Packet::PubAck(ack) | Packet::PubRec(ack) = &mut packet {
                     ack.reason = e.reason_code();
@@ -654,11 +707,28 @@ impl Connection {
         }
     }
 
-    /// Reserves room in the durable store when this packet may change durable state.
-    async fn handle_with_slot(&mut self, packet: Packet) -> Result<Option<End>, Violation> {
-        let journal = self.broker.journal();
-        let needs_slot = journal.is_enabled()
-            && match &packet {
+    /// Handles a packet, with room reserved in the durable store first when it may
+    /// change durable state. When the write queue is full the packet comes back:
+    /// the caller waits in a boxed [`Connection::handle_when_reserved`], so the
+    /// common case keeps no packet-sized state in the connection's task.
+    fn try_handle(&mut self, packet: Packet) -> Handled {
+        if !self.needs_slot(&packet) {
+            return Handled::Done(self.handle(packet, None));
+        }
+        match self.broker.journal().try_reserve() {
+            Ok(slot) => Handled::Done(self.handle(packet, slot)),
+            Err(QueueFull) => Handled::QueueFull(Box::new(packet)),
+        }
+    }
+
+    async fn handle_when_reserved(&mut self, packet: Packet) -> Result<Option<End>, Violation> {
+        let slot = self.broker.journal().reserve().await;
+        self.handle(packet, slot)
+    }
+
+    fn needs_slot(&self, packet: &Packet) -> bool {
+        self.broker.journal().is_enabled()
+            && match packet {
                 Packet::Publish(p) => p.qos != QoS::AtMostOnce || p.retain,
                 Packet::Subscribe(_)
                 | Packet::Unsubscribe(_)
@@ -667,13 +737,7 @@ impl Connection {
                 | Packet::PubRel(_)
                 | Packet::PubComp(_) => self.session.is_persistent(),
                 _ => false,
-            };
-        let slot = if needs_slot {
-            journal.reserve().await
-        } else {
-            None
-        };
-        self.handle(packet, slot)
+            }
     }
 
     /// Encodes what the mailbox lets us send now. A persistent session's new QoS 2

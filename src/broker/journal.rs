@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use crate::protocol::properties::{from_blob, to_blob};
 use crate::protocol::{Properties, QoS};
-use crate::store::{Commit, Op, Slot, Store, StoredMessage};
+use crate::store::{Commit, Op, Slot, Store, StoreError, StoredMessage};
 
 use super::mailbox::Message;
 use super::session::SessionLink;
@@ -36,12 +36,31 @@ impl Journal {
     /// full). `None` when persistence is off or the store has stopped.
     pub async fn reserve(&self) -> Option<Slot> {
         let store = self.store.as_ref()?;
-        match store.reserve().await {
-            Ok(slot) => Some(slot),
-            Err(e) => {
-                tracing::error!(error = %e, "durable store unavailable");
-                None
-            }
+        unavailable_as_none(store.reserve().await)
+    }
+
+    /// [`Journal::reserve`] without waiting: `Err(QueueFull)` when it would wait.
+    pub fn try_reserve(&self) -> Result<Option<Slot>, QueueFull> {
+        let Some(store) = self.store.as_ref() else {
+            return Ok(None);
+        };
+        match store.try_reserve() {
+            Err(StoreError::Busy) => Err(QueueFull),
+            result => Ok(unavailable_as_none(result)),
+        }
+    }
+}
+
+/// The store's write queue is full; [`Journal::reserve`] waits for room.
+#[derive(Debug)]
+pub struct QueueFull;
+
+fn unavailable_as_none(reserved: Result<Slot, StoreError>) -> Option<Slot> {
+    match reserved {
+        Ok(slot) => Some(slot),
+        Err(e) => {
+            tracing::error!(error = %e, "durable store unavailable");
+            None
         }
     }
 }

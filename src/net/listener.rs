@@ -62,20 +62,22 @@ pub async fn serve_listener(
         };
         let _ = tcp.set_nodelay(true);
         let deadline = Instant::now() + broker.config().connect_timeout;
-        let kind = listener.kind;
-        let (tls, broker, gate) = (Arc::clone(&tls), Arc::clone(&broker), Arc::clone(&gate));
-        tokio::spawn(async move {
-            let _slot = slot;
-            match kind {
-                ListenerKind::Plain => {
-                    let peer = PeerInfo {
-                        addr,
-                        listener: kind,
-                        certificate_name: None,
-                    };
-                    connection::run(tcp, peer, broker, gate, deadline).await;
-                }
-                ListenerKind::Tls => {
+        let (broker, gate) = (Arc::clone(&broker), Arc::clone(&gate));
+        // One task per connection, sized for its transport's stream and the steady
+        // state alone: a plaintext connection's task must not carry room for a TLS
+        // stream, and a TLS connection's must not keep room for the handshake.
+        match listener.kind {
+            ListenerKind::Plain => {
+                let peer = PeerInfo {
+                    addr,
+                    listener: ListenerKind::Plain,
+                    certificate_name: None,
+                };
+                tokio::spawn(connection::run(tcp, peer, broker, gate, deadline, slot));
+            }
+            ListenerKind::Tls => {
+                let tls = Arc::clone(&tls);
+                tokio::spawn(async move {
                     let shaken =
                         tokio::time::timeout_at(deadline.into(), handshake(&tls, tcp)).await;
                     let (stream, certificate_name) = match shaken {
@@ -91,12 +93,13 @@ pub async fn serve_listener(
                     };
                     let peer = PeerInfo {
                         addr,
-                        listener: kind,
+                        listener: ListenerKind::Tls,
                         certificate_name,
                     };
-                    connection::run(stream, peer, broker, gate, deadline).await;
-                }
+                    // The handshake's task ends here; the connection gets its own.
+                    tokio::spawn(connection::run(stream, peer, broker, gate, deadline, slot));
+                });
             }
-        });
+        }
     }
 }
