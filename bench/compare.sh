@@ -10,7 +10,7 @@
 # several rounds, and prints a markdown table of medians and moat/mosquitto ratios.
 #
 # Usage: bench/compare.sh [--quick] [--rounds N] [--moat PATH] [--out FILE] [--keep]
-#   --quick     ~2-3 minutes: 1 round, 2 s windows, fewer scenarios
+#   --quick     ~4 minutes: 1 round, 2 s windows, fewer scenarios
 #   --rounds N  rounds (default 3)
 #   --moat P    the moat binary (default: $CARGO_TARGET_DIR/release/moat); it is
 #               copied first so a concurrent build cannot swap it mid-run
@@ -102,9 +102,13 @@ users:
 EOF
 "$MOAT" provision --manifest "$WORK/moat.yaml" --state "$WORK/moat-state" >/dev/null
 CA="$WORK/moat-state/ca.pem"
+# The same broker with durability `full`: every commit fsynced before its PUBACK.
+sed 's/durability: batched/durability: full/' "$WORK/moat.yaml" > "$WORK/moat-full.yaml"
 
-start_moat() {
-  "$MOAT" serve --manifest "$WORK/moat.yaml" --state "$WORK/moat-state" >>"$WORK/moat.log" 2>&1 &
+start_moat() { # [batched|full]
+  local manifest="$WORK/moat.yaml"
+  [ "${1:-batched}" = full ] && manifest="$WORK/moat-full.yaml"
+  "$MOAT" serve --manifest "$manifest" --state "$WORK/moat-state" >>"$WORK/moat.log" 2>&1 &
   MOAT_PID=$!
   wait_port "$MOAT_TLS" 30
 }
@@ -166,6 +170,16 @@ SCENARIOS=(
   "latency 1000/s q1|tls|latency --rate 1000 --qos 1 --payload 64 $LWIN"
   "connect-rate x8|tls|connect-rate --parallel 8 $CWIN"
 )
+# Subscribers with persistent sessions: every QoS 1 message must be stored for them.
+# Run once against moat with durability `batched`, once with `full`, counting the
+# brokers' fsync/fdatasync calls (with perf, when it can trace syscalls).
+DURABLE=(
+  "fan-in 8->1 q1 64B persistent|tls|fan-in --publishers 8 --qos 1 --payload 64 --persistent-subscribers $WIN"
+)
+HAVE_PERF=0
+if command -v perf >/dev/null && perf stat -e syscalls:sys_enter_fsync -- true >/dev/null 2>&1; then
+  HAVE_PERF=1
+fi
 if [ "$QUICK" = 1 ]; then
   IDLE=("idle 1000|plain|1000" "idle 1000|tls|1000" "idle 10000|tls|10000")
 else
@@ -204,6 +218,38 @@ run_bench() { # broker name transport round args...
 
 pid_of() { if [ "$1" = moat ]; then echo "$MOAT_PID"; else echo "$MOSQ_PID"; fi; }
 
+# run_bench, plus the broker's fsync + fdatasync calls per second over the run.
+run_bench_counting_fsyncs() { # broker name transport round args...
+  local perf="" started finished count
+  if [ "$HAVE_PERF" = 1 ]; then
+    perf stat -x, -e syscalls:sys_enter_fsync,syscalls:sys_enter_fdatasync \
+      -p "$(pid_of "$1")" -o "$WORK/perf.out" 2>>"$WORK/bench.err" &
+    perf=$!
+  fi
+  started=$(date +%s.%N)
+  run_bench "$@"
+  finished=$(date +%s.%N)
+  if [ -n "$perf" ]; then
+    kill -INT "$perf" 2>/dev/null || true
+    wait "$perf" 2>/dev/null || true
+    count=$(awk -F, '/sys_enter_f/ {n += $1} END {print n + 0}' "$WORK/perf.out")
+    record "$1" "$2" "$3" "$4" "{\"scenario\":\"fsyncs\",\"fsyncs\":$count,\"secs\":$(awk -v a="$started" -v b="$finished" 'BEGIN {print b - a}')}"
+  fi
+}
+
+# Every scenario against both brokers, in $ORDER.
+run_each() { # round runner name-suffix "name|transport|args"...
+  local round=$1 runner=$2 suffix=$3 spec name transport args broker
+  shift 3
+  for spec in "$@"; do
+    IFS='|' read -r name transport args <<<"$spec"
+    for broker in $ORDER; do
+      # shellcheck disable=SC2086
+      "$runner" "$broker" "$name$suffix" "$transport" "$round" $args
+    done
+  done
+}
+
 STARTED=$(date +%s)
 echo "moat $MOAT_TLS/$MOAT_PLAIN, mosquitto $MOSQ_TLS/$MOSQ_PLAIN, work $WORK, $ROUNDS round(s)" >&2
 for round in $(seq 1 "$ROUNDS"); do
@@ -229,13 +275,11 @@ for round in $(seq 1 "$ROUNDS"); do
   done
 
   start_moat; start_mosq
-  for spec in "${SCENARIOS[@]}"; do
-    IFS='|' read -r name transport args <<<"$spec"
-    for broker in $ORDER; do
-      # shellcheck disable=SC2086
-      run_bench "$broker" "$name" "$transport" "$round" $args
-    done
-  done
+  run_each "$round" run_bench "" "${SCENARIOS[@]}"
+  run_each "$round" run_bench_counting_fsyncs ", moat batched" "${DURABLE[@]}"
+  stop_moat
+  start_moat full
+  run_each "$round" run_bench_counting_fsyncs ", moat full" "${DURABLE[@]}"
   stop_moat; stop_mosq
 done
 
@@ -290,7 +334,13 @@ rows = [json.loads(l) for l in open(path) if l.strip()]
 def metrics(r):
     s = r["scenario"]
     if s in ("fan-in", "fan-out"):
-        return [("msg/s delivered", r["received_per_sec"], "higher")]
+        out = [("msg/s delivered", r["received_per_sec"], "higher")]
+        if r["qos"] > 0:
+            # Both brokers drop QoS 1/2 messages for a subscriber whose queue is full.
+            out.append(("% of acked delivered", 100.0 * r["received"] / max(r["expected"], 1), "higher"))
+        return out
+    if s == "fsyncs":
+        return [("fsync+fdatasync calls/s", r["fsyncs"] / r["secs"], "-")]
     if s == "latency":
         return [("p50 us", r["latency"]["p50_us"], "lower"), ("p99 us", r["latency"]["p99_us"], "lower"),
                 ("max us", r["latency"]["max_us"], "lower")]
@@ -329,7 +379,7 @@ for key in order:
     t = table[key]
     m = statistics.median(t["moat"]) if t["moat"] else None
     q = statistics.median(t["mosquitto"]) if t["mosquitto"] else None
-    ratio = f"{m / q:.2f}x" if m is not None and q else "-"
+    ratio = f"{m / q:.2f}x" if m is not None and q and t["better"] != "-" else "-"
     print(f"| {key[0]} | {key[1]} | {key[2]} | {fmt(m)} | {fmt(q)} | {ratio} | {t['better']} |")
 
 cross = {r["broker"]: r for r in rows if r["round"] == 0}

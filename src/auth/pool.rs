@@ -47,6 +47,12 @@ pub struct AuthConfig {
     pub cache_capacity: usize,
     /// How long a remembered success stays valid.
     pub cache_ttl: Duration,
+    /// Keep one argon2 working buffer (19 MiB) per slot between verifications.
+    /// Needed under glibc's default malloc, which otherwise leaves freed buffers
+    /// resident in per-thread arenas (a storm of 60 wrong passwords: 280 MB);
+    /// unnecessary when freed large blocks are unmapped (see `commands::serve`),
+    /// and then an idle broker gives the memory back.
+    pub keep_working_memory: bool,
 }
 
 impl Default for AuthConfig {
@@ -59,6 +65,7 @@ impl Default for AuthConfig {
             lockout: LockoutConfig::default(),
             cache_capacity: 1024,
             cache_ttl: Duration::from_secs(10 * 60),
+            keep_working_memory: true,
         }
     }
 }
@@ -159,11 +166,12 @@ impl Authenticator {
         // spawn_blocking cannot be cancelled, so the permit travels with the work and is
         // released when the hash is done, even if this caller has gone away.
         let scratch_pool = Arc::clone(&self.scratch);
+        let keep = self.cfg.keep_working_memory;
         let outcome = tokio::task::spawn_blocking(move || {
             let _permit = permit;
             let mut scratch = lock(&scratch_pool).pop().unwrap_or_default();
             let result = verify_password_with(&hash, &secret, &mut scratch);
-            if scratch.capacity_bytes() <= KEEP_SCRATCH_BYTES {
+            if keep && scratch.capacity_bytes() <= KEEP_SCRATCH_BYTES {
                 lock(&scratch_pool).push(scratch);
             }
             result
@@ -566,6 +574,10 @@ mod tests {
         let _guard = tracing::subscriber::set_default(subscriber);
 
         let auth = Authenticator::new(fast_config());
+        // Another test thread may have registered the audit callsite while only the
+        // global no-op subscriber existed, caching "never"; recompute it now that
+        // this thread's subscriber is known.
+        tracing::callsite::rebuild_interest_cache();
         let stored = cheap_hash(b"Tr0ub4dor");
         let _ = auth
             .verify("alice", Some(&stored), b"Tr0ub4dor", PEER)

@@ -45,7 +45,12 @@ pub struct Target {
     password: Option<Bytes>,
     pub protocol: Protocol,
     source_addresses: u8,
+    /// Log in with a session that outlives the connection (see `persistent`).
+    persistent: bool,
 }
+
+/// How long a persistent benchmark session outlives its connection (v5).
+const PERSISTENT_SESSION_SECS: u32 = 60;
 
 impl Target {
     pub fn from_args(args: &CommonArgs) -> Result<Target, BenchError> {
@@ -83,7 +88,18 @@ impl Target {
             password: args.password.clone().map(Bytes::from),
             protocol: args.protocol,
             source_addresses: args.source_addresses,
+            persistent: false,
         })
+    }
+
+    /// The same broker, logging in with sessions that outlive the connection (v5
+    /// session expiry, 3.1.1 clean session off): a broker must then keep every
+    /// QoS 1/2 message for them until acknowledged, which moat makes durable.
+    pub fn persistent(&self) -> Target {
+        Target {
+            persistent: true,
+            ..self.clone()
+        }
     }
 
     pub fn is_tls(&self) -> bool {
@@ -158,13 +174,17 @@ impl Target {
         let mut client = Client::new(stream, version);
         let connect = Connect {
             protocol: version,
-            clean_start: true,
+            clean_start: !self.persistent,
             keep_alive: KEEP_ALIVE_SECS,
             client_id: client_id.to_owned(),
             will: None,
             username: self.username.clone(),
             password: self.password.clone(),
-            properties: Properties::default(),
+            properties: Properties {
+                session_expiry_interval: (self.persistent && version == ProtocolVersion::V5)
+                    .then_some(PERSISTENT_SESSION_SECS),
+                ..Properties::default()
+            },
         };
         client.queue(&Packet::Connect(Box::new(connect)))?;
         client.flush().await?;

@@ -101,7 +101,12 @@ async fn run_flow(
         (format!("{base}/out"), Box::new(move |_| format!("{b}/out")))
     };
 
-    let subs = connect_all(target, &format!("bs-{tag}"), subscribers, 0).await?;
+    let sub_target = if flow.persistent_subscribers {
+        target.persistent()
+    } else {
+        target.clone()
+    };
+    let subs = connect_all(&sub_target, &format!("bs-{tag}"), subscribers, 0).await?;
     let mut subscribed = Vec::with_capacity(subs.len());
     for mut sub in subs {
         sub.subscribe(&filter, flow.qos).await?;
@@ -178,6 +183,7 @@ async fn run_flow(
         result: Measured::Flow(FlowResult {
             publishers,
             subscribers,
+            persistent_subscribers: flow.persistent_subscribers,
             qos: flow.qos as u8,
             payload_bytes: flow.payload,
             window_secs: window,

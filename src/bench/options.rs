@@ -141,6 +141,12 @@ pub struct FlowArgs {
     /// QoS 1/2 messages a publisher keeps unacknowledged at once.
     #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u16).range(1..=1000))]
     pub inflight: u16,
+    /// Subscribers keep their session after disconnecting (v5 session expiry
+    /// 60 s, 3.1.1 clean session off), so the broker must hold every QoS 1/2
+    /// message for them durably (moat writes it to its store; mosquitto keeps it
+    /// in memory until its next autosave).
+    #[arg(long)]
+    pub persistent_subscribers: bool,
 }
 
 #[derive(Debug, Clone, Args)]

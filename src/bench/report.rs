@@ -29,6 +29,8 @@ pub enum Measured {
 pub struct FlowResult {
     pub publishers: usize,
     pub subscribers: usize,
+    /// Subscribers kept their sessions (the broker had to store their messages).
+    pub persistent_subscribers: bool,
     pub qos: u8,
     pub payload_bytes: usize,
     pub window_secs: f64,
@@ -104,7 +106,16 @@ impl Report {
             Measured::Flow(r) => rows.extend([
                 (
                     "publishers -> subscribers",
-                    format!("{} -> {}", r.publishers, r.subscribers),
+                    format!(
+                        "{} -> {}{}",
+                        r.publishers,
+                        r.subscribers,
+                        if r.persistent_subscribers {
+                            " (persistent sessions)"
+                        } else {
+                            ""
+                        }
+                    ),
                 ),
                 (
                     "qos / payload",
@@ -211,6 +222,7 @@ mod tests {
             result: Measured::Flow(FlowResult {
                 publishers: 8,
                 subscribers: 1,
+                persistent_subscribers: false,
                 qos: 0,
                 payload_bytes: 64,
                 window_secs: 1.0,

@@ -32,8 +32,10 @@ const READ_CHUNK: usize = 8 * 1024;
 /// and 10 000 of them must fit in a Pi's memory.
 const IDLE_READ_CHUNK: usize = 512;
 /// Once the write buffer holds this much, write it before draining more.
-/// Longest a publisher waits for a full subscriber queue to drain.
+/// Longest a publisher waits for a full subscriber queue to make progress.
 const BACKPRESSURE_WAIT: Duration = Duration::from_millis(5);
+/// Longest a publisher waits for a draining subscriber in all, per overflow.
+const BACKPRESSURE_LIMIT: Duration = Duration::from_millis(250);
 /// Answers gathered from one read before they are written.
 const REPLY_BATCH: usize = 256;
 /// Write buffers bigger than this are dropped when the connection goes idle.
@@ -465,6 +467,24 @@ where
     })
 }
 
+/// Backpressure: a publisher whose messages overflowed a subscriber's queue reads
+/// nothing more until that subscriber has drained half its queue, instead of
+/// reading on only for the broker to drop. It waits only while the subscriber
+/// keeps draining (a step of at most `BACKPRESSURE_WAIT`), and at most
+/// `BACKPRESSURE_LIMIT` in all: a subscriber that stopped reading costs the
+/// publisher one short wait, a slow one cannot hold it for long.
+async fn wait_for_drain(subscriber: &SessionLink) {
+    let until = Instant::now() + BACKPRESSURE_LIMIT;
+    while !subscriber.mailbox.half_empty() && Instant::now() < until {
+        if tokio::time::timeout(BACKPRESSURE_WAIT, subscriber.mailbox.room())
+            .await
+            .is_err()
+        {
+            return;
+        }
+    }
+}
+
 /// Checks a topic name against the broker's size limits.
 fn check_topic_limits(topic: &str, config: &BrokerConfig) -> Result<(), ReasonCode> {
     if topic.len() > config.max_topic_length || topic.split('/').count() > config.max_topic_levels {
@@ -602,11 +622,8 @@ impl Connection {
                             break;
                         }
                     }
-                    // Backpressure: a publisher whose messages overflow a subscriber's
-                    // queue waits (briefly: a stuck subscriber must not stall it) until
-                    // that subscriber drains, instead of reading on only to drop.
                     if let Some(full) = self.congested.take() {
-                        let _ = tokio::time::timeout(BACKPRESSURE_WAIT, full.mailbox.room()).await;
+                        Box::pin(wait_for_drain(&full)).await;
                     }
                 }
                 _ = self.session.mailbox.ready() => {}

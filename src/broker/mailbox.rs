@@ -319,6 +319,14 @@ impl Mailbox {
         self.lock().limits
     }
 
+    /// At most half the queue's message and byte limits are used (a congested
+    /// publisher waits for this; see `connection::wait_for_drain`).
+    pub fn half_empty(&self) -> bool {
+        let s = self.lock();
+        (s.queue.len() + s.staged.len()) * 2 <= s.limits.max_messages
+            && s.queued_bytes * 2 <= s.limits.max_bytes
+    }
+
     /// Messages dropped because the queue was full, since the session began.
     pub fn dropped(&self) -> u64 {
         self.lock().dropped

@@ -10,15 +10,30 @@ use crate::cli::{GlobalArgs, ServeArgs};
 use crate::manifest::{StarterScope, starter_manifest};
 use crate::server::{ServeOptions, serve};
 
-/// Logs go to stderr (journald captures them); `RUST_LOG` overrides the level.
+/// Logs go to stderr (journald captures them); `RUST_LOG` overrides the level with
+/// `level` or `target=level` directives (`RUST_LOG=moat::broker=debug,info`).
+/// `Targets` rather than `EnvFilter`: the same directives without a regex engine,
+/// whose code pages an idle broker on a 512 MB Pi would otherwise carry.
 pub fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+
+    let default = tracing_subscriber::filter::Targets::new()
+        .with_default(tracing::level_filters::LevelFilter::INFO);
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(directives) => directives.parse().unwrap_or_else(|e| {
+            eprintln!("moat: ignoring RUST_LOG={directives:?}: {e}");
+            default
+        }),
+        Err(_) => default,
+    };
+    let format = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(true)
+        .with_target(true);
+    let _ = tracing_subscriber::registry()
+        .with(format)
+        .with(filter)
         .try_init();
 }
 
@@ -53,8 +68,61 @@ pub fn default_pid_file(global: &GlobalArgs) -> std::path::PathBuf {
     global.state.join("moat.pid")
 }
 
+/// The glibc tunable that fixes malloc's mmap threshold.
+const MMAP_THRESHOLD_TUNABLE: &str = "glibc.malloc.mmap_threshold";
+/// glibc's initial threshold: blocks from 128 KiB up are mapped, and unmapped when freed.
+const MMAP_THRESHOLD_BYTES: usize = 128 * 1024;
+
+/// Makes sure this process runs with a fixed malloc mmap threshold, re-executing
+/// itself (same PID, same arguments) with the glibc tunable set if it is not.
+/// Returns whether the threshold is fixed; returns at all only if it already was or
+/// the re-exec failed.
+///
+/// Why: glibc raises its mmap threshold the first time a mapped block is freed, so
+/// after the first login argon2's 19 MiB working memory comes from per-thread
+/// arenas that keep it resident (60 wrong passwords in a burst left 280 MB). With a
+/// fixed threshold every verification's memory goes back to the OS when it ends.
+/// Tunables are read only at process start, and setting them needs no unsafe code.
+fn fixed_mmap_threshold() -> bool {
+    use std::os::unix::process::CommandExt;
+
+    let tunables = std::env::var("GLIBC_TUNABLES").unwrap_or_default();
+    if tunables
+        .split(':')
+        .any(|tunable| tunable.starts_with(MMAP_THRESHOLD_TUNABLE))
+    {
+        return true;
+    }
+    if !cfg!(target_env = "gnu") {
+        // musl unmaps large blocks on free anyway, but keep the safe default.
+        return false;
+    }
+    let exe = match std::env::current_exe() {
+        Ok(exe) => exe,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot find this executable to set malloc tunables");
+            return false;
+        }
+    };
+    let setting = format!("{MMAP_THRESHOLD_TUNABLE}={MMAP_THRESHOLD_BYTES}");
+    let tunables = if tunables.is_empty() {
+        setting
+    } else {
+        format!("{tunables}:{setting}")
+    };
+    let mut args = std::env::args_os();
+    let mut command = std::process::Command::new(exe);
+    if let Some(arg0) = args.next() {
+        command.arg0(arg0);
+    }
+    let error = command.args(args).env("GLIBC_TUNABLES", tunables).exec();
+    tracing::warn!(%error, "cannot re-execute with a fixed malloc mmap threshold; argon2 memory stays allocated per slot");
+    false
+}
+
 pub fn run(global: &GlobalArgs, args: &ServeArgs) -> anyhow::Result<u8> {
     init_logging();
+    let large_frees_unmap = fixed_mmap_threshold();
     if !global.manifest.exists() {
         create_starter(global)?;
     }
@@ -70,6 +138,7 @@ pub fn run(global: &GlobalArgs, args: &ServeArgs) -> anyhow::Result<u8> {
                 .clone()
                 .unwrap_or_else(|| default_pid_file(global)),
         ),
+        large_frees_unmap,
     }))?;
     Ok(super::EXIT_OK)
 }

@@ -54,6 +54,9 @@ pub struct ServeOptions {
     pub manifest: PathBuf,
     pub state: PathBuf,
     pub pid_file: Option<PathBuf>,
+    /// malloc gives large freed blocks straight back to the OS (a fixed mmap
+    /// threshold), so argon2's working memory need not be kept between logins.
+    pub large_frees_unmap: bool,
 }
 
 /// Everything that changes when the manifest does.
@@ -173,6 +176,7 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
     let auth = Authenticator::new(AuthConfig {
         concurrency: policy.limits.auth_concurrency,
         queue: policy.limits.auth_queue,
+        keep_working_memory: !options.large_frees_unmap,
         ..AuthConfig::default()
     });
     let admission = AdmissionControl::new(admission_settings(policy));
