@@ -325,3 +325,43 @@ fn silent_connection_is_closed_at_the_deadline() {
         "closed after {waited:?}"
     );
 }
+
+/// Not hostile, but a load a broker must not choke on: a 3.1.1 client (which has no
+/// receive maximum) writes CONNECT, 600 QoS 1 PUBLISHes and a PINGREQ at once, then
+/// only reads. Every answer must come without the client sending more: packets left
+/// in the read buffer after a batch of answers are handled before reading again.
+#[test]
+fn pipelined_packets_are_all_answered_without_further_input() {
+    const PUBLISHES: u16 = 600;
+    let moat = Moat::start_with(BODY, true, "");
+    let mut burst = connect_packet(4, "pipeliner");
+    for id in 1..=PUBLISHES {
+        let mut body = string(b"home/pipelined");
+        body.extend_from_slice(&id.to_be_bytes());
+        body.extend_from_slice(b"payload");
+        burst.extend(packet(0x32, &body));
+    }
+    burst.extend_from_slice(&[0xC0, 0x00]); // PINGREQ
+    let mut s = open(&moat);
+    s.write_all(&burst).unwrap();
+
+    // CONNACK, a PUBACK per PUBLISH in order, PINGRESP.
+    let mut expected = vec![0x20, 0x02, 0x00, 0x00];
+    for id in 1..=PUBLISHES {
+        expected.extend_from_slice(&[0x40, 0x02]);
+        expected.extend_from_slice(&id.to_be_bytes());
+    }
+    expected.extend_from_slice(&[0xD0, 0x00]);
+    let mut got = vec![0u8; expected.len()];
+    let read = s.read_exact(&mut got);
+    assert!(
+        read.is_ok(),
+        "answers stopped ({read:?}) before all {} bytes arrived\n{}",
+        expected.len(),
+        moat.log()
+    );
+    assert!(
+        got == expected,
+        "answers differ from CONNACK, PUBACK 1..={PUBLISHES}, PINGRESP"
+    );
+}

@@ -548,6 +548,8 @@ impl Connection {
         // 1.5 times the keepalive (MQTT-3.1.2-24).
         let grace = self.keep_alive + self.keep_alive / 2;
         let mut last_heard = Instant::now();
+        // `rbuf` may hold packets not yet handled.
+        let mut buffered = !rbuf.is_empty();
         loop {
             // Answer what was read, then drain the mailbox, in one write.
             self.flush_replies(codec, &mut wbuf).await;
@@ -574,63 +576,82 @@ impl Connection {
                     return End::Abnormal(format!("flush failed: {e}"));
                 }
             }
-            if rbuf.is_empty() && rbuf.capacity() > read_chunk {
-                *rbuf = BytesMut::new();
-            }
-            rbuf.reserve(read_chunk);
-            let space = rbuf.capacity() - rbuf.len();
-            let deadline = last_heard + grace;
-            tokio::select! {
-                reason = self.kick.kicked() => return Box::pin(self.kicked(stream, codec, reason)).await,
-                read = stream.read_buf(rbuf) => {
-                    match read {
+            if !buffered {
+                if rbuf.is_empty() && rbuf.capacity() > read_chunk {
+                    *rbuf = BytesMut::new();
+                }
+                rbuf.reserve(read_chunk);
+                let space = rbuf.capacity() - rbuf.len();
+                let deadline = last_heard + grace;
+                tokio::select! {
+                    reason = self.kick.kicked() => return Box::pin(self.kicked(stream, codec, reason)).await,
+                    read = stream.read_buf(rbuf) => match read {
                         Ok(0) => return End::Abnormal("connection closed without DISCONNECT".into()),
                         Ok(n) => {
                             last_heard = Instant::now();
                             read_chunk = if n >= space { READ_CHUNK } else { IDLE_READ_CHUNK };
+                            buffered = true;
                         }
                         Err(e) => return End::Abnormal(format!("read failed: {e}")),
+                    },
+                    _ = self.session.mailbox.ready() => {}
+                    _ = tokio::time::sleep_until(deadline.into()) => {
+                        let _ = Box::pin(self.send_disconnect(stream, codec, ReasonCode::KeepAliveTimeout, None)).await;
+                        return End::Abnormal("keepalive timeout".into());
                     }
-                    loop {
-                        match codec.decode(rbuf) {
-                            Ok(Some(packet)) => {
-                                let handled = match self.try_handle(packet) {
-                                    Handled::Done(result) => result,
-                                    Handled::QueueFull(packet) => {
-                                        Box::pin(self.handle_when_reserved(*packet)).await
-                                    }
-                                };
-                                match handled {
-                                    Ok(None) => {}
-                                    Ok(Some(end)) => return end,
-                                    Err(Violation(reason, why)) => {
-                                        self.flush_replies(codec, &mut wbuf).await;
-                                        return Box::pin(self.violation(stream, codec, &mut wbuf, reason, why)).await;
-                                    }
-                                }
+                }
+            }
+            if !buffered {
+                continue;
+            }
+            // Handle what was read until a batch of answers is due or a subscriber's
+            // queue overflowed; the rest stays buffered for the next turn (which reads
+            // nothing new until it is handled).
+            buffered = false;
+            loop {
+                match codec.decode(rbuf) {
+                    Ok(Some(packet)) => {
+                        let handled = match self.try_handle(packet) {
+                            Handled::Done(result) => result,
+                            Handled::QueueFull(packet) => {
+                                Box::pin(self.handle_when_reserved(*packet)).await
                             }
-                            Ok(None) => break,
-                            Err(e) => {
-                                let reason = e.reason_code();
-                                let why = e.to_string();
-                                tracing::info!(client_id = %self.session.client_id, error = %why, "malformed packet");
+                        };
+                        match handled {
+                            Ok(None) => {}
+                            Ok(Some(end)) => return end,
+                            Err(Violation(reason, why)) => {
                                 self.flush_replies(codec, &mut wbuf).await;
-                                return Box::pin(self.violation(stream, codec, &mut wbuf, reason, "malformed packet")).await;
+                                return Box::pin(
+                                    self.violation(stream, codec, &mut wbuf, reason, why),
+                                )
+                                .await;
                             }
                         }
-                        if self.replies.len() >= REPLY_BATCH {
-                            break;
-                        }
                     }
-                    if let Some(full) = self.congested.take() {
-                        Box::pin(wait_for_drain(&full)).await;
+                    Ok(None) => break,
+                    Err(e) => {
+                        let reason = e.reason_code();
+                        let why = e.to_string();
+                        tracing::info!(client_id = %self.session.client_id, error = %why, "malformed packet");
+                        self.flush_replies(codec, &mut wbuf).await;
+                        return Box::pin(self.violation(
+                            stream,
+                            codec,
+                            &mut wbuf,
+                            reason,
+                            "malformed packet",
+                        ))
+                        .await;
                     }
                 }
-                _ = self.session.mailbox.ready() => {}
-                _ = tokio::time::sleep_until(deadline.into()) => {
-                    let _ = Box::pin(self.send_disconnect(stream, codec, ReasonCode::KeepAliveTimeout, None)).await;
-                    return End::Abnormal("keepalive timeout".into());
+                if self.replies.len() >= REPLY_BATCH || self.congested.is_some() {
+                    buffered = true;
+                    break;
                 }
+            }
+            if let Some(full) = self.congested.take() {
+                Box::pin(wait_for_drain(&full)).await;
             }
         }
     }
