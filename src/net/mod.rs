@@ -1,11 +1,13 @@
 //! The network edge: listeners, admission before any TLS byte is read (allowed
-//! networks, per-IP and total connection caps), the rustls acceptor that picks the
-//! ECDSA or RSA certificate per ClientHello, and hand-over of the stream to the
+//! networks, per-IP and total connection caps), the TLS server stream over rustls'
+//! unbuffered API (our buffers, released when idle) that picks the ECDSA or RSA
+//! certificate per ClientHello, and hand-over of the stream to the
 //! broker's connection driver. It knows nothing of MQTT beyond that hand-over.
 
 pub mod admission;
 pub mod listener;
 pub mod tls;
+pub mod tls_stream;
 
 pub use admission::{Admission as AdmissionControl, AdmissionSettings};
 pub use listener::{Listener, serve_listener};

@@ -3,7 +3,8 @@
 //! small records for clients whose ClientHello offers no ECDSA signature scheme
 //! (Tasmota on ESP8266 has 1-2 KB TLS buffers). Client certificates are optional at
 //! the TLS layer and, when sent, must chain to moat's CA; the common name then names
-//! the device.
+//! the device. The stream itself is `net::tls_stream` (rustls' unbuffered API with
+//! buffers released when idle).
 
 use std::sync::Arc;
 
@@ -12,10 +13,10 @@ use rustls::SignatureScheme;
 use rustls::server::WebPkiClientVerifier;
 use rustls_pki_types::CertificateDer;
 use tokio::net::TcpStream;
-use tokio_rustls::LazyConfigAcceptor;
-use tokio_rustls::server::TlsStream;
 
 use crate::pki::ServerCredentials;
+
+use super::tls_stream::TlsStream;
 
 /// TLS record size for the RSA (small-device) configuration.
 const SMALL_DEVICE_RECORD_SIZE: usize = 1024;
@@ -80,10 +81,12 @@ impl TlsSettings {
         Ok(TlsSettings { ecdsa, rsa })
     }
 
-    /// Picks the configuration for a ClientHello: ECDSA whenever the client can
-    /// verify it, RSA otherwise (if we have one).
-    fn choose(&self, schemes: &[SignatureScheme]) -> Arc<rustls::ServerConfig> {
-        let ecdsa_ok = schemes.contains(&SignatureScheme::ECDSA_NISTP256_SHA256);
+    /// Picks the configuration for a ClientHello's signature schemes: ECDSA whenever
+    /// the client can verify it, RSA otherwise (if we have one). A ClientHello that
+    /// could not be parsed up front (`None`: split over records) gets ECDSA.
+    fn choose(&self, schemes: Option<&[SignatureScheme]>) -> Arc<rustls::ServerConfig> {
+        let ecdsa_ok =
+            schemes.is_none_or(|schemes| schemes.contains(&SignatureScheme::ECDSA_NISTP256_SHA256));
         match (&self.rsa, ecdsa_ok) {
             (Some(rsa), false) => Arc::clone(rsa),
             _ => Arc::clone(&self.ecdsa),
@@ -96,16 +99,9 @@ impl TlsSettings {
 pub async fn handshake(
     settings: &ArcSwap<TlsSettings>,
     tcp: TcpStream,
-) -> std::io::Result<(TlsStream<TcpStream>, Option<String>)> {
-    let start = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp).await?;
-    let config = {
-        let hello = start.client_hello();
-        settings.load().choose(hello.signature_schemes())
-    };
-    let stream = start.into_stream(config).await?;
+) -> std::io::Result<(TlsStream, Option<String>)> {
+    let stream = TlsStream::accept(tcp, |schemes| settings.load().choose(schemes)).await?;
     let name = stream
-        .get_ref()
-        .1
         .peer_certificates()
         .and_then(|certs| certs.first())
         .and_then(common_name);
