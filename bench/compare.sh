@@ -6,14 +6,15 @@
 # listener, one user `bench` with a password (argon2id for moat, mosquitto_passwd's
 # PBKDF2-SHA512 for mosquitto), an ACL granting readwrite on bench/#, in-flight 20,
 # 1000 queued messages per client, TCP_NODELAY, raised connection caps. Then it runs
-# every scenario of `moat bench` against both, alternating moat/mosquitto, for
+# every scenario of `moat-bench` against both, alternating moat/mosquitto, for
 # several rounds, and prints a markdown table of medians and moat/mosquitto ratios.
 #
 # Usage: bench/compare.sh [--quick] [--rounds N] [--moat PATH] [--out FILE] [--keep]
 #   --quick     ~4 minutes: 1 round, 2 s windows, fewer scenarios
 #   --rounds N  rounds (default 3)
-#   --moat P    the moat binary (default: $CARGO_TARGET_DIR/release/moat); it is
-#               copied first so a concurrent build cannot swap it mid-run
+#   --moat P    the moat binary (default: $CARGO_TARGET_DIR/release/moat; moat-bench
+#               is taken from the same directory); both are copied first so a
+#               concurrent build cannot swap them mid-run
 #   --out F     also write the markdown report to F
 #   --keep      keep the work directory (logs, configs, raw JSON)
 set -euo pipefail
@@ -40,12 +41,16 @@ MOSQUITTO=/usr/sbin/mosquitto
 for tool in "$MOSQUITTO" mosquitto_passwd mosquitto_sub mosquitto_pub jq python3; do
   command -v "$tool" >/dev/null || { echo "missing: $tool" >&2; exit 2; }
 done
-[ -x "$MOAT_SRC" ] || { echo "no moat binary at $MOAT_SRC (cargo build --release)" >&2; exit 2; }
+BENCH_SRC="$(dirname "$MOAT_SRC")/moat-bench"
+for bin in "$MOAT_SRC" "$BENCH_SRC"; do
+  [ -x "$bin" ] || { echo "no binary at $bin (cargo build --release)" >&2; exit 2; }
+done
 
 WORK=$(mktemp -d /tmp/moat-compare.XXXXXX)
 MOAT="$WORK/moat"
+BENCH="$WORK/moat-bench"
 cp "$MOAT_SRC" "$MOAT"
-"$MOAT" bench -- --help >/dev/null 2>&1 || { echo "$MOAT_SRC has no 'bench' subcommand" >&2; exit 2; }
+cp "$BENCH_SRC" "$BENCH"
 RESULTS="$WORK/results.jsonl"
 : > "$RESULTS"
 MOAT_PID=""
@@ -156,7 +161,7 @@ if [ "$QUICK" = 1 ]; then
 else
   WIN="--duration 3s --warmup 1s"; CWIN="--duration 3s --warmup 1s"; LWIN="--duration 5s --warmup 1s"
 fi
-# name|transport|moat bench arguments
+# name|transport|moat-bench arguments
 SCENARIOS=(
   "fan-in 8->1 q0 64B|plain|fan-in --publishers 8 --qos 0 --payload 64 $WIN"
   "fan-in 8->1 q0 64B|tls|fan-in --publishers 8 --qos 0 --payload 64 $WIN"
@@ -207,7 +212,7 @@ run_bench() { # broker name transport round args...
   local broker=$1 name=$2 transport=$3 round=$4; shift 4
   local out
   # shellcheck disable=SC2046
-  if out=$(MOAT_BENCH_PASSWORD="$PASSWORD" timeout 300 "$MOAT" bench -- "$@" $(target_args "$broker" "$transport") --json 2>>"$WORK/bench.err"); then
+  if out=$(MOAT_BENCH_PASSWORD="$PASSWORD" timeout 300 "$BENCH" "$@" $(target_args "$broker" "$transport") --json 2>>"$WORK/bench.err"); then
     record "$broker" "$name" "$transport" "$round" "$out"
     printf '  %-9s %-24s %-5s ok\n' "$broker" "$name" "$transport" >&2
   else
@@ -397,7 +402,7 @@ print(f"| mosquitto_pub -l -q 1 -> mosquitto_sub -q 1 -F %U (timed by the subscr
 if "moat" in cross and "mosquitto" in cross:
     a, b = cross["moat"]["received_per_sec"], cross["mosquitto"]["received_per_sec"]
     lost = lambda r: f"{r['received']} of {r['expected']}"
-    print(f"| moat bench fan-in (window) | {a:,.0f} | {b:,.0f} | {a / b:.2f}x | {lost(cross['moat'])} / {lost(cross['mosquitto'])} |")
+    print(f"| moat-bench fan-in (window) | {a:,.0f} | {b:,.0f} | {a / b:.2f}x | {lost(cross['moat'])} / {lost(cross['mosquitto'])} |")
 print()
 print(f"Medians of {rounds} round(s); {'quick mode; ' if quick == '1' else ''}total run time {elapsed} s.")
 PY

@@ -56,8 +56,6 @@ pub enum Command {
     Export(ExportArgs),
     /// Write a backup archive of the state directory (or `--restore` one).
     Backup(BackupArgs),
-    /// Drive an MQTT broker with load and report throughput, latency and memory.
-    Bench(BenchArgs),
 }
 
 #[derive(Debug, Args)]
@@ -146,11 +144,4 @@ pub struct BackupArgs {
     /// Restore this archive into an empty state directory instead.
     #[arg(long, value_name = "ARCHIVE", conflicts_with = "output")]
     pub restore: Option<PathBuf>,
-}
-
-#[derive(Debug, Args)]
-pub struct BenchArgs {
-    /// Arguments for the load generator (see `moat bench -- --help`).
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-    pub args: Vec<String>,
 }

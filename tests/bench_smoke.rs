@@ -1,4 +1,4 @@
-//! `moat bench` against a real `moat serve`: each scenario runs about a second and
+//! `moat-bench` against a real `moat serve`: each scenario runs about a second and
 //! its JSON report must parse and add up (QoS 0 may lose messages, never invent
 //! them; QoS 1/2 deliver exactly what was acknowledged).
 
@@ -7,16 +7,21 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{Moat, PASSWORD, moat_bin, path_str, run_bounded};
+use common::{Moat, PASSWORD, path_str, run_bounded};
 use serde_json::Value;
 
 const USER: &str = "users:\n  bench:\n    password_hash: \"{HASH}\"\n    publish: [\"bench/#\"]\n    subscribe: [\"bench/#\"]\n    plaintext: true\n";
 const LIMITS: &str = "  limits: { max_connections: 64, max_connections_per_ip: 64 }\n";
 
-/// Runs `moat bench -- <args> <target> --json` and returns the parsed report.
+/// The load generator's executable.
+fn bench_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_moat-bench")
+}
+
+/// Runs `moat-bench -- <args> <target> --json` and returns the parsed report.
 fn bench(moat: &Moat, tls: bool, args: &[&str]) -> Value {
-    let mut cmd = Command::new(moat_bin());
-    cmd.arg("bench").arg("--").args(args);
+    let mut cmd = Command::new(bench_bin());
+    cmd.arg("--").args(args);
     cmd.args(["--host", "127.0.0.1", "--username", "bench", "--json"]);
     cmd.env("MOAT_BENCH_PASSWORD", PASSWORD);
     if tls {
@@ -35,7 +40,7 @@ fn bench(moat: &Moat, tls: bool, args: &[&str]) -> Value {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
-        "moat bench {args:?} failed: {}\n{stdout}\nbroker log:\n{}",
+        "moat-bench {args:?} failed: {}\n{stdout}\nbroker log:\n{}",
         String::from_utf8_lossy(&out.stderr),
         moat.log()
     );
@@ -172,7 +177,7 @@ fn publishers_wait_for_a_draining_subscriber_instead_of_losing_messages() {
 #[test]
 fn bad_arguments_are_a_usage_error() {
     let out = run_bounded(
-        Command::new(moat_bin()).args(["bench", "--", "fan-in", "--host", "192.0.2.1"]),
+        Command::new(bench_bin()).args(["--", "fan-in", "--host", "192.0.2.1"]),
         Duration::from_secs(10),
     );
     assert_eq!(out.status.code(), Some(2));

@@ -53,7 +53,7 @@ pub async fn run(args: &IdleArgs) -> Result<Report, BenchError> {
     tokio::time::sleep(args.settle).await;
     let rss_after = args.broker_pid.map(rss_kib).transpose()?;
     eprintln!(
-        "moat bench idle: {} connections open; holding for {:?}",
+        "moat-bench idle: {} connections open; holding for {:?}",
         clients.len(),
         args.hold
     );

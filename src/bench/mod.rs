@@ -1,4 +1,4 @@
-//! `moat bench`: a load generator that drives any MQTT broker over loopback (host,
+//! `moat-bench`: a load generator that drives any MQTT broker over loopback (host,
 //! port, TLS with a CA file, username and password, MQTT 3.1.1 or 5) and reports
 //! fan-in and fan-out throughput, end-to-end latency percentiles at a fixed offered
 //! rate, connection setup rate and the broker's memory per idle connection. Every run

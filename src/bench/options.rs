@@ -1,4 +1,4 @@
-//! The command line of `moat bench`: one subcommand per scenario, the target broker
+//! The command line of `moat-bench`: one subcommand per scenario, the target broker
 //! (host, port, TLS, credentials, protocol version) and the bounds of every run. It
 //! only describes and validates arguments; the scenarios do the work.
 
@@ -19,7 +19,7 @@ pub const MAX_CLIENTS: usize = 20_000;
 
 #[derive(Debug, Parser)]
 #[command(
-    name = "moat bench",
+    name = "moat-bench",
     about = "Drive an MQTT broker (any broker) with load over loopback and report \
              throughput, latency, connection rate and memory"
 )]
@@ -224,15 +224,16 @@ pub struct IdleArgs {
     pub broker_pid: Option<u32>,
 }
 
-/// Parses `moat bench` arguments (without the program name). A leading `--` is
-/// ignored, so `moat bench -- fan-in ...` and `moat bench fan-in ...` both work.
+/// Parses `moat-bench` arguments (without the program name). A leading `--` is
+/// ignored, so `moat-bench -- fan-in ...` (as `cargo run --bin moat-bench -- ...`
+/// passes it) and `moat-bench fan-in ...` both work.
 pub fn parse(args: &[String]) -> Result<BenchCli, clap::Error> {
     let rest = match args.first() {
         Some(first) if first == "--" => &args[1..],
         _ => args,
     };
     let cli = BenchCli::try_parse_from(
-        std::iter::once("moat bench").chain(rest.iter().map(String::as_str)),
+        std::iter::once("moat-bench").chain(rest.iter().map(String::as_str)),
     )?;
     validate(&cli).map_err(|msg| {
         let mut cmd = <BenchCli as clap::CommandFactory>::command();

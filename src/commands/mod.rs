@@ -7,7 +7,6 @@ use std::process::ExitCode;
 use crate::cli::{Cli, Command};
 
 pub mod backup;
-pub mod bench;
 pub mod check;
 pub mod doctor;
 pub mod export;
@@ -41,7 +40,6 @@ pub fn dispatch(cli: Cli) -> ExitCode {
         Command::Firstboot(a) => firstboot::run(g, a),
         Command::Export(a) => export::run(g, a),
         Command::Backup(a) => backup::run(g, a),
-        Command::Bench(a) => bench::run(g, a),
     };
     match outcome {
         Ok(code) => ExitCode::from(code),
