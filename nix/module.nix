@@ -235,7 +235,11 @@ in
             "moat-firewall.service"
           ]
           ++ lib.optional firstbootActive "moat-firstboot.service";
-          environment = moatEnvironment;
+          # The malloc setting `moat serve` would otherwise re-execute itself to get
+          # (argon2's 19 MiB per login goes back to the OS); see the README.
+          environment = moatEnvironment // {
+            GLIBC_TUNABLES = "glibc.malloc.mmap_threshold=131072";
+          };
           reloadTriggers = manifestTriggers;
           serviceConfig = {
             Type = "notify";
