@@ -31,7 +31,6 @@ const READ_CHUNK: usize = 8 * 1024;
 /// Read space an idle connection keeps: most connections are idle most of the time,
 /// and 10 000 of them must fit in a Pi's memory.
 const IDLE_READ_CHUNK: usize = 512;
-/// Once the write buffer holds this much, write it before draining more.
 /// Longest a publisher waits for a full subscriber queue to make progress.
 const BACKPRESSURE_WAIT: Duration = Duration::from_millis(5);
 /// Longest a publisher waits for a draining subscriber in all, per overflow.
@@ -516,8 +515,8 @@ struct Connection {
     expiry_on_connect: u32,
     /// Topic aliases the client set (v5), bounded by topic_alias_maximum.
     aliases: HashMap<u16, String>,
-    /// A subscriber that could not take this client's last messages: wait briefly
-    /// for it before reading more (see `BACKPRESSURE_WAIT`).
+    /// A subscriber that could not take this client's last message: handle nothing
+    /// more until it drains (see `wait_for_drain`).
     congested: Option<Arc<SessionLink>>,
     /// Answers in the order their packets arrived; an acknowledgement of durable
     /// data waits for its commit before it (and everything after it) is sent.

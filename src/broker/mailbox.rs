@@ -30,6 +30,20 @@ pub struct Message {
 }
 
 impl Message {
+    /// A message without properties, expiry or queue position.
+    pub fn new(topic: &str, payload: Bytes, qos: QoS, retain: bool) -> Message {
+        Message {
+            topic: Arc::from(topic),
+            payload,
+            qos,
+            retain,
+            properties: Arc::new(Properties::default()),
+            subscription_ids: Vec::new(),
+            expires_at: None,
+            seq: 0,
+        }
+    }
+
     /// Bytes this message counts against a queue's byte cap.
     pub fn cost(&self) -> usize {
         self.topic.len() + self.payload.len() + 64
@@ -355,16 +369,7 @@ mod tests {
     use super::*;
 
     fn msg(qos: QoS, payload: &'static [u8]) -> Message {
-        Message {
-            topic: Arc::from("t"),
-            payload: Bytes::from_static(payload),
-            qos,
-            retain: false,
-            properties: Arc::new(Properties::default()),
-            subscription_ids: Vec::new(),
-            expires_at: None,
-            seq: 0,
-        }
+        Message::new("t", Bytes::from_static(payload), qos, false)
     }
 
     fn limits(max_messages: usize, max_inflight: u16) -> QueueLimits {

@@ -124,21 +124,12 @@ impl RetainedStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::{Properties, QoS};
+    use crate::protocol::QoS;
     use bytes::Bytes;
 
     fn retained(topic: &str, publisher: &str, payload: &'static [u8]) -> Retained {
         Retained {
-            message: Message {
-                topic: Arc::from(topic),
-                payload: Bytes::from_static(payload),
-                qos: QoS::AtMostOnce,
-                retain: true,
-                properties: Arc::new(Properties::default()),
-                subscription_ids: Vec::new(),
-                expires_at: None,
-                seq: 0,
-            },
+            message: Message::new(topic, Bytes::from_static(payload), QoS::AtMostOnce, true),
             publisher: Arc::from(publisher),
         }
     }

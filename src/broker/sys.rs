@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use crate::protocol::{Properties, QoS};
+use crate::protocol::QoS;
 
 use super::journal::settle;
 use super::mailbox::Message;
@@ -53,16 +53,7 @@ pub fn publish_sys(broker: &Broker) {
     for (topic, value) in sys_topics(broker) {
         broker.publish(
             Incoming {
-                message: Message {
-                    topic: Arc::from(topic),
-                    payload: Bytes::from(value),
-                    qos: QoS::AtMostOnce,
-                    retain: true,
-                    properties: Arc::new(Properties::default()),
-                    subscription_ids: Vec::new(),
-                    expires_at: None,
-                    seq: 0,
-                },
+                message: Message::new(topic, Bytes::from(value), QoS::AtMostOnce, true),
                 publisher: None,
                 from_session: None,
                 retained_quota: usize::MAX,
