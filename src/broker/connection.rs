@@ -24,6 +24,7 @@ use super::journal::{Batch, QueueFull, settle, stored_message};
 use super::mailbox::{InFlight, Message, Outbound, QueueLimits};
 use super::permissions::{Admission, Gatekeeper, PeerInfo};
 use super::session::{Kick, SessionLink};
+use super::stats::Stats;
 use super::{AttachRequest, Attached, Broker, BrokerConfig, Incoming};
 
 /// Read buffer growth step; the codec bounds the total by the maximum packet size.
@@ -466,21 +467,28 @@ where
     })
 }
 
-/// Backpressure: a publisher whose messages overflowed a subscriber's queue reads
-/// nothing more until that subscriber has drained half its queue, instead of
-/// reading on only for the broker to drop. It waits only while the subscriber
-/// keeps draining (a step of at most `BACKPRESSURE_WAIT`), and at most
-/// `BACKPRESSURE_LIMIT` in all: a subscriber that stopped reading costs the
-/// publisher one short wait, a slow one cannot hold it for long.
-async fn wait_for_drain(subscriber: &SessionLink) {
+/// Backpressure for QoS 1/2: a publisher whose message filled a subscriber's queue
+/// past three quarters reads nothing more until that subscriber has drained half its
+/// queue, instead of reading on only for the broker to drop acknowledged messages.
+/// It waits at most `BACKPRESSURE_LIMIT`, in steps of `BACKPRESSURE_WAIT`. A
+/// subscriber that took nothing during the whole wait is marked stalled, and nobody
+/// waits for it again until it drains: a stuck or offline client costs one
+/// publisher one wait, once, and after that only its own copies are dropped.
+/// QoS 0 never pauses a publisher (see `broker::push_to`).
+async fn wait_for_drain(subscriber: &SessionLink, stats: &Stats) {
+    stats.publisher_paused();
     let until = Instant::now() + BACKPRESSURE_LIMIT;
+    let mut drained = false;
     while !subscriber.mailbox.half_empty() && Instant::now() < until {
         if tokio::time::timeout(BACKPRESSURE_WAIT, subscriber.mailbox.room())
             .await
-            .is_err()
+            .is_ok()
         {
-            return;
+            drained = true;
         }
+    }
+    if !drained {
+        subscriber.mailbox.mark_stalled();
     }
 }
 
@@ -650,7 +658,7 @@ impl Connection {
                 }
             }
             if let Some(full) = self.congested.take() {
-                Box::pin(wait_for_drain(&full)).await;
+                Box::pin(wait_for_drain(&full, &self.broker.stats)).await;
             }
         }
     }

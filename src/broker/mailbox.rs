@@ -58,6 +58,9 @@ impl Message {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PushOutcome {
     Queued,
+    /// Queued, and the queue is now more than three quarters full: a QoS 1/2
+    /// publisher should wait for it to drain before it overflows.
+    Crowded,
     /// The queue was at its message or byte cap: the message was dropped (counted).
     DroppedFull,
     /// QoS 0 for a client that is offline: not kept, by design.
@@ -108,6 +111,9 @@ struct State {
     /// After a reconnect, the whole window must be sent again before new messages.
     resend_pending: bool,
     dropped: u64,
+    /// The client made no room while a publisher waited for it: further overflows
+    /// drop without pausing publishers until it takes something from its queue.
+    stalled: bool,
     /// Next durable queue position (persistent sessions).
     next_seq: u64,
 }
@@ -132,6 +138,7 @@ impl Mailbox {
                 online: false,
                 resend_pending: false,
                 dropped: 0,
+                stalled: false,
                 next_seq: 1,
             }),
             notify: Notify::new(),
@@ -194,10 +201,17 @@ impl Mailbox {
         }
         let seq = message.seq;
         s.queued_bytes += cost;
+        let outcome = if (count + 1) * 4 > s.limits.max_messages * 3
+            || s.queued_bytes * 4 > s.limits.max_bytes * 3
+        {
+            PushOutcome::Crowded
+        } else {
+            PushOutcome::Queued
+        };
         // Behind a staged message, everything waits too: order is kept.
         if journal || !s.staged.is_empty() {
             s.staged.push(message);
-            return (PushOutcome::Queued, seq);
+            return (outcome, seq);
         }
         s.queue.push_back(message);
         let online = s.online;
@@ -205,7 +219,7 @@ impl Mailbox {
         if online {
             self.notify.notify_one();
         }
-        (PushOutcome::Queued, seq)
+        (outcome, seq)
     }
 
     /// Makes staged messages visible once their store operations are submitted.
@@ -296,6 +310,9 @@ impl Mailbox {
             });
         }
         let made_room = s.queue.len() < queued_before;
+        if made_room {
+            s.stalled = false;
+        }
         if s.queue.is_empty() && s.queue.capacity() > 64 {
             // A burst is over: give its memory back.
             s.queue.shrink_to_fit();
@@ -341,6 +358,17 @@ impl Mailbox {
             && s.queued_bytes * 2 <= s.limits.max_bytes
     }
 
+    /// Whether a publisher may wait for this queue to drain: not for a client that
+    /// already let one wait in vain (it is stuck, or offline), until it drains.
+    pub fn worth_waiting_for(&self) -> bool {
+        !self.lock().stalled
+    }
+
+    /// A publisher waited and this client took nothing: see `worth_waiting_for`.
+    pub fn mark_stalled(&self) {
+        self.lock().stalled = true;
+    }
+
     /// Messages dropped because the queue was full, since the session began.
     pub fn dropped(&self) -> u64 {
         self.lock().dropped
@@ -382,12 +410,15 @@ mod tests {
 
     #[test]
     fn caps_drop_and_count() {
-        let mb = Mailbox::new(limits(2, 10));
-        mb.set_online(true, limits(2, 10));
-        assert_eq!(mb.push(msg(QoS::AtLeastOnce, b"a")), PushOutcome::Queued);
-        assert_eq!(mb.push(msg(QoS::AtLeastOnce, b"b")), PushOutcome::Queued);
+        let mb = Mailbox::new(limits(4, 10));
+        mb.set_online(true, limits(4, 10));
+        for payload in [b"a", b"b", b"c"] {
+            assert_eq!(mb.push(msg(QoS::AtLeastOnce, payload)), PushOutcome::Queued);
+        }
+        // The fourth fills it past three quarters: queued, with a warning.
+        assert_eq!(mb.push(msg(QoS::AtLeastOnce, b"d")), PushOutcome::Crowded);
         assert_eq!(
-            mb.push(msg(QoS::AtLeastOnce, b"c")),
+            mb.push(msg(QoS::AtLeastOnce, b"e")),
             PushOutcome::DroppedFull
         );
         assert_eq!(mb.dropped(), 1);

@@ -930,10 +930,11 @@ fn remove_from_tree(tree: &mut SubscriptionTree, filter: &str, session_id: u64) 
 /// journaled at its queue position.
 /// Returns whether the session's queue was full.
 fn push_to(stats: &Stats, session: &Arc<SessionLink>, message: Message, batch: &mut Batch) -> bool {
-    let journal = session.is_persistent() && message.qos != QoS::AtMostOnce;
+    let qos = message.qos;
+    let journal = session.is_persistent() && qos != QoS::AtMostOnce;
     let stored = journal.then(|| stored_message(&message, Instant::now()));
     let (outcome, seq) = session.mailbox.push_journaled(message, journal);
-    if let (PushOutcome::Queued, Some(message)) = (outcome, stored) {
+    if let (PushOutcome::Queued | PushOutcome::Crowded, Some(message)) = (outcome, stored) {
         batch.push(Op::Enqueue(crate::store::QueuedMessage {
             client_id: session.client_id.to_string(),
             seq,
@@ -942,12 +943,18 @@ fn push_to(stats: &Stats, session: &Arc<SessionLink>, message: Message, batch: &
         batch.staged_in(session);
     }
     stats.pushed(session, outcome);
-    outcome == PushOutcome::DroppedFull
+    // A QoS 0 copy the subscriber cannot take is its loss alone. For QoS 1/2 the
+    // publisher waits once the queue is crowded, before anything overflows, unless
+    // this subscriber already let a publisher wait in vain.
+    matches!(outcome, PushOutcome::Crowded | PushOutcome::DroppedFull)
+        && qos != QoS::AtMostOnce
+        && session.mailbox.worth_waiting_for()
 }
 
 /// Pushes one message to each matching session: one copy per session for ordinary
 /// subscriptions (highest QoS, every subscription identifier), one per shared group.
-/// Returns a session whose queue was full, if any.
+/// Returns a session whose queue overflowed with a QoS 1/2 copy and is worth
+/// waiting for (see `push_to`), if any.
 fn deliver(
     stats: &Stats,
     message: &Message,

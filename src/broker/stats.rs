@@ -11,6 +11,7 @@ pub struct Stats {
     bytes_sent: AtomicU64,
     dropped: AtomicU64,
     connections_refused: AtomicU64,
+    publishers_paused: AtomicU64,
 }
 
 /// A copy of the counters at one moment.
@@ -23,6 +24,8 @@ pub struct Snapshot {
     pub bytes_sent: u64,
     pub dropped: u64,
     pub connections_refused: u64,
+    /// Times a publisher waited for a congested QoS 1/2 subscriber (backpressure).
+    pub publishers_paused: u64,
 }
 
 impl Stats {
@@ -44,6 +47,10 @@ impl Stats {
         self.dropped.fetch_add(n, Relaxed);
     }
 
+    pub fn publisher_paused(&self) {
+        self.publishers_paused.fetch_add(1, Relaxed);
+    }
+
     pub fn refused(&self) {
         self.connections_refused.fetch_add(1, Relaxed);
     }
@@ -57,6 +64,7 @@ impl Stats {
             bytes_sent: self.bytes_sent.load(Relaxed),
             dropped: self.dropped.load(Relaxed),
             connections_refused: self.connections_refused.load(Relaxed),
+            publishers_paused: self.publishers_paused.load(Relaxed),
         }
     }
 }

@@ -37,6 +37,10 @@ pub fn sys_topics(broker: &Broker) -> Vec<(&'static str, String)> {
         ),
         ("$SYS/broker/messages/sent", s.messages_sent.to_string()),
         ("$SYS/broker/messages/dropped", s.dropped.to_string()),
+        (
+            "$SYS/broker/publishers/paused",
+            s.publishers_paused.to_string(),
+        ),
         ("$SYS/broker/bytes/received", s.bytes_received.to_string()),
         ("$SYS/broker/bytes/sent", s.bytes_sent.to_string()),
         ("$SYS/broker/subscriptions/count", subscriptions.to_string()),
