@@ -1,10 +1,12 @@
 {
   description = "moat: a locked-down, LAN-only MQTT broker appliance (and its Raspberry Pi Zero 2 W image)";
 
-  # One input. NixOS 26.05, the stable release whose modules docs/nix.md checks
-  # option by option. A branch moves: `nix flake lock` pins it (the image workflow
-  # locks and uploads flake.lock; commit that file to pin it for everyone).
-  inputs.nixpkgs.url = "github:NixOS/nixpkgs/nixos-26.05";
+  # One input, pinned to an exact revision of the nixos-26.05 branch (NixOS
+  # 26.05.10620.f5c082a40f75, 2026-09-25; see docs/nix.md). A branch URL would move
+  # with every channel update until a flake.lock is committed. To update: set the
+  # URL to github:NixOS/nixpkgs/nixos-26.05 (or nixos-26.11), `nix flake lock`, and
+  # put the locked rev back here.
+  inputs.nixpkgs.url = "github:NixOS/nixpkgs/f5c082a40f7571c266e74e80ae2e68aadd8a9fc7";
 
   outputs =
     { self, nixpkgs }:
