@@ -1,17 +1,15 @@
 {
   description = "moat: a locked-down, LAN-only MQTT broker appliance (and its Raspberry Pi Zero 2 W image)";
 
-  inputs = {
-    nixpkgs.url = "github:NixOS/nixpkgs/nixos-25.11";
-    nixos-hardware.url = "github:NixOS/nixos-hardware";
-  };
+  # One input, pinned to an exact revision of the nixos-26.05 branch (NixOS
+  # 26.05.10620.f5c082a40f75, 2026-09-25; see docs/nix.md). A branch URL would move
+  # with every channel update until a flake.lock is committed. To update: set the
+  # URL to github:NixOS/nixpkgs/nixos-26.05 (or nixos-26.11), `nix flake lock`, and
+  # put the locked rev back here.
+  inputs.nixpkgs.url = "github:NixOS/nixpkgs/f5c082a40f7571c266e74e80ae2e68aadd8a9fc7";
 
   outputs =
-    {
-      self,
-      nixpkgs,
-      nixos-hardware,
-    }:
+    { self, nixpkgs }:
     let
       inherit (nixpkgs) lib;
       systems = [
@@ -57,7 +55,7 @@
 
       nixosModules = {
         default = ./nix/module.nix;
-        pi-zero-2w = import ./images/pi-zero-2w { inherit nixos-hardware; };
+        pi-zero-2w = ./images/pi-zero-2w;
       };
 
       nixosConfigurations = {
@@ -65,13 +63,20 @@
         pi-zero-2w-cross = mkPiZero2w { buildPlatform = "x86_64-linux"; };
       };
 
-      checks.x86_64-linux = {
-        package = self.packages.x86_64-linux.default;
-        lan-only = import ./nix/tests/lan-only.nix {
+      checks.x86_64-linux =
+        let
           pkgs = nixpkgs.legacyPackages.x86_64-linux;
-          moatModule = self.nixosModules.default;
+        in
+        {
+          package = self.packages.x86_64-linux.default;
+          # The appliance path: a manifest on a FAT card, imported at boot.
+          lan-only = import ./nix/tests/lan-only.nix {
+            inherit pkgs;
+            moatModule = self.nixosModules.default;
+          };
+          # The declared path: a bad manifest fails the build, a good one passes.
+          manifest-check = import ./nix/tests/manifest-check.nix { inherit pkgs; };
         };
-      };
 
       templates.default = {
         path = ./templates/default;

@@ -14,10 +14,12 @@ let
   cfg = config.services.moat;
   moat = lib.getExe cfg.package;
 
-  # A declared manifest is linked to a stable path, so a new manifest changes no unit
-  # file: the units are reloaded (reloadTriggers), not restarted.
+  # A declared manifest is checked at build time (./check-manifest.nix) and linked
+  # to a stable path, so a new manifest changes no unit file: the units are
+  # reloaded (reloadTriggers), not restarted.
+  checkedManifest = pkgs.callPackage ./check-manifest.nix { moat = cfg.checkPackage; } cfg.manifest;
   manifestPath = if cfg.manifest == null then "${cfg.stateDir}/moat.yaml" else "/etc/moat/moat.yaml";
-  manifestTriggers = lib.optional (cfg.manifest != null) cfg.manifest;
+  manifestTriggers = lib.optional (cfg.manifest != null) checkedManifest;
 
   moatEnvironment = {
     MOAT_MANIFEST = manifestPath;
@@ -28,14 +30,26 @@ let
 
   wifiUnit = "wpa_supplicant-${cfg.wifi.interface}.service";
 
-  # The Raspberry Pi OS convention: a wpa_supplicant.conf dropped on the FAT partition
-  # is moved to /etc (mode 0600) and removed from the card, so the PSK does not stay
-  # on a partition anyone can read.
+  # The Raspberry Pi OS convention: a wpa_supplicant.conf dropped on the FAT
+  # partition is moved to the file NixOS' wpa_supplicant reads when no network is
+  # declared, /etc/wpa_supplicant/imperative.conf (nixpkgs
+  # nixos/modules/services/networking/wpa_supplicant.nix: `-c
+  # /etc/wpa_supplicant/imperative.conf` when there is nothing declarative), and
+  # removed from the card, so the PSK does not stay on a partition anyone can read.
+  # The unit runs wpa_supplicant chrooted with its own control socket, so a
+  # `ctrl_interface=` line (Raspberry Pi OS writes one, with a group NixOS lacks) is
+  # dropped. The directory is made 0700: the unit's ExecStartPre chowns it to
+  # wpa_supplicant and makes the file 0664, and the PSK must not be world-readable.
   importWifi = pkgs.writeShellScript "moat-import-wifi" ''
     set -eu
     card=${lib.escapeShellArg cfg.firstboot.bootPartition}/wpa_supplicant.conf
     [ -f "$card" ] || exit 0
-    ${pkgs.coreutils}/bin/install -m 0600 -o root -g root "$card" /etc/wpa_supplicant.conf
+    dir=/etc/wpa_supplicant
+    ${pkgs.coreutils}/bin/mkdir -p "$dir"
+    ${pkgs.coreutils}/bin/chmod 0700 "$dir"
+    ${pkgs.gnused}/bin/sed -E '/^[[:space:]]*ctrl_interface(_group)?[[:space:]]*=/d' "$card" > "$dir/imperative.conf.new"
+    ${pkgs.coreutils}/bin/chmod 0600 "$dir/imperative.conf.new"
+    ${pkgs.coreutils}/bin/mv "$dir/imperative.conf.new" "$dir/imperative.conf"
     ${pkgs.coreutils}/bin/rm -f "$card"
     ${pkgs.coreutils}/bin/sync
   '';
@@ -44,10 +58,44 @@ let
   # import is wanted either way on a Wi-Fi appliance.
   # Wi-Fi first: a failing `moat firstboot` (it reports why in moat-error.txt on the
   # card) must not also leave the device offline.
+  # The files it writes as root are handed to `moat` whatever its result: a run
+  # that fails half-way must not leave the broker a root-owned key it cannot read.
+  importManifest = pkgs.writeShellScript "moat-firstboot" ''
+    rc=0
+    ${moat} firstboot --boot ${lib.escapeShellArg cfg.firstboot.bootPartition} || rc=$?
+    ${pkgs.coreutils}/bin/chown -R moat:moat ${lib.escapeShellArg cfg.stateDir}
+    exit "$rc"
+  '';
   firstbootSteps =
-    lib.optional cfg.wifi.enable importWifi
-    ++ lib.optional (cfg.manifest == null) "${moat} firstboot --boot ${cfg.firstboot.bootPartition}";
+    lib.optional cfg.wifi.enable importWifi ++ lib.optional (cfg.manifest == null) importManifest;
   firstbootActive = cfg.firstboot.enable && firstbootSteps != [ ];
+
+  # What stays open when moat's own table is missing (the firewall unit failed, or
+  # has not run yet): only SSH from the standard private ranges. It is a separate
+  # table at a later priority, loaded by nixpkgs' nftables.service, so it also holds
+  # while moat's table is loaded (a packet needs an accept from both; moat's table
+  # is the stricter one).
+  sshFallbackTable = ''
+    chain input {
+      type filter hook input priority filter + 10; policy accept;
+      tcp dport 22 ip saddr != { 10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16, 169.254.0.0/16, 127.0.0.0/8 } drop
+      tcp dport 22 ip6 saddr != { fc00::/7, fe80::/10, ::1 } drop
+    }
+  '';
+
+  # DNS-SD record for the broker (avahi.service(5)); `_secure-mqtt` is IANA's name
+  # for MQTT over TLS, port 8883.
+  mqttService = ''
+    <?xml version="1.0" standalone='no'?>
+    <!DOCTYPE service-group SYSTEM "avahi-service.dtd">
+    <service-group>
+      <name replace-wildcards="yes">moat MQTT broker on %h</name>
+      <service>
+        <type>_secure-mqtt._tcp</type>
+        <port>${toString cfg.mdns.port}</port>
+      </service>
+    </service-group>
+  '';
 in
 {
   options.services.moat = {
@@ -60,13 +108,25 @@ in
       description = "The moat package (built for the host platform, cross-compiled if needed).";
     };
 
+    checkPackage = lib.mkOption {
+      type = lib.types.package;
+      default = pkgs.buildPackages.callPackage ./package.nix { };
+      defaultText = lib.literalExpression "pkgs.buildPackages.callPackage ./package.nix { }";
+      description = ''
+        The moat that validates a declared `manifest` at build time (`moat check`).
+        Built for the build platform, so the check also runs when the image is
+        cross-compiled.
+      '';
+    };
+
     manifest = lib.mkOption {
       type = lib.types.nullOr lib.types.path;
       default = null;
       example = lib.literalExpression "./moat.yaml";
       description = ''
         The manifest (users, devices, rules). It goes into the Nix store, so it must
-        hold no secrets: argon2id hashes or `password_file` paths only.
+        hold no secrets: argon2id hashes or `password_file` paths only. It is
+        validated with `moat check` at build time: a bad manifest fails the build.
         `null` means the manifest imported on first boot from the SD card,
         kept at `''${stateDir}/moat.yaml`.
       '';
@@ -128,10 +188,39 @@ in
       };
     };
 
+    mdns = {
+      enable = lib.mkEnableOption ''
+        avahi answering `<hostName>.local` and advertising the broker as
+        `_secure-mqtt._tcp`. Packets reach it only if the manifest also says
+        `firewall: { mdns: true }`'';
+      hostName = lib.mkOption {
+        type = lib.types.str;
+        default = config.networking.hostName;
+        defaultText = lib.literalExpression "config.networking.hostName";
+        description = ''
+          The name published as `<hostName>.local`. The broker's certificate covers
+          `<first label>.local` of each `broker.hostnames` entry, so the first label
+          of one of them must be this name (`moat.home.arpa` for `moat`).
+        '';
+      };
+      port = lib.mkOption {
+        type = lib.types.port;
+        default = 8883;
+        description = "The TLS port advertised; the manifest's `broker.listen.tls` port.";
+      };
+      interfaces = lib.mkOption {
+        type = lib.types.nullOr (lib.types.listOf lib.types.str);
+        default = null;
+        example = [ "wlan0" ];
+        description = "The LAN interfaces avahi answers on (`null`: all but loopback and point-to-point).";
+      };
+    };
+
     ssh = {
       enable = lib.mkEnableOption ''
         OpenSSH for root, public keys only. The port is opened to the allowed networks
-        only if the manifest also says `firewall: { ssh: true }`'';
+        only if the manifest also says `firewall: { ssh: true }`; if moat's firewall
+        is not loaded, SSH stays reachable from the standard private ranges only'';
       authorizedKeys = lib.mkOption {
         type = lib.types.listOf lib.types.str;
         default = [ ];
@@ -140,7 +229,7 @@ in
     };
 
     wifi = {
-      enable = lib.mkEnableOption "Wi-Fi with wpa_supplicant, configured from /etc/wpa_supplicant.conf";
+      enable = lib.mkEnableOption "Wi-Fi with wpa_supplicant, configured from /etc/wpa_supplicant/imperative.conf";
       interface = lib.mkOption {
         type = lib.types.str;
         default = "wlan0";
@@ -171,7 +260,7 @@ in
         networking.firewall.enable = false;
         networking.nftables.enable = true;
 
-        environment.etc = lib.mkIf (cfg.manifest != null) { "moat/moat.yaml".source = cfg.manifest; };
+        environment.etc = lib.mkIf (cfg.manifest != null) { "moat/moat.yaml".source = checkedManifest; };
         environment.systemPackages = [ cfg.package ];
         environment.variables = moatEnvironment;
 
@@ -187,7 +276,13 @@ in
         # build time). Ordered before network-pre.target like nixpkgs' nftables unit:
         # it is in force before any interface is configured. `--apply` replaces
         # `table inet moat` atomically; on a bad manifest the old table stays, and at
-        # boot the broker (and sshd) do not start without it.
+        # boot the broker does not start without it (SSH does: see sshFallbackTable).
+        #
+        # It runs as `moat`, not root: the imported manifest is in the state directory
+        # (0700 moat:moat), which root without CAP_DAC_OVERRIDE could not enter. The
+        # one capability it needs, CAP_NET_ADMIN, is ambient, so the `nft` it executes
+        # inherits it (capabilities(7): ambient capabilities survive execve of a
+        # non-set-user-ID program).
         systemd.services.moat-firewall = {
           description = "moat nftables ruleset (LAN-only broker)";
           wantedBy = [ "multi-user.target" ];
@@ -202,11 +297,14 @@ in
           ]
           ++ lib.optional firstbootActive "moat-firstboot.service";
           conflicts = [ "shutdown.target" ];
-          unitConfig.DefaultDependencies = false;
+          unitConfig = {
+            DefaultDependencies = false;
+            RequiresMountsFor = [ cfg.stateDir ];
+          };
           environment = moatEnvironment;
           path = [ pkgs.nftables ];
           # A new manifest or package reloads (re-applies) the ruleset instead of
-          # restarting the unit, so a failed re-apply never stops the broker or sshd.
+          # restarting the unit, so a failed re-apply never stops the broker.
           reloadIfChanged = true;
           reloadTriggers = manifestTriggers;
           serviceConfig = {
@@ -214,6 +312,9 @@ in
             RemainAfterExit = true;
             ExecStart = firewallCommand;
             ExecReload = firewallCommand;
+            User = "moat";
+            Group = "moat";
+            AmbientCapabilities = [ "CAP_NET_ADMIN" ];
             CapabilityBoundingSet = [ "CAP_NET_ADMIN" ];
             NoNewPrivileges = true;
             ProtectSystem = "strict";
@@ -302,8 +403,9 @@ in
       }
 
       (lib.mkIf firstbootActive {
-        # Created here, owned by moat, so that the root-run import below writes into a
-        # directory the broker already owns.
+        # Created here, owned by moat and 0700 (`moat firstboot` refuses a state
+        # directory others can read), so that the root-run import below writes into
+        # a directory the broker already owns.
         systemd.tmpfiles.rules = [ "d ${cfg.stateDir} 0700 moat moat - -" ];
 
         # Runs on every boot; `moat firstboot` is idempotent (a no-op once imported).
@@ -329,7 +431,6 @@ in
             RemainAfterExit = true;
             UMask = "0077";
             ExecStart = firstbootSteps;
-            ExecStartPost = "${pkgs.coreutils}/bin/chown -R moat:moat ${cfg.stateDir}";
           };
         };
       })
@@ -345,20 +446,40 @@ in
           };
         };
         users.users.root.openssh.authorizedKeys.keys = cfg.ssh.authorizedKeys;
-        # No sshd without moat's table: fail closed.
-        systemd.services.sshd = {
-          requires = [ "moat-firewall.service" ];
-          after = [ "moat-firewall.service" ];
+        # Not Requires= on the firewall: a bad manifest must not lock you out. sshd
+        # starts after it (so its rules are usually in place first) whatever its
+        # result; without moat's table, this one keeps port 22 to the LAN.
+        systemd.services.sshd.after = [ "moat-firewall.service" ];
+        networking.nftables.tables.moat-ssh-fallback = {
+          family = "inet";
+          content = sshFallbackTable;
         };
       })
 
       (lib.mkIf cfg.wifi.enable {
-        # No declared networks: wpa_supplicant reads /etc/wpa_supplicant.conf, which
-        # the first-boot import (or you, over SSH) puts there; the PSK never enters
-        # the Nix store.
+        # No declared networks: wpa_supplicant reads
+        # /etc/wpa_supplicant/imperative.conf, which the first-boot import (or you,
+        # over SSH) puts there; the PSK never enters the Nix store.
         networking.wireless = {
           enable = true;
           interfaces = [ cfg.wifi.interface ];
+        };
+      })
+
+      (lib.mkIf cfg.mdns.enable {
+        # The NixOS firewall is off (assertion above), so openFirewall would do
+        # nothing; moat's table opens 5353 when the manifest says `mdns: true`.
+        services.avahi = {
+          enable = true;
+          inherit (cfg.mdns) hostName;
+          allowInterfaces = cfg.mdns.interfaces;
+          openFirewall = false;
+          wideArea = false;
+          publish = {
+            enable = true;
+            addresses = true;
+          };
+          extraServiceFiles.moat-mqtt = mqttService;
         };
       })
     ]

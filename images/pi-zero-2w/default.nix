@@ -1,11 +1,12 @@
 # The Raspberry Pi Zero 2 W appliance: hardware, SD-card image and the moat service.
-# Called from flake.nix with the nixos-hardware input; the result is a NixOS module.
 #
-# The Zero 2 W (BCM2710A1, 512 MB, Wi-Fi CYW43436) is a Pi 3 family board, so it uses
-# nixos-hardware's raspberry-pi-3 profile (vendor kernel, extlinux, and an overlay
-# that lets the initrd skip modules the Pi kernel does not build). This module sets
-# `nixpkgs.overlays` through that profile: keep it out of NixOS VM tests.
-{ nixos-hardware }:
+# Everything comes from nixpkgs itself, the way nixpkgs' own
+# installer/sd-card/sd-image-aarch64.nix boots the Pi 3 family (the Zero 2 W is one:
+# BCM2710A1, 512 MB, Wi-Fi CYW43436): the mainline kernel (substituted from the
+# binary cache for aarch64), the Raspberry Pi firmware, U-Boot for the Pi 3 and
+# extlinux. No nixos-hardware: its raspberry-pi profile replaces the firmware
+# partition (mkForce) and builds a vendor kernel no cache serves. Each option is
+# cited to its nixpkgs source in docs/nix.md.
 {
   config,
   lib,
@@ -14,9 +15,10 @@
   ...
 }:
 let
-  # Only what the Zero 2 W needs. U-Boot loads extlinux.conf from the root partition;
-  # gpu_mem=16 leaves the GPU the minimum (the firmware then picks the cut-down
-  # start/fixup files, which are copied below).
+  # Only what the Zero 2 W needs. The firmware starts U-Boot, which loads
+  # extlinux.conf from the root partition; gpu_mem=16 leaves the GPU the minimum
+  # (the firmware then picks the cut-down start/fixup files, which are copied
+  # below). [pi02] and the [all] lines are those of sd-image-aarch64.nix.
   configTxt = pkgs.writeText "config.txt" ''
     [pi02]
     kernel=u-boot-rpi3.bin
@@ -34,7 +36,6 @@ let
 in
 {
   imports = [
-    nixos-hardware.nixosModules.raspberry-pi-3
     # sd-image.nix, not sd-image-aarch64.nix: the latter also imports profiles/base.nix
     # (rescue tools, ZFS and other file systems) and firmware for every Pi model.
     "${modulesPath}/installer/sd-card/sd-image.nix"
@@ -43,29 +44,39 @@ in
   ];
 
   nixpkgs.hostPlatform = lib.mkDefault "aarch64-linux";
-  system.stateVersion = "25.11";
+  system.stateVersion = "26.05";
   networking.hostName = lib.mkDefault "moat";
 
+  # The boot chain of sd-image-aarch64.nix: firmware -> U-Boot -> extlinux.conf.
+  boot.loader.grub.enable = false;
+  boot.loader.generic-extlinux-compatible = {
+    enable = true;
+    configurationLimit = 5;
+  };
+  # The mainline Zero 2 W device tree routes `serial1` (the mini UART, ttyS1 under
+  # the mainline driver) to the header pins; tty0 for a screen.
+  boot.kernelParams = [
+    "console=ttyS1,115200n8"
+    "console=tty0"
+  ];
+
   # sd-image.nix sets enableAllHardware, which pulls in all of linux-firmware and
-  # initrd modules (ahci, sun4i-drm, pcie-brcmstb...) the Pi kernel lacks.
+  # initrd modules for other boards. The Zero 2 W needs only its Wi-Fi firmware.
   hardware.enableAllHardware = lib.mkForce false;
   hardware.enableRedistributableFirmware = lib.mkForce false;
-  # Only the Broadcom Wi-Fi firmware (CYW43436 / brcmfmac43436*), plus the regulatory
-  # database that networking.wireless adds. Not mkDefault: any plain definition (that
-  # wireless-regdb one) would silently drop it. Newer nixos-hardware adds its own copy;
-  # the list merges and the first file of a name wins.
+  # CYW43436 (brcmfmac43436* / 43430b0*), plus the regulatory database that
+  # networking.wireless adds. Not mkDefault: any plain definition (that
+  # wireless-regdb one) would silently drop it.
   hardware.firmware = [ pkgs.raspberrypiWirelessFirmware ];
 
-  # The Zero 2 W device tree: the vendor kernel installs bcm2710-rpi-zero-2-w.dtb and
-  # a copy under the upstream name U-Boot looks for; name it explicitly in
-  # extlinux.conf and keep only the Zero 2 trees in /boot.
+  # The mainline kernel's Zero 2 W tree (arch/arm64/boot/dts/broadcom/
+  # bcm2837-rpi-zero-2-w.dts), named explicitly in extlinux.conf (FDT) so U-Boot's
+  # own guess does not matter; only that tree is copied to /boot.
   hardware.deviceTree = {
     enable = true;
-    filter = "*rpi-zero-2-w.dtb";
+    filter = "bcm2837-rpi-zero-2-w.dtb";
     name = "broadcom/bcm2837-rpi-zero-2-w.dtb";
   };
-
-  boot.loader.generic-extlinux-compatible.configurationLimit = 5;
 
   image.baseName = "moat-pi-zero-2w";
   sdImage = {
@@ -103,5 +114,9 @@ in
     enable = true;
     firstboot.enable = true;
     wifi.enable = true;
+    mdns = {
+      enable = true;
+      interfaces = [ config.services.moat.wifi.interface ];
+    };
   };
 }

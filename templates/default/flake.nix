@@ -4,6 +4,9 @@
 #   nix build .#pi-zero-2w-image
 #   zstd -d result/sd-image/moat-pi-zero-2w.img.zst -o moat.img
 #
+# The build runs `moat check` on moat.yaml first: a manifest it rejects (the
+# placeholder hash below, a typo) fails the build with its line and column.
+#
 # and later push changes to the running Pi (keys and data in /var/lib/moat stay):
 #
 #   nixos-rebuild switch --flake .#pi-zero-2w --target-host root@moat.home.arpa
