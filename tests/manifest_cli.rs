@@ -6,7 +6,8 @@ use std::process::{Command, Output, Stdio};
 
 use argon2::password_hash::{PasswordVerifier, phc::PasswordHash};
 
-const HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNo";
+const HASH: &str =
+    "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaGhhc2hoYXNoaGFzaGhhc2g";
 
 fn moat(manifest: &Path, args: &[&str]) -> Output {
     moat_with_stdin(manifest, args, None)

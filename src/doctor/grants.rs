@@ -83,7 +83,8 @@ mod tests {
     use crate::doctor::Status;
     use crate::manifest::{LoadOptions, parse_str};
 
-    const HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNo";
+    const HASH: &str =
+        "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaGhhc2hoYXNoaGFzaGhhc2g";
 
     fn policy(users: &str) -> Policy {
         let text = format!("version: 1\nusers:\n{}", users.replace("{HASH}", HASH));

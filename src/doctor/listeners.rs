@@ -108,7 +108,8 @@ mod tests {
     use crate::doctor::host::HostAddress;
     use crate::manifest::{LoadOptions, parse_str};
 
-    const HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNo";
+    const HASH: &str =
+        "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaGhhc2hoYXNoaGFzaGhhc2g";
 
     fn policy(plain: &str) -> Policy {
         let text = format!(

@@ -280,7 +280,8 @@ mod tests {
     use crate::firewall::render;
     use crate::manifest::{LoadOptions, parse_str};
 
-    const HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNo";
+    const HASH: &str =
+        "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaGhhc2hoYXNoaGFzaGhhc2g";
 
     fn policy() -> Policy {
         let text = format!(

@@ -76,7 +76,8 @@ mod tests {
     use crate::manifest::{LoadOptions, parse_str};
     use crate::policy::Policy;
 
-    const HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNo";
+    const HASH: &str =
+        "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaGhhc2hoYXNoaGFzaGhhc2g";
 
     #[test]
     fn both_scopes_load_cleanly_without_warnings() {

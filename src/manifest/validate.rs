@@ -3,7 +3,6 @@
 //! with the line and column of the offending node; it never stops at the first one.
 //! It decides what is allowed, not how the broker uses it (that is `crate::policy`).
 
-use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use ipnet::IpNet;
@@ -14,6 +13,7 @@ use super::schema::{
     ByteSize, DurabilitySpec, IdentityLimitsSpec, IdentitySpec, LimitsSpec, Manifest, RoleSpec,
     Seconds, Spanned,
 };
+use crate::auth::{HashKind, VerifyError, check_stored_hash};
 use crate::protocol::topic::{parse_shared, validate_topic_filter};
 
 /// The only schema version this build reads.
@@ -94,73 +94,23 @@ pub fn is_local_network(net: &IpNet) -> bool {
         .any(|local| local.contains(net))
 }
 
-/// The kinds of password hash a manifest may hold.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum HashKind {
-    /// `$argon2id$...` PHC string: what moat writes.
-    Argon2id,
-    /// mosquitto 2.x `$7$iterations$salt$hash` (PBKDF2-SHA512), imported.
-    MosquittoPbkdf2,
-    /// mosquitto 1.x `$6$salt$hash` (salted SHA-512), imported.
-    MosquittoSha512,
-}
-
-/// Recognises a password hash, or says why it is refused.
+/// Recognises a password hash, or says why it is refused. The well-formedness and
+/// cost ceilings are login's own (`auth::check_stored_hash`), so `moat check`
+/// refuses exactly what login would; this adds the advice for schemes moat never
+/// accepts.
 pub fn classify_hash(hash: &str) -> Result<HashKind, String> {
-    let parts: Vec<&str> = hash.split('$').collect();
-    let b64 = |s: &str| {
-        !s.is_empty()
-            && s.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'='))
-    };
-    match parts.as_slice() {
-        ["", "argon2id", rest @ ..] => {
-            let (params, salt, digest) = match rest {
-                [version, params, salt, digest] if *version == "v=19" => (params, salt, digest),
-                [version, ..] if version.starts_with("v=") => {
-                    return Err(format!(
-                        "argon2id version {version} is not supported (only v=19)"
-                    ));
-                }
-                [params, salt, digest] => (params, salt, digest),
-                _ => return Err("malformed argon2id PHC string: expected $argon2id$v=19$m=..,t=..,p=..$salt$hash".into()),
-            };
-            let mut seen = BTreeMap::new();
-            for pair in params.split(',') {
-                let (k, v) = pair
-                    .split_once('=')
-                    .ok_or_else(|| format!("malformed argon2id parameter {pair:?}"))?;
-                let v: u32 = v
-                    .parse()
-                    .map_err(|_| format!("malformed argon2id parameter {pair:?}"))?;
-                seen.insert(k.to_string(), v);
-            }
-            for key in ["m", "t", "p"] {
-                if !seen.contains_key(key) {
-                    return Err(format!("argon2id hash lacks the {key}= parameter"));
-                }
-            }
-            if !b64(salt) || !b64(digest) {
-                return Err("argon2id salt and hash must be base64".into());
-            }
-            Ok(HashKind::Argon2id)
-        }
-        ["", "7", iterations, salt, digest] => {
-            if iterations.parse::<u32>().map_or(true, |n| n == 0) || !b64(salt) || !b64(digest) {
-                return Err("malformed mosquitto $7$ hash: expected $7$iterations$salt$hash".into());
-            }
-            Ok(HashKind::MosquittoPbkdf2)
-        }
-        ["", "6", salt, digest] => {
-            if !b64(salt) || !b64(digest) {
-                return Err("malformed mosquitto $6$ hash: expected $6$salt$hash".into());
-            }
-            Ok(HashKind::MosquittoSha512)
-        }
-        ["", "argon2i" | "argon2d", ..] => Err(
+    let scheme = hash
+        .strip_prefix('$')
+        .and_then(|rest| rest.split('$').next());
+    match scheme {
+        Some("argon2id" | "7" | "6") => check_stored_hash(hash).map_err(|e| match e {
+            VerifyError::Malformed(why) => format!("malformed password hash: {why}"),
+            other => other.to_string(),
+        }),
+        Some("argon2i" | "argon2d") => Err(
             "only argon2id hashes are accepted (argon2i and argon2d are weaker against side channels or GPUs); run `moat passwd NAME --write`".into(),
         ),
-        ["", scheme, ..] if !scheme.is_empty() => Err(format!(
+        Some(scheme) if !scheme.is_empty() => Err(format!(
             "unsupported password hash scheme ${scheme}$: moat accepts argon2id (`moat passwd`) and imported mosquitto $7$/$6$ hashes"
         )),
         _ => Err(
@@ -733,20 +683,36 @@ mod tests {
 
     #[test]
     fn hashes_are_classified() {
-        let argon = "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNo";
-        assert_eq!(classify_hash(argon), Ok(HashKind::Argon2id));
+        let argon = crate::auth::hash_password(b"pw").unwrap();
+        assert_eq!(classify_hash(&argon), Ok(HashKind::Argon2id));
+        // Debian mosquitto_passwd 2.0.11's output for "pw".
         assert_eq!(
-            classify_hash("$7$101$c2FsdA==$aGFzaA=="),
+            classify_hash(
+                "$7$101$HCThYiheYqjjiGZ7$YeoFJAvMssLj5W3GxGg0L4cBzWywtioCBdn2YoryXYgq4w8PXIGEIP4Bo+w9UkUgElZIJfzpmQ/57uoMemKCtg=="
+            ),
             Ok(HashKind::MosquittoPbkdf2)
-        );
-        assert_eq!(
-            classify_hash("$6$c2FsdA==$aGFzaA=="),
-            Ok(HashKind::MosquittoSha512)
         );
         assert!(classify_hash("$argon2i$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA").is_err());
         assert!(classify_hash("$2b$10$abcdefghijklmnopqrstuv").is_err());
         assert!(classify_hash("hunter2").is_err());
         assert!(classify_hash("$argon2id$v=19$m=19456$c2FsdA$aGFzaA").is_err());
+    }
+
+    #[test]
+    fn check_refuses_what_login_would() {
+        // Well-formed, but over login's cost ceiling: `moat check` used to accept it
+        // and every login then failed.
+        let costly =
+            "$argon2id$v=19$m=4194304,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaGhhc2hoYXNo";
+        let why = classify_hash(costly).unwrap_err();
+        assert!(why.contains("ceiling"), "{why}");
+        // A salt too short for argon2.
+        assert!(
+            classify_hash(
+                "$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaGhhc2hoYXNoaGFzaGhhc2hoYXNoaGFzaGhhc2g"
+            )
+            .is_err()
+        );
     }
 
     #[test]
