@@ -8,6 +8,7 @@ pub mod admission;
 pub mod listener;
 pub mod tls;
 pub mod tls_stream;
+pub mod websocket;
 
 pub use admission::{Admission as AdmissionControl, AdmissionSettings};
 pub use listener::{Listener, serve_listener};
