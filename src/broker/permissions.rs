@@ -22,6 +22,38 @@ pub trait Permissions: Send + Sync {
     fn retained_quota(&self) -> usize {
         usize::MAX
     }
+    /// Subscriptions one client of this identity may hold; `None` means the broker's
+    /// `max_subscriptions`.
+    fn max_subscriptions(&self) -> Option<usize> {
+        None
+    }
+}
+
+/// Which rule refused a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PublishDenied {
+    /// No publish grant matches the topic (or it is a `$` topic).
+    Topic,
+    /// The message is retained and the identity may not retain.
+    Retain,
+}
+
+/// The one check for a message a client sends: a PUBLISH, and its will both at
+/// CONNECT and when it is published (rights may have changed by a reload). Clients
+/// never publish to `$` topics; a grant must match; retained needs the retain right.
+pub fn may_publish_message(
+    permissions: &dyn Permissions,
+    client_id: &str,
+    topic: &str,
+    retain: bool,
+) -> Result<(), PublishDenied> {
+    if topic.starts_with('$') || !permissions.may_publish(client_id, topic) {
+        return Err(PublishDenied::Topic);
+    }
+    if retain && !permissions.may_retain() {
+        return Err(PublishDenied::Retain);
+    }
+    Ok(())
 }
 
 /// Per-client limits that depend on who the client is.

@@ -1,6 +1,9 @@
-//! Broker-wide counters for `$SYS` and logs: plain atomics, no locks.
+//! Broker-wide counters for `$SYS` and logs: plain atomics, no locks, plus the
+//! bounded denial counts ([`Denials`], one small lock taken only on a refusal).
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+
+use super::denials::Denials;
 
 #[derive(Default)]
 pub struct Stats {
@@ -11,6 +14,9 @@ pub struct Stats {
     bytes_sent: AtomicU64,
     dropped: AtomicU64,
     connections_refused: AtomicU64,
+    subscriptions_refused: AtomicU64,
+    /// Every refusal, per identity, kind and topic pattern.
+    pub denials: Denials,
 }
 
 /// A copy of the counters at one moment.
@@ -23,6 +29,8 @@ pub struct Snapshot {
     pub bytes_sent: u64,
     pub dropped: u64,
     pub connections_refused: u64,
+    pub subscriptions_refused: u64,
+    pub denials: u64,
 }
 
 impl Stats {
@@ -48,6 +56,11 @@ impl Stats {
         self.connections_refused.fetch_add(1, Relaxed);
     }
 
+    /// A SUBSCRIBE filter was refused (any reason).
+    pub fn subscription_refused(&self) {
+        self.subscriptions_refused.fetch_add(1, Relaxed);
+    }
+
     pub fn snapshot(&self) -> Snapshot {
         Snapshot {
             connected: self.connected.load(Relaxed),
@@ -57,6 +70,8 @@ impl Stats {
             bytes_sent: self.bytes_sent.load(Relaxed),
             dropped: self.dropped.load(Relaxed),
             connections_refused: self.connections_refused.load(Relaxed),
+            subscriptions_refused: self.subscriptions_refused.load(Relaxed),
+            denials: self.denials.total(),
         }
     }
 }
