@@ -96,3 +96,49 @@ pub type AdmitFuture<'a> =
 pub trait Gatekeeper: Send + Sync {
     fn admit<'a>(&'a self, connect: &'a Connect, peer: &'a PeerInfo) -> AdmitFuture<'a>;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// May publish under `a/`, retains only if `retain`.
+    struct Rights {
+        retain: bool,
+    }
+
+    impl Permissions for Rights {
+        fn may_publish(&self, _: &str, topic: &str) -> bool {
+            topic.starts_with("a/") || topic.starts_with("$a/")
+        }
+        fn may_subscribe(&self, _: &str, _: &str) -> bool {
+            false
+        }
+        fn may_receive(&self, _: &str, _: &str) -> bool {
+            false
+        }
+        fn may_retain(&self) -> bool {
+            self.retain
+        }
+    }
+
+    #[test]
+    fn one_check_names_the_rule_that_refused() {
+        let keeps = Rights { retain: true };
+        let no_retain = Rights { retain: false };
+        assert_eq!(may_publish_message(&keeps, "c", "a/x", true), Ok(()));
+        assert_eq!(may_publish_message(&no_retain, "c", "a/x", false), Ok(()));
+        assert_eq!(
+            may_publish_message(&no_retain, "c", "a/x", true),
+            Err(PublishDenied::Retain)
+        );
+        assert_eq!(
+            may_publish_message(&keeps, "c", "b/x", false),
+            Err(PublishDenied::Topic)
+        );
+        // Clients never publish to `$` topics, whatever a grant says.
+        assert_eq!(
+            may_publish_message(&keeps, "c", "$a/x", false),
+            Err(PublishDenied::Topic)
+        );
+    }
+}
