@@ -9,7 +9,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::cli::{ok, run_moat};
-use common::{Moat, Sub, mosquitto, wait_for_text, with_extra};
+use common::{Moat, Sub, mosquitto, run_bounded, wait_for_text, with_extra};
 
 /// Home Assistant as it behaves by default: MQTT 3.1.1 (`const.py`:
 /// `DEFAULT_PROTOCOL = PROTOCOL_311`), TLS with the uploaded CA (`client.py`:
@@ -269,6 +269,10 @@ fn denials_are_logged_counted_and_shown_with_the_grant_that_would_allow_them() {
     publish: [\"cam/#\"]
     subscribe: [\"cam/#\"]
     limits: { max_subscriptions: 2 }
+users:
+  sysmon:
+    password_hash: \"{HASH}\"
+    subscribe: [\"$SYS/#\"]
 ",
     );
     // MQTT 3.1.1 QoS 1: the PUBACK cannot refuse, so mosquitto_pub succeeds.
@@ -316,6 +320,24 @@ fn denials_are_logged_counted_and_shown_with_the_grant_that_would_allow_them() {
     ));
     let v: serde_json::Value = serde_json::from_str(&json).unwrap();
     assert_eq!(v["total"], 3, "{json}");
+    // `$SYS` says the same (republished every 10 s; the retained value may be older).
+    let out = run_bounded(
+        std::process::Command::new("mosquitto_sub").args(with_extra(
+            moat.tls_args("sysmon"),
+            &[
+                "-v",
+                "-t",
+                "$SYS/broker/denials/count",
+                "-C",
+                "2",
+                "-W",
+                "25",
+            ],
+        )),
+        Duration::from_secs(30),
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("$SYS/broker/denials/count 3"), "{text}");
 }
 
 #[test]
