@@ -56,6 +56,8 @@ pub enum Command {
     Export(ExportArgs),
     /// Write a backup archive of the state directory (or `--restore` one).
     Backup(BackupArgs),
+    /// What the running broker refused, with the manifest line that would allow it.
+    Denials(DenialsArgs),
 }
 
 #[derive(Debug, Args)]
@@ -134,6 +136,13 @@ pub struct FirstbootArgs {
 pub struct ExportArgs {
     /// The identity to export settings for.
     pub name: String,
+}
+
+#[derive(Debug, Args)]
+pub struct DenialsArgs {
+    /// How many of the most frequent refusals to print.
+    #[arg(long, default_value_t = 20)]
+    pub top: usize,
 }
 
 #[derive(Debug, Args)]

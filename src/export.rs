@@ -152,7 +152,7 @@ fn snippets(s: &ClientSettings, identity: &Identity, state: &Path) -> Vec<Snippe
     let mut out = Vec::new();
     for role in &identity.roles {
         let snippet = match role.as_str() {
-            "homeassistant" => home_assistant(s),
+            "homeassistant" | "homeassistant-strict" => home_assistant(s),
             "zigbee2mqtt" => zigbee2mqtt(s),
             "tasmota" => tasmota(s),
             "esphome" => esphome(s, state),

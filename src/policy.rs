@@ -182,6 +182,9 @@ pub struct Identity {
     pub max_packet_size: u32,
     /// This identity's share of the retained store (messages).
     pub max_retained_messages: usize,
+    /// Subscriptions per client of this identity (may exceed the broker default:
+    /// a hub subscribes once per entity).
+    pub max_subscriptions: usize,
     /// Role names, in manifest order.
     pub roles: Vec<String>,
 }
@@ -404,6 +407,7 @@ struct Overrides {
     queued_bytes: Option<usize>,
     packet_size: Option<u32>,
     retained_messages: Option<usize>,
+    subscriptions: Option<usize>,
 }
 
 impl Overrides {
@@ -416,6 +420,7 @@ impl Overrides {
             queued_bytes: s.max_queued_bytes.as_ref().map(|v| to_usize(v.value.0)),
             packet_size: s.max_packet_size.as_ref().map(|v| to_u32(v.value.0)),
             retained_messages: s.max_retained_messages.as_ref().map(|v| to_usize(v.value)),
+            subscriptions: s.max_subscriptions.as_ref().map(|v| to_usize(v.value)),
         }
     }
 
@@ -425,6 +430,7 @@ impl Overrides {
             queued_bytes: p.max_queued_bytes,
             packet_size: p.max_packet_size,
             retained_messages: None,
+            subscriptions: p.max_subscriptions,
         }
     }
 
@@ -441,6 +447,7 @@ impl Overrides {
             queued_bytes: max(self.queued_bytes, other.queued_bytes),
             packet_size: max(self.packet_size, other.packet_size),
             retained_messages: max(self.retained_messages, other.retained_messages),
+            subscriptions: max(self.subscriptions, other.subscriptions),
         }
     }
 
@@ -451,6 +458,7 @@ impl Overrides {
             queued_bytes: self.queued_bytes.or(roles.queued_bytes),
             packet_size: self.packet_size.or(roles.packet_size),
             retained_messages: self.retained_messages.or(roles.retained_messages),
+            subscriptions: self.subscriptions.or(roles.subscriptions),
         }
     }
 }
@@ -564,6 +572,7 @@ fn compile_identity(
             .retained_messages
             .unwrap_or(limits.max_retained_messages)
             .min(limits.max_retained_messages),
+        max_subscriptions: resolved.subscriptions.unwrap_or(limits.max_subscriptions),
         roles: role_names,
     }
 }
@@ -600,6 +609,12 @@ mod tests {
         let ha = p.identity("ha").unwrap();
         assert_eq!(ha.max_queued_messages, 10_000);
         assert_eq!(ha.max_queued_bytes, 16 * 1024 * 1024);
+        assert_eq!(ha.max_subscriptions, roles::HUB_MAX_SUBSCRIPTIONS);
+        assert!(
+            ha.acl
+                .may_publish("ha", "c", "frigate/front/detect/set")
+                .allowed
+        );
         assert_eq!(ha.kind, IdentityKind::User);
         assert!(!p.needs_rsa_server_key());
     }
@@ -617,13 +632,13 @@ roles:
   quiet:
     publish: [\"q/%u\"]
     retain: false
-    limits: {{ max_queued_messages: 50 }}
+    limits: {{ max_queued_messages: 50, max_subscriptions: 20 }}
 devices:
   plug:
     roles: [tasmota, quiet]
     password_hash: \"{HASH}\"
     plaintext: true
-    limits: {{ max_packet_size: 1MiB }}
+    limits: {{ max_packet_size: 1MiB, max_subscriptions: 500 }}
   cam:
     certificate: true
     role: quiet
@@ -647,10 +662,12 @@ devices:
         );
         assert_eq!(plug.max_queued_messages, 50);
         assert_eq!(plug.max_queued_bytes, 2 * 1024 * 1024);
+        assert_eq!(plug.max_subscriptions, 500, "the identity's own value wins");
         assert!(plug.acl.may_publish("plug", "x", "tele/plug/STATE").allowed);
         assert!(plug.acl.may_publish("plug", "x", "q/plug").allowed);
         let cam = p.identity("cam").unwrap();
         assert!(!cam.may_retain);
+        assert_eq!(cam.max_subscriptions, 20, "the role's value applies");
         assert_eq!(cam.credential, Credential::Certificate);
         assert_eq!(p.certificate_devices(), ["cam"]);
         assert!(p.needs_rsa_server_key());

@@ -164,7 +164,7 @@ fn doctor_passes_on_the_example_appliance() {
         ("tls", "the RSA server certificate: RSA-2048"),
         ("permissions", "is private (0700)"),
         ("passwords", "3 password(s) checked"),
-        ("grants", "no identity may publish everywhere"),
+        ("grants", "role publishes everywhere"),
         ("limits", "every limit is bounded"),
         ("probe", "refused an anonymous CONNECT"),
         ("probe", "as device kitchen-sensor"),

@@ -20,9 +20,10 @@ use crate::protocol::{Codec, DecodeError, Role};
 
 use crate::store::{Commit, InflightOut, Op, Slot, StoredInflightOut};
 
+use super::denials::DenialKind;
 use super::journal::{Batch, QueueFull, settle, stored_message};
 use super::mailbox::{InFlight, Message, Outbound, QueueLimits};
-use super::permissions::{Admission, Gatekeeper, PeerInfo};
+use super::permissions::{Admission, Gatekeeper, PeerInfo, PublishDenied, may_publish_message};
 use super::session::{Kick, SessionLink};
 use super::stats::Stats;
 use super::{AttachRequest, Attached, Broker, BrokerConfig, Incoming};
@@ -337,12 +338,15 @@ where
         limits,
     } = admission;
     if let Some(will) = &connect.will {
-        let allowed = check_topic_limits(&will.topic, config).is_ok()
-            && !will.topic.starts_with('$')
-            && permissions.may_publish(&connect.client_id, &will.topic)
-            && (!will.retain || permissions.may_retain());
-        if !allowed {
-            tracing::info!(target: "moat::audit", peer = %peer.addr, %identity, topic = %will.topic, "will topic not authorized");
+        let checked = check_topic_limits(&will.topic, config)
+            .map_err(|_| PublishDenied::Topic)
+            .and_then(|()| {
+                may_publish_message(&*permissions, &connect.client_id, &will.topic, will.retain)
+            });
+        if let Err(denied) = checked {
+            let kind = will_denial(denied);
+            broker.stats.denials.record(&identity, kind, &will.topic);
+            tracing::info!(target: "moat::audit", peer = %peer.addr, %identity, client_id = %connect.client_id, topic = %will.topic, retain = will.retain, rule = kind.as_str(), "will denied");
             refuse_connect(
                 stream,
                 codec,
@@ -489,6 +493,14 @@ async fn wait_for_drain(subscriber: &SessionLink, stats: &Stats) {
     }
     if !drained {
         subscriber.mailbox.mark_stalled();
+    }
+}
+
+/// A will's refusal as counted: its topic, or its retain flag.
+fn will_denial(denied: PublishDenied) -> DenialKind {
+    match denied {
+        PublishDenied::Topic => DenialKind::Will,
+        PublishDenied::Retain => DenialKind::Retain,
     }
 }
 
@@ -1011,10 +1023,32 @@ impl Connection {
 
         let permissions = self.session.permissions();
         let client_id = &self.session.client_id;
-        let allowed = !publish.topic.starts_with('$')
-            && permissions.may_publish(client_id, &publish.topic)
-            && (!publish.retain || permissions.may_retain());
-        let (reason, commit) = if allowed {
+        let checked = may_publish_message(&*permissions, client_id, &publish.topic, publish.retain);
+        let (reason, commit) = if let Err(denied) = checked {
+            let kind = match denied {
+                PublishDenied::Topic => DenialKind::Publish,
+                PublishDenied::Retain => DenialKind::Retain,
+            };
+            self.broker
+                .stats
+                .denials
+                .record(&self.session.owner, kind, &publish.topic);
+            // MQTT 3.1.1 has no way to refuse a PUBLISH: its PUBACK/PUBREC carries no
+            // reason code, so the client takes it for success. Say so in the log.
+            let client_told = self.version == ProtocolVersion::V5 && publish.qos != QoS::AtMostOnce;
+            tracing::info!(
+                target: "moat::audit",
+                client_id = %client_id,
+                identity = %self.session.owner,
+                topic = %publish.topic,
+                retain = publish.retain,
+                qos = ?publish.qos,
+                rule = kind.as_str(),
+                client_told,
+                "publish denied"
+            );
+            (ReasonCode::NotAuthorized, None)
+        } else {
             let incoming = self.incoming(
                 &publish.topic,
                 publish.payload,
@@ -1040,16 +1074,6 @@ impl Connection {
                 ReasonCode::Success
             };
             (reason, commit)
-        } else {
-            tracing::info!(
-                target: "moat::audit",
-                client_id = %client_id,
-                identity = %self.session.owner,
-                topic = %publish.topic,
-                retain = publish.retain,
-                "publish denied"
-            );
-            (ReasonCode::NotAuthorized, None)
         };
         match publish.qos {
             QoS::AtMostOnce => {}
@@ -1090,13 +1114,6 @@ impl Connection {
             {
                 Some(ReasonCode::TopicFilterInvalid)
             } else if !permissions.may_subscribe(&self.session.client_id, filter) {
-                tracing::info!(
-                    target: "moat::audit",
-                    client_id = %self.session.client_id,
-                    identity = %self.session.owner,
-                    filter = %filter,
-                    "subscribe denied"
-                );
                 Some(ReasonCode::NotAuthorized)
             } else {
                 granted.push((filter, request.options));
@@ -1109,7 +1126,7 @@ impl Connection {
             .broker
             .subscribe(&self.session, &granted, identifier, slot);
         let mut results = results.into_iter();
-        let reasons = refusals
+        let reasons: Vec<ReasonCode> = refusals
             .into_iter()
             .zip(&subscribe.filters)
             .map(|(refusal, request)| match refusal {
@@ -1125,6 +1142,11 @@ impl Connection {
                 },
             })
             .collect();
+        for (reason, request) in reasons.iter().zip(&subscribe.filters) {
+            if reason.is_error() {
+                self.subscription_refused(&request.filter, *reason);
+            }
+        }
         // SUBACK first, then retained messages (they go through the mailbox, which is
         // drained after the answers are encoded).
         self.reply_after(
@@ -1136,6 +1158,30 @@ impl Connection {
             }),
         );
         Ok(())
+    }
+
+    /// Every refused SUBSCRIBE filter is one audit line and one count: Home
+    /// Assistant ignores SUBACK codes, so this is the only trace a user will find.
+    fn subscription_refused(&self, filter: &str, reason: ReasonCode) {
+        let kind = match reason {
+            ReasonCode::QuotaExceeded => DenialKind::SubscribeQuota,
+            ReasonCode::TopicFilterInvalid => DenialKind::SubscribeInvalid,
+            _ => DenialKind::Subscribe,
+        };
+        self.broker.stats.subscription_refused();
+        self.broker
+            .stats
+            .denials
+            .record(&self.session.owner, kind, filter);
+        tracing::info!(
+            target: "moat::audit",
+            client_id = %self.session.client_id,
+            identity = %self.session.owner,
+            filter = %filter,
+            reason = ?reason,
+            rule = kind.as_str(),
+            "subscribe denied"
+        );
     }
 
     fn on_unsubscribe(&mut self, unsubscribe: Unsubscribe, mut slot: Option<Slot>) {
@@ -1203,9 +1249,30 @@ impl Connection {
             End::Abnormal(_) => (true, None),
         };
         let will = self.will.take().filter(|_| publish_will).and_then(|will| {
-            // Rights may have changed since CONNECT (reload).
+            // Rights may have changed since CONNECT (reload): the same check as any
+            // PUBLISH, retain right included.
             let permissions = self.session.permissions();
-            if !permissions.may_publish(&self.session.client_id, &will.topic) {
+            let checked = may_publish_message(
+                &*permissions,
+                &self.session.client_id,
+                &will.topic,
+                will.retain,
+            );
+            if let Err(denied) = checked {
+                let kind = will_denial(denied);
+                self.broker
+                    .stats
+                    .denials
+                    .record(&self.session.owner, kind, &will.topic);
+                tracing::info!(
+                    target: "moat::audit",
+                    client_id = %self.session.client_id,
+                    identity = %self.session.owner,
+                    topic = %will.topic,
+                    retain = will.retain,
+                    rule = kind.as_str(),
+                    "will denied"
+                );
                 return None;
             }
             let delay =

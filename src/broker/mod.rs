@@ -6,6 +6,7 @@
 //! caller reserved and returns the commit to wait for before acknowledging.
 
 pub mod connection;
+pub mod denials;
 pub mod journal;
 pub mod mailbox;
 pub mod permissions;
@@ -27,9 +28,13 @@ use crate::store::{
     StoredSubscription as StoredSubscriptionRecord,
 };
 
+use denials::DenialKind;
 use journal::{Batch, Journal, restored_message, stored_message};
 use mailbox::{InFlight, Mailbox, Message, PushOutcome, QueueLimits};
-pub use permissions::{Admission, ClientLimits, Gatekeeper, ListenerKind, PeerInfo, Permissions};
+pub use permissions::{
+    Admission, ClientLimits, Gatekeeper, ListenerKind, PeerInfo, Permissions, PublishDenied,
+    may_publish_message,
+};
 use retained::{RetainQuota, RetainRefused, Retained, RetainedStore};
 use session::{Kick, SessionLink};
 use stats::Stats;
@@ -717,7 +722,11 @@ impl Broker {
             return Err(ReasonCode::UnspecifiedError);
         };
         let existed = entry.subscriptions.contains(filter);
-        if !existed && entry.subscriptions.len() >= config.max_subscriptions {
+        let cap = session
+            .permissions()
+            .max_subscriptions()
+            .unwrap_or(config.max_subscriptions);
+        if !existed && entry.subscriptions.len() >= cap {
             return Err(ReasonCode::QuotaExceeded);
         }
         entry.subscriptions.insert(filter.to_owned());
@@ -740,9 +749,15 @@ impl Broker {
             let retained = state.retained.matching(filter, Instant::now());
             let permissions = session.permissions();
             for r in retained {
-                if !permissions.may_receive(&session.client_id, &r.message.topic)
-                    || !self.publisher_may_still_write(&r)
-                {
+                if !permissions.may_receive(&session.client_id, &r.message.topic) {
+                    self.stats.denials.record(
+                        &session.owner,
+                        DenialKind::Receive,
+                        &r.message.topic,
+                    );
+                    continue;
+                }
+                if !self.publisher_may_still_write(&r) {
                     continue;
                 }
                 let mut message = r.message;
@@ -764,7 +779,7 @@ impl Broker {
             return true;
         }
         self.resolve(&retained.publisher).is_some_and(|p| {
-            p.may_publish(&retained.publisher, &retained.message.topic) && p.may_retain()
+            may_publish_message(&*p, &retained.publisher, &retained.message.topic, true).is_ok()
         })
     }
 
@@ -992,6 +1007,9 @@ fn deliver(
             .permissions()
             .may_receive(&session.client_id, &message.topic)
         {
+            stats
+                .denials
+                .record(&session.owner, DenialKind::Receive, &message.topic);
             continue;
         }
         let outgoing = Message {

@@ -22,6 +22,38 @@ pub trait Permissions: Send + Sync {
     fn retained_quota(&self) -> usize {
         usize::MAX
     }
+    /// Subscriptions one client of this identity may hold; `None` means the broker's
+    /// `max_subscriptions`.
+    fn max_subscriptions(&self) -> Option<usize> {
+        None
+    }
+}
+
+/// Which rule refused a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PublishDenied {
+    /// No publish grant matches the topic (or it is a `$` topic).
+    Topic,
+    /// The message is retained and the identity may not retain.
+    Retain,
+}
+
+/// The one check for a message a client sends: a PUBLISH, and its will both at
+/// CONNECT and when it is published (rights may have changed by a reload). Clients
+/// never publish to `$` topics; a grant must match; retained needs the retain right.
+pub fn may_publish_message(
+    permissions: &dyn Permissions,
+    client_id: &str,
+    topic: &str,
+    retain: bool,
+) -> Result<(), PublishDenied> {
+    if topic.starts_with('$') || !permissions.may_publish(client_id, topic) {
+        return Err(PublishDenied::Topic);
+    }
+    if retain && !permissions.may_retain() {
+        return Err(PublishDenied::Retain);
+    }
+    Ok(())
 }
 
 /// Per-client limits that depend on who the client is.
@@ -63,4 +95,50 @@ pub type AdmitFuture<'a> =
 /// the password verifier); the error is the CONNACK reason to answer with.
 pub trait Gatekeeper: Send + Sync {
     fn admit<'a>(&'a self, connect: &'a Connect, peer: &'a PeerInfo) -> AdmitFuture<'a>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// May publish under `a/`, retains only if `retain`.
+    struct Rights {
+        retain: bool,
+    }
+
+    impl Permissions for Rights {
+        fn may_publish(&self, _: &str, topic: &str) -> bool {
+            topic.starts_with("a/") || topic.starts_with("$a/")
+        }
+        fn may_subscribe(&self, _: &str, _: &str) -> bool {
+            false
+        }
+        fn may_receive(&self, _: &str, _: &str) -> bool {
+            false
+        }
+        fn may_retain(&self) -> bool {
+            self.retain
+        }
+    }
+
+    #[test]
+    fn one_check_names_the_rule_that_refused() {
+        let keeps = Rights { retain: true };
+        let no_retain = Rights { retain: false };
+        assert_eq!(may_publish_message(&keeps, "c", "a/x", true), Ok(()));
+        assert_eq!(may_publish_message(&no_retain, "c", "a/x", false), Ok(()));
+        assert_eq!(
+            may_publish_message(&no_retain, "c", "a/x", true),
+            Err(PublishDenied::Retain)
+        );
+        assert_eq!(
+            may_publish_message(&keeps, "c", "b/x", false),
+            Err(PublishDenied::Topic)
+        );
+        // Clients never publish to `$` topics, whatever a grant says.
+        assert_eq!(
+            may_publish_message(&keeps, "c", "$a/x", false),
+            Err(PublishDenied::Topic)
+        );
+    }
 }

@@ -1,6 +1,9 @@
-//! Broker-wide counters for `$SYS` and logs: plain atomics, no locks.
+//! Broker-wide counters for `$SYS` and logs: plain atomics, no locks, plus the
+//! bounded denial counts ([`Denials`], one small lock taken only on a refusal).
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+
+use super::denials::Denials;
 
 #[derive(Default)]
 pub struct Stats {
@@ -12,6 +15,9 @@ pub struct Stats {
     dropped: AtomicU64,
     connections_refused: AtomicU64,
     publishers_paused: AtomicU64,
+    subscriptions_refused: AtomicU64,
+    /// Every refusal, per identity, kind and topic pattern.
+    pub denials: Denials,
 }
 
 /// A copy of the counters at one moment.
@@ -26,6 +32,8 @@ pub struct Snapshot {
     pub connections_refused: u64,
     /// Times a publisher waited for a congested QoS 1/2 subscriber (backpressure).
     pub publishers_paused: u64,
+    pub subscriptions_refused: u64,
+    pub denials: u64,
 }
 
 impl Stats {
@@ -55,6 +63,11 @@ impl Stats {
         self.connections_refused.fetch_add(1, Relaxed);
     }
 
+    /// A SUBSCRIBE filter was refused (any reason).
+    pub fn subscription_refused(&self) {
+        self.subscriptions_refused.fetch_add(1, Relaxed);
+    }
+
     pub fn snapshot(&self) -> Snapshot {
         Snapshot {
             connected: self.connected.load(Relaxed),
@@ -65,6 +78,8 @@ impl Stats {
             dropped: self.dropped.load(Relaxed),
             connections_refused: self.connections_refused.load(Relaxed),
             publishers_paused: self.publishers_paused.load(Relaxed),
+            subscriptions_refused: self.subscriptions_refused.load(Relaxed),
+            denials: self.denials.total(),
         }
     }
 }

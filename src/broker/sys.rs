@@ -16,9 +16,14 @@ use super::{Broker, Incoming};
 /// How often `$SYS` is republished (mosquitto's default `sys_interval`).
 pub const SYS_INTERVAL: Duration = Duration::from_secs(10);
 
+/// Denials shown in `$SYS/broker/denials/top` (the whole list is `moat denials`).
+pub const SYS_TOP_DENIALS: usize = 10;
+
 /// The `$SYS` topics and their current values.
 pub fn sys_topics(broker: &Broker) -> Vec<(&'static str, String)> {
     let s = broker.stats.snapshot();
+    let mut denials = broker.stats.denials.snapshot();
+    denials.entries.truncate(SYS_TOP_DENIALS);
     let (sessions, subscriptions, retained) = broker.counts();
     vec![
         (
@@ -48,6 +53,19 @@ pub fn sys_topics(broker: &Broker) -> Vec<(&'static str, String)> {
         (
             "$SYS/broker/connections/refused",
             s.connections_refused.to_string(),
+        ),
+        (
+            "$SYS/broker/subscriptions/refused",
+            s.subscriptions_refused.to_string(),
+        ),
+        ("$SYS/broker/denials/count", denials.total.to_string()),
+        (
+            "$SYS/broker/denials/uncounted",
+            denials.uncounted.to_string(),
+        ),
+        (
+            "$SYS/broker/denials/top",
+            serde_json::to_string(&denials.entries).unwrap_or_default(),
         ),
     ]
 }

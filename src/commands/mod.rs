@@ -8,6 +8,7 @@ use crate::cli::{Cli, Command};
 
 pub mod backup;
 pub mod check;
+pub mod denials;
 pub mod doctor;
 pub mod export;
 pub mod firewall;
@@ -40,6 +41,7 @@ pub fn dispatch(cli: Cli) -> ExitCode {
         Command::Firstboot(a) => firstboot::run(g, a),
         Command::Export(a) => export::run(g, a),
         Command::Backup(a) => backup::run(g, a),
+        Command::Denials(a) => denials::run(g, a),
     };
     match outcome {
         Ok(code) => ExitCode::from(code),

@@ -1,10 +1,11 @@
 //! Who may touch everything. "Everything" is a grant whose filter is `#`, or only `+`
 //! levels followed by `#` (`+/#`): it matches every non-`$` topic. Publishing
-//! everywhere is never needed: any identity with such a publish grant is a FAIL.
-//! Subscribing everywhere is what the built-in read-all roles are for
-//! ([`READ_ALL_ROLES`]: `homeassistant`, whose discovery may point anywhere, and
-//! `observer`, the read-only dashboard); anyone else with such a subscribe grant is a
-//! FAIL. (`#` never matches `$SYS` or other `$` topics.)
+//! everywhere is for the hub only ([`WRITE_ALL_ROLES`]: `homeassistant`, whose
+//! automations may command any device); anyone else with such a publish grant is a
+//! FAIL. Subscribing everywhere is what the built-in read-all roles are for
+//! ([`READ_ALL_ROLES`]: the `homeassistant` roles, whose discovery may point
+//! anywhere, and `observer`, the read-only dashboard); anyone else with such a
+//! subscribe grant is a FAIL. (`#` never matches `$SYS` or other `$` topics.)
 
 use super::Finding;
 use crate::manifest::roles;
@@ -13,7 +14,10 @@ use crate::policy::{Identity, Policy};
 const CHECK: &str = "grants";
 
 /// Built-in roles that subscribe to `#` by design.
-pub const READ_ALL_ROLES: &[&str] = &["homeassistant", "observer"];
+pub const READ_ALL_ROLES: &[&str] = &["homeassistant", "homeassistant-strict", "observer"];
+
+/// Built-in roles that publish to `#` by design: the hub.
+pub const WRITE_ALL_ROLES: &[&str] = &["homeassistant"];
 
 /// Whether a filter matches every non-`$` topic.
 pub fn matches_everything(filter: &str) -> bool {
@@ -21,12 +25,13 @@ pub fn matches_everything(filter: &str) -> bool {
     levels.pop() == Some("#") && levels.iter().all(|l| *l == "+")
 }
 
-/// Whether the identity holds a built-in role that reads everything by design.
-fn reads_all_by_role(identity: &Identity) -> bool {
+/// Whether the identity holds one of `builtin` (built-in roles only: a manifest role
+/// cannot take a built-in name).
+fn has_role(identity: &Identity, builtin: &[&str]) -> bool {
     identity
         .roles
         .iter()
-        .any(|r| READ_ALL_ROLES.contains(&r.as_str()) && roles::preset(r).is_some())
+        .any(|r| builtin.contains(&r.as_str()) && roles::preset(r).is_some())
 }
 
 /// The findings for one identity (none if it is fine).
@@ -34,8 +39,9 @@ pub fn judge(identity: &Identity) -> Vec<Finding> {
     let mut findings = Vec::new();
     let kind = identity.kind.as_str();
     let name = &identity.name;
+    let writes_all = has_role(identity, WRITE_ALL_ROLES);
     for grant in identity.acl.publish_grants() {
-        if matches_everything(&grant.pattern) {
+        if !writes_all && matches_everything(&grant.pattern) {
             findings.push(Finding::fail(
                 CHECK,
                 format!(
@@ -46,7 +52,7 @@ pub fn judge(identity: &Identity) -> Vec<Finding> {
             ));
         }
     }
-    if !reads_all_by_role(identity) {
+    if !has_role(identity, READ_ALL_ROLES) {
         for grant in identity.acl.subscribe_grants() {
             if matches_everything(&grant.pattern) {
                 findings.push(Finding::fail(
@@ -68,8 +74,9 @@ pub fn check(policy: &Policy) -> Vec<Finding> {
         vec![Finding::pass(
             CHECK,
             format!(
-                "no identity may publish everywhere; only the built-in {} roles read everything",
-                READ_ALL_ROLES.join(" and ")
+                "only the built-in {} role publishes everywhere; only the built-in {} roles read everything",
+                WRITE_ALL_ROLES.join(" and "),
+                READ_ALL_ROLES.join(", ")
             ),
         )]
     } else {

@@ -13,6 +13,7 @@ use serde::Serialize;
 use crate::firewall::Nft;
 use crate::policy::Policy;
 
+pub mod denials;
 pub mod grants;
 pub mod host;
 pub mod limits;
@@ -136,6 +137,7 @@ pub fn run(setup: &Setup<'_>, options: &Options) -> Vec<Finding> {
     findings.extend(grants::check(setup.policy));
     findings.extend(limits::check(&setup.policy.limits));
     findings.extend(persistence::check(setup.policy, setup.state_dir));
+    findings.extend(denials::check(setup.policy, setup.state_dir));
     findings.extend(probe::check(
         setup.policy,
         setup.state_dir,

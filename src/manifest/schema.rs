@@ -194,6 +194,7 @@ pub struct IdentityLimitsSpec {
     pub max_queued_bytes: Option<Spanned<ByteSize>>,
     pub max_packet_size: Option<Spanned<ByteSize>>,
     pub max_retained_messages: Option<Spanned<u64>>,
+    pub max_subscriptions: Option<Spanned<u64>>,
 }
 
 /// A mapping from names to values that keeps the source order and the location of

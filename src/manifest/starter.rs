@@ -61,8 +61,8 @@ devices: {{}}
   #   role: tasmota
   #   password_hash: "..."     # `moat passwd plug-1 --write`
 
-# Your own rule bundles; built-in roles: homeassistant, zigbee2mqtt, tasmota,
-# esphome, shelly, observer.
+# Your own rule bundles; built-in roles: homeassistant, homeassistant-strict,
+# zigbee2mqtt, tasmota, esphome, shelly, observer.
 # roles:
 #   sensor:
 #     publish: ["sensors/%u/#"]

@@ -485,6 +485,7 @@ fn validate_limits(c: &mut Collector, l: &LimitsSpec) {
 fn validate_identity_limits(c: &mut Collector, l: &IdentityLimitsSpec) {
     at_least_one(c, "max_queued_messages", &l.max_queued_messages);
     at_least_one(c, "max_retained_messages", &l.max_retained_messages);
+    at_least_one(c, "max_subscriptions", &l.max_subscriptions);
     size_in(
         c,
         "max_queued_bytes",

@@ -72,6 +72,10 @@ impl Permissions for IdentityPermissions {
     fn retained_quota(&self) -> usize {
         self.identity.max_retained_messages
     }
+
+    fn max_subscriptions(&self) -> Option<usize> {
+        Some(self.identity.max_subscriptions)
+    }
 }
 
 pub struct PolicyGate {

@@ -18,6 +18,7 @@ use crate::pki;
 use crate::policy::{Credential, Durability, Policy, provision_plan};
 use crate::store::{self, Store};
 
+use super::denials_file;
 use super::gate::{ActivePolicy, PolicyGate, resolver_for};
 
 #[derive(Debug, thiserror::Error)]
@@ -207,6 +208,11 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
         ));
     }
     tokio::spawn(sys::run_periodic(Arc::clone(&broker)));
+    let denials_path = denials_file::path_in(&options.state);
+    tokio::spawn(denials_file::run_writer(
+        Arc::clone(&broker),
+        denials_path.clone(),
+    ));
 
     if let Some(path) = &options.pid_file {
         std::fs::write(path, format!("{}\n", std::process::id())).map_err(|source| {
@@ -252,6 +258,9 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
     broker.shutdown();
     // Give connections a moment to send their DISCONNECT and detach.
     tokio::time::sleep(Duration::from_millis(200)).await;
+    if let Err(e) = denials_file::write(&broker, &denials_path) {
+        tracing::warn!(path = %denials_path.display(), error = %e, "cannot write the denial counts");
+    }
     if let Err(e) = store.close().await {
         tracing::error!(error = %e, "closing the durable store");
     }
