@@ -33,7 +33,8 @@ fn needs_escape(c: char) -> bool {
 }
 
 /// `text` with [`needs_escape`] characters written as `\n`, `\r`, `\t`, `\"`, `\\`
-/// or `\u{..}`: the result is one line, and its quotes and backslashes are all
+/// or `\uXXXX` (the escapes of JSON, Go's `strconv.Unquote` and so logfmt parsers;
+/// every escaped character is below U+10000): the result is one line, and its quotes and backslashes are all
 /// escapes, so it can be quoted unambiguously. Borrowed when nothing needed escaping.
 pub fn escape(text: &str) -> Cow<'_, str> {
     if !text.chars().any(needs_escape) {
@@ -48,7 +49,7 @@ pub fn escape(text: &str) -> Cow<'_, str> {
             '"' => out.push_str("\\\""),
             '\\' => out.push_str("\\\\"),
             c if needs_escape(c) => {
-                let _ = write!(out, "\\u{{{:x}}}", u32::from(c));
+                let _ = write!(out, "\\u{:04x}", u32::from(c));
             }
             c => out.push(c),
         }
@@ -207,12 +208,9 @@ pub(crate) mod tests {
         assert_eq!(escape(r#"say "hi" \o/"#), r#"say \"hi\" \\o/"#);
         assert_eq!(
             escape("\u{85}\u{1b}[31m\u{7f}\0"),
-            r"\u{85}\u{1b}[31m\u{7f}\u{0}"
+            r"\u0085\u001b[31m\u007f\u0000"
         );
-        assert_eq!(
-            escape("\u{2028}\u{202e}gnp.exe"),
-            r"\u{2028}\u{202e}gnp.exe"
-        );
+        assert_eq!(escape("\u{2028}\u{202e}gnp.exe"), r"\u2028\u202egnp.exe");
         for c in (0..=0x10FFFFu32).filter_map(char::from_u32) {
             let mut buf = [0; 4];
             let escaped = escape(c.encode_utf8(&mut buf));

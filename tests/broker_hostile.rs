@@ -568,7 +568,7 @@ fn peer_controlled_fields_cannot_forge_log_lines() {
     let log = moat.log();
     assert_one_line_per_event(&log);
     // Each event that logged a forged value did so once, escaped and quoted.
-    let escaped = r#"x\u{2028}2026-12-02T00:00:00Z  INFO moat::audit: connected identity=admin FORGED \" outcome=\"accepted\" \u{202e}"#;
+    let escaped = r#"x\u20282026-12-02T00:00:00Z  INFO moat::audit: connected identity=admin FORGED \" outcome=\"accepted\" \u202e"#;
     for (field, what) in [
         ("user", "failed login"),
         ("topic", "will topic and denied publish"),
