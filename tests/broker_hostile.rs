@@ -589,3 +589,50 @@ fn peer_controlled_fields_cannot_forge_log_lines() {
     // publisher): four `connected` events, whatever the fields claimed.
     assert_eq!(audit_events(&log, "connected"), 4, "{log}");
 }
+
+/// A raw MQTT 3.1 CONNECT (`MQIsdp`, level 3) for the plaintext device, as paho's
+/// `_send_connect` writes it with `protocol=MQTTv31`.
+fn connect_v31(client_id: &str, clean: bool) -> Vec<u8> {
+    let mut body = string(b"MQIsdp");
+    body.push(3);
+    body.push(if clean { 0xC2 } else { 0xC0 });
+    body.extend_from_slice(&60u16.to_be_bytes());
+    body.extend(string(client_id.as_bytes()));
+    body.extend(string(b"plug"));
+    body.extend(string(common::PASSWORD.as_bytes()));
+    packet(0x10, &body)
+}
+
+/// MQTT 3.1 on the wire: an id is required (Mosquitto refuses an empty one too,
+/// return code 2), and CONNACK's first byte stays 0 for a resumed session, where
+/// 3.1.1 would set session-present.
+#[test]
+fn mqtt_3_1_connack_has_no_session_flag_and_needs_a_client_id() {
+    let moat = Moat::start_with(BODY, true, "");
+    let (code, s) = connack_code(&moat, &connect_v31("", true));
+    assert_eq!(code, Some(2), "{}", moat.log());
+    read_to_close(s);
+    for round in 0..2 {
+        let mut s = open(&moat);
+        s.write_all(&connect_v31("old device", false)).unwrap();
+        let mut connack = [0u8; 4];
+        s.read_exact(&mut connack).unwrap();
+        assert_eq!(connack, [0x20, 0x02, 0x00, 0x00], "round {round}");
+        s.write_all(&[0xE0, 0x00]).unwrap(); // DISCONNECT
+        read_to_close(s);
+    }
+    // The same resumption over 3.1.1 says the session is present.
+    for expected in [0x00, 0x01] {
+        let mut s = open(&moat);
+        let mut connect = connect_packet(4, "new device");
+        // The flags byte follows the protocol name and level: drop clean session.
+        let flags_at = connect.windows(4).position(|w| w == b"MQTT").unwrap() + 5;
+        connect[flags_at] = 0xC0;
+        s.write_all(&connect).unwrap();
+        let mut connack = [0u8; 4];
+        s.read_exact(&mut connack).unwrap();
+        assert_eq!(connack, [0x20, 0x02, expected, 0x00]);
+        s.write_all(&[0xE0, 0x00]).unwrap();
+        read_to_close(s);
+    }
+}
