@@ -3,33 +3,51 @@
 //! them would start a line of the attacker's choosing (a fake `moat::audit` login,
 //! say). So the field formatter of the one `tracing` subscriber escapes every value
 //! of every event and span, whatever the call site wrote: nothing can be forgotten.
-//! [`escape`] is the one escaping rule; [`EscapedFields`] applies it. This module
-//! formats; it decides nothing about what is logged.
+//! [`escape`] is the one escaping rule; [`EscapedFields`] applies it to text lines,
+//! [`JsonLines`] to the optional JSON lines (`moat serve --log-format json`, for log
+//! shippers). This module formats; it decides nothing about what is logged.
 
 use std::borrow::Cow;
 use std::fmt::{self, Write};
 
 use tracing::field::{Field, Visit};
+use tracing::{Event, Subscriber};
 use tracing_subscriber::field::RecordFields;
-use tracing_subscriber::fmt::FormatFields;
 use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::time::{FormatTime, SystemTime};
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
+use tracing_subscriber::registry::LookupSpan;
 
-/// Characters written as an escape: every control character (C0, DEL, C1: the line
-/// breaks among them), the Unicode line and paragraph separators, the bidirectional
-/// controls that can make a line read differently from its bytes, and the quote and
-/// backslash that delimit and escape a value.
-fn needs_escape(c: char) -> bool {
+/// The format of the log lines `serve` writes to stderr.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// `<time> <LEVEL> <target>: <message> name="value" ...`, one line per event.
+    #[default]
+    Text,
+    /// One JSON object per line: `timestamp`, `level`, `target`, `fields`.
+    Json,
+}
+
+/// Characters that would hide or break a line: every control character (C0, DEL,
+/// C1: the line breaks among them), the Unicode line and paragraph separators, and
+/// the bidirectional controls that can make a line read differently from its bytes.
+fn hidden(c: char) -> bool {
     c.is_control()
         || matches!(
             c,
-            '"' | '\\'
-                | '\u{2028}'
+            '\u{2028}'
                 | '\u{2029}'
                 | '\u{200E}'
                 | '\u{200F}'
                 | '\u{202A}'..='\u{202E}'
                 | '\u{2066}'..='\u{2069}'
         )
+}
+
+/// Characters written as an escape: the [`hidden`] ones, and the quote and
+/// backslash that delimit and escape a value.
+fn needs_escape(c: char) -> bool {
+    hidden(c) || c == '"' || c == '\\'
 }
 
 /// `text` with [`needs_escape`] characters written as `\n`, `\r`, `\t`, `\"`, `\\`
@@ -134,7 +152,7 @@ impl Visit for Visitor<'_> {
 /// every field escaped by [`EscapedFields`]. `Targets` rather than `EnvFilter`: the
 /// same directives without a regex engine, whose code pages an idle broker on a
 /// 512 MB Pi would otherwise carry.
-pub fn init() {
+pub fn init(format: LogFormat) {
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
 
@@ -147,15 +165,98 @@ pub fn init() {
         }),
         Err(_) => default,
     };
-    let format = tracing_subscriber::fmt::layer()
+    let text = tracing_subscriber::fmt::layer()
         .fmt_fields(EscapedFields)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(true);
-    let _ = tracing_subscriber::registry()
-        .with(format)
-        .with(filter)
-        .try_init();
+    let registry = tracing_subscriber::registry().with(filter);
+    let _ = match format {
+        LogFormat::Text => registry.with(text).try_init(),
+        LogFormat::Json => registry.with(text.event_format(JsonLines)).try_init(),
+    };
+}
+
+/// An event formatter writing one JSON object per line, with the same guarantee as
+/// the text lines: serde_json escapes quotes, backslashes and C0 controls, and what
+/// it leaves raw among the [`hidden`] characters (DEL, C1, separators, bidi) is
+/// written as `\uXXXX` too, so a value round-trips through any JSON parser and
+/// never breaks or disguises a line. (moat opens no spans, so none are written.)
+#[derive(Debug, Default, Clone, Copy)]
+pub struct JsonLines;
+
+impl<S, N> FormatEvent<S, N> for JsonLines
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        _ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
+        let mut timestamp = String::new();
+        SystemTime.format_time(&mut Writer::new(&mut timestamp))?;
+        let mut fields = JsonFields::default();
+        event.record(&mut fields);
+        let meta = event.metadata();
+        let line = serde_json::json!({
+            "timestamp": timestamp,
+            "level": meta.level().as_str(),
+            "target": meta.target(),
+            "fields": fields.0,
+        });
+        let json = serde_json::to_string(&line).map_err(|_| fmt::Error)?;
+        let mut out = String::with_capacity(json.len() + 1);
+        for c in json.chars() {
+            // Outside strings a JSON text holds none of these, so this only escapes.
+            if hidden(c) {
+                let _ = write!(out, "\\u{:04x}", u32::from(c));
+            } else {
+                out.push(c);
+            }
+        }
+        writeln!(writer, "{out}")
+    }
+}
+
+/// Event fields as a JSON object, each value as its type (strings, numbers, bools).
+#[derive(Default)]
+struct JsonFields(serde_json::Map<String, serde_json::Value>);
+
+impl JsonFields {
+    fn insert(&mut self, field: &Field, value: serde_json::Value) {
+        let name = field.name();
+        let name = name.strip_prefix("r#").unwrap_or(name);
+        self.0.insert(name.to_owned(), value);
+    }
+}
+
+impl Visit for JsonFields {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.insert(field, value.into());
+    }
+
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.insert(field, value.into());
+    }
+
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.insert(field, value.into());
+    }
+
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.insert(field, value.into());
+    }
+
+    fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
+        self.insert(field, value.to_string().into());
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        self.insert(field, format!("{value:?}").into());
+    }
 }
 
 #[cfg(test)]
@@ -186,15 +287,23 @@ pub(crate) mod tests {
                 .expect("log lines are UTF-8")
         }
 
-        /// A subscriber formatted as `serve`'s, writing here.
-        pub(crate) fn subscriber(&self) -> impl tracing::Subscriber + Send + Sync {
+        /// A subscriber formatted as `serve`'s text lines, writing here.
+        pub(crate) fn subscriber(&self) -> Box<dyn tracing::Subscriber + Send + Sync> {
+            self.subscriber_in(LogFormat::Text)
+        }
+
+        /// A subscriber formatted as `serve --log-format <format>`, writing here.
+        fn subscriber_in(&self, format: LogFormat) -> Box<dyn tracing::Subscriber + Send + Sync> {
             let writer = self.clone();
-            tracing_subscriber::fmt()
+            let builder = tracing_subscriber::fmt()
                 .fmt_fields(EscapedFields)
                 .with_ansi(false)
                 .with_max_level(tracing::Level::TRACE)
-                .with_writer(move || writer.clone())
-                .finish()
+                .with_writer(move || writer.clone());
+            match format {
+                LogFormat::Text => Box::new(builder.finish()),
+                LogFormat::Json => Box::new(builder.event_format(JsonLines).finish()),
+            }
         }
     }
 
@@ -269,5 +378,44 @@ pub(crate) mod tests {
             "{}",
             lines[3]
         );
+    }
+
+    #[test]
+    fn json_lines_round_trip_every_value_and_stay_one_line() {
+        let captured = Captured::default();
+        let _guard = tracing::subscriber::set_default(captured.subscriber_in(LogFormat::Json));
+        tracing::callsite::rebuild_interest_cache();
+        let hostile = format!("{FORGED}\u{85}\u{2028}\u{202e}\"}}{{\\");
+        tracing::info!(target: "moat::audit", topic = hostile.as_str(), client_id = %hostile, retain = true, n = 3, "publish denied");
+        tracing::warn!("plain");
+
+        let text = captured.text();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2, "one line per event:\n{text}");
+        for line in &lines {
+            assert!(
+                !line.chars().any(hidden),
+                "raw hidden character in {line:?}"
+            );
+        }
+        let first: serde_json::Value = serde_json::from_str(lines[0]).expect("valid JSON");
+        assert_eq!(first["target"], "moat::audit");
+        assert_eq!(first["level"], "INFO");
+        assert_eq!(first["fields"]["message"], "publish denied");
+        assert_eq!(
+            first["fields"]["topic"],
+            hostile.as_str(),
+            "the value survives exactly"
+        );
+        assert_eq!(first["fields"]["client_id"], hostile.as_str());
+        assert_eq!(first["fields"]["retain"], true);
+        assert_eq!(first["fields"]["n"], 3);
+        assert!(
+            first["timestamp"]
+                .as_str()
+                .is_some_and(|t| t.ends_with('Z'))
+        );
+        let second: serde_json::Value = serde_json::from_str(lines[1]).expect("valid JSON");
+        assert_eq!(second["level"], "WARN");
     }
 }

@@ -94,7 +94,7 @@ fn fixed_mmap_threshold() -> bool {
 }
 
 pub fn run(global: &GlobalArgs, args: &ServeArgs) -> anyhow::Result<u8> {
-    crate::logging::init();
+    crate::logging::init(args.log_format);
     let large_frees_unmap = fixed_mmap_threshold();
     if !global.manifest.exists() {
         create_starter(global)?;
