@@ -93,6 +93,10 @@ pub struct ServeArgs {
     /// Write the PID here (used by `moat reload`).
     #[arg(long)]
     pub pid_file: Option<PathBuf>,
+    /// Log lines on stderr: `text` (`name="value"` pairs) or `json` (one object per
+    /// line, for log shippers). Every peer-controlled value is escaped in both.
+    #[arg(long, value_enum, default_value_t)]
+    pub log_format: crate::logging::LogFormat,
 }
 
 #[derive(Debug, Args)]

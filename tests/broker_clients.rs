@@ -256,21 +256,28 @@ fn shared_subscription_splits_messages() {
     assert!(na > 0 && nb > 0, "both members get a share: {na} {nb}");
 }
 
-#[test]
-fn paho_mqtt_both_versions() {
-    let moat = Moat::start(BODY);
-    let script = r##"
+/// paho-mqtt as Home Assistant drives it: a subscriber (bob) and a publisher
+/// (alice) over TLS. argv: port, CA, password, protocol (`5`, `311` or `31`), then
+/// the two client ids. Prints OK, MISSING, or REFUSED with the CONNACK codes.
+const PAHO_SCRIPT: &str = r##"
 import sys, ssl, time, threading
 import paho.mqtt.client as mqtt
 port, ca, password, proto = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
-version = mqtt.MQTTv5 if proto == "5" else mqtt.MQTTv311
+sub_id, pub_id = sys.argv[5], sys.argv[6]
+version = {"5": mqtt.MQTTv5, "311": mqtt.MQTTv311, "31": mqtt.MQTTv31}[proto]
+payload = b"from-paho-" + proto.encode()
 got = threading.Event()
+refused = []
+def on_connect(c, u, flags, rc, props=None):
+    if rc != 0:
+        refused.append(str(rc))
 def on_message(c, u, m):
-    if m.payload == b"from-paho":
+    if m.payload == payload:
         got.set()
-sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="paho-sub-" + proto, protocol=version)
-pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="paho-pub-" + proto, protocol=version)
+sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=sub_id, protocol=version)
+pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=pub_id, protocol=version)
 for c, user in ((sub, "bob"), (pub, "alice")):
+    c.on_connect = on_connect
     c.username_pw_set(user, password)
     c.tls_set(ca_certs=ca)
     c.connect("127.0.0.1", port, 30)
@@ -279,22 +286,167 @@ sub.on_message = on_message
 time.sleep(0.5)
 sub.subscribe("home/paho", qos=1)
 time.sleep(0.5)
-info = pub.publish("home/paho", b"from-paho", qos=2)
+info = pub.publish("home/paho", payload, qos=2)
 info.wait_for_publish(5)
 ok = got.wait(5)
 for c in (sub, pub):
     c.disconnect(); c.loop_stop()
-print("OK" if ok else "MISSING")
+print("REFUSED " + ",".join(refused) if refused else ("OK" if ok else "MISSING"))
 "##;
-    for proto in ["3", "5"] {
-        let out = moat.python_tls(script, &[proto], Duration::from_secs(30));
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert_eq!(
-            stdout.trim(),
-            "OK",
-            "paho v{proto}: {}\n{}",
-            String::from_utf8_lossy(&out.stderr),
-            moat.log()
+
+/// Runs [`PAHO_SCRIPT`] and expects OK.
+fn paho_round_trip(moat: &Moat, proto: &str, sub_id: &str, pub_id: &str) {
+    let out = moat.python_tls(
+        PAHO_SCRIPT,
+        &[proto, sub_id, pub_id],
+        Duration::from_secs(30),
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        stdout.trim(),
+        "OK",
+        "paho {proto} as {sub_id:?}/{pub_id:?}: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        moat.log()
+    );
+}
+
+/// paho-mqtt in every version, and clients as they are (issue 11): a client id with
+/// a space, `"clean retained"` as in Eclipse Paho's own interoperability suite
+/// (paho.mqtt.testing's client_test.py), and MQTT 3.1 (`protocol=MQTTv31`: paho's
+/// `_send_connect` writes protocol name "MQIsdp", level 3), which Home Assistant's
+/// protocol menu offers.
+#[test]
+fn paho_mqtt_every_version_and_a_spaced_client_id() {
+    let moat = Moat::start(BODY);
+    for (proto, sub_id, pub_id) in [
+        ("311", "paho-sub-311", "paho-pub-311"),
+        ("5", "paho-sub-5", "paho-pub-5"),
+        ("311", "clean retained", "clean retained pub"),
+        ("31", "clean retained", "clean retained pub"),
+    ] {
+        paho_round_trip(&moat, proto, sub_id, pub_id);
+    }
+    let log = moat.log();
+    assert!(log.contains(r#"client_id="clean retained""#), "{log}");
+    assert!(log.contains("protocol=V31"), "{log}");
+}
+
+/// mosquitto_pub/sub `-V mqttv31` (old devices speak 3.1) publish and receive,
+/// retained included; a refused 3.1 subscription is still logged and counted,
+/// though 3.1's SUBACK has no failure code to say so.
+#[test]
+fn mosquitto_clients_over_mqtt_3_1() {
+    let moat = Moat::start(BODY);
+    publish(
+        &moat,
+        "alice",
+        "mqttv31",
+        &["-t", "home/v31", "-q", "1", "-r", "-m", "retained-31"],
+    );
+    let out = common::mosquitto(
+        "mosquitto_sub",
+        &pub_args(
+            &moat,
+            "bob",
+            "mqttv31",
+            &["-t", "home/v31", "-C", "1", "-W", "5"],
+        ),
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "retained-31",
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        moat.log()
+    );
+    let sub = Sub::start(&pub_args(
+        &moat,
+        "bob",
+        "mqttv31",
+        &["-t", "home/live31", "-q", "2"],
+    ));
+    std::thread::sleep(Duration::from_millis(500));
+    publish(
+        &moat,
+        "alice",
+        "mqttv31",
+        &["-t", "home/live31", "-q", "2", "-m", "live-31"],
+    );
+    assert!(
+        sub.wait_for("live-31", Duration::from_secs(5)),
+        "{}",
+        moat.log()
+    );
+    sub.stop();
+    // bob may not subscribe to secret/#: a 3.1 SUBACK can only grant, so the client
+    // sees nothing, and the refusal is in the audit log.
+    let out = common::mosquitto(
+        "mosquitto_sub",
+        &pub_args(
+            &moat,
+            "bob",
+            "mqttv31",
+            &["-t", "secret/#", "-C", "1", "-W", "2"],
+        ),
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).trim().is_empty());
+    assert!(moat.log().contains("subscribe denied"), "{}", moat.log());
+}
+
+/// A client id with `/`, `+` or `#` is accepted; it just never fills a `%c` grant,
+/// so it cannot reach another client's topics through one.
+#[test]
+fn client_ids_with_topic_characters_get_no_client_grant() {
+    let moat = Moat::start(
+        r##"users:
+  alice:
+    password_hash: "{HASH}"
+    publish: ["clients/%c/state"]
+    subscribe: ["clients/#"]
+"##,
+    );
+    let sub = Sub::start(&pub_args(
+        &moat,
+        "alice",
+        "mqttv5",
+        &["-t", "clients/#", "-v"],
+    ));
+    std::thread::sleep(Duration::from_millis(500));
+    publish(
+        &moat,
+        "alice",
+        "mqttv5",
+        &[
+            "-i",
+            "hall light",
+            "-t",
+            "clients/hall light/state",
+            "-m",
+            "own",
+        ],
+    );
+    for id in ["a/b", "+", "#"] {
+        let topic = format!("clients/{id}/state").replace(['+', '#'], "x");
+        // The CONNECT succeeds; the QoS 0 publish is denied and audited.
+        publish(
+            &moat,
+            "alice",
+            "mqttv5",
+            &["-i", id, "-t", &topic, "-m", "stolen"],
         );
     }
+    assert!(
+        sub.wait_for("clients/hall light/state own", Duration::from_secs(5)),
+        "{}",
+        moat.log()
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let got = sub.stop();
+    assert!(!got.contains("stolen"), "{got}");
+    let log = moat.log();
+    assert!(
+        log.contains(r#"client_id=a/b"#) && log.contains("publish denied"),
+        "{log}"
+    );
 }

@@ -365,3 +365,274 @@ fn pipelined_packets_are_all_answered_without_further_input() {
         "answers differ from CONNACK, PUBACK 1..={PUBLISHES}, PINGRESP"
     );
 }
+
+/// A v5 CONNECT with the test password for `user`, with the given client id and,
+/// if `will` names a topic, a will to it.
+fn connect_v5_with(client_id: &[u8], user: &[u8], will: Option<&[u8]>) -> Vec<u8> {
+    let mut body = string(b"MQTT");
+    body.push(5);
+    body.push(if will.is_some() { 0xC6 } else { 0xC2 });
+    body.extend_from_slice(&60u16.to_be_bytes());
+    body.push(0); // no properties
+    body.extend(string(client_id));
+    if let Some(topic) = will {
+        body.push(0); // no will properties
+        body.extend(string(topic));
+        body.extend(string(b"gone"));
+    }
+    body.extend(string(user));
+    body.extend(string(common::PASSWORD.as_bytes()));
+    packet(0x10, &body)
+}
+
+/// Sends a CONNECT and returns the CONNACK reason code (or `None` if the broker
+/// closed without one), reading until the connection closes if it was refused.
+fn connack_code(moat: &Moat, connect: &[u8]) -> (Option<u8>, TcpStream) {
+    let mut s = open(moat);
+    s.write_all(connect).unwrap();
+    let mut head = [0u8; 2];
+    if s.read_exact(&mut head).is_err() {
+        return (None, s);
+    }
+    assert_eq!(head[0], 0x20, "CONNACK expected: {head:02x?}");
+    let mut rest = vec![0u8; usize::from(head[1])];
+    s.read_exact(&mut rest).unwrap();
+    (rest.get(1).copied(), s)
+}
+
+/// MQTT 5 §1.5.4 lets a server treat control characters and non-characters in any
+/// string as a Malformed Packet; moat does (0x81), as Mosquitto does for control
+/// characters. Only the offending connection closes.
+#[test]
+fn control_characters_in_any_string_close_only_that_connection() {
+    let moat = Moat::start_with(BODY, true, "");
+    let mut control = Control::start(&moat);
+    let forged = "x\n2026-12-02T00:00:00Z  INFO moat::audit: connected identity=admin FORGED";
+    for topic in [
+        format!("home/{forged}"),
+        "home/next\u{85}line".to_string(),
+        "home/\u{1b}[2J".to_string(),
+        "home/\u{fffe}".to_string(),
+    ] {
+        expect_disconnect(&moat, &publish_v5(topic.as_bytes(), 0, None, &[]), 0x81);
+    }
+    // Content type and a user property value.
+    let mut content_type = vec![0x03];
+    content_type.extend(string(forged.as_bytes()));
+    expect_disconnect(&moat, &publish_v5(b"home/x", 0, None, &content_type), 0x81);
+    let mut user_property = vec![0x26];
+    user_property.extend(string(b"k"));
+    user_property.extend(string("v\u{9b}".as_bytes()));
+    expect_disconnect(&moat, &publish_v5(b"home/x", 0, None, &user_property), 0x81);
+    // A filter, and a DISCONNECT reason string.
+    let mut sub_body = vec![0x00, 0x01, 0x00];
+    sub_body.extend(string(forged.as_bytes()));
+    sub_body.push(0x00);
+    expect_disconnect(&moat, &packet(0x82, &sub_body), 0x81);
+    let mut disconnect = vec![0x00];
+    let mut reason_string = vec![0x1F];
+    reason_string.extend(string(forged.as_bytes()));
+    disconnect.push(reason_string.len() as u8);
+    disconnect.extend(reason_string);
+    expect_disconnect(&moat, &packet(0xE0, &disconnect), 0x81);
+    // In CONNECT, v5 gets CONNACK 0x81 (MQTT 5 §4.13.1), 3.1.1 is just closed.
+    for connect in [
+        connect_v5_with(forged.as_bytes(), b"plug", None),
+        connect_v5_with(b"c", forged.as_bytes(), None),
+        connect_v5_with(b"c", b"plug", Some(format!("home/{forged}").as_bytes())),
+    ] {
+        let (code, s) = connack_code(&moat, &connect);
+        assert_eq!(code, Some(0x81), "{}", moat.log());
+        read_to_close(s);
+    }
+    let (code, s) = connack_code(&moat, &connect_packet(4, forged));
+    assert_eq!(
+        code, None,
+        "3.1.1 has no code for it: closed without CONNACK"
+    );
+    read_to_close(s);
+    control.check(&moat);
+    assert!(moat.log().contains("U+000A"), "{}", moat.log());
+}
+
+/// The log line a forged value would fake, and a timestamp the broker never writes
+/// (tests run long after midnight UTC... or they fail loudly, not silently).
+const FORGED_LINE: &str = "2026-12-02T00:00:00Z  INFO moat::audit: connected identity=admin FORGED";
+
+/// Every line of `log` is one event the broker wrote: it starts with the
+/// subscriber's RFC 3339 timestamp, never the forged one, and holds no raw control
+/// character, line separator or bidi override.
+fn assert_one_line_per_event(log: &str) {
+    for line in log.lines() {
+        let stamp = line.split(' ').next().unwrap_or_default();
+        let real = stamp.len() > 20
+            && stamp.as_bytes()[4] == b'-'
+            && stamp.as_bytes()[10] == b'T'
+            && stamp.ends_with('Z')
+            && stamp[..4].bytes().all(|b| b.is_ascii_digit());
+        assert!(
+            real,
+            "a line that is not an event of its own: {line:?}\n{log}"
+        );
+        assert!(
+            !line.starts_with("2026-12-02T00:00:00Z"),
+            "forged line: {line:?}"
+        );
+        assert!(
+            !line.contains(
+                |c: char| c.is_control() || matches!(c, '\u{2028}' | '\u{2029}' | '\u{202e}')
+            ),
+            "raw control character in {line:?}"
+        );
+    }
+}
+
+/// Lines whose event (after timestamp and level) is the audit message `message`.
+fn audit_events(log: &str, message: &str) -> usize {
+    let prefix = format!("moat::audit: {message}");
+    log.lines()
+        .filter(|line| {
+            let mut parts = line.split_whitespace();
+            let _stamp = parts.next();
+            let _level = parts.next();
+            let rest = parts.collect::<Vec<_>>().join(" ");
+            rest == prefix || rest.starts_with(&format!("{prefix} "))
+        })
+        .count()
+}
+
+/// A peer feeds a forged log line into every field it controls. Those with a
+/// newline are refused by the codec (above); what the codec lets through (quotes,
+/// `=`, spaces, U+2028, a bidi override) reaches the log only escaped and quoted, so
+/// the log keeps exactly one line per event and no field can fake another.
+#[test]
+fn peer_controlled_fields_cannot_forge_log_lines() {
+    let moat = Moat::start_with(BODY, true, "");
+    let mut control = Control::start(&moat);
+    let through = format!("x\u{2028}{FORGED_LINE} \" outcome=\"accepted\" \u{202e}");
+    let newline = format!("x\n{FORGED_LINE}");
+
+    // A user name that fails authentication: logged by the audit of the attempt.
+    for user in [through.as_str(), newline.as_str()] {
+        let (code, s) = connack_code(&moat, &connect_v5_with(b"c", user.as_bytes(), None));
+        assert!(matches!(code, Some(0x86 | 0x81)), "{code:?}");
+        read_to_close(s);
+    }
+    // A will topic the identity may not publish to.
+    let will = format!("secret/{through}");
+    let (code, s) = connack_code(
+        &moat,
+        &connect_v5_with(b"w", b"plug", Some(will.as_bytes())),
+    );
+    assert_eq!(code, Some(0x87), "{}", moat.log());
+    read_to_close(s);
+    // A client id, then a denied topic, a denied filter and a DISCONNECT reason string.
+    let mut s = connected(&moat, 5, &through);
+    let denied = format!("secret/{through}");
+    s.write_all(&publish_v5(denied.as_bytes(), 1, Some(1), &[]))
+        .unwrap();
+    let mut puback = [0u8; 6];
+    s.read_exact(&mut puback).unwrap();
+    assert_eq!(puback[..2], [0x40, 0x04], "PUBACK: {puback:02x?}");
+    assert_eq!(puback[4], 0x87, "not authorized: {puback:02x?}");
+    let mut sub_body = vec![0x00, 0x02, 0x00];
+    sub_body.extend(string(denied.as_bytes()));
+    sub_body.push(0x00);
+    s.write_all(&packet(0x82, &sub_body)).unwrap();
+    let mut suback = [0u8; 6];
+    s.read_exact(&mut suback).unwrap();
+    assert_eq!(
+        (suback[0], suback[5]),
+        (0x90, 0x87),
+        "SUBACK: {suback:02x?}"
+    );
+    let mut reason_string = vec![0x1F];
+    reason_string.extend(string(through.as_bytes()));
+    let mut disconnect = vec![0x00, reason_string.len() as u8];
+    disconnect.extend(reason_string);
+    s.write_all(&packet(0xE0, &disconnect)).unwrap();
+    read_to_close(s);
+    // And the newline versions of the same fields, which the codec refuses.
+    expect_disconnect(
+        &moat,
+        &publish_v5(format!("secret/{newline}").as_bytes(), 0, None, &[]),
+        0x81,
+    );
+    control.check(&moat);
+    // The audit lines are written after the disconnect; give them a moment.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while audit_events(&moat.log(), "disconnected") < 2 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    let log = moat.log();
+    assert_one_line_per_event(&log);
+    // Each event that logged a forged value did so once, escaped and quoted.
+    let escaped = r#"x\u20282026-12-02T00:00:00Z  INFO moat::audit: connected identity=admin FORGED \" outcome=\"accepted\" \u202e"#;
+    for (field, what) in [
+        ("user", "failed login"),
+        ("topic", "will topic and denied publish"),
+        ("filter", "denied subscribe"),
+        ("client_id", "connected"),
+    ] {
+        let needle = format!(
+            "{field}=\"{}",
+            if field == "user" || field == "client_id" {
+                escaped.to_string()
+            } else {
+                format!("secret/{escaped}")
+            }
+        );
+        assert!(log.contains(&needle), "{what}: no {needle:?} in\n{log}");
+    }
+    // Four clients connected (two control clients, the forger, the newline
+    // publisher): four `connected` events, whatever the fields claimed.
+    assert_eq!(audit_events(&log, "connected"), 4, "{log}");
+}
+
+/// A raw MQTT 3.1 CONNECT (`MQIsdp`, level 3) for the plaintext device, as paho's
+/// `_send_connect` writes it with `protocol=MQTTv31`.
+fn connect_v31(client_id: &str, clean: bool) -> Vec<u8> {
+    let mut body = string(b"MQIsdp");
+    body.push(3);
+    body.push(if clean { 0xC2 } else { 0xC0 });
+    body.extend_from_slice(&60u16.to_be_bytes());
+    body.extend(string(client_id.as_bytes()));
+    body.extend(string(b"plug"));
+    body.extend(string(common::PASSWORD.as_bytes()));
+    packet(0x10, &body)
+}
+
+/// MQTT 3.1 on the wire: an id is required (Mosquitto refuses an empty one too,
+/// return code 2), and CONNACK's first byte stays 0 for a resumed session, where
+/// 3.1.1 would set session-present.
+#[test]
+fn mqtt_3_1_connack_has_no_session_flag_and_needs_a_client_id() {
+    let moat = Moat::start_with(BODY, true, "");
+    let (code, s) = connack_code(&moat, &connect_v31("", true));
+    assert_eq!(code, Some(2), "{}", moat.log());
+    read_to_close(s);
+    for round in 0..2 {
+        let mut s = open(&moat);
+        s.write_all(&connect_v31("old device", false)).unwrap();
+        let mut connack = [0u8; 4];
+        s.read_exact(&mut connack).unwrap();
+        assert_eq!(connack, [0x20, 0x02, 0x00, 0x00], "round {round}");
+        s.write_all(&[0xE0, 0x00]).unwrap(); // DISCONNECT
+        read_to_close(s);
+    }
+    // The same resumption over 3.1.1 says the session is present.
+    for expected in [0x00, 0x01] {
+        let mut s = open(&moat);
+        let mut connect = connect_packet(4, "new device");
+        // The flags byte follows the protocol name and level: drop clean session.
+        let flags_at = connect.windows(4).position(|w| w == b"MQTT").unwrap() + 5;
+        connect[flags_at] = 0xC0;
+        s.write_all(&connect).unwrap();
+        let mut connack = [0u8; 4];
+        s.read_exact(&mut connack).unwrap();
+        assert_eq!(connack, [0x20, 0x02, expected, 0x00]);
+        s.write_all(&[0xE0, 0x00]).unwrap();
+        read_to_close(s);
+    }
+}

@@ -1,5 +1,5 @@
 //! Feeds arbitrary bytes to the server-side decoder, either as the very first bytes of
-//! a connection or after a valid CONNECT (3.1.1 or 5), delivered in arbitrary chunks.
+//! a connection or after a valid CONNECT (3.1, 3.1.1 or 5), delivered in arbitrary chunks.
 //! Every packet that decodes must re-encode and decode to itself.
 #![no_main]
 
@@ -13,6 +13,11 @@ const MAX_PACKET_SIZE: u32 = 64 * 1024;
 /// A minimal valid CONNECT (client id "c", clean start, keep alive 60).
 fn connect(version: ProtocolVersion) -> Vec<u8> {
     match version {
+        ProtocolVersion::V31 => {
+            vec![
+                0x10, 15, 0, 6, b'M', b'Q', b'I', b's', b'd', b'p', 3, 2, 0, 60, 0, 1, b'c',
+            ]
+        }
         ProtocolVersion::V311 => {
             vec![
                 0x10, 13, 0, 4, b'M', b'Q', b'T', b'T', 4, 2, 0, 60, 0, 1, b'c',
@@ -62,6 +67,7 @@ fuzz_target!(|data: &[u8]| {
     let version = match mode & 0b11 {
         0 => None,
         1 => Some(ProtocolVersion::V311),
+        2 => Some(ProtocolVersion::V31),
         _ => Some(ProtocolVersion::V5),
     };
     // The upper bits choose the chunk size the bytes arrive in (1..=64).

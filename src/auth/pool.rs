@@ -187,7 +187,7 @@ impl Authenticator {
             (None, _) => "unknown user",
             (Some(_), Ok(Ok(false))) => "wrong password",
             (Some(_), Ok(Err(err))) => {
-                tracing::warn!(user = ?username, %err, "stored password hash is unusable");
+                tracing::warn!(user = username, %err, "stored password hash is unusable");
                 "unusable stored hash"
             }
             (Some(_), Err(_)) => "verification task failed",
@@ -222,7 +222,7 @@ impl Authenticator {
         self.counters.accepted.fetch_add(1, Ordering::Relaxed);
         tracing::info!(
             target: "moat::audit",
-            user = ?username,
+            user = username,
             peer = %peer,
             outcome = "accepted",
             cached,
@@ -271,9 +271,9 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 /// The one audit line of a refused attempt (`accept` writes the successful one).
-/// The username is Debug-formatted so control characters cannot forge log lines.
+/// The log formatter (`crate::logging`) escapes the username like every field.
 fn audit(username: &str, peer: IpAddr, outcome: &'static str, reason: &'static str) {
-    tracing::info!(target: "moat::audit", user = ?username, peer = %peer, outcome, reason);
+    tracing::info!(target: "moat::audit", user = username, peer = %peer, outcome, reason);
 }
 
 #[cfg(test)]
@@ -548,30 +548,10 @@ mod tests {
         assert!(started.elapsed() >= Duration::from_millis(200));
     }
 
-    /// Collects formatted log output for assertions.
-    #[derive(Clone, Default)]
-    struct Captured(Arc<Mutex<Vec<u8>>>);
-
-    impl std::io::Write for Captured {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
     #[tokio::test(flavor = "current_thread")]
     async fn every_attempt_writes_one_audit_line_without_the_password() {
-        let captured = Captured::default();
-        let writer = captured.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_ansi(false)
-            .with_max_level(tracing::Level::INFO)
-            .with_writer(move || writer.clone())
-            .finish();
-        let _guard = tracing::subscriber::set_default(subscriber);
+        let captured = crate::logging::tests::Captured::default();
+        let _guard = tracing::subscriber::set_default(captured.subscriber());
 
         let auth = Authenticator::new(fast_config());
         // Another test thread may have registered the audit callsite while only the
@@ -590,7 +570,7 @@ mod tests {
             .await;
         let _ = auth.verify("ghost", None, b"Tr0ub4dor", OTHER_PEER).await;
 
-        let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+        let text = captured.text();
         let audit: Vec<&str> = text.lines().filter(|l| l.contains("moat::audit")).collect();
         assert_eq!(audit.len(), 4, "{text}");
         assert!(audit[0].contains("outcome=\"accepted\"") && audit[0].contains("cached=false"));

@@ -14,7 +14,7 @@ use tokio_util::codec::{Decoder, Encoder};
 
 use crate::protocol::{
     Ack, ConnAck, Connect, Disconnect, Packet, Properties, ProtocolVersion, Publish, QoS,
-    ReasonCode, SubAck, Subscribe, UnsubAck, Unsubscribe, topic,
+    ReasonCode, SubAck, Subscribe, UnsubAck, Unsubscribe, text, topic,
 };
 use crate::protocol::{Codec, DecodeError, Role};
 
@@ -205,29 +205,33 @@ impl std::fmt::Display for EarlyEnd {
 
 /// A CONNECT with an unsupported protocol level gets the CONNACK that says so; the
 /// codec, not knowing the version yet, writes it in the 3.1.1 format every client
-/// can read (MQTT-3.1.2-2).
+/// can read (MQTT-3.1.2-2). A bad v5 CONNECT gets its reason code (0x81 for a
+/// control character in a string, MQTT 5 §4.13.1); 3.1.1 has no code for it, so
+/// the connection just closes.
 async fn refuse_early<S>(stream: &mut S, codec: &mut Codec, reason: &EarlyEnd)
 where
     S: AsyncWrite + Unpin,
 {
     let EarlyEnd::Decode(e) = reason else { return };
-    if e.reason_code() == ReasonCode::UnsupportedProtocolVersion {
+    if codec.connect_received() && codec.version() == Some(ProtocolVersion::V5) {
+        refuse_connect(stream, codec, e.reason_code(), &e.to_string()).await;
+    } else if e.reason_code() == ReasonCode::UnsupportedProtocolVersion {
         refuse_connect(
             stream,
             codec,
             ReasonCode::UnsupportedProtocolVersion,
-            "protocol level must be 4 or 5",
+            "protocol must be MQIsdp level 3, or MQTT level 4 or 5",
         )
         .await;
     }
 }
 
+/// Any identifier a real client sends (Eclipse Paho's interop suite uses "clean
+/// retained"), up to the byte limit. The codec already refused control characters
+/// and non-characters; `/ + #` are harmless, such an id only never fills a `%c`
+/// grant (`acl::Grant::resolve`).
 fn valid_client_id(id: &str, max_len: usize) -> bool {
-    !id.is_empty()
-        && id.len() <= max_len
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
+    !id.is_empty() && id.len() <= max_len && text::first_disallowed(id).is_none()
 }
 
 fn random_client_id() -> String {
@@ -292,7 +296,13 @@ where
     let version = connect.protocol;
     let mut assigned_id = None;
     if connect.client_id.is_empty() {
-        if version == ProtocolVersion::V311 && !connect.clean_start {
+        // 3.1 requires an id (Mosquitto refuses an empty one, handle_connect.c).
+        let refused = match version {
+            ProtocolVersion::V31 => true,
+            ProtocolVersion::V311 => !connect.clean_start,
+            ProtocolVersion::V5 => false,
+        };
+        if refused {
             refuse_connect(
                 stream,
                 codec,
@@ -310,7 +320,7 @@ where
             stream,
             codec,
             ReasonCode::ClientIdentifierNotValid,
-            "client id must be 1-128 characters of A-Z a-z 0-9 . _ : -",
+            "client id too long",
         )
         .await;
         return None;
@@ -368,8 +378,8 @@ where
         ProtocolVersion::V5 => Duration::from_secs(u64::from(
             connect.properties.session_expiry_interval.unwrap_or(0),
         )),
-        ProtocolVersion::V311 if connect.clean_start => Duration::ZERO,
-        ProtocolVersion::V311 => config.max_session_expiry,
+        ProtocolVersion::V311 | ProtocolVersion::V31 if connect.clean_start => Duration::ZERO,
+        ProtocolVersion::V311 | ProtocolVersion::V31 => config.max_session_expiry,
     };
     let client_receive_max = connect.properties.receive_maximum.unwrap_or(u16::MAX);
     let queue_limits = QueueLimits {

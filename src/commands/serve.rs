@@ -10,33 +10,6 @@ use crate::cli::{GlobalArgs, ServeArgs};
 use crate::manifest::{StarterScope, starter_manifest};
 use crate::server::{ServeOptions, serve};
 
-/// Logs go to stderr (journald captures them); `RUST_LOG` overrides the level with
-/// `level` or `target=level` directives (`RUST_LOG=moat::broker=debug,info`).
-/// `Targets` rather than `EnvFilter`: the same directives without a regex engine,
-/// whose code pages an idle broker on a 512 MB Pi would otherwise carry.
-pub fn init_logging() {
-    use tracing_subscriber::layer::SubscriberExt;
-    use tracing_subscriber::util::SubscriberInitExt;
-
-    let default = tracing_subscriber::filter::Targets::new()
-        .with_default(tracing::level_filters::LevelFilter::INFO);
-    let filter = match std::env::var("RUST_LOG") {
-        Ok(directives) => directives.parse().unwrap_or_else(|e| {
-            eprintln!("moat: ignoring RUST_LOG={directives:?}: {e}");
-            default
-        }),
-        Err(_) => default,
-    };
-    let format = tracing_subscriber::fmt::layer()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(true);
-    let _ = tracing_subscriber::registry()
-        .with(format)
-        .with(filter)
-        .try_init();
-}
-
 /// Writes the starter manifest and prints its credentials, once.
 fn create_starter(global: &GlobalArgs) -> anyhow::Result<()> {
     let password = generate_password()?;
@@ -121,7 +94,7 @@ fn fixed_mmap_threshold() -> bool {
 }
 
 pub fn run(global: &GlobalArgs, args: &ServeArgs) -> anyhow::Result<u8> {
-    init_logging();
+    crate::logging::init(args.log_format);
     let large_frees_unmap = fixed_mmap_threshold();
     if !global.manifest.exists() {
         create_starter(global)?;

@@ -41,8 +41,16 @@ fn cat(parts: &[&[u8]]) -> Vec<u8> {
 
 fn level(version: ProtocolVersion) -> u8 {
     match version {
+        ProtocolVersion::V31 => 3,
         ProtocolVersion::V311 => 4,
         ProtocolVersion::V5 => 5,
+    }
+}
+
+fn protocol_name(version: ProtocolVersion) -> &'static [u8] {
+    match version {
+        ProtocolVersion::V31 => b"MQIsdp",
+        ProtocolVersion::V311 | ProtocolVersion::V5 => b"MQTT",
     }
 }
 
@@ -57,7 +65,7 @@ fn connect_with(version: ProtocolVersion, flags: u8, client_id: &[u8], rest: &[u
     frame(
         0x10,
         &cat(&[
-            &field(b"MQTT"),
+            &field(protocol_name(version)),
             &[level(version), flags, 0, 60],
             props,
             &field(client_id),
@@ -475,9 +483,13 @@ fn reserved_packet_type_0_is_malformed() {
 
 #[test]
 fn unsupported_protocol_versions_are_reported_as_such() {
-    let mqisdp = frame(
+    let mqisdp_4 = frame(
         0x10,
-        &cat(&[&field(b"MQIsdp"), &[3, 0x02, 0, 60], &field(b"c")]),
+        &cat(&[&field(b"MQIsdp"), &[4, 0x02, 0, 60], &field(b"c")]),
+    );
+    let mqtt_3 = frame(
+        0x10,
+        &cat(&[&field(b"MQTT"), &[3, 0x02, 0, 60], &field(b"c")]),
     );
     let level_6 = frame(
         0x10,
@@ -487,7 +499,7 @@ fn unsupported_protocol_versions_are_reported_as_such() {
         0x10,
         &cat(&[&field(b"HTTP"), &[4, 0x02, 0, 60], &field(b"c")]),
     );
-    for wire in [mqisdp, level_6, other_name] {
+    for wire in [mqisdp_4, mqtt_3, level_6, other_name] {
         let mut codec = Codec::new(Role::Server, MIB);
         let err = decode_all(&mut codec, &wire).unwrap_err();
         assert_eq!(
@@ -1227,8 +1239,12 @@ fn connect_packets(version: ProtocolVersion) -> Vec<Connect> {
 }
 
 #[test]
-fn connect_round_trips_in_both_versions() {
-    for version in [ProtocolVersion::V311, ProtocolVersion::V5] {
+fn connect_round_trips_in_every_version() {
+    for version in [
+        ProtocolVersion::V31,
+        ProtocolVersion::V311,
+        ProtocolVersion::V5,
+    ] {
         for connect in connect_packets(version) {
             let packet = Packet::Connect(Box::new(connect));
             let wire = encode_with(&mut client(version), &packet);
@@ -1239,8 +1255,12 @@ fn connect_round_trips_in_both_versions() {
 }
 
 #[test]
-fn client_packets_round_trip_in_both_versions() {
-    for version in [ProtocolVersion::V311, ProtocolVersion::V5] {
+fn client_packets_round_trip_in_every_version() {
+    for version in [
+        ProtocolVersion::V31,
+        ProtocolVersion::V311,
+        ProtocolVersion::V5,
+    ] {
         for packet in client_packets(version) {
             let wire = encode_with(&mut client(version), &packet);
             assert_eq!(
@@ -1301,4 +1321,223 @@ fn a_client_codec_adopts_the_version_of_the_connect_it_sends() {
         decode_all(&mut codec, &connack).unwrap()[..],
         [Packet::ConnAck(_)]
     ));
+}
+
+// ---- MQTT 3.1 --------------------------------------------------------------------
+
+#[test]
+fn mqtt_3_1_connect_is_accepted_as_its_own_version() {
+    // What paho-mqtt sends with protocol=MQTTv31 (client.py `_send_connect`:
+    // protocol name "MQIsdp", level 3) and mosquitto_pub -V mqttv31.
+    let wire = connect_with(ProtocolVersion::V31, 0x02, b"clean retained", &[]);
+    let mut codec = Codec::new(Role::Server, MIB);
+    let Packet::Connect(connect) = decode_all(&mut codec, &wire).unwrap().remove(0) else {
+        panic!("not a CONNECT");
+    };
+    assert_eq!(connect.protocol, ProtocolVersion::V31);
+    assert_eq!(connect.client_id, "clean retained");
+    assert_eq!(codec.version(), Some(ProtocolVersion::V31));
+    // The encoder writes the same CONNECT back.
+    assert_eq!(
+        encode_with(&mut client(ProtocolVersion::V31), &Packet::Connect(connect)),
+        wire
+    );
+}
+
+#[test]
+fn mqtt_3_1_answers_have_no_session_flag_and_no_failure_code() {
+    let mut server = Codec::new(Role::Server, MIB);
+    server.set_version(ProtocolVersion::V31);
+    let connack = Packet::ConnAck(ConnAck {
+        session_present: true,
+        reason: ReasonCode::Success,
+        properties: Properties::default(),
+    });
+    assert_eq!(encode_with(&mut server, &connack), [0x20, 0x02, 0x00, 0x00]);
+    let refused = Packet::ConnAck(ConnAck {
+        session_present: false,
+        reason: ReasonCode::BadUserNameOrPassword,
+        properties: Properties::default(),
+    });
+    assert_eq!(encode_with(&mut server, &refused), [0x20, 0x02, 0x00, 0x04]);
+    let suback = Packet::SubAck(SubAck {
+        packet_id: 7,
+        reasons: vec![
+            ReasonCode::GrantedQoS1,
+            ReasonCode::NotAuthorized,
+            ReasonCode::GrantedQoS2,
+        ],
+        properties: Properties::default(),
+    });
+    assert_eq!(
+        encode_with(&mut server, &suback),
+        [0x90, 0x05, 0x00, 0x07, 0x01, 0x00, 0x02]
+    );
+    // 3.1.1 keeps both.
+    let mut server = Codec::new(Role::Server, MIB);
+    server.set_version(ProtocolVersion::V311);
+    assert_eq!(encode_with(&mut server, &connack), [0x20, 0x02, 0x01, 0x00]);
+    assert_eq!(
+        encode_with(&mut server, &suback),
+        [0x90, 0x05, 0x00, 0x07, 0x01, 0x80, 0x02]
+    );
+}
+
+#[test]
+fn mqtt_3_1_has_no_auth_and_no_properties() {
+    let mut codec = connected_server(ProtocolVersion::V31);
+    assert!(matches!(
+        decode_all(&mut codec, &[0xf0, 0x00]),
+        Err(DecodeError::ReservedPacketType(15))
+    ));
+    // A 3.1 DISCONNECT is exactly two bytes.
+    assert_eq!(
+        after_connect(ProtocolVersion::V31, &[0xe0, 0x00]).unwrap(),
+        Packet::Disconnect(Disconnect {
+            reason: ReasonCode::Success,
+            properties: Properties::default(),
+        })
+    );
+}
+
+// ---- Disallowed characters (MQTT 5 §1.5.4) -----------------------------------------
+
+/// A line that would forge an audit record if it reached the log unescaped.
+const FORGED: &[u8] = b"x\n2026-12-02T00:00:00Z  INFO moat::audit: connected identity=admin";
+
+/// A v5 property block: its length, then `props`.
+fn prop_block(props: &[u8]) -> Vec<u8> {
+    cat(&[&[props.len() as u8], props])
+}
+
+#[test]
+fn every_string_field_refuses_control_characters() {
+    let v5 = ProtocolVersion::V5;
+    let will = |topic: &[u8]| cat(&[&[0], &field(topic), &field(b"bye")]);
+    let bad_user_property = cat(&[&[0x26], &field(b"k"), &field(FORGED)]);
+    let bad_user_property_name = cat(&[&[0x26], &field(FORGED), &field(b"v")]);
+    let connects = [
+        ("client id", connect_with(v5, 0x02, FORGED, &[])),
+        (
+            "client id (3.1.1)",
+            connect_with(ProtocolVersion::V311, 0x02, FORGED, &[]),
+        ),
+        (
+            "client id (3.1)",
+            connect_with(ProtocolVersion::V31, 0x02, FORGED, &[]),
+        ),
+        ("will topic", connect_with(v5, 0x06, b"c", &will(FORGED))),
+        ("user name", connect_with(v5, 0x82, b"c", &field(FORGED))),
+        (
+            "will content type",
+            connect_with(
+                v5,
+                0x06,
+                b"c",
+                &cat(&[
+                    &prop_block(&cat(&[&[0x03], &field(FORGED)])),
+                    &field(b"w"),
+                    &field(b""),
+                ]),
+            ),
+        ),
+    ];
+    for (what, wire) in connects {
+        let err = server_decode(&wire).unwrap_err();
+        assert!(
+            matches!(err, DecodeError::DisallowedCharacter('\n')),
+            "{what}: {err}"
+        );
+        assert_eq!(err.reason_code(), ReasonCode::MalformedPacket, "{what}");
+    }
+    let after = [
+        ("topic", publish_v5(0, FORGED, None, &[])),
+        (
+            "content type",
+            publish_v5(0, b"t", None, &cat(&[&[0x03], &field(FORGED)])),
+        ),
+        (
+            "response topic",
+            publish_v5(0, b"t", None, &cat(&[&[0x08], &field(FORGED)])),
+        ),
+        (
+            "user property value",
+            publish_v5(0, b"t", None, &bad_user_property),
+        ),
+        (
+            "user property name",
+            publish_v5(0, b"t", None, &bad_user_property_name),
+        ),
+        ("filter", v5_subscribe(0x82, &cat(&[&field(FORGED), &[0]]))),
+        (
+            "unsubscribe filter",
+            frame(0xa2, &cat(&[&[0, 1, 0], &field(FORGED)])),
+        ),
+        (
+            "reason string",
+            frame(
+                0xe0,
+                &cat(&[&[0x00], &prop_block(&cat(&[&[0x1f], &field(FORGED)]))]),
+            ),
+        ),
+        (
+            "puback reason string",
+            frame(
+                0x40,
+                &cat(&[&[0, 1, 0x00], &prop_block(&cat(&[&[0x1f], &field(FORGED)]))]),
+            ),
+        ),
+    ];
+    for (what, wire) in after {
+        let err = after_connect(v5, &wire).unwrap_err();
+        assert!(
+            matches!(err, DecodeError::DisallowedCharacter('\n')),
+            "{what}: {err}"
+        );
+        assert_eq!(err.reason_code(), ReasonCode::MalformedPacket, "{what}");
+    }
+    // 3.1.1 topics too.
+    let wire = frame(0x30, &cat(&[&field(FORGED), b"x"]));
+    let err = after_connect(ProtocolVersion::V311, &wire).unwrap_err();
+    assert!(
+        matches!(err, DecodeError::DisallowedCharacter('\n')),
+        "{err}"
+    );
+}
+
+#[test]
+fn c1_controls_and_non_characters_are_refused_but_other_unicode_is_not() {
+    for bad in [
+        "a\u{85}b",
+        "\u{9b}31m",
+        "\u{7f}",
+        "\u{fdd0}",
+        "x\u{fffe}",
+        "\u{10ffff}",
+    ] {
+        let err = after_connect(
+            ProtocolVersion::V5,
+            &publish_v5(0, bad.as_bytes(), None, &[]),
+        )
+        .unwrap_err();
+        assert!(
+            matches!(err, DecodeError::DisallowedCharacter(_)),
+            "{bad:?}: {err}"
+        );
+    }
+    for good in [
+        "k\u{fc}che/licht",
+        "€/\u{a0}/\u{2028}",
+        "emoji/\u{1f4a1}",
+        "a b",
+    ] {
+        let Packet::Publish(p) = after_connect(
+            ProtocolVersion::V5,
+            &publish_v5(0, good.as_bytes(), None, &[]),
+        )
+        .unwrap() else {
+            panic!("not a PUBLISH");
+        };
+        assert_eq!(p.topic, good);
+    }
 }

@@ -22,7 +22,7 @@ pub(crate) fn connect_protocol(reader: &mut Reader) -> Result<ProtocolVersion, D
     match (&name[..], level) {
         (b"MQTT", 4) => Ok(ProtocolVersion::V311),
         (b"MQTT", 5) => Ok(ProtocolVersion::V5),
-        // MQTT 3.1 ("MQIsdp", level 3) and unknown levels.
+        (b"MQIsdp", 3) => Ok(ProtocolVersion::V31),
         (b"MQTT" | b"MQIsdp", level) => Err(DecodeError::UnsupportedProtocolVersion(level)),
         _ => Err(DecodeError::InvalidProtocolName),
     }
@@ -148,7 +148,7 @@ fn v5_properties(
 ) -> Result<Properties, DecodeError> {
     match version {
         ProtocolVersion::V5 => properties::decode(reader, context),
-        ProtocolVersion::V311 => Ok(Properties::default()),
+        ProtocolVersion::V311 | ProtocolVersion::V31 => Ok(Properties::default()),
     }
 }
 
@@ -200,7 +200,7 @@ fn connack(reader: &mut Reader, version: ProtocolVersion) -> Result<ConnAck, Dec
     }
     let code = reader.u8()?;
     let (reason, properties) = match version {
-        ProtocolVersion::V311 => {
+        ProtocolVersion::V311 | ProtocolVersion::V31 => {
             let reason = match code {
                 0 => ReasonCode::Success,
                 1 => ReasonCode::UnsupportedProtocolVersion,
@@ -260,7 +260,7 @@ fn publish(
         match version {
             ProtocolVersion::V5 if properties.topic_alias.is_some() => {}
             ProtocolVersion::V5 => return Err(DecodeError::EmptyTopicWithoutAlias),
-            ProtocolVersion::V311 => {
+            ProtocolVersion::V311 | ProtocolVersion::V31 => {
                 return Err(DecodeError::InvalidTopicName(TopicError::Empty));
             }
         }
@@ -301,7 +301,7 @@ fn reason_and_properties(
     version: ProtocolVersion,
     context: Context,
 ) -> Result<(ReasonCode, Properties), DecodeError> {
-    if version == ProtocolVersion::V311 || reader.is_empty() {
+    if !version.is_v5() || reader.is_empty() {
         return Ok((ReasonCode::Success, Properties::default()));
     }
     let reason = reason(packet_type, reader.u8()?)?;
@@ -340,9 +340,9 @@ fn subscription_options(
     byte: u8,
     version: ProtocolVersion,
 ) -> Result<SubscriptionOptions, DecodeError> {
-    // 3.1.1 has only the QoS bits (MQTT-3.8.3-4); v5 reserves bits 6 and 7 (MQTT-3.8.3-5).
+    // 3.1(.1) has only the QoS bits (MQTT-3.8.3-4); v5 reserves bits 6 and 7 (MQTT-3.8.3-5).
     let reserved = match version {
-        ProtocolVersion::V311 => 0b1111_1100,
+        ProtocolVersion::V311 | ProtocolVersion::V31 => 0b1111_1100,
         ProtocolVersion::V5 => 0b1100_0000,
     };
     if byte & reserved != 0 {
@@ -370,7 +370,7 @@ fn suback(reader: &mut Reader, version: ProtocolVersion) -> Result<SubAck, Decod
         let code = reader.u8()?;
         reasons.push(match version {
             ProtocolVersion::V5 => reason(PacketType::SubAck, code)?,
-            ProtocolVersion::V311 => match code {
+            ProtocolVersion::V311 | ProtocolVersion::V31 => match code {
                 0x00 => ReasonCode::Success,
                 0x01 => ReasonCode::GrantedQoS1,
                 0x02 => ReasonCode::GrantedQoS2,
@@ -420,7 +420,7 @@ fn unsuback(reader: &mut Reader, version: ProtocolVersion) -> Result<UnsubAck, D
         reasons: Vec::new(),
         properties: Properties::default(),
     };
-    if version == ProtocolVersion::V311 {
+    if !version.is_v5() {
         return Ok(unsuback);
     }
     unsuback.properties = properties::decode(reader, Context::UnsubAck)?;

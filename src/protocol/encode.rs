@@ -122,7 +122,11 @@ fn body<S: Sink>(
     match packet {
         Packet::Connect(connect) => connect_body(sink, connect, version),
         Packet::ConnAck(connack) => {
-            sink.put_u8(u8::from(connack.session_present));
+            // 3.1's first CONNACK byte is reserved: the flag came with 3.1.1 (Mosquitto
+            // sets it only for 3.1.1 and 5, handle_connect.c).
+            sink.put_u8(u8::from(
+                connack.session_present && version != ProtocolVersion::V31,
+            ));
             if v5 {
                 sink.put_u8(connack.reason as u8);
                 properties::encode(sink, &connack.properties, Context::ConnAck)
@@ -170,9 +174,13 @@ fn body<S: Sink>(
                 sink.put_u8(match (version, reason) {
                     (ProtocolVersion::V5, reason) => reason as u8,
                     (ProtocolVersion::V311, reason) if reason.is_error() => 0x80,
-                    (ProtocolVersion::V311, ReasonCode::GrantedQoS1) => 0x01,
-                    (ProtocolVersion::V311, ReasonCode::GrantedQoS2) => 0x02,
-                    (ProtocolVersion::V311, _) => 0x00,
+                    // 3.1 has no failure code: a SUBACK can only grant. Mosquitto
+                    // (handle_subscribe.c) likewise answers a refused 3.1 filter with
+                    // a QoS; the refusal is in the log and the denial counters.
+                    (ProtocolVersion::V31, reason) if reason.is_error() => 0x00,
+                    (_, ReasonCode::GrantedQoS1) => 0x01,
+                    (_, ReasonCode::GrantedQoS2) => 0x02,
+                    (_, _) => 0x00,
                 });
             }
             Ok(())
@@ -225,7 +233,7 @@ fn reason_and_properties<S: Sink>(
     props: &Properties,
     context: Context,
 ) -> Result<(), EncodeError> {
-    if version == ProtocolVersion::V311 {
+    if !version.is_v5() {
         return Ok(());
     }
     sink.put_u8(reason as u8);
@@ -256,8 +264,13 @@ fn connect_body<S: Sink>(
     version: ProtocolVersion,
 ) -> Result<(), EncodeError> {
     let v5 = version == ProtocolVersion::V5;
-    sink::put_str(sink, "protocol name", "MQTT")?;
-    sink.put_u8(if v5 { 5 } else { 4 });
+    let (name, level) = match version {
+        ProtocolVersion::V31 => ("MQIsdp", 3),
+        ProtocolVersion::V311 => ("MQTT", 4),
+        ProtocolVersion::V5 => ("MQTT", 5),
+    };
+    sink::put_str(sink, "protocol name", name)?;
+    sink.put_u8(level);
     let mut flags = 0u8;
     if connect.clean_start {
         flags |= 0x02;

@@ -44,6 +44,9 @@ pub enum DecodeError {
     InvalidUtf8,
     #[error("string contains U+0000")]
     NullCharacter,
+    /// A C0/C1 control character or a Unicode non-character (MQTT 5 §1.5.4).
+    #[error("string contains U+{:04X}, a control character or non-character", u32::from(*.0))]
+    DisallowedCharacter(char),
     #[error("invalid QoS {0}")]
     InvalidQoS(u8),
     #[error("DUP flag set on a QoS 0 PUBLISH")]
@@ -124,6 +127,7 @@ impl DecodeError {
             | TrailingBytes(_)
             | InvalidUtf8
             | NullCharacter
+            | DisallowedCharacter(_)
             | InvalidQoS(_)
             | DupWithQoS0
             | ZeroPacketId

@@ -83,7 +83,7 @@ pub(crate) fn parse_first_byte(
         12 => PingReq,
         13 => PingResp,
         14 => Disconnect,
-        15 if version != Some(ProtocolVersion::V311) => Auth,
+        15 if version.is_none_or(ProtocolVersion::is_v5) => Auth,
         other => return Err(DecodeError::ReservedPacketType(other)),
     };
     if packet_type == Publish {

@@ -12,6 +12,7 @@ pub mod properties;
 mod reader;
 pub mod reason;
 mod sink;
+pub mod text;
 pub mod topic;
 pub mod varint;
 

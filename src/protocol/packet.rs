@@ -5,11 +5,24 @@ use bytes::Bytes;
 
 use super::reason::ReasonCode;
 
-/// The protocol version negotiated by CONNECT (protocol level 4 or 5).
+/// The protocol version negotiated by CONNECT.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ProtocolVersion {
+    /// MQTT 3.1 (protocol name `MQIsdp`, level 3), which old devices speak and Home
+    /// Assistant's protocol menu offers. Handled with 3.1.1 semantics; only the wire
+    /// differs: no session-present flag in CONNACK, no failure code in SUBACK.
+    V31,
+    /// MQTT 3.1.1 (`MQTT`, level 4).
     V311,
+    /// MQTT 5.0 (`MQTT`, level 5).
     V5,
+}
+
+impl ProtocolVersion {
+    /// Whether this is MQTT 5, the only version with properties and reason codes.
+    pub fn is_v5(self) -> bool {
+        self == ProtocolVersion::V5
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]

@@ -67,7 +67,7 @@ fn qos() -> impl Strategy<Value = QoS> {
 
 /// Valid properties for `context` in `version` (none in 3.1.1).
 fn properties(version: ProtocolVersion, context: Context) -> BoxedStrategy<Properties> {
-    if version == ProtocolVersion::V311 {
+    if !version.is_v5() {
         return Just(Properties::default()).boxed();
     }
     use proptest::option::of;
@@ -147,7 +147,7 @@ fn properties(version: ProtocolVersion, context: Context) -> BoxedStrategy<Prope
 /// A reason code MQTT 5 allows in `packet_type`, or the 3.1.1 canonical ones.
 fn reason(version: ProtocolVersion, packet_type: PacketType) -> BoxedStrategy<ReasonCode> {
     let codes: Vec<ReasonCode> = match (version, packet_type) {
-        (ProtocolVersion::V311, PacketType::ConnAck) => vec![
+        (ProtocolVersion::V311 | ProtocolVersion::V31, PacketType::ConnAck) => vec![
             ReasonCode::Success,
             ReasonCode::UnsupportedProtocolVersion,
             ReasonCode::ClientIdentifierNotValid,
@@ -155,13 +155,13 @@ fn reason(version: ProtocolVersion, packet_type: PacketType) -> BoxedStrategy<Re
             ReasonCode::BadUserNameOrPassword,
             ReasonCode::NotAuthorized,
         ],
-        (ProtocolVersion::V311, PacketType::SubAck) => vec![
+        (ProtocolVersion::V311 | ProtocolVersion::V31, PacketType::SubAck) => vec![
             ReasonCode::Success,
             ReasonCode::GrantedQoS1,
             ReasonCode::GrantedQoS2,
             ReasonCode::UnspecifiedError,
         ],
-        (ProtocolVersion::V311, _) => vec![ReasonCode::Success],
+        (ProtocolVersion::V311 | ProtocolVersion::V31, _) => vec![ReasonCode::Success],
         (ProtocolVersion::V5, _) => (0u8..=255)
             .filter(|&code| reason_allowed(packet_type, code))
             .filter_map(ReasonCode::from_u8)
@@ -170,7 +170,18 @@ fn reason(version: ProtocolVersion, packet_type: PacketType) -> BoxedStrategy<Re
     select(codes).boxed()
 }
 
+/// Every version a client may speak.
 fn version() -> impl Strategy<Value = ProtocolVersion> {
+    prop_oneof![
+        Just(ProtocolVersion::V31),
+        Just(ProtocolVersion::V311),
+        Just(ProtocolVersion::V5)
+    ]
+}
+
+/// The versions whose server packets round-trip exactly (3.1 has no session-present
+/// flag and no SUBACK failure code, so those cannot).
+fn version_with_full_acks() -> impl Strategy<Value = ProtocolVersion> {
     prop_oneof![Just(ProtocolVersion::V311), Just(ProtocolVersion::V5)]
 }
 
@@ -206,7 +217,7 @@ fn connect(version: ProtocolVersion) -> impl Strategy<Value = Packet> {
             move |(clean_start, keep_alive, client_id, will, username, password, properties)| {
                 // 3.1.1 forbids a password without a user name.
                 let password = match (version, &username) {
-                    (ProtocolVersion::V311, None) => None,
+                    (ProtocolVersion::V311 | ProtocolVersion::V31, None) => None,
                     _ => password,
                 };
                 Packet::Connect(Box::new(Connect {
@@ -366,7 +377,7 @@ fn to_server(version: ProtocolVersion) -> BoxedStrategy<Packet> {
         disconnect(version),
     ];
     match version {
-        ProtocolVersion::V311 => common.boxed(),
+        ProtocolVersion::V311 | ProtocolVersion::V31 => common.boxed(),
         ProtocolVersion::V5 => prop_oneof![9 => common, 1 => auth()].boxed(),
     }
 }
@@ -432,7 +443,7 @@ fn to_client(version: ProtocolVersion) -> BoxedStrategy<Packet> {
         disconnect(version),
     ];
     match version {
-        ProtocolVersion::V311 => common.boxed(),
+        ProtocolVersion::V311 | ProtocolVersion::V31 => common.boxed(),
         ProtocolVersion::V5 => prop_oneof![10 => common, 1 => auth()].boxed(),
     }
 }
@@ -738,7 +749,7 @@ proptest! {
 
     #[test]
     fn server_packets_round_trip(
-        (version, packet) in version().prop_flat_map(|v| (Just(v), to_client(v)))
+        (version, packet) in version_with_full_acks().prop_flat_map(|v| (Just(v), to_client(v)))
     ) {
         let wire = encode(&mut encoder(Role::Server, version), &packet);
         prop_assert_eq!(wire.len(), encoded_len(&packet, version));
@@ -804,5 +815,85 @@ proptest! {
         prop_assert!(buf.is_empty());
         prop_assert!(matches!(decoded.first(), Some(Packet::Connect(_))));
         prop_assert_eq!(&decoded[1..], &packets[..]);
+    }
+}
+
+/// A character MQTT strings may not hold (§1.5.4): a C0/C1 control character or a
+/// non-character, U+0000 aside (it has its own error).
+fn disallowed_char() -> impl Strategy<Value = char> {
+    prop_oneof![
+        (1u32..=0x1F),
+        (0x7Fu32..=0x9F),
+        (0xFDD0u32..=0xFDEF),
+        (0u32..=0x10).prop_flat_map(|plane| {
+            select(vec![plane * 0x10000 + 0xFFFE, plane * 0x10000 + 0xFFFF])
+        }),
+    ]
+    .prop_map(|code| char::from_u32(code).unwrap_or('\u{1}'))
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// Wherever a disallowed character sits in a topic, a user property or a client
+    /// id, the decoder refuses the packet as malformed, naming the character.
+    #[test]
+    fn a_disallowed_character_in_any_string_is_malformed(
+        version in version(),
+        (topic, at) in topic_name().prop_flat_map(|t| { let n = t.len(); (Just(t), 0..=n) }),
+        bad in disallowed_char(),
+        field in 0u8..3,
+    ) {
+        let mut poisoned = topic.clone();
+        let at = (0..=at).rev().find(|&i| poisoned.is_char_boundary(i)).unwrap_or(0);
+        poisoned.insert(at, bad);
+        let result = match field {
+            0 => {
+                let packet = Packet::Publish(Publish {
+                    dup: false,
+                    qos: QoS::AtMostOnce,
+                    retain: false,
+                    topic: poisoned,
+                    packet_id: 0,
+                    payload: Bytes::new(),
+                    properties: Properties::default(),
+                });
+                let wire = encode(&mut encoder(Role::Client, version), &packet);
+                decode_stream(&mut connected_server(version), &wire)
+            }
+            1 => {
+                let packet = Packet::Publish(Publish {
+                    dup: false,
+                    qos: QoS::AtMostOnce,
+                    retain: false,
+                    topic,
+                    packet_id: 0,
+                    payload: Bytes::new(),
+                    properties: Properties {
+                        user_properties: vec![("k".into(), poisoned)],
+                        ..Properties::default()
+                    },
+                });
+                let wire = encode(&mut encoder(Role::Client, ProtocolVersion::V5), &packet);
+                decode_stream(&mut connected_server(ProtocolVersion::V5), &wire)
+            }
+            _ => {
+                let packet = Packet::Connect(Box::new(Connect {
+                    protocol: version,
+                    clean_start: true,
+                    keep_alive: 60,
+                    client_id: poisoned,
+                    will: None,
+                    username: None,
+                    password: None,
+                    properties: Properties::default(),
+                }));
+                let wire = encode(&mut encoder(Role::Client, version), &packet);
+                decode_stream(&mut Codec::new(Role::Server, MIB), &wire)
+            }
+        };
+        let err = result.unwrap_err();
+        prop_assert!(matches!(err, DecodeError::DisallowedCharacter(c) if c == bad), "{}", err);
+        prop_assert_eq!(err.reason_code(), ReasonCode::MalformedPacket);
     }
 }

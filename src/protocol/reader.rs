@@ -5,6 +5,7 @@
 use bytes::{Buf, Bytes};
 
 use super::error::DecodeError;
+use super::text;
 use super::varint;
 
 pub(crate) struct Reader {
@@ -65,15 +66,17 @@ impl Reader {
         self.take(usize::from(len))
     }
 
-    /// A UTF-8 string (MQTT-1.5.4-1) free of U+0000 (MQTT-1.5.4-2). Rust's UTF-8
-    /// check already refuses surrogates and overlong forms.
+    /// A UTF-8 string (MQTT-1.5.4-1) free of U+0000 (MQTT-1.5.4-2), control
+    /// characters and non-characters (`text`). Rust's UTF-8 check already refuses
+    /// surrogates and overlong forms. Every string of every packet is read here.
     pub(crate) fn string(&mut self) -> Result<String, DecodeError> {
         let bytes = self.binary()?;
         let text = std::str::from_utf8(&bytes).map_err(|_| DecodeError::InvalidUtf8)?;
-        if text.contains('\0') {
-            return Err(DecodeError::NullCharacter);
+        match text::first_disallowed(text) {
+            None => Ok(text.to_owned()),
+            Some('\0') => Err(DecodeError::NullCharacter),
+            Some(c) => Err(DecodeError::DisallowedCharacter(c)),
         }
-        Ok(text.to_owned())
     }
 
     /// A packet identifier, which must not be zero (MQTT-2.2.1-3).
@@ -109,6 +112,33 @@ mod tests {
             reader(&[0, 3, b'a', 0, b'b']).string(),
             Err(DecodeError::NullCharacter)
         ));
+    }
+
+    #[test]
+    fn strings_refuse_control_characters_and_non_characters() {
+        for bad in [
+            "a\nb",
+            "\r",
+            "\u{1b}[2J",
+            "\u{7f}",
+            "x\u{85}",
+            "\u{9f}",
+            "\u{fdd0}",
+            "\u{fffe}",
+            "\u{10ffff}",
+        ] {
+            let mut wire = (bad.len() as u16).to_be_bytes().to_vec();
+            wire.extend_from_slice(bad.as_bytes());
+            let expected = bad.chars().find(|&c| text::is_disallowed(c)).unwrap();
+            assert!(
+                matches!(reader(&wire).string(), Err(DecodeError::DisallowedCharacter(c)) if c == expected),
+                "{bad:?}"
+            );
+        }
+        let fine = "kitchen light/état €";
+        let mut wire = (fine.len() as u16).to_be_bytes().to_vec();
+        wire.extend_from_slice(fine.as_bytes());
+        assert_eq!(reader(&wire).string().unwrap(), fine);
     }
 
     #[test]

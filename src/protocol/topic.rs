@@ -2,6 +2,8 @@
 //! prefixes, and whether one filter covers another. Pure string rules from the MQTT
 //! specification (§4.7, §4.8.2); size limits are the broker's business, not this one's.
 
+use super::text;
+
 /// Why a topic name or filter was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TopicError {
@@ -15,18 +17,20 @@ pub enum TopicError {
     MisplacedSingleLevel,
     #[error("topic contains U+0000")]
     NullCharacter,
+    #[error("topic contains U+{:04X}, a control character or non-character", u32::from(*.0))]
+    DisallowedCharacter(char),
     #[error("shared subscription needs $share/<group>/<filter> with a group free of + # /")]
     InvalidShare,
 }
 
-/// A topic name a PUBLISH may carry: non-empty, no wildcards, no U+0000.
+/// A topic name a PUBLISH may carry: non-empty, no wildcards, no U+0000, control
+/// character or non-character. (The codec refuses those characters in every string
+/// already; the check here covers topics that come from elsewhere, e.g. a manifest.)
 pub fn validate_topic_name(topic: &str) -> Result<(), TopicError> {
     if topic.is_empty() {
         return Err(TopicError::Empty);
     }
-    if topic.contains('\0') {
-        return Err(TopicError::NullCharacter);
-    }
+    check_characters(topic)?;
     if topic.contains(['+', '#']) {
         return Err(TopicError::WildcardInName);
     }
@@ -35,6 +39,7 @@ pub fn validate_topic_name(topic: &str) -> Result<(), TopicError> {
 
 /// A topic filter a SUBSCRIBE may carry (including a `$share/<group>/` prefix).
 pub fn validate_topic_filter(filter: &str) -> Result<(), TopicError> {
+    check_characters(filter)?; // the share group too
     let inner = match parse_shared(filter)? {
         Some((_, inner)) => inner,
         None => filter,
@@ -46,9 +51,6 @@ fn validate_plain_filter(filter: &str) -> Result<(), TopicError> {
     if filter.is_empty() {
         return Err(TopicError::Empty);
     }
-    if filter.contains('\0') {
-        return Err(TopicError::NullCharacter);
-    }
     let mut levels = filter.split('/').peekable();
     while let Some(level) = levels.next() {
         if level.contains('#') && (level != "#" || levels.peek().is_some()) {
@@ -59,6 +61,14 @@ fn validate_plain_filter(filter: &str) -> Result<(), TopicError> {
         }
     }
     Ok(())
+}
+
+fn check_characters(topic: &str) -> Result<(), TopicError> {
+    match text::first_disallowed(topic) {
+        None => Ok(()),
+        Some('\0') => Err(TopicError::NullCharacter),
+        Some(c) => Err(TopicError::DisallowedCharacter(c)),
+    }
 }
 
 /// Splits `$share/<group>/<filter>` into its group and filter; `None` for an ordinary
@@ -131,6 +141,18 @@ mod tests {
         assert_eq!(validate_topic_name("a/+"), Err(TopicError::WildcardInName));
         assert_eq!(validate_topic_name("a/#"), Err(TopicError::WildcardInName));
         assert_eq!(validate_topic_name("a\0"), Err(TopicError::NullCharacter));
+        assert_eq!(
+            validate_topic_name("a\nb"),
+            Err(TopicError::DisallowedCharacter('\n'))
+        );
+        assert_eq!(
+            validate_topic_filter("a/\u{85}/#"),
+            Err(TopicError::DisallowedCharacter('\u{85}'))
+        );
+        assert_eq!(
+            validate_topic_filter("$share/g/\u{fdd0}"),
+            Err(TopicError::DisallowedCharacter('\u{fdd0}'))
+        );
     }
 
     #[test]
