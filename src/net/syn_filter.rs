@@ -189,6 +189,7 @@ impl SynFilter {
     }
 
     /// (Re)attaches the filter for `networks`; the kernel swaps programs atomically.
+    /// When that fails, no filter is left on the socket and admission alone judges.
     pub fn update(&self, networks: &Networks) {
         match self.attach(networks) {
             Ok(len) => tracing::info!(
@@ -197,11 +198,16 @@ impl SynFilter {
                 instructions = len,
                 "SYN filter in place: the kernel answers no handshake from outside the allowed networks"
             ),
-            Err(e) => tracing::warn!(
-                listener = %self.addr,
-                error = %e,
-                "SYN filter NOT in place: peers outside the allowed networks complete the TCP handshake and are refused by admission only"
-            ),
+            Err(e) => {
+                // A filter from before a reload would still judge by the old networks
+                // (and shut out newly allowed ones): remove it. ENOENT: there was none.
+                let _ = self.socket.detach_filter();
+                tracing::warn!(
+                    listener = %self.addr,
+                    error = %e,
+                    "SYN filter NOT in place: peers outside the allowed networks complete the TCP handshake and are refused by admission only"
+                )
+            }
         }
     }
 
@@ -285,6 +291,16 @@ mod tests {
 
     fn networks(list: &[&str]) -> Networks {
         Networks::new(list.iter().map(|s| s.parse().unwrap()).collect())
+    }
+
+    /// 500 IPv6 /127s: ten instructions each (three whole words, one masked, the
+    /// return), more than the kernel takes.
+    fn over_the_limit() -> Networks {
+        let many: Vec<String> = (0..500)
+            .map(|i| format!("2001:db8::{:x}/127", 2 * i))
+            .collect();
+        let refs: Vec<&str> = many.iter().map(String::as_str).collect();
+        networks(&refs)
     }
 
     fn verdict(nets: &Networks, source: &str) -> bool {
@@ -381,13 +397,8 @@ mod tests {
         assert!(verdict(&nets, "fd00:1::9"));
         assert!(!verdict(&nets, "fd00:2::9"));
 
-        // Ten instructions per /127 (three whole words, one masked, the return).
-        let many: Vec<String> = (0..500)
-            .map(|i| format!("2001:db8::{:x}/127", 2 * i))
-            .collect();
-        let refs: Vec<&str> = many.iter().map(String::as_str).collect();
         assert!(matches!(
-            program(&networks(&refs)),
+            program(&over_the_limit()),
             Err(SynFilterError::TooLong(500))
         ));
     }
@@ -412,6 +423,11 @@ mod tests {
             "the handshake completed despite the filter"
         );
         filter.attach(&networks(&["127.0.0.0/8"])).unwrap();
+        std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(5)).unwrap();
+        // A program the kernel cannot take leaves no stale filter behind: a loopback
+        // peer, shut out by the filter before, is let through to admission.
+        filter.attach(&networks(&["192.168.0.0/16"])).unwrap();
+        filter.update(&over_the_limit());
         std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(5)).unwrap();
     }
 }
