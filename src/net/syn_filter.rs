@@ -16,7 +16,9 @@
 //! program reads the IP header through the `SKF_NET_OFF` window
 //! (Documentation/networking/filter.rst): source at offset 12 (IPv4) or 8 (IPv6).
 //! A dual-stack socket gets IPv4 segments with their IPv4 header, so the program
-//! looks at the version nibble first.
+//! looks at the version nibble first. The filter is attached right after the
+//! listener is bound; a SYN in the microseconds between `listen()` and the attach
+//! is judged by admission alone.
 
 use std::net::SocketAddr;
 use std::os::fd::AsFd;
