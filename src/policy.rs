@@ -34,8 +34,24 @@ pub struct Networks {
 }
 
 impl Networks {
+    /// An IPv4-mapped entry (`::ffff:192.168.1.0/120`) is kept as the IPv4 network
+    /// it names, since IPv4 peers are judged as IPv4 (see `allows`).
     pub fn new(cidrs: Vec<IpNet>) -> Self {
-        Networks { cidrs }
+        let mut canonical: Vec<IpNet> = Vec::with_capacity(cidrs.len());
+        for net in cidrs {
+            let net = match net {
+                IpNet::V6(v6) if v6.prefix_len() >= 96 => v6
+                    .network()
+                    .to_ipv4_mapped()
+                    .and_then(|ip| ipnet::Ipv4Net::new(ip, v6.prefix_len() - 96).ok())
+                    .map_or(net, IpNet::V4),
+                other => other,
+            };
+            if !canonical.contains(&net) {
+                canonical.push(net);
+            }
+        }
+        Networks { cidrs: canonical }
     }
 
     /// Whether `ip` is inside an allowed network. An IPv4-mapped IPv6 address
@@ -606,6 +622,13 @@ mod tests {
         assert!(!p.networks.allows("8.8.8.8".parse().unwrap()));
         assert!(!p.networks.allows("::ffff:8.8.8.8".parse().unwrap()));
         assert!(!p.networks.allows("2001:db8::1".parse().unwrap()));
+        let mapped = Networks::new(vec!["::ffff:203.0.113.0/120".parse().unwrap()]);
+        assert_eq!(
+            mapped.cidrs(),
+            &["203.0.113.0/24".parse::<IpNet>().unwrap()]
+        );
+        assert!(mapped.allows("203.0.113.9".parse().unwrap()));
+        assert!(mapped.allows("::ffff:203.0.113.9".parse().unwrap()));
         let ha = p.identity("ha").unwrap();
         assert_eq!(ha.max_queued_messages, 10_000);
         assert_eq!(ha.max_queued_bytes, 16 * 1024 * 1024);

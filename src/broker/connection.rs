@@ -581,7 +581,12 @@ impl Connection {
         let mut buffered = !rbuf.is_empty();
         loop {
             // Answer what was read, then drain the mailbox, in one write.
-            self.flush_replies(codec, &mut wbuf).await;
+            if self.flush_replies(codec, &mut wbuf).await {
+                let _ = stream.write_all(&wbuf).await;
+                return End::Abnormal(
+                    "durable write refused: an MQTT 3.1.1 client cannot be told, so the connection closes unacknowledged".into(),
+                );
+            }
             self.fill_from_mailbox(codec, &mut outbound, &mut wbuf)
                 .await;
             if !wbuf.is_empty() {
@@ -749,22 +754,31 @@ impl Connection {
     }
 
     /// Encodes the answers in order, waiting for each one's commit. A failed commit
-    /// (disk full) turns a v5 acknowledgement into the refusal it has become.
-    async fn flush_replies(&mut self, codec: &mut Codec, wbuf: &mut BytesMut) {
+    /// (disk full) turns a v5 acknowledgement into the refusal it has become. MQTT
+    /// 3.1.1 has no negative PUBACK/PUBREC, and a plain one would claim the message is
+    /// safe: that acknowledgement is withheld and `true` returned, so the caller
+    /// closes the connection and the client sends the message again later
+    /// (MQTT-4.4.0-1).
+    async fn flush_replies(&mut self, codec: &mut Codec, wbuf: &mut BytesMut) -> bool {
+        let mut withheld = false;
         loop {
             // Only the commit is held across the wait, not the packet: this future
             // is part of every connection's task and should stay small.
             let refused = match self.replies.front_mut() {
-                None => return,
+                None => return withheld,
                 Some((Some(commit), _)) => commit.await.err(),
                 Some((None, _)) => None,
             };
             let Some((_, mut packet)) = self.replies.pop_front() else {
-                return;
+                return withheld;
             };
             if let Some(e) = refused {
                 tracing::warn!(client_id = %self.session.client_id, error = %e, "durable write refused");
                 if let Packet::PubAck(ack) | Packet::PubRec(ack) = &mut packet {
+                    if self.version == ProtocolVersion::V311 {
+                        withheld = true;
+                        continue;
+                    }
                     ack.reason = e.reason_code();
                 }
             }

@@ -13,6 +13,7 @@ use crate::auth::{AuthConfig, Authenticator, hash_for_secret_file};
 use crate::broker::journal::{Journal, settle};
 use crate::broker::mailbox::QueueLimits;
 use crate::broker::{Broker, BrokerConfig, ListenerKind, sys};
+use crate::net::syn_filter::SynFilter;
 use crate::net::{AdmissionControl, AdmissionSettings, Listener, TlsSettings, serve_listener};
 use crate::pki;
 use crate::policy::{Credential, Durability, Policy, provision_plan};
@@ -183,6 +184,8 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
     let admission = AdmissionControl::new(admission_settings(policy));
     let tls = Arc::new(ArcSwap::from_pointee(loaded.tls));
     let mut listeners = Vec::new();
+    // The kernel drops SYNs from outside the allowed networks; admission stays behind.
+    let mut syn_filters = Vec::new();
     for (addr, kind) in std::iter::once((policy.listen_tls, ListenerKind::Tls))
         .chain(policy.listen_plain.map(|a| (a, ListenerKind::Plain)))
     {
@@ -191,6 +194,11 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
             .map_err(|source| ServeError::Bind { addr, source })?;
         let bound = listener.local_addr().unwrap_or(addr);
         tracing::info!(address = %bound, listener = ?kind, "listening");
+        syn_filters.extend(SynFilter::install(
+            &listener.socket,
+            bound,
+            &policy.networks,
+        ));
         listeners.push(listener);
     }
     let active = Arc::new(ArcSwap::from_pointee(loaded.active));
@@ -237,6 +245,11 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
                         let new_policy = &loaded.active.policy;
                         broker.set_config(broker_config(new_policy));
                         admission.update(admission_settings(new_policy));
+                        if new_policy.networks != active.load().policy.networks {
+                            for filter in &syn_filters {
+                                filter.update(&new_policy.networks);
+                            }
+                        }
                         tls.store(Arc::new(loaded.tls));
                         auth.clear_cache();
                         let slot = broker.journal().reserve().await;

@@ -189,6 +189,34 @@ pub fn in_ns(ns: &str, args: &[&str], limit: Duration) -> Output {
     child.wait_with_output().expect("child output")
 }
 
+/// What a bare TCP connect gets.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Tcp {
+    Connected,
+    Refused,
+    /// No SYN-ACK and no reset within 4 s.
+    NoAnswer,
+}
+
+/// A bare TCP connect from `ns` to `addr`:`port` (bash's `/dev/tcp`), bounded by 4 s.
+pub fn tcp_connect(ns: &str, addr: &str, port: u16) -> Tcp {
+    let script = format!("exec 3<>/dev/tcp/{addr}/{port}");
+    let out = in_ns(
+        ns,
+        &["timeout", "4", "bash", "-c", &script],
+        Duration::from_secs(10),
+    );
+    match out.status.code() {
+        Some(0) => Tcp::Connected,
+        Some(124) => Tcp::NoAnswer,
+        _ => {
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(err.contains("refused"), "unexpected connect failure: {err}");
+            Tcp::Refused
+        }
+    }
+}
+
 /// `moat firewall --apply` inside `ns`, which must succeed.
 pub fn apply_firewall(ns: &str, manifest: &Path) {
     let out = in_ns(
