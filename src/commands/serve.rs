@@ -41,7 +41,7 @@ pub fn init_logging() {
 fn create_starter(global: &GlobalArgs) -> anyhow::Result<()> {
     let password = generate_password()?;
     let hash = hash_password(password.as_bytes())?;
-    let text = starter_manifest(&hash, StarterScope::LoopbackOnly);
+    let text = starter_manifest(&hash, StarterScope::LoopbackOnly, None, &[]);
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
