@@ -502,7 +502,10 @@ mod tests {
         let without = policy(&format!(
             "version: 1\nusers:\n  ha:\n    role: homeassistant\n    password_hash: \"{HASH}\"\n"
         ));
-        assert_eq!(broker_hosts(&without).unwrap()[0], "localhost");
+        // Without names, this machine's own `.local` name, or else localhost.
+        let first =
+            crate::machine::host_name().map_or("localhost".into(), |n| format!("{n}.local"));
+        assert_eq!(broker_hosts(&without).unwrap()[0], first);
     }
 
     #[test]
@@ -637,16 +640,17 @@ mod tests {
             .text
     }
 
-    fn provisioned(text: &str) -> (Policy, tempfile::TempDir) {
+    fn provisioned(text: &str) -> (Policy, tempfile::TempDir, PathBuf) {
         let p = policy(text);
-        let state = tempfile::tempdir().unwrap();
-        pki::provision(state.path(), &provision_plan(&p)).unwrap();
-        (p, state)
+        let root = tempfile::tempdir().unwrap();
+        let state = root.path().join("state");
+        pki::provision(&state, &provision_plan(&p)).unwrap();
+        (p, root, state)
     }
 
     #[test]
     fn snippets_parse_back_with_only_keys_each_tool_knows() {
-        let (p, state) = provisioned(&format!(
+        let (p, _root, state) = provisioned(&format!(
             "version: 1\nbroker:\n  hostnames: [moat.home.arpa]\n  addresses: [\"192.168.1.10\"]\n\
              users:\n  ha:\n    role: homeassistant\n    password_hash: \"{HASH}\"\n\
              \x20 z2m:\n    role: zigbee2mqtt\n    password_hash: \"{HASH}\"\n\
@@ -654,7 +658,7 @@ mod tests {
              \x20 z2m-cert:\n    role: zigbee2mqtt\n    certificate: true\n\
              \x20 node-1:\n    role: esphome\n    password_hash: \"{HASH}\"\n"
         ));
-        let settings = |name| client_settings(&p, state.path(), name, None).unwrap();
+        let settings = |name| client_settings(&p, &state, name, None).unwrap();
 
         let esp = settings("node-1");
         let keys = yaml_keys(snippet(&esp, "esphome"), "mqtt");
@@ -695,8 +699,13 @@ mod tests {
             for key in absent {
                 assert!(!keys.iter().any(|k| k == key), "{name} has {key}: {keys:?}");
             }
-            let mentions_password = text.contains("password");
-            assert_eq!(mentions_password, name == "z2m", "{text}");
+            // The comments match the credential kind too.
+            assert_eq!(text.contains("moat passwd"), name == "z2m", "{text}");
+            assert_eq!(
+                text.contains("client certificate"),
+                name == "z2m-cert",
+                "{text}"
+            );
         }
 
         let plug = settings("plug-1");
@@ -723,7 +732,7 @@ mod tests {
         assert_eq!(value("Topic"), "plug-1");
         assert_eq!(value("MqttPort"), p.listen_tls.port().to_string());
         assert!(plug.hosts.contains(&value("MqttHost").to_string()));
-        let fingerprint = pki::rsa_fingerprint_sha1(state.path()).unwrap().unwrap();
+        let fingerprint = pki::rsa_fingerprint_sha1(&state).unwrap().unwrap();
         assert_eq!(value("MqttFingerprint1"), fingerprint);
         assert!(text.contains("tasmota32"), "{text}");
 
