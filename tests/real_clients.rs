@@ -415,7 +415,7 @@ fn paho_as_home_assistant_by_the_lan_address() {
     // The default TLS listener: `::`, both families.
     assert!(manifest.contains("address: \"::\""), "{manifest}");
     let detected_state = dir.path().join("detected-state");
-    lab.serve(&broker, &detected, &detected_state);
+    let detected_log = lab.serve(&broker, &detected, &detected_state);
 
     // The same setup without the addresses, on another port: what users had before.
     let named = dir.path().join("named.yaml");
@@ -457,6 +457,17 @@ fn paho_as_home_assistant_by_the_lan_address() {
         let out = connect(host, "8883", &detected_state);
         assert!(out.contains("CONNECTED Success"), "{host}: {out}");
     }
+    // The IPv4 client came through the dual-stack socket and is logged as IPv4.
+    assert!(
+        common::wait_for_text(&detected_log, "peer=192.168.79.2:", Duration::from_secs(5)),
+        "{}",
+        detected_log.lock().unwrap()
+    );
+    assert!(
+        !detected_log.lock().unwrap().contains("::ffff:"),
+        "{}",
+        detected_log.lock().unwrap()
+    );
     // Without the address in the certificate, Home Assistant's check refuses it.
     let out = connect(broker_v4, "8884", &named_state);
     assert!(out.contains("CERT ERROR IP address mismatch"), "{out}");

@@ -11,7 +11,7 @@ use tokio::net::TcpListener;
 
 use crate::broker::{Broker, Gatekeeper, ListenerKind, PeerInfo, connection};
 
-use super::admission::Admission;
+use super::admission::{Admission, canonical_ip};
 use super::tls::{TlsSettings, handshake};
 
 /// A bound listener and what it serves.
@@ -96,6 +96,8 @@ pub async fn serve_listener(
                 continue;
             }
         };
+        // An IPv4 peer of the dual-stack socket is logged and judged as IPv4.
+        let addr = SocketAddr::new(canonical_ip(addr.ip()), addr.port());
         let slot = match admission.admit(addr.ip()) {
             Ok(slot) => slot,
             Err(refusal) => {
