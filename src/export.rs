@@ -211,7 +211,14 @@ fn home_assistant(s: &ClientSettings) -> Snippet {
         "Settings > Devices & services > Add integration > MQTT >\n\
          Manually enter the MQTT broker connection details:"
     );
-    let _ = writeln!(t, "  Broker:     {}", host(s));
+    // What users type is the broker's address; a name works only where the LAN's DNS
+    // (or mDNS) knows it. Either way it must be one the certificate covers.
+    let broker = s
+        .hosts
+        .iter()
+        .find(|h| h.parse::<IpAddr>().is_ok())
+        .map_or_else(|| host(s), String::as_str);
+    let _ = writeln!(t, "  Broker:     {broker}");
     let _ = writeln!(t, "              ({})", covered_note(s));
     let _ = writeln!(t, "  Port:       {}", s.tls_port);
     let _ = writeln!(t, "  Username:   {}", s.username);
