@@ -17,6 +17,7 @@ pub mod export;
 pub mod firewall;
 pub mod firstboot;
 pub mod logging;
+pub mod machine;
 pub mod manifest;
 pub mod net;
 pub mod pki;

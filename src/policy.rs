@@ -4,7 +4,7 @@
 //! it on reload. It holds no secrets beyond hashes and never touches sockets or files.
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -241,24 +241,30 @@ impl Policy {
         }
         let broker = &manifest.broker;
         let limits = compile_limits(manifest);
-        let listener = |spec: &Spanned<crate::manifest::schema::ListenerSpec>, port: u16| {
+        let listener = |spec: &Spanned<crate::manifest::schema::ListenerSpec>,
+                        default_ip: IpAddr,
+                        port: u16| {
             SocketAddr::new(
-                spec.value
-                    .address
-                    .as_ref()
-                    .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| a.value),
+                spec.value.address.as_ref().map_or(default_ip, |a| a.value),
                 spec.value.port.as_ref().map_or(port, |p| p.value),
             )
         };
-        let listen_tls = broker.listen.tls.as_ref().map_or(
-            SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), DEFAULT_TLS_PORT),
-            |t| listener(t, DEFAULT_TLS_PORT),
-        );
+        // TLS takes both families by default (`::`, dual-stack: the default networks
+        // include IPv6 ULA and link-local); the plaintext listener stays IPv4-only
+        // unless an address is given, so a global IPv6 address never reaches it.
+        let tls_ip = IpAddr::V6(Ipv6Addr::UNSPECIFIED);
+        let listen_tls = broker
+            .listen
+            .tls
+            .as_ref()
+            .map_or(SocketAddr::new(tls_ip, DEFAULT_TLS_PORT), |t| {
+                listener(t, tls_ip, DEFAULT_TLS_PORT)
+            });
         let listen_plain = broker
             .listen
             .plain
             .as_ref()
-            .map(|p| listener(p, DEFAULT_PLAIN_PORT));
+            .map(|p| listener(p, IpAddr::V4(Ipv4Addr::UNSPECIFIED), DEFAULT_PLAIN_PORT));
         let entries: Vec<String> = match &broker.networks {
             Some(list) => list.value.iter().map(|e| e.value.clone()).collect(),
             None => DEFAULT_NETWORKS.iter().map(|s| s.to_string()).collect(),
@@ -347,11 +353,13 @@ impl Policy {
 }
 
 /// What the state directory must contain for `policy`: the server certificate's
-/// names and addresses, the RSA server key if a role needs one, and one client bundle
-/// per `certificate: true` device. `serve` and `firstboot` both provision from this.
+/// names and addresses (plus this machine's `.local` name), the RSA server key if a
+/// role needs one, and one client bundle per `certificate: true` device. `serve` and
+/// `firstboot` both provision from this.
 pub fn provision_plan(policy: &Policy) -> crate::pki::ProvisionPlan {
     crate::pki::ProvisionPlan {
         hostnames: policy.hostnames.clone(),
+        machine_name: crate::machine::host_name(),
         addresses: policy.addresses.clone(),
         rsa_server_key: policy.needs_rsa_server_key(),
         certificate_devices: policy
@@ -612,7 +620,7 @@ mod tests {
             "version: 1\nusers:\n  ha:\n    role: homeassistant\n    password_hash: \"{HASH}\"\n"
         ));
         assert_eq!(p.limits, Limits::default());
-        assert_eq!(p.listen_tls, "0.0.0.0:8883".parse().unwrap());
+        assert_eq!(p.listen_tls, "[::]:8883".parse().unwrap());
         assert_eq!(p.listen_plain, None);
         assert_eq!(p.persistence.durability, Durability::Full);
         assert!(p.networks.allows("192.168.1.20".parse().unwrap()));

@@ -20,6 +20,8 @@ use common::cli::walk;
 fn plan() -> ProvisionPlan {
     ProvisionPlan {
         hostnames: vec!["moat.home.arpa".into()],
+        // The appliance is called `moat`: its mDNS name is `moat.local`.
+        machine_name: Some("moat".into()),
         addresses: vec!["192.168.1.10".parse().unwrap(), "fd00::10".parse().unwrap()],
         rsa_server_key: true,
         certificate_devices: vec!["kitchen-sensor".into(), "plug-1".into()],

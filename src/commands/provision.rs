@@ -76,8 +76,8 @@ impl ProvisionSummary {
         let mut out = format!("state directory {}\n{}", self.state.display(), self.report);
         if let Some(fingerprint) = &self.tasmota_fingerprint {
             out.push_str(&format!(
-                "\nTasmota (ESP8266) devices pin the RSA server key:\n  \
-                 SetOption132 1\n  MqttFingerprint1 {fingerprint}\n"
+                "\nTasmota devices pin the RSA server key (`moat export NAME` prints the whole\n\
+                 Backlog line):\n  SetOption103 1; SetOption132 1; MqttFingerprint1 {fingerprint}\n"
             ));
         }
         out

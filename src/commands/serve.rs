@@ -14,7 +14,7 @@ use crate::server::{ServeOptions, serve};
 fn create_starter(global: &GlobalArgs) -> anyhow::Result<()> {
     let password = generate_password()?;
     let hash = hash_password(password.as_bytes())?;
-    let text = starter_manifest(&hash, StarterScope::LoopbackOnly);
+    let text = starter_manifest(&hash, StarterScope::LoopbackOnly, None, &[]);
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)

@@ -131,7 +131,11 @@ pub fn run(setup: &Setup<'_>, options: &Options) -> Vec<Finding> {
     findings.extend(listeners::check(setup.policy, &facts));
     findings.extend(firewall.findings.iter().cloned());
     findings.push(ruleset::check_global_ipv6(&facts, &firewall));
-    findings.extend(tls::check(setup.policy, setup.state_dir));
+    findings.extend(tls::check(
+        setup.policy,
+        setup.state_dir,
+        &crate::machine::lan_addresses(&facts),
+    ));
     findings.extend(permissions::check(setup.manifest_path, setup.state_dir));
     findings.extend(passwords::check(setup.policy));
     findings.extend(grants::check(setup.policy));

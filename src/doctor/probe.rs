@@ -10,7 +10,7 @@
 //! The probe connects with its own client id (`moat-doctor-probe`) and a clean
 //! session, so it never takes over the device's real session. Every step is bounded.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -76,10 +76,12 @@ pub fn target(policy: &Policy, requested: Option<&str>) -> Result<SocketAddr, St
             .ok_or_else(|| format!("--probe {text}: no address"));
     }
     let listen = policy.listen_tls;
-    let ip = match listen.ip() {
-        IpAddr::V4(v4) if v4.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
-        IpAddr::V6(v6) if v6.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
-        other => other,
+    // `::` is bound dual-stack, or falls back to `0.0.0.0` on a host without IPv6
+    // (net::listener): 127.0.0.1 reaches it either way.
+    let ip = if listen.ip().is_unspecified() {
+        IpAddr::V4(Ipv4Addr::LOCALHOST)
+    } else {
+        listen.ip()
     };
     Ok(SocketAddr::new(ip, listen.port()))
 }
@@ -494,7 +496,7 @@ mod tests {
         )
         .unwrap();
         let p = Policy::compile(&loaded.manifest).unwrap();
-        assert_eq!(target(&p, None).unwrap(), "[::1]:9883".parse().unwrap());
+        assert_eq!(target(&p, None).unwrap(), "127.0.0.1:9883".parse().unwrap());
         assert_eq!(
             target(&p, Some("127.0.0.1:1234")).unwrap(),
             "127.0.0.1:1234".parse().unwrap()

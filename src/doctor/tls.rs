@@ -1,9 +1,11 @@
 //! The certificates in the state directory: expiry (FAIL under 7 days, WARN under
-//! 30), key type (ECDSA P-256 or RSA of at least 2048 bits), and whether the server
+//! 30), key type (ECDSA P-256 or RSA of at least 2048 bits), whether the server
 //! certificates name every hostname and address of the manifest (what `provision`
-//! would put there). It reads files only.
+//! would put there), and whether they cover what a LAN client would type: the TLS
+//! listener's own address and this host's LAN addresses. It reads files only.
 
 use std::collections::BTreeSet;
+use std::net::IpAddr;
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -121,13 +123,56 @@ pub fn judge_names(label: &str, facts: &CertFacts, wanted: &[SubjectName]) -> Fi
     }
 }
 
+/// Warns when a LAN client's address for the broker is not in the certificate: the
+/// TLS listener's address when it is bound to one, or (bound to a wildcard) any of
+/// this host's LAN addresses. Clients that check the name then refuse the broker
+/// ("IP address mismatch" in Home Assistant).
+pub fn judge_reach(label: &str, facts: &CertFacts, listen: IpAddr, lan: &[IpAddr]) -> Finding {
+    let candidates: Vec<IpAddr> = if listen.is_unspecified() {
+        // `0.0.0.0` takes IPv4 only; `::` both families.
+        lan.iter()
+            .copied()
+            .filter(|ip| listen.is_ipv6() || ip.is_ipv4())
+            .collect()
+    } else if listen.is_loopback() {
+        Vec::new()
+    } else {
+        vec![listen]
+    };
+    let missing: Vec<String> = candidates
+        .iter()
+        .filter(|ip| !facts.names.contains(&SubjectName::Ip(**ip)))
+        .map(ToString::to_string)
+        .collect();
+    if missing.is_empty() {
+        return Finding::pass(
+            CHECK,
+            format!("{label} covers the addresses clients reach the listener on"),
+        );
+    }
+    Finding::warn(
+        CHECK,
+        format!(
+            "{label} does not cover {}, where the TLS listener is reached: a client \
+             connecting by that address will refuse the certificate",
+            missing.join(", ")
+        ),
+        format!(
+            "add {} to broker.addresses (give the broker a fixed address first), then run \
+             `moat provision`",
+            missing.join(", ")
+        ),
+    )
+}
+
 fn now() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
-pub fn check(policy: &Policy, state_dir: &Path) -> Vec<Finding> {
+/// `lan` is this host's LAN addresses (see `machine::lan_addresses`).
+pub fn check(policy: &Policy, state_dir: &Path, lan: &[IpAddr]) -> Vec<Finding> {
     let now = now();
     let wanted = pki::subject_names(&provision_plan(policy)).unwrap_or_default();
     let mut findings = Vec::new();
@@ -168,6 +213,10 @@ pub fn check(policy: &Policy, state_dir: &Path) -> Vec<Finding> {
                 findings.extend(judge_cert(label, &facts, now));
                 if server {
                     findings.push(judge_names(label, &facts, &wanted));
+                }
+                // Both server certificates carry the same names: judge reach once.
+                if file == pki::SERVER_CERT {
+                    findings.push(judge_reach(label, &facts, policy.listen_tls.ip(), lan));
                 }
             }
             Err(e) => findings.push(Finding::fail(
@@ -252,6 +301,25 @@ mod tests {
         assert_eq!(f.key, "ECDSA P-256");
         let wanted = pki::subject_names(&plan).unwrap();
         assert_eq!(judge_names("s", &f, &wanted).status, Status::Pass);
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let lan = [ip("192.168.1.10"), ip("fd00::5")];
+        // `::` takes both families: the ULA is missing.
+        let both = judge_reach("s", &f, ip("::"), &lan);
+        assert_eq!(both.status, Status::Warn);
+        assert!(both.message.contains("fd00::5"), "{}", both.message);
+        assert!(!both.message.contains("192.168.1.10"), "{}", both.message);
+        // `0.0.0.0` takes IPv4 only, which is covered.
+        assert_eq!(
+            judge_reach("s", &f, ip("0.0.0.0"), &lan).status,
+            Status::Pass
+        );
+        assert_eq!(
+            judge_reach("s", &f, ip("127.0.0.1"), &lan).status,
+            Status::Pass
+        );
+        let other = judge_reach("s", &f, ip("10.0.0.7"), &[]);
+        assert_eq!(other.status, Status::Warn);
+        assert!(other.message.contains("10.0.0.7"), "{}", other.message);
         assert!(
             judge_cert("s", &f, now())
                 .iter()

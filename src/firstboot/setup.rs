@@ -64,9 +64,14 @@ pub fn render(
     let _ = writeln!(t, "  SHA-256 fingerprint: {ca_fingerprint}");
     if let Some(fingerprint) = &tasmota {
         let _ = writeln!(t);
-        let _ = writeln!(t, "Tasmota (ESP8266) pins the RSA server key:");
-        let _ = writeln!(t, "  SetOption132 1");
-        let _ = writeln!(t, "  MqttFingerprint1 {fingerprint}");
+        let _ = writeln!(
+            t,
+            "Tasmota pins the RSA server key (`moat export NAME` prints the whole Backlog line):"
+        );
+        let _ = writeln!(
+            t,
+            "  SetOption103 1; SetOption132 1; MqttFingerprint1 {fingerprint}"
+        );
     }
     let ca_on_card = Path::new(ca_card_name);
     for identity in policy

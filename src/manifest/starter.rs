@@ -1,21 +1,43 @@
 //! The commented starter manifest that `moat init` writes (and that `serve` uses,
 //! loopback-only, when no manifest exists). It only formats text; the caller supplies
-//! the argon2id hash and never the password itself.
+//! the argon2id hash (never the password itself) and the host name and LAN addresses
+//! it detected.
+
+use std::net::IpAddr;
 
 /// Where the starter's broker may be reached from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StarterScope {
-    /// TLS on 0.0.0.0:8883 for loopback and private networks (`moat init`).
+    /// TLS on [::]:8883 (both families) for loopback and private networks, with the
+    /// machine's name and LAN addresses in the certificate (`moat init`).
     Lan,
     /// TLS on 127.0.0.1:8883, loopback clients only (`serve` without a manifest).
     LoopbackOnly,
 }
 
 /// A complete, valid manifest with one `homeassistant` user holding `password_hash`.
-pub fn starter_manifest(password_hash: &str, scope: StarterScope) -> String {
+/// For [`StarterScope::Lan`], `host_name` and `addresses` (what the caller detected)
+/// become `broker.hostnames` and `broker.addresses`; a loopback-only starter names
+/// neither.
+pub fn starter_manifest(
+    password_hash: &str,
+    scope: StarterScope,
+    host_name: Option<&str>,
+    addresses: &[IpAddr],
+) -> String {
+    let (host_name, addresses) = match scope {
+        StarterScope::Lan => (host_name, addresses),
+        StarterScope::LoopbackOnly => (None, &[][..]),
+    };
+    let hostnames = host_name.map_or_else(String::new, |h| format!("\"{h}\""));
+    let addresses = addresses
+        .iter()
+        .map(|a| format!("\"{a}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
     let (address, networks, scope_note) = match scope {
         StarterScope::Lan => (
-            "0.0.0.0",
+            "::",
             "[loopback, private]",
             "# Clients may connect from this machine and from private (RFC 1918, ULA,\n  # link-local) networks. Anything public needs allow_public: true.",
         ),
@@ -31,14 +53,19 @@ pub fn starter_manifest(password_hash: &str, scope: StarterScope) -> String {
 version: 1
 
 broker:
-  # Names that go into the server certificate (<host>.local and localhost are
-  # added automatically). Point your clients at one of them.
-  hostnames: [moat.home.arpa]
+  # What clients type to reach the broker: the server certificate covers these
+  # names and addresses and nothing else (plus localhost and this machine's
+  # <name>.local, added automatically). `moat init` filled in the host name and LAN
+  # addresses it found; give the broker a fixed address (a DHCP reservation) or use
+  # a name, and run `moat provision` after changing them.
+  hostnames: [{hostnames}]
+  addresses: [{addresses}]
   listen:
+    # "::" takes IPv6 and IPv4 (with an IPv4-only fallback where IPv6 is off).
     tls: {{ address: "{address}", port: 8883 }}
     # A plaintext listener is off. Declare one only for devices that cannot do TLS,
     # and mark each such device with plaintext: true:
-    # plain: {{ address: "0.0.0.0", port: 1883 }}
+    # plain: {{ address: "192.168.1.10", port: 1883 }}
   {scope_note}
   networks: {networks}
   # limits: {{ max_connections: 256, max_packet_size: 1MiB }}
@@ -81,8 +108,9 @@ mod tests {
 
     #[test]
     fn both_scopes_load_cleanly_without_warnings() {
+        let lan = ["192.168.1.10".parse().unwrap(), "fd00::5".parse().unwrap()];
         for scope in [StarterScope::Lan, StarterScope::LoopbackOnly] {
-            let text = starter_manifest(HASH, scope);
+            let text = starter_manifest(HASH, scope, Some("pi4"), &lan);
             let loaded = parse_str(&text, "starter.yaml", LoadOptions::default()).unwrap();
             assert!(
                 loaded.warnings.is_empty(),
@@ -96,15 +124,25 @@ mod tests {
             let lan_ip = "192.168.1.5".parse().unwrap();
             match scope {
                 StarterScope::Lan => {
-                    assert_eq!(policy.listen_tls, "0.0.0.0:8883".parse().unwrap());
+                    assert_eq!(policy.listen_tls, "[::]:8883".parse().unwrap());
                     assert!(policy.networks.allows(lan_ip));
+                    assert_eq!(policy.hostnames, ["pi4"]);
+                    assert_eq!(policy.addresses, lan);
                 }
                 StarterScope::LoopbackOnly => {
                     assert_eq!(policy.listen_tls, "127.0.0.1:8883".parse().unwrap());
+                    assert!(policy.hostnames.is_empty() && policy.addresses.is_empty());
                     assert!(!policy.networks.allows(lan_ip));
                     assert!(policy.networks.allows("127.0.0.1".parse().unwrap()));
                 }
             }
         }
+    }
+
+    #[test]
+    fn nothing_detected_still_loads() {
+        let text = starter_manifest(HASH, StarterScope::Lan, None, &[]);
+        let loaded = parse_str(&text, "starter.yaml", LoadOptions::default()).unwrap();
+        assert!(loaded.manifest.broker.hostnames.is_empty());
     }
 }

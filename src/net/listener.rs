@@ -1,8 +1,8 @@
-//! Accept loops: one per listener. Each accepted socket is admitted (network, caps)
-//! before any byte is read, then TLS (for the TLS listener) and the MQTT connection
-//! driver run in their own task under one deadline.
+//! Binding listeners, and the accept loops: one per listener. Each accepted socket
+//! is admitted (network, caps) before any byte is read, then TLS (for the TLS
+//! listener) and the MQTT connection driver run in their own task under one deadline.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -11,7 +11,7 @@ use tokio::net::TcpListener;
 
 use crate::broker::{Broker, Gatekeeper, ListenerKind, PeerInfo, connection};
 
-use super::admission::Admission;
+use super::admission::{Admission, canonical_ip};
 use super::tls::{TlsSettings, handshake};
 
 /// A bound listener and what it serves.
@@ -20,17 +20,62 @@ pub struct Listener {
     pub kind: ListenerKind,
 }
 
+/// The backlog tokio's `TcpListener::bind` uses too.
+const BACKLOG: i32 = 1024;
+
 impl Listener {
+    /// Binds `addr`. The IPv6 wildcard `::` takes both families (IPV6_V6ONLY off,
+    /// whatever `net.ipv6.bindv6only` says; IPv4 peers appear as `::ffff:a.b.c.d`,
+    /// which admission judges as IPv4). On a host without IPv6 it falls back to
+    /// `0.0.0.0`, and says so.
     pub async fn bind(addr: SocketAddr, kind: ListenerKind) -> std::io::Result<Listener> {
-        Ok(Listener {
-            socket: TcpListener::bind(addr).await?,
-            kind,
-        })
+        let socket = if addr.ip() == IpAddr::V6(Ipv6Addr::UNSPECIFIED) {
+            match bind_dual_stack(addr) {
+                Ok(socket) => socket,
+                Err(e) if ipv6_unavailable(&e) => {
+                    let v4 = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), addr.port());
+                    tracing::warn!(address = %addr, error = %e, fallback = %v4,
+                        "IPv6 is not available on this host; listening on IPv4 only");
+                    TcpListener::bind(v4).await?
+                }
+                Err(e) => return Err(e),
+            }
+        } else {
+            TcpListener::bind(addr).await?
+        };
+        Ok(Listener { socket, kind })
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.socket.local_addr()
     }
+}
+
+/// An IPv6 socket bound to `addr` that also accepts IPv4, set up as tokio's own
+/// `bind` would (SO_REUSEADDR, non-blocking, the same backlog).
+fn bind_dual_stack(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::IPV6, Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_only_v6(false)?;
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(BACKLOG)?;
+    TcpListener::from_std(socket.into())
+}
+
+/// The kernel has no IPv6 (booted with `ipv6.disable=1`, or built without it).
+fn ipv6_unavailable(e: &std::io::Error) -> bool {
+    use nix::errno::Errno;
+    e.raw_os_error().is_some_and(|code| {
+        [
+            Errno::EAFNOSUPPORT,
+            Errno::EADDRNOTAVAIL,
+            Errno::EPROTONOSUPPORT,
+        ]
+        .iter()
+        .any(|errno| *errno as i32 == code)
+    })
 }
 
 /// Accepts connections forever.
@@ -51,6 +96,8 @@ pub async fn serve_listener(
                 continue;
             }
         };
+        // An IPv4 peer of the dual-stack socket is logged and judged as IPv4.
+        let addr = SocketAddr::new(canonical_ip(addr.ip()), addr.port());
         let slot = match admission.admit(addr.ip()) {
             Ok(slot) => slot,
             Err(refusal) => {

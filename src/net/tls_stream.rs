@@ -17,7 +17,7 @@ use rustls::server::{Acceptor, UnbufferedServerConnection};
 use rustls::unbuffered::{
     AppDataRecord, ConnectionState, EncodeError, EncryptError, UnbufferedStatus,
 };
-use rustls::{ServerConfig, SignatureScheme};
+use rustls::{ServerConfig, SignatureAlgorithm, SignatureScheme};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
@@ -528,7 +528,11 @@ fn first_record_complete(bytes: &[u8]) -> bool {
 }
 
 /// The signature schemes a ClientHello offers, parsed from a copy of the bytes
-/// read so far; `None` if they hold no complete, valid ClientHello.
+/// read so far; `None` if they hold no complete, valid ClientHello. ECDSA schemes are
+/// left out when none of the offered cipher suites can carry an ECDSA certificate: a
+/// TLS 1.2 client offering only ECDHE-RSA suites (Tasmota's BearSSL client offers
+/// exactly one, ECDHE_RSA_WITH_AES_128_GCM_SHA256) needs the RSA certificate whatever
+/// its signature_algorithms say (OpenSSL lists ECDSA there regardless).
 fn hello_signature_schemes(mut bytes: &[u8]) -> Option<Vec<SignatureScheme>> {
     let mut acceptor = Acceptor::default();
     while !bytes.is_empty() {
@@ -537,7 +541,28 @@ fn hello_signature_schemes(mut bytes: &[u8]) -> Option<Vec<SignatureScheme>> {
         }
     }
     let accepted = acceptor.accept().ok()??;
-    Some(accepted.client_hello().signature_schemes().to_vec())
+    let hello = accepted.client_hello();
+    let mut schemes = hello.signature_schemes().to_vec();
+    let ecdsa_suite = hello.cipher_suites().iter().any(|offered| {
+        rustls::crypto::ring::ALL_CIPHER_SUITES.iter().any(|suite| {
+            suite.suite() == *offered
+                && suite.usable_for_signature_algorithm(SignatureAlgorithm::ECDSA)
+        })
+    });
+    if !ecdsa_suite {
+        schemes.retain(|scheme| !is_ecdsa(*scheme));
+    }
+    Some(schemes)
+}
+
+fn is_ecdsa(scheme: SignatureScheme) -> bool {
+    matches!(
+        scheme,
+        SignatureScheme::ECDSA_NISTP256_SHA256
+            | SignatureScheme::ECDSA_NISTP384_SHA384
+            | SignatureScheme::ECDSA_NISTP521_SHA512
+            | SignatureScheme::ECDSA_SHA1_Legacy
+    )
 }
 
 fn tls_error(e: rustls::Error) -> io::Error {
@@ -586,6 +611,7 @@ mod tests {
             let state = dir.path().join("state");
             let plan = pki::ProvisionPlan {
                 hostnames: vec!["localhost".into()],
+                machine_name: None,
                 addresses: Vec::new(),
                 rsa_server_key: true,
                 certificate_devices: vec!["kitchen-sensor".into()],
@@ -897,6 +923,31 @@ mod tests {
             out.extend_from_slice(part);
         }
         out
+    }
+
+    #[test]
+    fn a_hello_with_only_ecdhe_rsa_suites_gets_no_ecdsa_scheme() {
+        // A Tasmota-like TLS 1.2 client: one ECDHE-RSA suite, yet ECDSA among its
+        // signature algorithms. Only the RSA certificate can serve it.
+        let mut provider = rustls::crypto::ring::default_provider();
+        provider
+            .cipher_suites
+            .retain(|s| s.suite() == rustls::CipherSuite::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256);
+        let config = ClientConfig::builder_with_provider(Arc::new(provider))
+            .with_protocol_versions(&[&rustls::version::TLS12])
+            .unwrap()
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth();
+        let schemes = hello_signature_schemes(&client_hello(Arc::new(config))).unwrap();
+        assert!(
+            schemes.contains(&SignatureScheme::RSA_PKCS1_SHA256),
+            "{schemes:?}"
+        );
+        assert!(schemes.iter().all(|s| !is_ecdsa(*s)), "{schemes:?}");
+        // With every suite offered, its ECDSA schemes stay.
+        let full = client_hello(client_config(&rustls::version::TLS12, false, true));
+        let schemes = hello_signature_schemes(&full).unwrap();
+        assert!(schemes.contains(&SignatureScheme::ECDSA_NISTP256_SHA256));
     }
 
     #[test]

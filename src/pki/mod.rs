@@ -92,8 +92,11 @@ impl PkiError {
 /// What the state directory must contain, derived from the manifest by the caller.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ProvisionPlan {
-    /// Names for the server certificate (each also gets `<first label>.local`).
+    /// Names for the server certificate.
     pub hostnames: Vec<String>,
+    /// This machine's host name: `<name>.local` (its mDNS name) goes into the server
+    /// certificate. `None` adds no `.local` name.
+    pub machine_name: Option<String>,
     /// Addresses for the server certificate (loopback is always included).
     pub addresses: Vec<IpAddr>,
     /// Issue an RSA-2048 server certificate as well (Tasmota on ESP8266).

@@ -15,9 +15,10 @@ use super::{PkiError, ProvisionPlan, SERVER_CERT, SERVER_KEY, SERVER_RSA_CERT, S
 pub const SERVER_LIFETIME_DAYS: u64 = 398;
 
 /// The subject alternative names for a plan, in a stable order without duplicates:
-/// each hostname, then `<first label>.local` for it (the mDNS name a LAN client uses),
-/// then `localhost`, 127.0.0.1, ::1 and the declared addresses. A hostname that is an
-/// IP literal becomes an IP name.
+/// each hostname, then `<machine name>.local` (the mDNS name of this machine, and only
+/// of this machine: a `.local` name of another host would be a name nothing answers
+/// for), then `localhost`, 127.0.0.1, ::1 and the declared addresses. A hostname that
+/// is an IP literal becomes an IP name.
 pub fn subject_names(plan: &ProvisionPlan) -> Result<Vec<SubjectName>, PkiError> {
     let mut names = Vec::new();
     let mut add = |name: SubjectName| {
@@ -34,11 +35,14 @@ pub fn subject_names(plan: &ProvisionPlan) -> Result<Vec<SubjectName>, PkiError>
         if !valid_hostname(&host) {
             return Err(PkiError::BadHostname(raw.clone()));
         }
-        let first_label = host.split('.').next().unwrap_or(&host).to_owned();
-        add(SubjectName::Dns(host.clone()));
-        if !host.ends_with(".local") && host != "localhost" {
-            add(SubjectName::Dns(format!("{first_label}.local")));
+        add(SubjectName::Dns(host));
+    }
+    if let Some(machine) = &plan.machine_name {
+        let mdns = format!("{}.local", machine.to_ascii_lowercase());
+        if !valid_hostname(&mdns) {
+            return Err(PkiError::BadHostname(machine.clone()));
         }
+        add(SubjectName::Dns(mdns));
     }
     add(SubjectName::Dns("localhost".into()));
     add(SubjectName::Ip(IpAddr::V4(Ipv4Addr::LOCALHOST)));
@@ -94,6 +98,7 @@ mod tests {
     fn plan(hostnames: &[&str], addresses: &[&str]) -> ProvisionPlan {
         ProvisionPlan {
             hostnames: hostnames.iter().map(|s| s.to_string()).collect(),
+            machine_name: None,
             addresses: addresses.iter().map(|a| a.parse().unwrap()).collect(),
             rsa_server_key: false,
             certificate_devices: vec![],
@@ -109,17 +114,15 @@ mod tests {
     }
 
     #[test]
-    fn names_cover_hosts_mdns_loopback_and_addresses() {
+    fn names_cover_hosts_the_machines_mdns_name_loopback_and_addresses() {
+        let mut p = plan(&["moat.home.arpa", "Broker"], &["192.168.1.10", "fd00::5"]);
+        p.machine_name = Some("pi4".into());
         assert_eq!(
-            rendered(&plan(
-                &["moat.home.arpa", "Broker"],
-                &["192.168.1.10", "fd00::5"]
-            )),
+            rendered(&p),
             [
                 "DNS:moat.home.arpa",
-                "DNS:moat.local",
                 "DNS:broker",
-                "DNS:broker.local",
+                "DNS:pi4.local",
                 "DNS:localhost",
                 "IP:127.0.0.1",
                 "IP:::1",
@@ -130,12 +133,24 @@ mod tests {
     }
 
     #[test]
+    fn a_local_name_is_only_the_machines_own() {
+        // Issue 11: `moat.local` was added for `moat.home.arpa` on any host.
+        let names = rendered(&plan(&["moat.home.arpa"], &[]));
+        assert!(!names.iter().any(|n| n.ends_with(".local")), "{names:?}");
+        let mut p = plan(&["moat.home.arpa"], &[]);
+        p.machine_name = Some("moat".into());
+        assert!(rendered(&p).contains(&"DNS:moat.local".to_string()));
+    }
+
+    #[test]
     fn duplicates_and_local_names_are_not_doubled() {
+        let mut p = plan(
+            &["moat.local", "moat", "localhost", "127.0.0.1"],
+            &["127.0.0.1"],
+        );
+        p.machine_name = Some("moat".into());
         assert_eq!(
-            rendered(&plan(
-                &["moat.local", "moat", "localhost", "127.0.0.1"],
-                &["127.0.0.1"]
-            )),
+            rendered(&p),
             [
                 "DNS:moat.local",
                 "DNS:moat",

@@ -11,6 +11,7 @@ const DAY: Duration = Duration::from_secs(86_400);
 fn plan() -> ProvisionPlan {
     ProvisionPlan {
         hostnames: vec!["moat.home.arpa".into()],
+        machine_name: Some("moat".into()),
         addresses: vec!["192.168.1.10".parse().unwrap()],
         rsa_server_key: true,
         certificate_devices: vec!["kitchen-sensor".into()],
@@ -175,6 +176,8 @@ fn changed_hostnames_reissue_the_server_certificate_with_the_same_key() {
     let spki = spki_of(&state, SERVER_CERT);
     let mut changed = plan();
     changed.hostnames.push("broker.lan".into());
+    // The machine was renamed: its mDNS name follows.
+    changed.machine_name = Some("broker".into());
     let report = provision(&state, &changed).unwrap();
     assert_eq!(report.outcome_of(SERVER_CERT), Some(Outcome::Renewed));
     assert_eq!(
@@ -188,6 +191,7 @@ fn changed_hostnames_reissue_the_server_certificate_with_the_same_key() {
         .names;
     assert!(names.contains(&SubjectName::Dns("broker.lan".into())));
     assert!(names.contains(&SubjectName::Dns("broker.local".into())));
+    assert!(!names.contains(&SubjectName::Dns("moat.local".into())));
     // And back to the same state on the next run.
     assert!(!provision(&state, &changed).unwrap().changed());
 }
