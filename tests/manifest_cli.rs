@@ -385,7 +385,7 @@ fn warnings_are_printed_but_do_not_fail() {
     let dir = tempfile::tempdir().unwrap();
     let path = write(
         dir.path(),
-        "version: 1\nbroker:\n  listen:\n    plain: { port: 1883 }\n  networks: [private, 203.0.113.0/24]\n  allow_public: true\nusers:\n  old:\n    role: observer\n    password_hash: \"$7$101$c2FsdHNhbHQ=$aGFzaGhhc2g=\"\n",
+        "version: 1\nbroker:\n  listen:\n    plain: { port: 1883 }\n  networks: [private, 203.0.113.0/24]\n  allow_public: true\nusers:\n  old:\n    role: observer\n    password_hash: \"$7$101$HCThYiheYqjjiGZ7$YeoFJAvMssLj5W3GxGg0L4cBzWywtioCBdn2YoryXYgq4w8PXIGEIP4Bo+w9UkUgElZIJfzpmQ/57uoMemKCtg==\"\n",
     );
     let out = moat(&path, &["check"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
