@@ -47,14 +47,15 @@ pub fn mosquitto(global: &GlobalArgs, args: &MosquittoImportArgs) -> anyhow::Res
 }
 
 fn render(out: &str, report: &Report) -> String {
+    let names = |kind: &str, list: &[String]| match list.len() {
+        0 => format!("no {kind}s"),
+        1 => format!("1 {kind} ({})", list[0]),
+        n => format!("{n} {kind}s ({})", list.join(", ")),
+    };
     let mut text = format!(
-        "moat: wrote {out}: {} user{} ({}), {} device{} ({})\n",
-        report.users.len(),
-        if report.users.len() == 1 { "" } else { "s" },
-        report.users.join(", "),
-        report.devices.len(),
-        if report.devices.len() == 1 { "" } else { "s" },
-        report.devices.join(", "),
+        "moat: wrote {out}: {}, {}\n",
+        names("user", &report.users),
+        names("device", &report.devices)
     );
     for (title, notes) in [
         ("carried over with a change", &report.changed),

@@ -131,6 +131,8 @@ pub fn import(conf_path: &Path, options: &Options) -> Result<Imported, ImportErr
     let mut acl = AclFile::default();
     let mut acl_read: Vec<PathBuf> = Vec::new();
     let mut pw_read: BTreeMap<PathBuf, Vec<Entry>> = BTreeMap::new();
+    // Names with a password line, usable or not: never turned into certificate devices.
+    let mut with_password: Vec<String> = Vec::new();
     for (security, on) in security_sets(&conf) {
         let plain_here = listeners
             .plain
@@ -150,6 +152,7 @@ pub fn import(conf_path: &Path, options: &Options) -> Result<Imported, ImportErr
                 pw_read.insert(file.value.clone(), entries);
             }
             for entry in pw_read.get(&file.value).into_iter().flatten() {
+                with_password.push(entry.name.clone());
                 add_credential(&mut identities, entry, &mut report);
                 if let Some(id) = identities.iter_mut().find(|i| i.name == entry.name) {
                     id.plaintext |= plain_here && !options.tls_only;
@@ -167,6 +170,7 @@ pub fn import(conf_path: &Path, options: &Options) -> Result<Imported, ImportErr
     }
     if let Some(path) = &options.addon_options {
         for entry in passwd::read_addon_logins(path)? {
+            with_password.push(entry.name.clone());
             if let Some(old) = identities.iter().position(|i| i.name == entry.name) {
                 identities.remove(old);
             }
@@ -181,7 +185,7 @@ pub fn import(conf_path: &Path, options: &Options) -> Result<Imported, ImportErr
     // ACL users without a password: certificate devices, or nothing.
     let cert_names = listeners.tls.is_some_and(Listener::cert_identity);
     for (name, origin) in &acl.users {
-        if identities.iter().any(|i| &i.name == name) {
+        if with_password.contains(name) || identities.iter().any(|i| &i.name == name) {
             continue;
         }
         if cert_names {
@@ -483,6 +487,16 @@ fn grant(identities: &mut [Identity], acl: &AclFile, addon: bool, report: &mut R
                 "no grant carried over: it may log in but publish and subscribe nothing",
             );
         }
+    }
+    if identities
+        .iter()
+        .any(|id| !id.full_access && !id.subscribe.is_empty())
+    {
+        report.changed(
+            None,
+            "read rules",
+            "mosquitto 2.0 accepts a subscription wider than a user's read rules and drops each message they do not allow; moat refuses a subscription its grants do not cover (a failure code in the SUBACK, logged and counted): clients must subscribe to what they were granted",
+        );
     }
     for deny in acl.rules.iter().filter(|r| r.access == Access::Deny) {
         if !used_denies.contains(&&deny.origin) {
@@ -946,15 +960,17 @@ mod import_tests {
                 "mosquitto.conf",
                 "per_listener_settings true\nlistener 1883\npassword_file pw\nlistener 8883\ncertfile c\nkeyfile k\nrequire_certificate true\nuse_identity_as_username true\nacl_file acl\n",
             ),
-            ("pw", &format!("alice:{ALICE_7}\n")),
+            ("pw", &format!("alice:{ALICE_7}\nlamp:plaintext-pass\n")),
             (
                 "acl",
-                "user cam\ntopic write cam/state\nuser alice\ntopic read cam/#\n",
+                "user cam\ntopic write cam/state\nuser alice\ntopic read cam/#\nuser lamp\ntopic write lamp/x\n",
             ),
         ]);
         let imported = result.unwrap();
         let yaml = &imported.manifest;
+        // lamp's password line is unusable (reported); it does not become a device.
         assert_eq!(imported.report.devices, ["cam"]);
+        assert!(items(&imported.report.not_carried).contains("pw:2 | user lamp | not a hash"));
         assert!(
             yaml.contains(
                 "devices:\n  \"cam\":\n    certificate: true\n    publish: [\"cam/state\"]"
