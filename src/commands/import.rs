@@ -57,6 +57,7 @@ fn render(out: &str, report: &Report) -> String {
         names("user", &report.users),
         names("device", &report.devices)
     );
+    text.push_str(&format!("read: {}\n", report.files.join(", ")));
     for (title, notes) in [
         ("carried over with a change", &report.changed),
         ("NOT carried over", &report.not_carried),

@@ -58,7 +58,7 @@ pub struct Note {
 /// What an import did.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Report {
-    /// The files read, in order.
+    /// The files read (configuration, password, ACL, add-on options), in order.
     pub files: Vec<String>,
     pub users: Vec<String>,
     pub devices: Vec<String>,
@@ -131,7 +131,8 @@ pub fn import(conf_path: &Path, options: &Options) -> Result<Imported, ImportErr
     let mut acl = AclFile::default();
     let mut acl_read: Vec<PathBuf> = Vec::new();
     let mut pw_read: BTreeMap<PathBuf, Vec<Entry>> = BTreeMap::new();
-    // Names with a password line, usable or not: never turned into certificate devices.
+    // Names with a password line, usable or not (never turned into certificate
+    // devices), and then ACL names already handled.
     let mut with_password: Vec<String> = Vec::new();
     for (security, on) in security_sets(&conf) {
         let plain_here = listeners
@@ -144,12 +145,14 @@ pub fn import(conf_path: &Path, options: &Options) -> Result<Imported, ImportErr
                 acl.rules.extend(parsed.rules);
                 acl.users.extend(parsed.users);
                 acl_read.push(file.value.clone());
+                report.files.push(file.value.display().to_string());
             }
         }
         for file in &security.password_files {
             if !pw_read.contains_key(&file.value) {
                 let entries = passwd::read(&file.value, &file.origin)?;
                 pw_read.insert(file.value.clone(), entries);
+                report.files.push(file.value.display().to_string());
             }
             for entry in pw_read.get(&file.value).into_iter().flatten() {
                 with_password.push(entry.name.clone());
@@ -169,6 +172,7 @@ pub fn import(conf_path: &Path, options: &Options) -> Result<Imported, ImportErr
         );
     }
     if let Some(path) = &options.addon_options {
+        report.files.push(path.display().to_string());
         for entry in passwd::read_addon_logins(path)? {
             with_password.push(entry.name.clone());
             if let Some(old) = identities.iter().position(|i| i.name == entry.name) {
@@ -188,6 +192,8 @@ pub fn import(conf_path: &Path, options: &Options) -> Result<Imported, ImportErr
         if with_password.contains(name) || identities.iter().any(|i| &i.name == name) {
             continue;
         }
+        // Named again in another acl_file: reported once.
+        with_password.push(name.clone());
         if cert_names {
             identities.push(Identity {
                 name: name.clone(),
@@ -208,7 +214,7 @@ pub fn import(conf_path: &Path, options: &Options) -> Result<Imported, ImportErr
             report.dropped(
                 Some(origin),
                 format!("user {name}"),
-                "has ACL rules but no password in any password_file: moat needs a credential (`moat passwd NAME --write` after adding it)",
+                "is named in the acl_file but has no password in any password_file: moat needs a credential (add the user with `moat passwd NAME --write`)",
             );
         }
     }
