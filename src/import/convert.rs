@@ -566,10 +566,20 @@ fn limits(conf: &Conf, listeners: &Picked, report: &mut Report) -> Vec<(&'static
         out.retain(|(k, _)| *k != key);
         out.push((key, value));
     };
-    let connections = [listeners.tls, listeners.plain]
+    let declared: Vec<_> = [listeners.tls, listeners.plain]
         .into_iter()
         .flatten()
         .filter_map(|l| l.max_connections.as_ref())
+        .collect();
+    for m in declared.iter().filter(|m| m.value <= 0) {
+        report.dropped(
+            Some(&m.origin),
+            format!("max_connections {}", m.value),
+            "unlimited in mosquitto; moat keeps its bounded default (broker.limits.max_connections)",
+        );
+    }
+    let connections = declared
+        .into_iter()
         .filter(|m| m.value > 0)
         .max_by_key(|m| m.value);
     if let Some(m) = connections {
@@ -1004,6 +1014,24 @@ mod import_tests {
             "{}",
             imported.manifest
         );
+    }
+
+    #[test]
+    fn unlimited_connections_are_reported_not_dropped_silently() {
+        let (_d, result) = run(&[
+            (
+                "mosquitto.conf",
+                "listener 1883\nmax_connections -1\npassword_file pw\n",
+            ),
+            ("pw", &format!("alice:{ALICE_7}\n")),
+        ]);
+        let imported = result.unwrap();
+        let dropped = items(&imported.report.not_carried);
+        assert!(
+            dropped.contains("mosquitto.conf:2 | max_connections -1 | unlimited"),
+            "{dropped}"
+        );
+        assert!(!imported.manifest.contains("max_connections"));
     }
 
     #[test]

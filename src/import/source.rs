@@ -169,6 +169,36 @@ mod tests {
     }
 
     #[test]
+    fn oversized_binary_and_odd_files_are_refused_with_the_naming_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let at = Origin {
+            file: PathBuf::from("mosquitto.conf"),
+            line: 7,
+        };
+        let big = dir.path().join("big");
+        std::fs::File::create(&big)
+            .unwrap()
+            .set_len(MAX_FILE_BYTES + 1)
+            .unwrap();
+        let binary = dir.path().join("binary");
+        std::fs::write(&binary, b"user \xff\xfe\n").unwrap();
+        for (path, needle) in [
+            (big.as_path(), "more than"),
+            (binary.as_path(), "not UTF-8"),
+            (dir.path(), "not a regular file"),
+        ] {
+            let err = read_lines(path, "acl_file", Some(&at))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.starts_with("mosquitto.conf:7: cannot read acl_file"),
+                "{err}"
+            );
+            assert!(err.contains(needle), "{err}");
+        }
+    }
+
+    #[test]
     fn keys_split_from_their_rest() {
         assert_eq!(split_key("acl_file  /a b/c "), ("acl_file", "/a b/c"));
         assert_eq!(split_key("user"), ("user", ""));
