@@ -30,6 +30,7 @@ use super::passwd::{self, Entry};
 use super::source::{Origin, Paths, split_key};
 use crate::manifest::validate::{MQTT_MAX_PACKET_SIZE, check_grant_filter, check_name};
 use crate::manifest::{LoadOptions, parse_str};
+use crate::policy::DEFAULT_TLS_PORT;
 
 /// How to import.
 #[derive(Debug, Clone, Default)]
@@ -232,11 +233,15 @@ pub fn import(conf_path: &Path, options: &Options) -> Result<Imported, ImportErr
     let limits = limits(&conf, &listeners, &mut report);
     other_directives(&conf, &mut report);
 
-    let listen: Vec<(&'static str, String, u16)> =
-        [("tls", listeners.tls), ("plain", listeners.plain)]
-            .into_iter()
-            .filter_map(|(kind, l)| l.map(|l| (kind, listen_address(l, &mut report), l.port)))
-            .collect();
+    // The TLS listener is written out even when it is moat's default, so a plain
+    // listener on its port is caught by validation now rather than at `serve`.
+    let mut listen: Vec<(&'static str, String, u16)> = vec![match listeners.tls {
+        Some(l) => ("tls", listen_address(l, &mut report), l.port),
+        None => ("tls", "0.0.0.0".into(), DEFAULT_TLS_PORT),
+    }];
+    if let Some(l) = listeners.plain {
+        listen.push(("plain", listen_address(l, &mut report), l.port));
+    }
     let manifest = render(conf_path, &listen, &limits, &identities);
     let loaded = parse_str(&manifest, &options.manifest_name, LoadOptions::default())
         .map_err(|e| ImportError::Manifest(e.to_string()))?;
@@ -763,17 +768,12 @@ fn render(
         "# Imported from {} by `moat import mosquitto`.\n# The import printed what it could not carry over; `moat check` shows who may do what.\nversion: 1\n",
         quoted(&conf_path.display().to_string())
     );
-    if !listen.is_empty() || !limits.is_empty() {
-        out.push_str("broker:\n");
-    }
-    if !listen.is_empty() {
-        out.push_str("  listen:\n");
-        for (kind, address, port) in listen {
-            out.push_str(&format!(
-                "    {kind}: {{ address: {}, port: {port} }}\n",
-                quoted(address)
-            ));
-        }
+    out.push_str("broker:\n  listen:\n");
+    for (kind, address, port) in listen {
+        out.push_str(&format!(
+            "    {kind}: {{ address: {}, port: {port} }}\n",
+            quoted(address)
+        ));
     }
     if !limits.is_empty() {
         out.push_str("  limits:\n");
@@ -1032,6 +1032,15 @@ mod import_tests {
             "{dropped}"
         );
         assert!(!imported.manifest.contains("max_connections"));
+    }
+
+    #[test]
+    fn a_manifest_moat_would_refuse_is_an_error() {
+        // No TLS listener, so moat's goes to 8883, where the plain one already is.
+        let (_d, result) = run(&[("mosquitto.conf", "listener 8883\n")]);
+        let err = result.unwrap_err().to_string();
+        assert!(err.contains("does not validate"), "{err}");
+        assert!(err.contains("cannot share port 8883"), "{err}");
     }
 
     #[test]

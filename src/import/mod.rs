@@ -40,7 +40,9 @@ pub enum ImportError {
     Anonymous { at: Origin },
     #[error("hashing a password failed: {0}")]
     Hash(String),
-    #[error("the imported manifest does not validate (a bug in moat import):\n{0}")]
+    /// What the import produced is not a manifest moat accepts (a plain listener on
+    /// 8883 without a TLS listener, say); the diagnostics point into the generated text.
+    #[error("the imported manifest does not validate, so nothing was written:\n{0}")]
     Manifest(String),
 }
 
