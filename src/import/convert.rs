@@ -499,9 +499,10 @@ fn grant(identities: &mut [Identity], acl: &AclFile, addon: bool, report: &mut R
             );
         }
     }
+    // Only a user with narrower read rules than `#` can notice the difference.
     if identities
         .iter()
-        .any(|id| !id.full_access && !id.subscribe.is_empty())
+        .any(|id| id.subscribe.iter().any(|f| f != "#"))
     {
         report.changed(
             None,
