@@ -58,6 +58,9 @@ pub enum Command {
     Backup(BackupArgs),
     /// What the running broker refused, with the manifest line that would allow it.
     Denials(DenialsArgs),
+    /// Write a manifest from another broker's configuration (`import mosquitto CONF`).
+    #[command(subcommand)]
+    Import(ImportSource),
 }
 
 #[derive(Debug, Args)]
@@ -157,4 +160,33 @@ pub struct BackupArgs {
     /// Restore this archive into an empty state directory instead.
     #[arg(long, value_name = "ARCHIVE", conflicts_with = "output")]
     pub restore: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ImportSource {
+    /// Read a mosquitto.conf (with its password_file, acl_file and includes) and write
+    /// a moat manifest, reporting what could not be carried over.
+    Mosquitto(MosquittoImportArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct MosquittoImportArgs {
+    /// The mosquitto.conf to read.
+    pub conf: PathBuf,
+    /// Where to write the manifest (defaults to --manifest).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Overwrite an existing file.
+    #[arg(long)]
+    pub force: bool,
+    /// Read absolute paths named in the files under this directory (e.g. a copy of
+    /// the Home Assistant add-on's /etc/mosquitto taken out of its container).
+    #[arg(long, value_name = "DIR")]
+    pub root: Option<PathBuf>,
+    /// The Home Assistant add-on's options.json, whose `logins` become users.
+    #[arg(long, value_name = "FILE")]
+    pub addon_options: Option<PathBuf>,
+    /// Carry over no plaintext listener: every user logs in over TLS.
+    #[arg(long)]
+    pub tls_only: bool,
 }

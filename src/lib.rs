@@ -16,6 +16,7 @@ pub mod doctor;
 pub mod export;
 pub mod firewall;
 pub mod firstboot;
+pub mod import;
 pub mod logging;
 pub mod machine;
 pub mod manifest;

@@ -12,15 +12,11 @@ use super::EXIT_FINDING;
 use crate::auth::{generate_password, hash_password};
 use crate::cli::{GlobalArgs, InitArgs};
 use crate::machine::Machine;
-use crate::manifest::{LoadOptions, StarterScope, parse_str, starter_manifest, write_atomically};
+use crate::manifest::{LoadOptions, StarterScope, parse_str, starter_manifest};
 
 pub fn run(global: &GlobalArgs, args: &InitArgs) -> anyhow::Result<u8> {
     let path = args.path.as_ref().unwrap_or(&global.manifest);
-    if !args.force && std::fs::symlink_metadata(path).is_ok() {
-        eprintln!(
-            "moat: {} already exists; not overwriting it (use --force to replace it)",
-            path.display()
-        );
+    if !super::may_write(path, args.force) {
         return Ok(EXIT_FINDING);
     }
     let password = generate_password().context("generating a password")?;
@@ -35,15 +31,7 @@ pub fn run(global: &GlobalArgs, args: &InitArgs) -> anyhow::Result<u8> {
     // The starter must always be a manifest `check` and `serve` accept.
     parse_str(&text, &path.display().to_string(), LoadOptions::default())
         .context("the starter manifest does not validate (a bug in moat)")?;
-    if !args.force {
-        // Claim the name first, so a file created meanwhile is not replaced.
-        std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(path)
-            .with_context(|| format!("creating {}", path.display()))?;
-    }
-    write_atomically(path, &text).with_context(|| format!("writing {}", path.display()))?;
+    super::write_new(path, &text, args.force)?;
     eprintln!(
         "moat: wrote {} with the user `homeassistant`. Its password follows; it is shown only now:",
         path.display()

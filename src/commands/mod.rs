@@ -13,6 +13,7 @@ pub mod doctor;
 pub mod export;
 pub mod firewall;
 pub mod firstboot;
+pub mod import;
 pub mod init;
 pub mod passwd;
 pub mod provision;
@@ -25,6 +26,34 @@ pub const EXIT_OK: u8 = 0;
 pub const EXIT_FINDING: u8 = 1;
 /// Exit code for bad usage.
 pub const EXIT_USAGE: u8 = 2;
+
+/// Whether a command may write a new manifest at `path`: not over an existing file
+/// unless `force` (it says so on stderr).
+fn may_write(path: &std::path::Path, force: bool) -> bool {
+    if !force && std::fs::symlink_metadata(path).is_ok() {
+        eprintln!(
+            "moat: {} already exists; not overwriting it (use --force to replace it)",
+            path.display()
+        );
+        return false;
+    }
+    true
+}
+
+/// Writes a new manifest atomically; without `force` the name is claimed first, so a
+/// file created since `may_write` said yes is not replaced.
+fn write_new(path: &std::path::Path, text: &str, force: bool) -> anyhow::Result<()> {
+    use anyhow::Context;
+    if !force {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(path)
+            .with_context(|| format!("creating {}", path.display()))?;
+    }
+    crate::manifest::write_atomically(path, text)
+        .with_context(|| format!("writing {}", path.display()))
+}
 
 /// Runs the parsed command line and maps its outcome to the process exit code.
 pub fn dispatch(cli: Cli) -> ExitCode {
@@ -42,6 +71,7 @@ pub fn dispatch(cli: Cli) -> ExitCode {
         Command::Export(a) => export::run(g, a),
         Command::Backup(a) => backup::run(g, a),
         Command::Denials(a) => denials::run(g, a),
+        Command::Import(crate::cli::ImportSource::Mosquitto(a)) => import::mosquitto(g, a),
     };
     match outcome {
         Ok(code) => ExitCode::from(code),

@@ -95,6 +95,12 @@ impl Moat {
             body.replace("{HASH}", &password_hash())
         );
         std::fs::write(dir.path().join("moat.yaml"), manifest).unwrap();
+        Self::start_in(dir, tls_port, plain_port)
+    }
+
+    /// Starts moat on a manifest already written at `dir/moat.yaml` (an imported one,
+    /// say) whose TLS listener is 127.0.0.1:`tls_port` (and plain one `plain_port`).
+    pub fn start_in(dir: tempfile::TempDir, tls_port: u16, plain_port: Option<u16>) -> Moat {
         let mut moat = Moat {
             dir,
             tls_port,
@@ -302,8 +308,21 @@ pub struct Sub {
 
 impl Sub {
     pub fn start(args: &[String]) -> Sub {
-        let mut child = Command::new("mosquitto_sub")
-            .args(args)
+        Self::spawn(Command::new("mosquitto_sub").args(args))
+    }
+
+    /// Like `start`, with stdout line-buffered (`stdbuf -oL`), so `-d` debug lines such
+    /// as "received SUBACK" arrive as they are printed, not when the buffer fills.
+    pub fn start_line_buffered(args: &[String]) -> Sub {
+        Self::spawn(
+            Command::new("stdbuf")
+                .args(["-oL", "mosquitto_sub"])
+                .args(args),
+        )
+    }
+
+    fn spawn(cmd: &mut Command) -> Sub {
+        let mut child = cmd
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
