@@ -300,6 +300,18 @@ fn boot_ready(kit: &Kit, initrd: &Path, accel: &mut Accel, devices: &[String]) -
         *accel = Accel::Tcg;
         vm = Vm::boot(&kit.kernel, initrd, *accel, devices);
     }
+    // A kernel that dies before init never touched the disk; boot it again, loudly.
+    for _ in 0..2 {
+        if vm.wait_for("moat-guest: init", Duration::from_secs(180)) {
+            break;
+        }
+        println!(
+            "power_cut: the guest died before its init, booting again:\n{}",
+            vm.console()
+        );
+        vm.kill();
+        vm = Vm::boot(&kit.kernel, initrd, *accel, devices);
+    }
     assert!(
         vm.wait_for("moat is ready", Duration::from_secs(240)),
         "the guest's broker never became ready:\n{}",
