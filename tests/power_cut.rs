@@ -36,7 +36,9 @@
 //! `MOAT_POWER_CUT_KILLS` (per durability level, default 8), `MOAT_POWER_CUT_ACCEL`
 //! (`kvm`, `tcg`, default: KVM when it boots, else TCG), `MOAT_POWER_CUT_REQUIRE=1`
 //! (a missing tool or kernel fails instead of skipping), `MOAT_GUEST_KERNEL`,
-//! `MOAT_POWER_CUT_CONSOLES=DIR` (keeps each boot's serial console there).
+//! `MOAT_POWER_CUT_CONSOLES=DIR` (keeps each boot's serial console there),
+//! `MOAT_POWER_CUT_INTERVAL_MS` (batched `commit_interval_ms`, default 200) and
+//! `MOAT_POWER_CUT_COMMIT_MS` (what one commit may take, for the batched bound).
 
 mod common;
 

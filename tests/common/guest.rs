@@ -24,6 +24,12 @@ pub struct Kernel {
 pub fn find_kernel(extracted: &Path) -> Result<Kernel, String> {
     if let Ok(vmlinuz) = std::env::var("MOAT_GUEST_KERNEL") {
         let vmlinuz = PathBuf::from(vmlinuz);
+        if !vmlinuz.is_file() {
+            return Err(format!(
+                "MOAT_GUEST_KERNEL={} is not a file",
+                vmlinuz.display()
+            ));
+        }
         let modules = match std::env::var("MOAT_GUEST_MODULES") {
             Ok(dir) => PathBuf::from(dir),
             Err(_) => modules_beside(&vmlinuz)
