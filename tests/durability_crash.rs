@@ -7,13 +7,11 @@
 
 mod common;
 
-use std::collections::{BTreeSet, HashMap};
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::Moat;
+use common::durable::{PUBLISHER, SUBSCRIBER, Tally, next_random, spawn_lines};
 
 const BODY: &str = r##"users:
   pub:
@@ -26,84 +24,9 @@ const BODY: &str = r##"users:
     subscribe: ["crash/#", "state/#"]
 "##;
 
-const SUBSCRIBER: &str = r##"
-import sys, time, paho.mqtt.client as mqtt
-port, password = int(sys.argv[1]), sys.argv[2]
-c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="durable-sub", clean_session=False, protocol=mqtt.MQTTv311)
-c.username_pw_set("sub", password)
-c.reconnect_delay_set(min_delay=0.1, max_delay=0.3)
-def on_connect(cl, u, flags, rc, props=None):
-    print("connected", flags.session_present, flush=True)
-    if not flags.session_present:
-        cl.subscribe("crash/#", qos=2)
-c.on_connect = on_connect
-c.on_message = lambda cl, u, m: print("msg", m.payload.decode(), flush=True)
-while True:
-    try:
-        c.connect("127.0.0.1", port, 30)
-        break
-    except OSError:
-        time.sleep(0.1)
-c.loop_forever(retry_first_connection=True)
-"##;
-
-const PUBLISHER: &str = r##"
-import sys, time, paho.mqtt.client as mqtt
-port, password, start, count = int(sys.argv[1]), sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="pub-%d" % start, protocol=mqtt.MQTTv311)
-c.username_pw_set("pub", password)
-pending = {}
-def on_publish(cl, u, mid, rc=None, props=None):
-    n = pending.pop(mid, None)
-    if n is not None:
-        print("ack", n, flush=True)
-gone = [False]
-def on_disconnect(*a):
-    gone[0] = True
-c.on_publish = on_publish
-c.on_disconnect = on_disconnect
-c.connect("127.0.0.1", port, 30)
-c.loop_start()
-for n in range(start, start + count):
-    if gone[0]:
-        break
-    qos = 1 if n % 2 else 2
-    info = c.publish("crash/n", ("q%d-%d" % (qos, n)).encode(), qos=qos)
-    pending[info.mid] = n
-    time.sleep(0.002)
-deadline = time.time() + 5
-while pending and not gone[0] and time.time() < deadline:
-    time.sleep(0.01)
-c.loop_stop()
-"##;
-
-fn spawn_lines(args: &[String], sink: Arc<Mutex<Vec<String>>>) -> std::process::Child {
-    let mut child = Command::new("python3")
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("python3 starts");
-    let stdout = child.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            sink.lock().unwrap().push(line);
-        }
-    });
-    child
-}
-
 fn retained_value(moat: &Moat) -> String {
     let out = moat.subscribe_plain("sub", &["-t", "state/retained", "-C", "1", "-W", "5"]);
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
-}
-
-/// A small deterministic generator for the kill moments (no extra crate).
-fn next_random(state: &mut u64) -> u64 {
-    *state ^= *state << 13;
-    *state ^= *state >> 7;
-    *state ^= *state << 17;
-    *state
 }
 
 #[test]
@@ -123,6 +46,7 @@ fn acknowledged_messages_survive_sigkill_twenty_times() {
             SUBSCRIBER.into(),
             port.clone(),
             common::PASSWORD.into(),
+            "durable-sub".into(),
         ],
         Arc::clone(&received),
     );
@@ -170,50 +94,27 @@ fn acknowledged_messages_survive_sigkill_twenty_times() {
         );
     }
     // Let the subscriber drain what the broker still holds for it.
-    let acked: BTreeSet<u64> = acked
-        .lock()
-        .unwrap()
-        .iter()
-        .filter_map(|l| l.strip_prefix("ack ")?.parse().ok())
-        .collect();
+    let acked = common::durable::acked(&acked.lock().unwrap());
     let deadline = Instant::now() + Duration::from_secs(30);
     let counts = loop {
-        let mut counts: HashMap<u64, u32> = HashMap::new();
-        for line in received.lock().unwrap().iter() {
-            if let Some(n) = line
-                .strip_prefix("msg ")
-                .and_then(|p| p.split('-').nth(1))
-                .and_then(|n| n.parse().ok())
-            {
-                *counts.entry(n).or_default() += 1;
-            }
-        }
-        if acked.iter().all(|n| counts.contains_key(n)) || Instant::now() > deadline {
+        let counts = common::durable::received(&received.lock().unwrap());
+        if acked.keys().all(|n| counts.contains_key(n)) || Instant::now() > deadline {
             break counts;
         }
         std::thread::sleep(Duration::from_millis(200));
     };
     let _ = subscriber.kill();
     let _ = subscriber.wait();
-    let lost: Vec<u64> = acked
-        .iter()
-        .copied()
-        .filter(|n| !counts.contains_key(n))
-        .collect();
-    let qos2_duplicates: Vec<u64> = counts
-        .iter()
-        .filter(|(n, c)| *n % 2 == 0 && **c > 1)
-        .map(|(n, _)| *n)
-        .collect();
-    let qos1_duplicates: u32 = counts
-        .iter()
-        .filter(|(n, _)| *n % 2 == 1)
-        .map(|(_, c)| c - 1)
-        .sum();
+    let Tally {
+        delivered,
+        lost,
+        qos2_duplicates,
+        qos1_duplicates,
+    } = Tally::of(&acked, &counts);
     println!(
         "durability crash test: {kills} kills, {} acknowledged, {} delivered, lost {}, QoS 2 duplicates {}, QoS 1 duplicates {qos1_duplicates}",
         acked.len(),
-        counts.len(),
+        delivered,
         lost.len(),
         qos2_duplicates.len()
     );

@@ -3,6 +3,8 @@
 #![allow(dead_code)]
 
 pub mod cli;
+pub mod durable;
+pub mod guest;
 pub mod netns;
 
 use std::io::{BufRead, BufReader, Read};
@@ -250,7 +252,7 @@ impl Moat {
 }
 
 /// `-h 127.0.0.1 -p PORT -u USER -P PASSWORD`.
-fn login_args(port: u16, user: &str) -> Vec<String> {
+pub fn login_args(port: u16, user: &str) -> Vec<String> {
     vec![
         "-h".into(),
         "127.0.0.1".into(),
