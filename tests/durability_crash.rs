@@ -70,6 +70,7 @@ fn acknowledged_messages_survive_sigkill_twenty_times() {
     let mut next = 1u64;
     let kills = 20;
     for round in 0..kills {
+        let acked_before = acked.lock().unwrap().len();
         let mut publisher = spawn_lines(
             &[
                 "-c".into(),
@@ -82,8 +83,16 @@ fn acknowledged_messages_survive_sigkill_twenty_times() {
             Arc::clone(&acked),
         );
         next += 400;
-        // Kill somewhere in the first ~800 ms of publishing.
-        std::thread::sleep(Duration::from_millis(100 + next_random(&mut seed) % 700));
+        // Kill somewhere in the first ~700 ms after the first acknowledgement: a
+        // loaded machine may take a second just to start Python, and a kill before
+        // the publisher is under way tests nothing.
+        let waiting = Instant::now();
+        while acked.lock().unwrap().len() == acked_before
+            && waiting.elapsed() < Duration::from_secs(15)
+        {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        std::thread::sleep(Duration::from_millis(next_random(&mut seed) % 700));
         moat.kill();
         let _ = publisher.wait();
         moat.spawn();

@@ -93,7 +93,8 @@ mod tests {
     use super::*;
     use crate::manifest::{LoadOptions, parse_str};
 
-    const HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaGhhc2hoYXNoaGFzaGhhc2g";
+    const HASH: &str =
+        "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaGhhc2hoYXNoaGFzaGhhc2g";
 
     fn entry(identity: &str, kind: DenialKind, pattern: &str) -> DenialEntry {
         DenialEntry {
