@@ -102,7 +102,7 @@ pub fn client_settings(
     let certificate = identity.credential == Credential::Certificate;
     let bundle = pki::device_bundle_dir(state, name);
     let plain_port = policy
-        .listen_plain
+        .listen_plain()
         .filter(|_| identity.plaintext)
         .map(|a| a.port());
     let fill = |pattern: &str| {
@@ -117,7 +117,7 @@ pub fn client_settings(
         kind: identity.kind.as_str(),
         roles: identity.roles.clone(),
         hosts,
-        tls_port: policy.listen_tls.port(),
+        tls_port: policy.listen_tls().port(),
         plain_port,
         ca_file,
         username: name.to_string(),
@@ -737,7 +737,7 @@ mod tests {
         assert_eq!(value("SetOption103"), "1");
         assert_eq!(value("SetOption132"), "1");
         assert_eq!(value("Topic"), "plug-1");
-        assert_eq!(value("MqttPort"), p.listen_tls.port().to_string());
+        assert_eq!(value("MqttPort"), p.listen_tls().port().to_string());
         assert!(plug.hosts.contains(&value("MqttHost").to_string()));
         let fingerprint = pki::rsa_fingerprint_sha1(&state).unwrap().unwrap();
         assert_eq!(value("MqttFingerprint1"), fingerprint);

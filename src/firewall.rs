@@ -25,7 +25,8 @@ pub const SSH_PORT: u16 = 22;
 pub struct FirewallSpec {
     /// The networks allowed to reach the broker (and SSH): IPv4 and IPv6 mixed.
     pub networks: Vec<IpNet>,
-    /// The broker's TCP ports: the TLS listener, plus the plaintext one if declared.
+    /// The broker's TCP ports: every listener's (TLS, and plaintext and WebSocket ones
+    /// if declared).
     pub broker_ports: Vec<u16>,
     /// Accept SSH (port 22) from the allowed networks.
     pub ssh: bool,

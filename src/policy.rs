@@ -4,7 +4,7 @@
 //! it on reload. It holds no secrets beyond hashes and never touches sockets or files.
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,15 +15,19 @@ use crate::acl::{Acl, Grant};
 use crate::manifest::load::{self, LoadOptions};
 use crate::manifest::roles::{self, Preset};
 use crate::manifest::schema::{
-    DurabilitySpec, IdentityLimitsSpec, IdentitySpec, Manifest, Spanned,
+    DurabilitySpec, IdentityLimitsSpec, IdentitySpec, ListenerSpec, Manifest, Spanned,
 };
 use crate::manifest::validate::{self, DEFAULT_NETWORKS, Severity};
 use crate::manifest::{ManifestError, Warning};
 
-/// Default TLS port.
-pub const DEFAULT_TLS_PORT: u16 = 8883;
-/// Default plaintext port (only when `listen.plain` is declared).
-pub const DEFAULT_PLAIN_PORT: u16 = 1883;
+pub use crate::manifest::schema::Transport;
+
+/// One listener: where, and how it carries MQTT.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListenerPlan {
+    pub address: SocketAddr,
+    pub transport: Transport,
+}
 /// Default group-commit interval for `durability: batched`.
 pub const DEFAULT_COMMIT_INTERVAL: Duration = Duration::from_millis(50);
 
@@ -210,8 +214,8 @@ pub struct Identity {
 pub struct Policy {
     pub hostnames: Vec<String>,
     pub addresses: Vec<IpAddr>,
-    pub listen_tls: SocketAddr,
-    pub listen_plain: Option<SocketAddr>,
+    /// Every listener, TLS first (always present).
+    pub listeners: Vec<ListenerPlan>,
     pub networks: Networks,
     pub limits: Limits,
     pub persistence: Persistence,
@@ -221,6 +225,34 @@ pub struct Policy {
 }
 
 impl Policy {
+    /// The MQTT-over-TLS listener's address (always declared).
+    pub fn listen_tls(&self) -> SocketAddr {
+        self.listener(Transport::Tls).unwrap_or_else(|| {
+            SocketAddr::new(
+                Transport::Tls.default_address(),
+                Transport::Tls.default_port(),
+            )
+        })
+    }
+
+    /// The plaintext MQTT listener's address, if declared.
+    pub fn listen_plain(&self) -> Option<SocketAddr> {
+        self.listener(Transport::Plain)
+    }
+
+    /// The address of the listener for `transport`, if declared.
+    pub fn listener(&self, transport: Transport) -> Option<SocketAddr> {
+        self.listeners
+            .iter()
+            .find(|l| l.transport == transport)
+            .map(|l| l.address)
+    }
+
+    /// Every port a client may connect to (what the firewall opens).
+    pub fn listener_ports(&self) -> Vec<u16> {
+        self.listeners.iter().map(|l| l.address.port()).collect()
+    }
+
     /// Loads, validates and compiles the manifest at `manifest_path`.
     pub fn load(manifest_path: &Path) -> Result<(Policy, Vec<Warning>), ManifestError> {
         let loaded = load::load(manifest_path)?;
@@ -241,30 +273,15 @@ impl Policy {
         }
         let broker = &manifest.broker;
         let limits = compile_limits(manifest);
-        let listener = |spec: &Spanned<crate::manifest::schema::ListenerSpec>,
-                        default_ip: IpAddr,
-                        port: u16| {
-            SocketAddr::new(
-                spec.value.address.as_ref().map_or(default_ip, |a| a.value),
-                spec.value.port.as_ref().map_or(port, |p| p.value),
-            )
-        };
-        // TLS takes both families by default (`::`, dual-stack: the default networks
-        // include IPv6 ULA and link-local); the plaintext listener stays IPv4-only
-        // unless an address is given, so a global IPv6 address never reaches it.
-        let tls_ip = IpAddr::V6(Ipv6Addr::UNSPECIFIED);
-        let listen_tls = broker
+        let listeners = broker
             .listen
-            .tls
-            .as_ref()
-            .map_or(SocketAddr::new(tls_ip, DEFAULT_TLS_PORT), |t| {
-                listener(t, tls_ip, DEFAULT_TLS_PORT)
-            });
-        let listen_plain = broker
-            .listen
-            .plain
-            .as_ref()
-            .map(|p| listener(p, IpAddr::V4(Ipv4Addr::UNSPECIFIED), DEFAULT_PLAIN_PORT));
+            .declared()
+            .into_iter()
+            .map(|(transport, entry)| ListenerPlan {
+                address: ListenerSpec::socket_addr(entry.map(|e| &e.value), transport),
+                transport,
+            })
+            .collect();
         let entries: Vec<String> = match &broker.networks {
             Some(list) => list.value.iter().map(|e| e.value.clone()).collect(),
             None => DEFAULT_NETWORKS.iter().map(|s| s.to_string()).collect(),
@@ -308,8 +325,7 @@ impl Policy {
         Ok(Policy {
             hostnames: broker.hostnames.iter().map(|h| h.value.clone()).collect(),
             addresses: broker.addresses.iter().map(|a| a.value).collect(),
-            listen_tls,
-            listen_plain,
+            listeners,
             networks: Networks::new(cidrs),
             limits,
             persistence,
@@ -615,13 +631,35 @@ mod tests {
     }
 
     #[test]
+    fn every_transport_is_one_listener_with_its_defaults() {
+        let p = compile(&format!(
+            "version: 1\nbroker:\n  listen:\n    plain: {{}}\n    ws: {{}}\n    wss: {{ port: 9001 }}\nusers:\n  lamp:\n    password_hash: \"{HASH}\"\n    plaintext: true\n"
+        ));
+        let plan: Vec<(Transport, String)> = p
+            .listeners
+            .iter()
+            .map(|l| (l.transport, l.address.to_string()))
+            .collect();
+        assert_eq!(
+            plan,
+            [
+                (Transport::Tls, "[::]:8883".to_string()),
+                (Transport::Plain, "0.0.0.0:1883".to_string()),
+                (Transport::WebSocket, "0.0.0.0:1884".to_string()),
+                (Transport::WebSocketTls, "[::]:9001".to_string()),
+            ]
+        );
+        assert_eq!(p.listener_ports(), [8883, 1883, 1884, 9001]);
+    }
+
+    #[test]
     fn defaults_match_the_design_table() {
         let p = compile(&format!(
             "version: 1\nusers:\n  ha:\n    role: homeassistant\n    password_hash: \"{HASH}\"\n"
         ));
         assert_eq!(p.limits, Limits::default());
-        assert_eq!(p.listen_tls, "[::]:8883".parse().unwrap());
-        assert_eq!(p.listen_plain, None);
+        assert_eq!(p.listen_tls(), "[::]:8883".parse().unwrap());
+        assert_eq!(p.listen_plain(), None);
         assert_eq!(p.persistence.durability, Durability::Full);
         assert!(p.networks.allows("192.168.1.20".parse().unwrap()));
         assert!(p.networks.allows("::ffff:10.0.0.1".parse().unwrap()));
@@ -677,7 +715,7 @@ devices:
         ));
         assert_eq!(p.limits.max_packet_size, 256 * 1024);
         assert_eq!(p.limits.connect_timeout, Duration::from_secs(5));
-        assert_eq!(p.listen_plain, Some("0.0.0.0:1884".parse().unwrap()));
+        assert_eq!(p.listen_plain(), Some("0.0.0.0:1884".parse().unwrap()));
         assert_eq!(
             p.persistence.durability,
             Durability::Batched {

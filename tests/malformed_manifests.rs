@@ -410,10 +410,18 @@ fn invalid_hostname() {
 }
 
 #[test]
+fn a_plain_listener_on_the_default_tls_port_is_refused() {
+    rejected(
+        "version: 1\nbroker:\n  listen:\n    plain: { port: 8883 } # <-\ndevices:\n  plug:\n    role: tasmota\n    password_hash: \"HASH\"\n    plaintext: true\n",
+        "cannot share port 8883 with the tls listener",
+    );
+}
+
+#[test]
 fn plaintext_without_a_plain_listener() {
     rejected(
         "version: 1\ndevices:\n  plug:\n    role: tasmota\n    password_hash: \"HASH\"\n    plaintext: true # <-\n",
-        "broker.listen.plain is not declared",
+        "no plaintext listener (broker.listen.plain or .ws) is declared",
     );
 }
 

@@ -14,23 +14,13 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
 use common::cli::{ok, run_moat};
 use common::netns::{Lab, in_ns, skip_reason};
-use common::{Moat, PASSWORD, have, path_str, run_bounded};
-
-/// Where mqtt.js is installed, if it is.
-fn mqtt_js_modules() -> Option<PathBuf> {
-    let prefix = std::env::var("MOAT_NPM_PREFIX").unwrap_or_else(|_| "/opt/moat-npm".into());
-    let modules = Path::new(&prefix).join("node_modules");
-    modules
-        .join("mqtt/package.json")
-        .is_file()
-        .then_some(modules)
-}
+use common::{Moat, PASSWORD, path_str, run_bounded};
 
 // Zigbee2MQTT's connection (Koenkk/zigbee2mqtt lib/mqtt.ts): `mqtt.connect(server,
 // {will: {topic: base/bridge/state, payload 'offline', retain: true, qos: 1},
@@ -115,8 +105,7 @@ function readBack() {
 
 #[test]
 fn mqtt_js_as_zigbee2mqtt_over_tls_v5() {
-    let Some(modules) = mqtt_js_modules().filter(|_| have("node")) else {
-        eprintln!("skipping: node or mqtt.js missing (npm install --prefix /opt/moat-npm mqtt@5)");
+    let Some(modules) = common::mqtt_js() else {
         return;
     };
     let moat = Moat::start(
@@ -133,18 +122,12 @@ fn mqtt_js_as_zigbee2mqtt_over_tls_v5() {
     subscribe: ["zigbee2mqtt/#", "homeassistant/#"]
 "##,
     );
-    let dir = tempfile::tempdir().unwrap();
-    let script = dir.path().join("z2m.js");
-    std::fs::write(&script, Z2M_SCRIPT).unwrap();
-    let out = run_bounded(
-        Command::new("node")
-            .arg(&script)
-            .arg(moat.tls_port.to_string())
-            .arg(moat.ca())
-            .arg(PASSWORD)
-            .env("NODE_PATH", &modules),
-        Duration::from_secs(40),
-    );
+    let args = [
+        moat.tls_port.to_string(),
+        path_str(&moat.ca()),
+        PASSWORD.into(),
+    ];
+    let out = common::node(&modules, Z2M_SCRIPT, &args, Duration::from_secs(40));
     let stdout = String::from_utf8_lossy(&out.stdout);
     let context = format!(
         "{stdout}\n{}\n{}",

@@ -108,9 +108,9 @@ fn print_table(policy: &Policy, path: &str, warnings: usize) {
     );
     println!(
         "listeners: tls {}{}",
-        policy.listen_tls,
+        policy.listen_tls(),
         policy
-            .listen_plain
+            .listen_plain()
             .map(|p| format!(", plain {p} (plaintext: true identities only)"))
             .unwrap_or_default()
     );

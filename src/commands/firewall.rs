@@ -3,8 +3,6 @@
 //! outbound restriction on even if the manifest leaves it off. The ruleset itself is
 //! rendered by `crate::firewall`; this module only turns the compiled policy into a spec.
 
-use std::net::SocketAddr;
-
 use anyhow::Context as _;
 use ipnet::IpNet;
 
@@ -58,25 +56,21 @@ fn load_spec(global: &GlobalArgs, egress_flag: bool) -> anyhow::Result<FirewallS
 pub fn spec_for_policy(policy: &Policy, egress_flag: bool) -> FirewallSpec {
     spec_for(
         policy.networks.cidrs(),
-        policy.listen_tls,
-        policy.listen_plain,
+        policy.listener_ports(),
         Toggles::from(policy.firewall),
         egress_flag,
     )
 }
 
 /// Builds the firewall spec from a compiled policy's parts: its allowed networks, its
-/// listeners (TLS always, plaintext if declared) and its firewall switches.
+/// listeners' ports (every transport) and its firewall switches.
 /// `egress_flag` (`--egress`) can only tighten: it turns egress filtering on.
 pub fn spec_for(
     networks: &[IpNet],
-    listen_tls: SocketAddr,
-    listen_plain: Option<SocketAddr>,
+    mut broker_ports: Vec<u16>,
     toggles: Toggles,
     egress_flag: bool,
 ) -> FirewallSpec {
-    let mut broker_ports = vec![listen_tls.port()];
-    broker_ports.extend(listen_plain.map(|addr| addr.port()));
     broker_ports.sort_unstable();
     broker_ports.dedup();
     FirewallSpec {
@@ -93,28 +87,18 @@ pub fn spec_for(
 mod tests {
     use super::*;
 
-    fn addr(s: &str) -> SocketAddr {
-        s.parse().unwrap()
-    }
-
     #[test]
     fn tls_only_opens_one_port() {
         let nets: Vec<IpNet> = vec!["192.168.0.0/16".parse().unwrap()];
-        let spec = spec_for(&nets, addr("0.0.0.0:8883"), None, Toggles::default(), false);
+        let spec = spec_for(&nets, vec![8883], Toggles::default(), false);
         assert_eq!(spec.broker_ports, vec![8883]);
         assert_eq!(spec.networks, nets);
         assert!(spec.dhcp_client && !spec.ssh && !spec.mdns && !spec.egress);
     }
 
     #[test]
-    fn a_declared_plain_listener_adds_its_port() {
-        let spec = spec_for(
-            &[],
-            addr("[::]:8883"),
-            Some(addr("0.0.0.0:1883")),
-            Toggles::default(),
-            false,
-        );
+    fn ports_are_sorted_and_unique() {
+        let spec = spec_for(&[], vec![8883, 1883, 8883], Toggles::default(), false);
         assert_eq!(spec.broker_ports, vec![1883, 8883]);
     }
 
@@ -124,8 +108,8 @@ mod tests {
             egress: true,
             ..Toggles::default()
         };
-        assert!(spec_for(&[], addr("0.0.0.0:8883"), None, manifest_on, false).egress);
-        assert!(spec_for(&[], addr("0.0.0.0:8883"), None, Toggles::default(), true).egress);
+        assert!(spec_for(&[], vec![8883], manifest_on, false).egress);
+        assert!(spec_for(&[], vec![8883], Toggles::default(), true).egress);
     }
 
     fn example(name: &str) -> std::path::PathBuf {

@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 
 use super::Finding;
 use super::host::{HostFacts, is_public};
-use crate::policy::{DEFAULT_PLAIN_PORT, Policy};
+use crate::policy::{Policy, Transport};
 
 const CHECK: &str = "listeners";
 
@@ -28,9 +28,9 @@ pub fn exposed(local: SocketAddr, public_addresses: &[std::net::IpAddr]) -> bool
 pub fn check(policy: &Policy, facts: &HostFacts) -> Vec<Finding> {
     let public = facts.public_addresses();
     let plain_port = policy
-        .listen_plain
-        .map_or(DEFAULT_PLAIN_PORT, |addr| addr.port());
-    let tls_port = policy.listen_tls.port();
+        .listen_plain()
+        .map_or(Transport::Plain.default_port(), |addr| addr.port());
+    let tls_port = policy.listen_tls().port();
     let mut findings = Vec::new();
 
     let plain: Vec<SocketAddr> = facts

@@ -75,7 +75,7 @@ pub fn target(policy: &Policy, requested: Option<&str>) -> Result<SocketAddr, St
             .next()
             .ok_or_else(|| format!("--probe {text}: no address"));
     }
-    let listen = policy.listen_tls;
+    let listen = policy.listen_tls();
     // `::` is bound dual-stack, or falls back to `0.0.0.0` on a host without IPv6
     // (net::listener): 127.0.0.1 reaches it either way.
     let ip = if listen.ip().is_unspecified() {

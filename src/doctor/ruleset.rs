@@ -139,8 +139,7 @@ pub fn judge(listing: &str, policy: &Policy) -> FirewallState {
         ));
     }
 
-    let mut ports = vec![policy.listen_tls.port()];
-    ports.extend(policy.listen_plain.map(|a| a.port()));
+    let ports = policy.listener_ports();
     for port in &ports {
         let accepting: Vec<&str> = input
             .iter()

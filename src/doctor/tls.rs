@@ -216,7 +216,7 @@ pub fn check(policy: &Policy, state_dir: &Path, lan: &[IpAddr]) -> Vec<Finding> 
                 }
                 // Both server certificates carry the same names: judge reach once.
                 if file == pki::SERVER_CERT {
-                    findings.push(judge_reach(label, &facts, policy.listen_tls.ip(), lan));
+                    findings.push(judge_reach(label, &facts, policy.listen_tls().ip(), lan));
                 }
             }
             Err(e) => findings.push(Finding::fail(

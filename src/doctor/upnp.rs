@@ -344,8 +344,7 @@ pub fn judge(
 }
 
 pub fn check(policy: &Policy, facts: &HostFacts) -> Vec<Finding> {
-    let mut broker_ports = vec![policy.listen_tls.port()];
-    broker_ports.extend(policy.listen_plain.map(|a| a.port()));
+    let broker_ports = policy.listener_ports();
     let locations = match discover() {
         Ok(l) => l,
         Err(e) => {

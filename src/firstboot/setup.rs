@@ -43,13 +43,13 @@ pub fn render(
             let _ = writeln!(t, "{line}");
         }
     }
-    let _ = writeln!(t, "  TLS port:  {}", policy.listen_tls.port());
+    let _ = writeln!(t, "  TLS port:  {}", policy.listen_tls().port());
     let plain: Vec<&str> = policy
         .identities()
         .filter(|i| i.plaintext)
         .map(|i| i.name.as_str())
         .collect();
-    if let Some(addr) = policy.listen_plain
+    if let Some(addr) = policy.listen_plain()
         && !plain.is_empty()
     {
         let _ = writeln!(

@@ -30,7 +30,7 @@ use super::passwd::{self, Entry};
 use super::source::{Origin, Paths, split_key};
 use crate::manifest::validate::{MQTT_MAX_PACKET_SIZE, check_grant_filter, check_name};
 use crate::manifest::{LoadOptions, parse_str};
-use crate::policy::DEFAULT_TLS_PORT;
+use crate::policy::Transport;
 
 /// How to import.
 #[derive(Debug, Clone, Default)]
@@ -237,7 +237,7 @@ pub fn import(conf_path: &Path, options: &Options) -> Result<Imported, ImportErr
     // listener on its port is caught by validation now rather than at `serve`.
     let mut listen: Vec<(&'static str, String, u16)> = vec![match listeners.tls {
         Some(l) => ("tls", listen_address(l, &mut report), l.port),
-        None => ("tls", "0.0.0.0".into(), DEFAULT_TLS_PORT),
+        None => ("tls", "0.0.0.0".into(), Transport::Tls.default_port()),
     }];
     if let Some(l) = listeners.plain {
         listen.push(("plain", listen_address(l, &mut report), l.port));

@@ -54,7 +54,7 @@ pub struct BrokerSpec {
     pub persistence: PersistenceSpec,
 }
 
-/// `broker.listen:`.
+/// `broker.listen:`: one optional entry per transport; TLS is always on.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListenSpec {
@@ -62,9 +62,90 @@ pub struct ListenSpec {
     pub tls: Option<Spanned<ListenerSpec>>,
     #[serde(default)]
     pub plain: Option<Spanned<ListenerSpec>>,
+    /// MQTT over WebSocket, unencrypted (plaintext identities only).
+    #[serde(default)]
+    pub ws: Option<Spanned<ListenerSpec>>,
+    /// MQTT over WebSocket over TLS.
+    #[serde(default)]
+    pub wss: Option<Spanned<ListenerSpec>>,
 }
 
-/// One listener: `{ address, port }`.
+/// How a listener carries MQTT: one per key of `broker.listen`. A new transport is
+/// one variant here, one key above, and its stream in `crate::net`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Transport {
+    Tls,
+    Plain,
+    WebSocket,
+    WebSocketTls,
+}
+
+impl Transport {
+    /// The key under `broker.listen`.
+    pub fn key(self) -> &'static str {
+        match self {
+            Transport::Tls => "tls",
+            Transport::Plain => "plain",
+            Transport::WebSocket => "ws",
+            Transport::WebSocketTls => "wss",
+        }
+    }
+
+    pub fn is_tls(self) -> bool {
+        matches!(self, Transport::Tls | Transport::WebSocketTls)
+    }
+
+    pub fn is_websocket(self) -> bool {
+        matches!(self, Transport::WebSocket | Transport::WebSocketTls)
+    }
+
+    /// The port when the entry names none (WebSockets: the Mosquitto add-on's 1884
+    /// and 8884, so a dashboard moved over keeps its URL).
+    pub fn default_port(self) -> u16 {
+        match self {
+            Transport::Tls => 8883,
+            Transport::Plain => 1883,
+            Transport::WebSocket => 1884,
+            Transport::WebSocketTls => 8884,
+        }
+    }
+
+    /// The address when the entry names none: TLS transports take both families
+    /// (`::`, dual-stack: the default networks include IPv6 ULA and link-local);
+    /// plaintext ones stay IPv4-only, so a global IPv6 address never reaches them.
+    pub fn default_address(self) -> IpAddr {
+        if self.is_tls() {
+            IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED)
+        } else {
+            IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)
+        }
+    }
+}
+
+impl ListenSpec {
+    /// The listeners this section turns on, TLS first (it is on even when absent),
+    /// with their entry if written.
+    pub fn declared(&self) -> Vec<(Transport, Option<&Spanned<ListenerSpec>>)> {
+        let mut out = vec![(Transport::Tls, self.tls.as_ref())];
+        for (transport, entry) in [
+            (Transport::Plain, &self.plain),
+            (Transport::WebSocket, &self.ws),
+            (Transport::WebSocketTls, &self.wss),
+        ] {
+            if let Some(entry) = entry {
+                out.push((transport, Some(entry)));
+            }
+        }
+        out
+    }
+
+    /// Whether a listener without TLS is declared (plaintext identities need one).
+    pub fn has_plaintext(&self) -> bool {
+        self.plain.is_some() || self.ws.is_some()
+    }
+}
+
+/// One listener: `{ address, port }`; see [`Transport`] for the defaults.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListenerSpec {
@@ -72,6 +153,20 @@ pub struct ListenerSpec {
     pub address: Option<Spanned<IpAddr>>,
     #[serde(default)]
     pub port: Option<Spanned<u16>>,
+}
+
+impl ListenerSpec {
+    /// The address and port this entry (or its absence) means for `transport`.
+    pub fn socket_addr(entry: Option<&Self>, transport: Transport) -> std::net::SocketAddr {
+        std::net::SocketAddr::new(
+            entry
+                .and_then(|e| e.address.as_ref())
+                .map_or(transport.default_address(), |a| a.value),
+            entry
+                .and_then(|e| e.port.as_ref())
+                .map_or(transport.default_port(), |p| p.value),
+        )
+    }
 }
 
 /// `broker.limits:`; every field optional, defaults in `crate::policy::Limits`.

@@ -120,17 +120,17 @@ mod tests {
             let policy = Policy::compile(&loaded.manifest).unwrap();
             let ha = policy.identity("homeassistant").unwrap();
             assert_eq!(ha.roles, ["homeassistant"]);
-            assert!(policy.listen_plain.is_none());
+            assert!(policy.listen_plain().is_none());
             let lan_ip = "192.168.1.5".parse().unwrap();
             match scope {
                 StarterScope::Lan => {
-                    assert_eq!(policy.listen_tls, "[::]:8883".parse().unwrap());
+                    assert_eq!(policy.listen_tls(), "[::]:8883".parse().unwrap());
                     assert!(policy.networks.allows(lan_ip));
                     assert_eq!(policy.hostnames, ["pi4"]);
                     assert_eq!(policy.addresses, lan);
                 }
                 StarterScope::LoopbackOnly => {
-                    assert_eq!(policy.listen_tls, "127.0.0.1:8883".parse().unwrap());
+                    assert_eq!(policy.listen_tls(), "127.0.0.1:8883".parse().unwrap());
                     assert!(policy.hostnames.is_empty() && policy.addresses.is_empty());
                     assert!(!policy.networks.allows(lan_ip));
                     assert!(policy.networks.allows("127.0.0.1".parse().unwrap()));

@@ -11,7 +11,7 @@ use super::load::LoadOptions;
 use super::roles;
 use super::schema::{
     ByteSize, DurabilitySpec, IdentityLimitsSpec, IdentitySpec, LimitsSpec, Manifest, RoleSpec,
-    Seconds, Spanned,
+    Seconds, Spanned, Transport,
 };
 use crate::auth::{HashKind, VerifyError, check_stored_hash};
 use crate::protocol::topic::{parse_shared, validate_topic_filter};
@@ -202,7 +202,7 @@ pub fn validate(manifest: &Manifest, options: LoadOptions) -> Vec<Finding> {
     }
     validate_broker(&mut c, manifest);
     validate_roles(&mut c, manifest);
-    let plain_listener = manifest.broker.listen.plain.is_some();
+    let plain_listener = manifest.broker.listen.has_plaintext();
     let mut anyone_plaintext = false;
     for (section, map) in [("users", &manifest.users), ("devices", &manifest.devices)] {
         for (name, spec) in map.iter() {
@@ -225,7 +225,7 @@ pub fn validate(manifest: &Manifest, options: LoadOptions) -> Vec<Finding> {
                     c.error(
                         p,
                         format!(
-                            "{section}.{} has plaintext: true but broker.listen.plain is not declared",
+                            "{section}.{} has plaintext: true but no plaintext listener (broker.listen.plain or .ws) is declared",
                             name.value
                         ),
                     );
@@ -233,13 +233,18 @@ pub fn validate(manifest: &Manifest, options: LoadOptions) -> Vec<Finding> {
             }
         }
     }
-    if let Some(plain) = &manifest.broker.listen.plain
-        && !anyone_plaintext
-    {
-        c.warn(
-                plain,
-                "broker.listen.plain is declared but no identity has plaintext: true; nobody can use it",
+    for (key, entry) in [
+        ("plain", &manifest.broker.listen.plain),
+        ("ws", &manifest.broker.listen.ws),
+    ] {
+        if let Some(entry) = entry
+            && !anyone_plaintext
+        {
+            c.warn(
+                entry,
+                format!("broker.listen.{key} is declared but no identity has plaintext: true; nobody can use it"),
             );
+        }
     }
     c.findings
 }
@@ -256,26 +261,33 @@ fn validate_broker(c: &mut Collector, m: &Manifest) {
             seen.push(host.value.to_ascii_lowercase());
         }
     }
-    for listener in [&broker.listen.tls, &broker.listen.plain]
-        .into_iter()
-        .flatten()
-    {
-        if let Some(port) = &listener.value.port
-            && port.value == 0
-        {
-            c.error(port, "port 0 is not a port a client can connect to");
-        }
-    }
-    if let (Some(tls), Some(plain)) = (&broker.listen.tls, &broker.listen.plain) {
-        let tls_port = tls.value.port.as_ref().map_or(8883, |p| p.value);
-        let plain_port = plain.value.port.as_ref().map_or(1883, |p| p.value);
-        if tls_port == plain_port {
-            let message =
-                format!("the plain listener cannot share port {plain_port} with the TLS listener");
-            match &plain.value.port {
-                Some(port) => c.error(port, message),
-                None => c.error(plain, message),
-            }
+    // Every listener needs a port of its own, defaults included (a `plain` entry on
+    // 8883 with `tls` left out would clash with the default TLS port at bind time).
+    let mut taken: Vec<(u16, Transport)> = Vec::new();
+    for (transport, entry) in broker.listen.declared() {
+        let port = entry
+            .and_then(|e| e.value.port.as_ref())
+            .map_or(transport.default_port(), |p| p.value);
+        let at = |c: &mut Collector, message: String| match entry {
+            Some(e) => match &e.value.port {
+                Some(p) => c.error(p, message),
+                None => c.error(e, message),
+            },
+            None => c.error(&m.version, message),
+        };
+        if port == 0 {
+            at(c, "port 0 is not a port a client can connect to".into());
+        } else if let Some((_, other)) = taken.iter().find(|(p, _)| *p == port) {
+            at(
+                c,
+                format!(
+                    "the {} listener cannot share port {port} with the {} listener",
+                    transport.key(),
+                    other.key()
+                ),
+            );
+        } else {
+            taken.push((port, transport));
         }
     }
     let allow_public = broker.allow_public.as_ref().is_some_and(|a| a.value);

@@ -1,6 +1,8 @@
 //! Binding listeners, and the accept loops: one per listener. Each accepted socket
-//! is admitted (network, caps) before any byte is read, then TLS (for the TLS
-//! listener) and the MQTT connection driver run in their own task under one deadline.
+//! is admitted (network, caps) before any byte is read, then TLS (for TLS
+//! listeners), the WebSocket upgrade (for WebSocket listeners) and the MQTT
+//! connection driver run in their own task, TLS and upgrade under the CONNECT
+//! deadline.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
@@ -13,11 +15,16 @@ use crate::broker::{Broker, Gatekeeper, ListenerKind, PeerInfo, connection};
 
 use super::admission::{Admission, canonical_ip};
 use super::tls::{TlsSettings, handshake};
+use super::tls_stream::TlsStream;
+use super::websocket::{self, WsStream};
 
 /// A bound listener and what it serves.
 pub struct Listener {
     pub socket: TcpListener,
+    /// TLS or plaintext: what the broker's login rules care about.
     pub kind: ListenerKind,
+    /// MQTT travels in WebSocket frames (after an HTTP upgrade).
+    pub websocket: bool,
 }
 
 /// The backlog tokio's `TcpListener::bind` uses too.
@@ -28,7 +35,11 @@ impl Listener {
     /// whatever `net.ipv6.bindv6only` says; IPv4 peers appear as `::ffff:a.b.c.d`,
     /// which admission judges as IPv4). On a host without IPv6 it falls back to
     /// `0.0.0.0`, and says so.
-    pub async fn bind(addr: SocketAddr, kind: ListenerKind) -> std::io::Result<Listener> {
+    pub async fn bind(
+        addr: SocketAddr,
+        kind: ListenerKind,
+        websocket: bool,
+    ) -> std::io::Result<Listener> {
         let socket = if addr.ip() == IpAddr::V6(Ipv6Addr::UNSPECIFIED) {
             match bind_dual_stack(addr) {
                 Ok(socket) => socket,
@@ -43,7 +54,11 @@ impl Listener {
         } else {
             TcpListener::bind(addr).await?
         };
-        Ok(Listener { socket, kind })
+        Ok(Listener {
+            socket,
+            kind,
+            websocket,
+        })
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
@@ -113,40 +128,86 @@ pub async fn serve_listener(
         // One task per connection, sized for its transport's stream and the steady
         // state alone: a plaintext connection's task must not carry room for a TLS
         // stream, and a TLS connection's must not keep room for the handshake.
-        match listener.kind {
-            ListenerKind::Plain => {
-                let peer = PeerInfo {
-                    addr,
-                    listener: ListenerKind::Plain,
-                    certificate_name: None,
-                };
+        let peer = PeerInfo {
+            addr,
+            listener: listener.kind,
+            certificate_name: None,
+        };
+        match (listener.kind, listener.websocket) {
+            (ListenerKind::Plain, false) => {
                 tokio::spawn(connection::run(tcp, peer, broker, gate, deadline, slot));
             }
-            ListenerKind::Tls => {
-                let tls = Arc::clone(&tls);
+            (ListenerKind::Plain, true) => {
                 tokio::spawn(async move {
-                    let shaken =
-                        tokio::time::timeout_at(deadline.into(), handshake(&tls, tcp)).await;
-                    let (stream, certificate_name) = match shaken {
-                        Ok(Ok(done)) => done,
-                        Ok(Err(e)) => {
-                            tracing::debug!(peer = %addr, error = %e, "TLS handshake failed");
-                            return;
-                        }
-                        Err(_) => {
-                            tracing::debug!(peer = %addr, "TLS handshake deadline passed");
-                            return;
-                        }
+                    let Some(ws) = upgrade(tcp, deadline, addr).await else {
+                        return;
                     };
-                    let peer = PeerInfo {
-                        addr,
-                        listener: ListenerKind::Tls,
-                        certificate_name,
-                    };
-                    // The handshake's task ends here; the connection gets its own.
-                    tokio::spawn(connection::run(stream, peer, broker, gate, deadline, slot));
+                    tokio::spawn(connection::run(ws, peer, broker, gate, deadline, slot));
                 });
             }
+            (ListenerKind::Tls, websocket) => {
+                let tls = Arc::clone(&tls);
+                tokio::spawn(async move {
+                    let Some((stream, certificate_name)) =
+                        tls_handshake(&tls, tcp, deadline, addr).await
+                    else {
+                        return;
+                    };
+                    let peer = PeerInfo {
+                        certificate_name,
+                        ..peer
+                    };
+                    // The handshake's task ends here; the connection gets its own.
+                    if !websocket {
+                        tokio::spawn(connection::run(stream, peer, broker, gate, deadline, slot));
+                    } else if let Some(ws) = upgrade(stream, deadline, addr).await {
+                        tokio::spawn(connection::run(ws, peer, broker, gate, deadline, slot));
+                    }
+                });
+            }
+        }
+    }
+}
+
+/// The TLS handshake under the CONNECT deadline; failures are logged (debug: a
+/// port scan is not news) and end the connection.
+async fn tls_handshake(
+    tls: &ArcSwap<TlsSettings>,
+    tcp: tokio::net::TcpStream,
+    deadline: Instant,
+    addr: SocketAddr,
+) -> Option<(TlsStream, Option<String>)> {
+    match tokio::time::timeout_at(deadline.into(), handshake(tls, tcp)).await {
+        Ok(Ok(done)) => Some(done),
+        Ok(Err(e)) => {
+            tracing::debug!(peer = %addr, error = %e, "TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            tracing::debug!(peer = %addr, "TLS handshake deadline passed");
+            None
+        }
+    }
+}
+
+/// The WebSocket upgrade under the CONNECT deadline. A refusal is logged with its
+/// reason: a dashboard that cannot connect should find why in the log.
+async fn upgrade<S>(stream: S, deadline: Instant, addr: SocketAddr) -> Option<WsStream<S>>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    match tokio::time::timeout_at(deadline.into(), websocket::accept(stream)).await {
+        Ok(Ok((ws, path))) => {
+            tracing::debug!(peer = %addr, path = %path, "WebSocket upgrade");
+            Some(ws)
+        }
+        Ok(Err(e)) => {
+            tracing::info!(peer = %addr, error = %e, "WebSocket upgrade refused");
+            None
+        }
+        Err(_) => {
+            tracing::info!(peer = %addr, "WebSocket upgrade deadline passed");
+            None
         }
     }
 }

@@ -392,7 +392,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for WsStream<S> {
             }
             match this.state {
                 ReadState::Closed => return Poll::Ready(Ok(())),
-                ReadState::Payload { remaining: 0, .. } => this.state = ReadState::Header,
+                ReadState::Payload { remaining: 0, .. } => {
+                    // The next frame may already be buffered: parse before reading.
+                    this.state = ReadState::Header;
+                    continue;
+                }
                 ReadState::Payload {
                     remaining,
                     mask,
@@ -598,6 +602,23 @@ mod tests {
             &frames[3..9],
             &[0x80 | OP_BINARY, 4, 0x20, 0x02, 0x00, 0x00]
         );
+    }
+
+    /// Two frames in one write: the second must be read from the buffer without
+    /// waiting for more input (a SUBSCRIBE behind a CONNECT once waited forever).
+    #[tokio::test]
+    async fn a_buffered_second_frame_needs_no_more_input() {
+        let (result, mut client) = upgraded("Sec-WebSocket-Protocol: mqtt\r\n").await;
+        let (mut ws, _) = result.unwrap();
+        let mut both = client_frame(OP_BINARY, true, b"one");
+        both.extend(client_frame(OP_BINARY, true, b"two"));
+        client.write_all(&both).await.unwrap();
+        let mut got = [0u8; 6];
+        tokio::time::timeout(std::time::Duration::from_secs(5), ws.read_exact(&mut got))
+            .await
+            .expect("the second frame was buffered")
+            .unwrap();
+        assert_eq!(&got, b"onetwo");
     }
 
     #[tokio::test]

@@ -186,14 +186,18 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
     let mut listeners = Vec::new();
     // The kernel drops SYNs from outside the allowed networks; admission stays behind.
     let mut syn_filters = Vec::new();
-    for (addr, kind) in std::iter::once((policy.listen_tls, ListenerKind::Tls))
-        .chain(policy.listen_plain.map(|a| (a, ListenerKind::Plain)))
-    {
-        let listener = Listener::bind(addr, kind)
+    for plan in &policy.listeners {
+        let (addr, transport) = (plan.address, plan.transport);
+        let kind = if transport.is_tls() {
+            ListenerKind::Tls
+        } else {
+            ListenerKind::Plain
+        };
+        let listener = Listener::bind(addr, kind, transport.is_websocket())
             .await
             .map_err(|source| ServeError::Bind { addr, source })?;
         let bound = listener.local_addr().unwrap_or(addr);
-        tracing::info!(address = %bound, listener = ?kind, "listening");
+        tracing::info!(address = %bound, listener = transport.key(), "listening");
         syn_filters.extend(SynFilter::install(
             &listener.socket,
             bound,

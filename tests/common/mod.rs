@@ -35,6 +35,37 @@ pub fn password_hash() -> String {
         .clone()
 }
 
+/// Where mqtt.js (Zigbee2MQTT's client library) is installed: `node_modules` under
+/// `$MOAT_NPM_PREFIX` (default `/opt/moat-npm`; `.ci/run` installs `mqtt@5` there),
+/// when node is on the PATH too. Missing under CI is a failure, not a skip.
+pub fn mqtt_js() -> Option<PathBuf> {
+    let prefix = std::env::var("MOAT_NPM_PREFIX").unwrap_or_else(|_| "/opt/moat-npm".into());
+    let modules = Path::new(&prefix).join("node_modules");
+    if have("node") && modules.join("mqtt/package.json").is_file() {
+        return Some(modules);
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "CI must install mqtt.js: npm install --prefix {prefix} mqtt@5"
+    );
+    eprintln!("skipping: node or mqtt.js missing (npm install --prefix {prefix} mqtt@5)");
+    None
+}
+
+/// Runs `node SCRIPT ARGS...` with mqtt.js on its module path, bounded by `limit`.
+pub fn node(modules: &Path, script: &str, args: &[String], limit: Duration) -> Output {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("script.js");
+    std::fs::write(&path, script).unwrap();
+    run_bounded(
+        Command::new("node")
+            .arg(&path)
+            .args(args)
+            .env("NODE_PATH", modules),
+        limit,
+    )
+}
+
 pub fn have(tool: &str) -> bool {
     Command::new("sh")
         .args(["-c", &format!("command -v {tool}")])
