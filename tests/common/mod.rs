@@ -9,13 +9,18 @@ use std::io::{BufRead, BufReader, Read};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 pub const PASSWORD: &str = "test-password-123";
 
+/// The `moat` the tests drive: this build's, unless `MOAT_BIN` names another one
+/// (`.ci/aarch64` points it at a qemu-user wrapper around the aarch64 release build).
 pub fn moat_bin() -> &'static str {
-    env!("CARGO_BIN_EXE_moat")
+    static BIN: OnceLock<String> = OnceLock::new();
+    BIN.get_or_init(|| {
+        std::env::var("MOAT_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_moat").to_string())
+    })
 }
 
 pub fn free_port() -> u16 {
