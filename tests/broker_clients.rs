@@ -5,7 +5,7 @@
 mod common;
 
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::{Moat, Sub, have, run_bounded};
 
@@ -54,13 +54,12 @@ fn mosquitto_clients_qos_0_1_2_both_versions() {
     for version in ["mqttv311", "mqttv5"] {
         for qos in ["0", "1", "2"] {
             let topic = format!("home/{version}/q{qos}");
-            let sub = Sub::start(&pub_args(
+            let sub = Sub::start_subscribed(&pub_args(
                 &moat,
                 "bob",
                 version,
                 &["-t", &topic, "-q", qos, "-C", "1"],
             ));
-            std::thread::sleep(Duration::from_millis(300));
             let payload = format!("hello-{version}-{qos}");
             publish(
                 &moat,
@@ -113,13 +112,12 @@ fn retained_message_set_delivered_and_cleared() {
 #[test]
 fn client_certificate_device() {
     let moat = Moat::start(BODY);
-    let sub = Sub::start(&pub_args(
+    let sub = Sub::start_subscribed(&pub_args(
         &moat,
         "bob",
         "mqttv311",
         &["-t", "home/sensor-1/temp", "-C", "1"],
     ));
-    std::thread::sleep(Duration::from_millis(300));
     let out = common::mosquitto(
         "mosquitto_pub",
         &common::with_extra(
@@ -153,8 +151,7 @@ fn client_certificate_device() {
 #[test]
 fn will_is_published_when_a_client_vanishes() {
     let moat = Moat::start(BODY);
-    let sub = Sub::start(&pub_args(&moat, "bob", "mqttv311", &["-t", "will/#", "-v"]));
-    std::thread::sleep(Duration::from_millis(300));
+    let sub = Sub::start_subscribed(&pub_args(&moat, "bob", "mqttv311", &["-t", "will/#", "-v"]));
     let mut holder = Command::new("mosquitto_sub")
         .args(pub_args(
             &moat,
@@ -198,11 +195,8 @@ fn persistent_session_receives_what_was_sent_while_offline() {
         args.extend(extra.iter().map(|s| s.to_string()));
         args
     };
-    // Create the session, then leave.
-    run_bounded(
-        Command::new("mosquitto_sub").args(session(&["-W", "1"])),
-        Duration::from_secs(5),
-    );
+    // Create the session, wait for its SUBACK, then leave.
+    Sub::start_subscribed(&session(&[])).stop();
     publish(
         &moat,
         "alice",
@@ -224,19 +218,18 @@ fn persistent_session_receives_what_was_sent_while_offline() {
 #[test]
 fn shared_subscription_splits_messages() {
     let moat = Moat::start(BODY);
-    let a = Sub::start(&pub_args(
+    let a = Sub::start_subscribed(&pub_args(
         &moat,
         "alice",
         "mqttv5",
         &["-t", "$share/g/home/shared", "-q", "1"],
     ));
-    let b = Sub::start(&pub_args(
+    let b = Sub::start_subscribed(&pub_args(
         &moat,
         "alice",
         "mqttv5",
         &["-t", "$share/g/home/shared", "-q", "1"],
     ));
-    std::thread::sleep(Duration::from_millis(500));
     for i in 0..10 {
         publish(
             &moat,
@@ -245,7 +238,14 @@ fn shared_subscription_splits_messages() {
             &["-t", "home/shared", "-q", "1", "-m", &format!("m{i}")],
         );
     }
-    std::thread::sleep(Duration::from_millis(500));
+    // Bounded wait for all ten (delivery is slower under emulation), then a moment
+    // for any duplicate to show up.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while a.output().lines().count() + b.output().lines().count() < 10 && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(300));
     let (a, b) = (a.stop(), b.stop());
     let (na, nb) = (a.lines().count(), b.lines().count());
     assert_eq!(

@@ -11,13 +11,18 @@ use std::io::{BufRead, BufReader, Read};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 pub const PASSWORD: &str = "test-password-123";
 
+/// The `moat` the tests drive: this build's, unless `MOAT_BIN` names another one
+/// (`.ci/aarch64` points it at a qemu-user wrapper around the aarch64 release build).
 pub fn moat_bin() -> &'static str {
-    env!("CARGO_BIN_EXE_moat")
+    static BIN: OnceLock<String> = OnceLock::new();
+    BIN.get_or_init(|| {
+        std::env::var("MOAT_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_moat").to_string())
+    })
 }
 
 pub fn free_port() -> u16 {
@@ -363,6 +368,44 @@ impl Sub {
         let out = Arc::new(Mutex::new(String::new()));
         collect_lines(child.stdout.take().unwrap(), Arc::clone(&out));
         Sub { child, out }
+    }
+
+    /// Starts `mosquitto_sub -d` and returns once the broker has acknowledged the
+    /// subscription, instead of sleeping for it: under emulation (`.ci/aarch64`) or a
+    /// loaded machine a fixed sleep can end first and the message is lost. The client's
+    /// debug lines ("Client ID received SUBACK", "Subscribed (mid: 1): 0", as printed by
+    /// mosquitto's client/sub_client.c) are kept out of `output`. They go through
+    /// stdio without a flush, so `stdbuf -oL` (coreutils, which then execs the client)
+    /// makes them line-buffered; otherwise they would sit in the buffer until a message.
+    pub fn start_subscribed(args: &[String]) -> Sub {
+        let mut child = Command::new("stdbuf")
+            .args(["-oL", "mosquitto_sub"])
+            .args(args)
+            .arg("-d")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("mosquitto_sub starts");
+        let out = Arc::new(Mutex::new(String::new()));
+        let debug = Arc::new(Mutex::new(String::new()));
+        let stdout = child.stdout.take().unwrap();
+        let (messages, log) = (Arc::clone(&out), Arc::clone(&debug));
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let is_debug = line.starts_with("Client ") || line.starts_with("Subscribed (mid:");
+                let mut text = if is_debug { &log } else { &messages }.lock().unwrap();
+                text.push_str(&line);
+                text.push('\n');
+            }
+        });
+        let sub = Sub { child, out };
+        if !wait_for_text(&debug, "received SUBACK", Duration::from_secs(30)) {
+            panic!(
+                "no SUBACK for mosquitto_sub {args:?}:\n{}",
+                debug.lock().unwrap()
+            );
+        }
+        sub
     }
 
     pub fn output(&self) -> String {
