@@ -151,3 +151,69 @@ fn broken_manifest_keeps_the_old_policy() {
         moat.log()
     );
 }
+
+/// An argon2id hash of the test password at the cost ceiling login accepts
+/// (256 MiB, 10 passes): seconds of verification, so a reload can land during it.
+fn slow_hash() -> String {
+    use base64ct::{Base64Unpadded, Encoding};
+    let params = argon2::Params::new(256 * 1024, 10, 1, Some(32)).unwrap();
+    let argon = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
+    let salt = b"slow-login-salt!";
+    let mut out = [0u8; 32];
+    argon
+        .hash_password_into(common::PASSWORD.as_bytes(), salt, &mut out)
+        .unwrap();
+    format!(
+        "$argon2id$v=19$m=262144,t=10,p=1${}${}",
+        Base64Unpadded::encode_string(salt),
+        Base64Unpadded::encode_string(&out)
+    )
+}
+
+/// A reload that removes an identity while that identity's login is still inside
+/// argon2 must not let it attach with the rights it had when it started: the new
+/// policy is in force before sessions are re-authorized, and attaching re-resolves
+/// the identity's rights under the broker lock.
+#[test]
+fn an_identity_removed_during_its_slow_login_is_refused() {
+    let body = BODY.replace(
+        "  bob:\n",
+        &format!(
+            "  carol:\n    password_hash: \"{}\"\n    subscribe: [\"home/#\"]\n  bob:\n",
+            slow_hash()
+        ),
+    );
+    let moat = Moat::start(&body);
+    let mut args = moat.tls_args("carol");
+    args.extend(["-t", "home/#", "-V", "mqttv311", "-C", "1", "-W", "30"].map(String::from));
+    let mut carol = Command::new("mosquitto_sub")
+        .args(&args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // The TLS handshake and CONNECT take milliseconds; verification takes seconds.
+    std::thread::sleep(Duration::from_millis(300));
+    rewrite(&moat, "  carol:\n", "  caroline:\n");
+    moat.signal("HUP");
+    wait_log(&moat, "manifest reloaded", 1);
+    wait_log(&moat, "user=\"carol\"", 1);
+    let log = moat.log();
+    let reloaded = log.find("manifest reloaded").unwrap();
+    let verified = log.find("user=\"carol\"").unwrap();
+    assert!(
+        reloaded < verified,
+        "the reload did not land during carol's login, so this run proves nothing:\n{log}"
+    );
+    wait_log(&moat, "the identity was removed while it logged in", 1);
+    let _ = carol.kill();
+    let _ = carol.wait();
+    assert!(
+        !moat
+            .log()
+            .lines()
+            .any(|l| l.contains("audit: connected ") && l.contains("identity=carol ")),
+        "carol attached after her removal:\n{}",
+        moat.log()
+    );
+}

@@ -223,6 +223,13 @@ impl Broker {
         *self.resolver.write().unwrap_or_else(|e| e.into_inner()) = Some(resolver);
     }
 
+    fn resolver_is_set(&self) -> bool {
+        self.resolver
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some()
+    }
+
     fn resolve(&self, identity: &str) -> Option<Arc<dyn Permissions>> {
         let resolver = self
             .resolver
@@ -398,6 +405,16 @@ impl Broker {
         } = request;
         let config = self.config();
         let mut state = self.lock();
+        // Rights as of now, not as of the CONNECT: a reload that removed or changed
+        // this identity while its password was being verified swapped the resolver
+        // under this same lock, so it either sees this session or this sees it.
+        let permissions = match self.resolver_is_set() {
+            true => self.resolve(owner).ok_or_else(|| {
+                tracing::info!(target: "moat::audit", identity = owner, client_id, "refused: the identity was removed while it logged in");
+                ReasonCode::NotAuthorized
+            })?,
+            false => permissions,
+        };
         let mut batch = Batch::default();
         state.next_id += 1;
         let connection_id = state.next_id;
@@ -820,8 +837,10 @@ impl Broker {
         resolver: Resolver,
         slot: Option<Slot>,
     ) -> (usize, usize, Option<Commit>) {
-        self.set_resolver(Arc::clone(&resolver));
         let mut state = self.lock();
+        // Under the lock, so an attach sees either the old rights and then this
+        // pass, or the new rights (see `attach`).
+        self.set_resolver(Arc::clone(&resolver));
         let mut batch = Batch::default();
         let mut removed_sessions = Vec::new();
         let mut dropped: Vec<(String, Arc<SessionLink>)> = Vec::new();

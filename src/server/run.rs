@@ -256,10 +256,13 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
                         }
                         tls.store(Arc::new(loaded.tls));
                         auth.clear_cache();
-                        let slot = broker.journal().reserve().await;
-                        let (removed, dropped, commit) = broker.reauthorize(resolver_for(new_policy), slot);
-                        settle(commit, "revoked sessions and subscriptions").await;
+                        // New logins use the new policy from here on; logins already
+                        // past their password check are re-resolved when they attach.
+                        let resolver = resolver_for(new_policy);
                         active.store(Arc::new(loaded.active));
+                        let slot = broker.journal().reserve().await;
+                        let (removed, dropped, commit) = broker.reauthorize(resolver, slot);
+                        settle(commit, "revoked sessions and subscriptions").await;
                         tracing::info!(sessions_removed = removed, subscriptions_dropped = dropped, "manifest reloaded");
                     }
                     Err(e) => tracing::error!("reload refused, the previous policy stays in force: {e}"),
