@@ -344,6 +344,7 @@ const HA_SCRIPT: &str = r##"
 import ssl, sys, threading
 import paho.mqtt.client as mqtt
 host, port, ca, user, password = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
+source = sys.argv[6] if len(sys.argv) > 6 else ""
 c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv311)
 c.username_pw_set(user, password)
 c.tls_set(ca_certs=ca, cert_reqs=ssl.CERT_REQUIRED)
@@ -352,7 +353,7 @@ done = threading.Event()
 result = {}
 c.on_connect = lambda cl, u, f, rc, p=None: (result.__setitem__("rc", str(rc)), done.set())
 try:
-    c.connect(host, port, 10)
+    c.connect(host, port, 10, bind_address=source)
 except ssl.SSLCertVerificationError as e:
     print("CERT ERROR", e.verify_message)
     sys.exit(0)
@@ -373,9 +374,19 @@ fn paho_as_home_assistant_by_the_lan_address() {
     let mut lab = Lab::new("mcerts");
     let broker = lab.netns("broker");
     let ha = lab.netns("ha");
+    // 203.0.113.1 is the broker's too, but not a LAN address (a documentation-range
+    // stand-in for a public one): nothing puts it in the certificate.
     lab.link(
-        (&broker, "veth-b", &["192.168.79.1/24", "fd00:79::1/64"]),
-        (&ha, "veth-h", &["192.168.79.2/24", "fd00:79::2/64"]),
+        (
+            &broker,
+            "veth-b",
+            &["192.168.79.1/24", "fd00:79::1/64", "203.0.113.1/24"],
+        ),
+        (
+            &ha,
+            "veth-h",
+            &["192.168.79.2/24", "fd00:79::2/64", "203.0.113.2/24"],
+        ),
     );
     lab.wait_ipv6_ready();
     let dir = tempfile::tempdir().unwrap();
@@ -403,7 +414,8 @@ fn paho_as_home_assistant_by_the_lan_address() {
     let detected_state = dir.path().join("detected-state");
     let detected_log = lab.serve(&broker, &detected, &detected_state);
 
-    // The same setup without the addresses, on another port: what users had before.
+    // The same setup without the addresses, on another port, as a manifest written
+    // elsewhere (a flashed card's) has it: `serve` adds the machine's LAN addresses.
     let named = dir.path().join("named.yaml");
     let named_text = manifest
         .replace(
@@ -416,7 +428,7 @@ fn paho_as_home_assistant_by_the_lan_address() {
     let named_state = dir.path().join("named-state");
     lab.serve(&broker, &named, &named_state);
 
-    let connect = |host: &str, port: &str, state: &Path| {
+    let connect_from = |host: &str, port: &str, state: &Path, source: &str| {
         let ca = path_str(&state.join("ca.pem"));
         let out = in_ns(
             &ha,
@@ -429,6 +441,7 @@ fn paho_as_home_assistant_by_the_lan_address() {
                 &ca,
                 "homeassistant",
                 &password,
+                source,
             ],
             Duration::from_secs(30),
         );
@@ -438,6 +451,7 @@ fn paho_as_home_assistant_by_the_lan_address() {
             String::from_utf8_lossy(&out.stderr)
         )
     };
+    let connect = |host: &str, port: &str, state: &Path| connect_from(host, port, state, "");
     // By IPv4 and by ULA: the certificate covers both, the listener takes both.
     for host in [broker_v4, broker_ula] {
         let out = connect(host, "8883", &detected_state);
@@ -454,11 +468,34 @@ fn paho_as_home_assistant_by_the_lan_address() {
         "{}",
         detected_log.lock().unwrap()
     );
-    // Without the address in the certificate, Home Assistant's check refuses it.
-    let out = connect(broker_v4, "8884", &named_state);
+    for host in [broker_v4, broker_ula] {
+        let out = connect(host, "8884", &named_state);
+        assert!(out.contains("CONNECTED Success"), "{host}: {out}");
+    }
+    // An address of the broker's that is not a LAN address is not in the
+    // certificate, and Home Assistant's check refuses it: the check is real.
+    // (From the client's LAN address: the broker answers no SYN from elsewhere.)
+    let out = connect_from("203.0.113.1", "8884", &named_state, "192.168.79.2");
     assert!(out.contains("CERT ERROR IP address mismatch"), "{out}");
 
-    // And `moat doctor` says so for that setup, and not for the detected one.
+    // A certificate provisioned where the LAN addresses were not (outside the
+    // namespace: the addresses changed since) makes `moat doctor` warn; the one
+    // `serve` provisioned here does not.
+    let elsewhere = dir.path().join("elsewhere-state");
+    let provisioned = run_bounded(
+        Command::new(common::moat_bin())
+            .arg("--manifest")
+            .arg(&named)
+            .arg("--state")
+            .arg(&elsewhere)
+            .arg("provision"),
+        Duration::from_secs(30),
+    );
+    assert!(
+        provisioned.status.success(),
+        "{}",
+        String::from_utf8_lossy(&provisioned.stderr)
+    );
     let doctor = |manifest: &Path, state: &Path| {
         let out = in_ns(
             &broker,
@@ -474,7 +511,7 @@ fn paho_as_home_assistant_by_the_lan_address() {
         );
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
-    let named_report = doctor(&named, &named_state);
+    let named_report = doctor(&named, &elsewhere);
     assert!(
         named_report.contains(&format!("does not cover {broker_v4}, {broker_ula}")),
         "{named_report}"
