@@ -505,6 +505,9 @@ mod tests {
         let mut expected = vec!["moat.home.arpa".to_string()];
         // Only this machine's own mDNS name, never `moat.local` for `moat.home.arpa`.
         expected.extend(crate::machine::host_name().map(|n| format!("{n}.local")));
+        // And the LAN addresses this machine has now (the certificate covers them).
+        let machine = crate::machine::Machine::detect(std::path::Path::new("/proc"));
+        expected.extend(machine.addresses.iter().map(ToString::to_string));
         assert_eq!(broker_hosts(&with).unwrap(), expected);
         let without = policy(&format!(
             "version: 1\nusers:\n  ha:\n    role: homeassistant\n    password_hash: \"{HASH}\"\n"
