@@ -258,13 +258,28 @@ fn export_prints_client_settings_and_never_a_secret() {
         "port:      8883 (TLS)",
         "username:  homeassistant",
         &format!("CA file:   {ca}"),
-        "Broker:     moat.home.arpa",
         "MQTT protocol: 3.1.1",
         "moat passwd homeassistant",
         "subscribe: #",
     ] {
         assert!(ha.contains(expected), "{expected:?} missing:\n{ha}");
     }
+    // What Home Assistant's Broker field gets is a name or address the certificate
+    // covers: an IP when this machine has a LAN address (it is in the certificate),
+    // else the host name.
+    let field = |prefix: &str| {
+        ha.lines()
+            .find_map(|l| l.trim().strip_prefix(prefix))
+            .map(str::trim)
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let broker = field("Broker:");
+    let covered = format!("{}, {}", field("host:"), field("also:"));
+    assert!(
+        !broker.is_empty() && covered.split(", ").any(|c| c == broker),
+        "Broker {broker:?} is not among {covered:?}:\n{ha}"
+    );
 
     let z2m = export("zigbee2mqtt");
     assert_no_secret(&z2m);
