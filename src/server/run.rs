@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use tokio::signal::unix::{SignalKind, signal};
@@ -21,6 +21,10 @@ use crate::store::{self, Store};
 
 use super::denials_file;
 use super::gate::{ActivePolicy, PolicyGate, resolver_for};
+
+/// Longest `serve` waits at shutdown for connections to send their DISCONNECT and
+/// end (each one's will and session state settle as it ends).
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -210,8 +214,10 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
         active: Arc::clone(&active),
         auth: Arc::clone(&auth),
     });
+    // The server owns its accept loops: shutdown stops them before telling clients.
+    let mut accepting = tokio::task::JoinSet::new();
     for listener in listeners {
-        tokio::spawn(serve_listener(
+        accepting.spawn(serve_listener(
             listener,
             Arc::clone(&admission),
             Arc::clone(&tls),
@@ -275,9 +281,22 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
     }
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     tracing::info!("shutting down");
+    // Stop accepting, tell every client (v5: DISCONNECT "server shutting down"), and
+    // wait until their tasks have ended (each holds an admission slot until then),
+    // within a deadline: a client that stopped reading cannot hold the shutdown.
+    accepting.shutdown().await;
     broker.shutdown();
-    // Give connections a moment to send their DISCONNECT and detach.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let deadline = Instant::now() + SHUTDOWN_GRACE;
+    while admission.open_connections() > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let left = admission.open_connections();
+    if left > 0 {
+        tracing::warn!(
+            connections = left,
+            "shutdown deadline passed with connections still open"
+        );
+    }
     if let Err(e) = denials_file::write(&broker, &denials_path) {
         tracing::warn!(path = %denials_path.display(), error = %e, "cannot write the denial counts");
     }
