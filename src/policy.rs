@@ -100,28 +100,32 @@ pub struct Limits {
 }
 
 impl Default for Limits {
+    /// The broker's own defaults where it has one (one place for each number), and
+    /// the edge's (connections, queues, argon2) here; `docs/manifest.md`'s table is
+    /// checked against these by a test.
     fn default() -> Self {
+        let broker = crate::broker::BrokerConfig::default();
         Limits {
             max_connections: 256,
             max_connections_per_ip: 32,
             max_packet_size: 1024 * 1024,
-            max_packet_size_before_auth: 64 * 1024,
-            connect_timeout: Duration::from_secs(10),
-            max_keepalive: 300,
-            max_inflight: 20,
+            max_packet_size_before_auth: broker.max_packet_size_before_auth,
+            connect_timeout: broker.connect_timeout,
+            max_keepalive: broker.max_keepalive,
+            max_inflight: broker.max_inflight,
             max_queued_messages: 1000,
             max_queued_bytes: 1024 * 1024,
-            max_subscriptions: 256,
-            max_user_properties: 32,
-            max_user_property_bytes: 8 * 1024,
-            max_client_id_length: 128,
-            max_topic_length: 1024,
-            max_topic_levels: 32,
-            max_retained_messages: 10_000,
-            max_retained_bytes: 16 * 1024 * 1024,
+            max_subscriptions: broker.max_subscriptions,
+            max_user_properties: broker.max_user_properties,
+            max_user_property_bytes: broker.max_user_property_bytes,
+            max_client_id_length: broker.max_client_id_length,
+            max_topic_length: broker.max_topic_length,
+            max_topic_levels: broker.max_topic_levels,
+            max_retained_messages: broker.max_retained_messages,
+            max_retained_bytes: broker.max_retained_bytes,
             auth_concurrency: 2,
             auth_queue: 16,
-            max_sessions_per_identity: 64,
+            max_sessions_per_identity: broker.max_sessions_per_identity,
         }
     }
 }
@@ -638,6 +642,31 @@ mod tests {
     fn compile(text: &str) -> Policy {
         let loaded = parse_str(text, "test.yaml", LoadOptions::default()).unwrap();
         Policy::compile(&loaded.manifest).unwrap()
+    }
+
+    /// `docs/manifest.md`'s limits table says what the code does: a manifest that
+    /// sets every limit to its documented default compiles to `Limits::default()`.
+    #[test]
+    fn the_documented_limit_defaults_are_the_defaults() {
+        let docs = include_str!("../docs/manifest.md");
+        let table = docs
+            .split("### `broker.limits`")
+            .nth(1)
+            .and_then(|rest| rest.split("\n### ").next())
+            .unwrap();
+        let mut yaml = String::from("version: 1\nbroker:\n  limits:\n");
+        let mut rows = 0;
+        for row in table.lines().filter(|l| l.starts_with("| `")) {
+            let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+            let (field, default) = (cells[1].trim_matches('`'), cells[3]);
+            yaml.push_str(&format!("    {field}: {default}\n"));
+            rows += 1;
+        }
+        assert_eq!(rows, 20, "the table has one row per limit:\n{table}");
+        yaml.push_str(&format!(
+            "users:\n  ha:\n    role: observer\n    password_hash: \"{HASH}\"\n"
+        ));
+        assert_eq!(compile(&yaml).limits, Limits::default(), "{yaml}");
     }
 
     #[test]
