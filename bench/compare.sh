@@ -283,15 +283,21 @@ SCENARIOS=(
   "latency 1000/s q0|tls|latency --rate 1000 --qos 0 --payload 64 $LWIN"
   "latency 1000/s q1|tls|latency --rate 1000 --qos 1 --payload 64 $LWIN"
 )
-# Isolation: the fast subscriber's rate and latency, alone and with one more
-# subscriber on the same topics that reads at most SLOW_RATE messages/s.
+# Isolation: the fast subscriber alone and with one more subscriber on the same
+# topics that reads at most SLOW_RATE messages/s. Its rate with publishers going as
+# fast as they can; its latency at OFFERED messages/s, a load every broker here
+# carries (at saturation latency measures the queues, not the delivery).
 SLOW_RATE=2000
-ISOLATION=(
-  "isolation q0, alone|tls|fan-in --publishers 8 --qos 0 --payload 64 --measure-latency $WIN"
-  "isolation q0, + slow|tls|fan-in --publishers 8 --qos 0 --payload 64 --measure-latency --slow-subscriber $SLOW_RATE $WIN"
-  "isolation q1, alone|tls|fan-in --publishers 8 --qos 1 --payload 64 --measure-latency $WIN"
-  "isolation q1, + slow|tls|fan-in --publishers 8 --qos 1 --payload 64 --measure-latency --slow-subscriber $SLOW_RATE $WIN"
-)
+OFFERED=10000
+ISOLATION=()
+for q in 0 1; do
+  ISOLATION+=(
+    "isolation q$q max, alone|tls|fan-in --publishers 8 --qos $q --payload 64 $WIN"
+    "isolation q$q max, + slow|tls|fan-in --publishers 8 --qos $q --payload 64 --slow-subscriber $SLOW_RATE $WIN"
+    "isolation q$q $OFFERED/s, alone|tls|fan-in --publishers 8 --qos $q --payload 64 --rate $OFFERED --measure-latency $WIN"
+    "isolation q$q $OFFERED/s, + slow|tls|fan-in --publishers 8 --qos $q --payload 64 --rate $OFFERED --measure-latency --slow-subscriber $SLOW_RATE $WIN"
+  )
+done
 # mqttv5-cli: name|mqttv5 bench arguments (TLS with the benchdev client certificate).
 MQTTV5_SCENARIOS=(
   "fan-in 8->1 q0|--qos 0 --publishers 8 --subscribers 1 --payload-size 64"
@@ -521,7 +527,7 @@ fi
 ELAPSED=$(( $(date +%s) - STARTED ))
 
 # ---------------------------------------------------------------- report
-REPORT=$(python3 "$(dirname "$0")/report.py" "$RESULTS" "$ROUNDS" "$UNPINNED_ROUNDS" "$ELAPSED" "$QUICK" "$XC_MOAT" "$XC_MOSQ" "$CROSS_N" "$SLOW_RATE")
+REPORT=$(python3 "$(dirname "$0")/report.py" "$RESULTS" "$ROUNDS" "$UNPINNED_ROUNDS" "$ELAPSED" "$QUICK" "$XC_MOAT" "$XC_MOSQ" "$CROSS_N" "$SLOW_RATE" "$OFFERED")
 
 MACHINE="$CPUS CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), kernel $(uname -r), $(grep MemTotal /proc/meminfo | awk '{printf "%.1f GiB RAM", $2/1048576}')"
 PEER_VERSIONS="$( ("$MOSQUITTO" -h 2>&1 || true) | head -n1)"

@@ -239,6 +239,7 @@ async fn run_flow(
             stop: Arc::clone(&stop_publishing),
             finished: Arc::clone(&finished),
             clock,
+            pace: flow.rate.map(|r| f64::from(r) / publishers as f64),
         };
         pub_tasks.spawn(job.run(publisher));
     }
@@ -471,6 +472,32 @@ struct PublishJob {
     finished: Arc<AtomicUsize>,
     /// Stamp payloads with their send time.
     clock: Option<Clock>,
+    /// Messages per second this publisher offers at most (None: as fast as it can).
+    pace: Option<f64>,
+}
+
+/// A fixed schedule: message n is due n / per_sec seconds after the start.
+struct Pace {
+    start: Instant,
+    per_sec: f64,
+}
+
+impl Pace {
+    fn starting_now(per_sec: f64) -> Pace {
+        Pace {
+            start: Instant::now(),
+            per_sec,
+        }
+    }
+
+    fn due(&self, n: u64) -> Instant {
+        self.start + Duration::from_secs_f64(n as f64 / self.per_sec)
+    }
+
+    /// How many messages are due by `now` (the first one at once).
+    fn due_by(&self, now: Instant) -> u64 {
+        (now.duration_since(self.start).as_secs_f64() * self.per_sec) as u64 + 1
+    }
 }
 
 impl PublishJob {
@@ -490,8 +517,16 @@ impl PublishJob {
         let size = self.template.payload.len() + self.template.topic.len() + 8;
         let batch = (WRITE_BATCH_BYTES / size).clamp(1, 256) as u64;
         let mut sent = 0u64;
+        let pace = self.pace.map(Pace::starting_now);
         while sent < self.max && !self.stop.load(Ordering::Relaxed) {
-            let n = batch.min(self.max - sent);
+            let mut n = batch.min(self.max - sent);
+            if let Some(pace) = &pace {
+                n = n.min(pace.due_by(Instant::now()).saturating_sub(sent));
+                if n == 0 {
+                    tokio::time::sleep_until(pace.due(sent).into()).await;
+                    continue;
+                }
+            }
             for _ in 0..n {
                 match &self.clock {
                     Some(clock) => {
@@ -519,9 +554,15 @@ impl PublishJob {
         let mut next_id = 0u16;
         let mut sent = 0u64;
         let mut publish = self.template.clone();
+        let pace = self.pace.map(Pace::starting_now);
+        let is_due = |sent: u64| pace.as_ref().is_none_or(|p| p.due(sent) <= Instant::now());
         loop {
             let mut queued = 0u64;
-            while open < window && sent < self.max && !self.stop.load(Ordering::Relaxed) {
+            while open < window
+                && sent < self.max
+                && !self.stop.load(Ordering::Relaxed)
+                && is_due(sent)
+            {
                 next_id = if next_id == u16::MAX { 1 } else { next_id + 1 };
                 if in_flight[usize::from(next_id)] {
                     break; // Wrapped onto an id still owed: wait for its ack.
@@ -545,6 +586,13 @@ impl PublishJob {
             }
             if open == 0 && (sent >= self.max || self.stop.load(Ordering::Relaxed)) {
                 return Ok(());
+            }
+            if open == 0 {
+                // Paced and nothing owed: wait for the next message's turn.
+                if let Some(pace) = &pace {
+                    tokio::time::sleep_until(pace.due(sent).into()).await;
+                }
+                continue;
             }
             let first = tokio::time::timeout(ACK_TIMEOUT, reader.recv())
                 .await
@@ -590,5 +638,23 @@ impl PublishJob {
             }
             self.counters.acked.fetch_add(acked, Ordering::Relaxed);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pace_spreads_messages_evenly() {
+        let start = Instant::now();
+        let pace = Pace {
+            start,
+            per_sec: 1000.0,
+        };
+        assert_eq!(pace.due(0), start);
+        assert_eq!(pace.due(500), start + Duration::from_millis(500));
+        assert_eq!(pace.due_by(start), 1);
+        assert_eq!(pace.due_by(start + Duration::from_millis(10)), 11);
     }
 }

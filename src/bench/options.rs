@@ -160,6 +160,11 @@ pub struct FlowArgs {
     /// what it costs them.
     #[arg(long, value_name = "RATE", value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
     pub slow_subscriber: Option<u32>,
+    /// Messages per second all publishers together offer, on a fixed schedule
+    /// (default: as fast as the broker takes them). Latency under a load the broker
+    /// can carry measures delivery, not queues.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
+    pub rate: Option<u32>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -411,6 +416,7 @@ mod tests {
         assert_eq!(a.flow.broker_pid, Some(42));
         assert!(a.flow.measure_latency);
         assert_eq!(a.flow.slow_subscriber, Some(5000));
+        assert_eq!(a.flow.rate, None);
     }
 
     #[test]
