@@ -24,6 +24,8 @@
 #   --rounds N           pinned rounds (default 3)
 #   --unpinned-rounds N  unpinned rounds (default 1)
 #   --modes LIST         pinned,unpinned (default both)
+#   --unpinned-all       every scenario unpinned too (default there: the fan-in and
+#                        fan-out rows of both generators, no latency or isolation)
 #   --brokers LIST       moat,mosquitto,rumqttd (default: all that are installed)
 #   --no-extras          skip idle memory, connect rate, durable-store and cross-check
 #   --moat PATH          moat binary (default $CARGO_TARGET_DIR/release/moat; moat-bench
@@ -31,9 +33,9 @@
 #   --peers DIR          where rumqttd and mqttv5 are (default /opt/peers/bin)
 #   --out FILE           also write the markdown report to FILE
 #   --keep               keep the work directory (logs, configs, raw JSON)
-# Tools (see BENCHMARKS.md "Running it"): mosquitto, mosquitto_passwd/_pub/_sub, jq,
-# python3, taskset (util-linux), perf (linux-perf, for syscall counts), rumqttd and
-# mqttv5 (cargo install; optional: their columns say "not measured" without them).
+# Tools (BENCHMARKS.md, "Installing the tools"): mosquitto, mosquitto_passwd/_pub/_sub,
+# jq, python3, taskset (util-linux), perf (linux-perf, for syscall counts), rumqttd and
+# mqttv5 (cargo install; optional: without them their columns and rows are missing).
 set -euo pipefail
 
 ROUNDS=3
@@ -43,6 +45,7 @@ KEEP=0
 EXTRAS=1
 OUT=""
 MODES="pinned,unpinned"
+UNPINNED_ALL=0
 BROKERS=""
 PEERS=/opt/peers/bin
 MOAT_SRC="${CARGO_TARGET_DIR:-$(cd "$(dirname "$0")/.." && pwd)/target}/release/moat"
@@ -52,13 +55,14 @@ while [ $# -gt 0 ]; do
     --rounds) ROUNDS="$2"; shift ;;
     --unpinned-rounds) UNPINNED_ROUNDS="$2"; shift ;;
     --modes) MODES="$2"; shift ;;
+    --unpinned-all) UNPINNED_ALL=1 ;;
     --brokers) BROKERS="$2"; shift ;;
     --no-extras) EXTRAS=0 ;;
     --moat) MOAT_SRC="$2"; shift ;;
     --peers) PEERS="$2"; shift ;;
     --out) OUT="$2"; shift ;;
     --keep) KEEP=1 ;;
-    -h|--help) sed -n '2,37p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,39p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1" >&2; exit 2 ;;
   esac
   shift
@@ -432,6 +436,7 @@ for MODE in ${MODES//,/ }; do
       start_broker "$broker"
       for spec in "${SCENARIOS[@]}" "${ISOLATION[@]}"; do
         IFS='|' read -r name transport args <<<"$spec"
+        if [ "$MODE" = unpinned ] && [ "$UNPINNED_ALL" = 0 ] && [[ "$name" != fan-* ]]; then continue; fi
         # shellcheck disable=SC2086
         run_bench "$broker" "$name" "$transport" "$round" $args
       done

@@ -163,9 +163,11 @@ for mode, n in (("pinned", rounds), ("unpinned", unpinned_rounds)):
              else "broker and generator unpinned on all cores")
     out.append(f"### {mode.capitalize()}: {where}; medians of {n} round(s)\n")
     out.append(table(mode, BROKERS))
-    out.append(f"\nIsolation ({mode}): fan-in 8->1 TLS, 64 B; the slow subscriber reads at most {slow_rate} msg/s; "
-               f"rates with publishers at full speed, p99 with publishers offering {offered} msg/s in all.\n")
-    out.append(isolation(mode))
+    if any(r["mode"] == mode and r["name"].startswith("isolation") for r in rows):
+        out.append(f"\nIsolation ({mode}): fan-in 8->1 TLS, 64 B; the slow subscriber reads at most {slow_rate} "
+                   f"msg/s; rates with publishers at full speed, p99 with publishers offering {offered} msg/s "
+                   "in all.\n")
+        out.append(isolation(mode))
     out.append("")
 if any(r["name"].startswith("wire: ") for r in rows):
     out.append("### On the wire (pinned, round 1)\n")
