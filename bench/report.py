@@ -130,8 +130,8 @@ def isolation(mode):
 
 def wire():
     lines = ["| scenario | broker | msg/s delivered | subscriber bytes/msg | TLS records/msg | subscriber reads/msg "
-             "| broker syscalls/msg | write/msg | read/msg | epoll_wait/msg | broker wchar bytes/msg |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| broker syscalls/msg | write+send/msg | read+recv/msg | epoll_wait/msg |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         if r["mode"] != "pinned" or not r["name"].startswith("wire: ") or r["scenario"] == "syscalls":
             continue
@@ -151,7 +151,79 @@ def wire():
         lines.append(f"| {r['name'][6:]} | {r['broker']} | {fmt(r['received_per_sec'])} | "
                      f"{fmt(r['sub_bytes_per_delivered'])} | {fine(r['sub_tls_records_per_delivered'])} | "
                      f"{fine(r['sub_reads_per_delivered'])} | {fine(per('sys_enter'))} | {fine(writes)} | "
-                     f"{fine(reads)} | {fine(per('sys_enter_epoll_wait'))} | {fmt(per('wchar'))} |")
+                     f"{fine(reads)} | {fine(per('sys_enter_epoll_wait'))} |")
+    return "\n".join(lines)
+
+
+def targets():
+    """The issue 16 targets, judged from the pinned medians (mqttv5: unpinned)."""
+    def med(mode, name, gen, metric, broker):
+        vals = []
+        for r in rows:
+            if r["mode"] == mode and r["name"] == name and r["generator"] == gen and r["broker"] == broker:
+                vals += [v for m, v, _ in flow_metrics(r) if m == metric]
+        return median(vals)
+
+    def ratio(a, b):
+        return a / b if a is not None and b else None
+
+    def x(v):
+        return "not measured" if v is None else f"{v:.2f}x"
+    lines = ["| target | measured (medians) | status |", "|---|---|---|"]
+    for name in ("fan-in 8->1 q0", "fan-in 8->1 q1", "fan-out 1->8 q0", "fan-out 1->8 q1",
+                 "fan-out 1->100 q0", "fan-out 1->100 q1"):
+        m = med("pinned", name, "moat-bench", "deliveries per broker CPU-s", "moat")
+        q = ratio(m, med("pinned", name, "moat-bench", "deliveries per broker CPU-s", "mosquitto"))
+        r = ratio(m, med("pinned", name, "moat-bench", "deliveries per broker CPU-s", "rumqttd"))
+        status = "not measured" if q is None or r is None else (
+            "met" if q >= 1.5 and r >= 1.2 else
+            "**not met**: " + ", ".join(t for t in (
+                f"{1.5 / q:.1f}x short of 1.5x vs Mosquitto" if q < 1.5 else "",
+                f"{1.2 / r:.1f}x short of 1.2x vs rumqttd" if r < 1.2 else "") if t))
+        lines.append(f"| {name}, TLS, pinned: deliveries per broker CPU-s >= 1.5x Mosquitto and >= 1.2x "
+                     f"rumqttd | {x(q)} Mosquitto, {x(r)} rumqttd | {status} |")
+    us = med("pinned", "fan-in 8->1 q1", "moat-bench", "broker CPU us/delivered", "moat")
+    lines.append(f"| QoS 1 fan-in broker CPU per delivered message <= 4 us | {fmt(us)} us | "
+                 + ("not measured" if us is None else "met" if us <= 4 else f"**not met**: {us / 4:.2f}x the target")
+                 + " |")
+    for name in ("fan-out 1->8 q0", "fan-out 1->100 q0"):
+        m = med("pinned", name, "moat-bench", "broker CPU us/delivered", "moat")
+        r = med("pinned", name, "moat-bench", "broker CPU us/delivered", "rumqttd")
+        st = "not measured" if m is None or r is None else "met" if m <= r else f"**not met**: {m / r:.2f}x rumqttd's"
+        lines.append(f"| {name} broker CPU per delivered <= rumqttd's | moat {fmt(m)} us, rumqttd {fmt(r)} us | {st} |")
+    for qos in (0, 1):
+        a = med("pinned", f"isolation q{qos} max, alone", "moat-bench", "msg/s delivered in window", "moat")
+        b = med("pinned", f"isolation q{qos} max, + slow", "moat-bench", "fast subscriber msg/s", "moat")
+        pa = med("pinned", f"isolation q{qos} {offered}/s, alone", "moat-bench", "p99 us", "moat")
+        pb = med("pinned", f"isolation q{qos} {offered}/s, + slow", "moat-bench", "p99 us", "moat")
+        rr, pr = ratio(b, a), ratio(pb, pa)
+        if rr is None or pr is None:
+            st = "not measured"
+        elif rr >= 0.9 and pr <= 2:
+            st = "met"
+        else:
+            st = "**not met**: " + ", ".join(t for t in (
+                f"rate {rr:.2f}x (needs 0.9x)" if rr < 0.9 else "", f"p99 {pr:.2f}x (needs <= 2x)" if pr > 2 else "") if t)
+        lines.append(f"| QoS {qos}: fast subscriber with one slow subscriber added: >= 0.9x its rate, p99 <= 2x "
+                     f"| rate {x(rr)}, p99 {x(pr)} | {st} |")
+    for name in ("fan-in 8->1 q0", "fan-out 1->8 q0"):
+        q = ratio(med("unpinned", name, "mqttv5", "msg/s delivered in window", "moat"),
+                  med("unpinned", name, "mqttv5", "msg/s delivered in window", "mosquitto"))
+        st = "not measured" if q is None else "met" if q >= 1.0 else f"**not met**: {q:.2f}x"
+        lines.append(f"| mqttv5-cli, unpinned, {name}: >= 1.0x Mosquitto delivered inside the window | {x(q)} | {st} |")
+    for qos in (0, 1):
+        m = med("pinned", f"latency 1000/s q{qos}", "moat-bench", "p99 us", "moat")
+        q = med("pinned", f"latency 1000/s q{qos}", "moat-bench", "p99 us", "mosquitto")
+        r = med("pinned", f"latency 1000/s q{qos}", "moat-bench", "p99 us", "rumqttd")
+        if m is None or q is None or r is None:
+            st = "not measured"
+        elif m <= q and m <= r:
+            st = "met"
+        else:
+            st = "**not met**: " + ", ".join(t for t in (
+                f"{m / q:.2f}x Mosquitto's" if m > q else "", f"{m / r:.2f}x rumqttd's" if m > r else "") if t)
+        lines.append(f"| p99 at 1 000 msg/s, QoS {qos}, TLS (pinned) <= Mosquitto and rumqttd | moat {fmt(m)} us, "
+                     f"Mosquitto {fmt(q)}, rumqttd {fmt(r)} | {st} |")
     return "\n".join(lines)
 
 
@@ -173,8 +245,8 @@ if any(r["name"].startswith("wire: ") for r in rows):
     out.append("### On the wire (pinned, round 1)\n")
     out.append("Subscriber columns: what the generator's subscribers read from their sockets inside the window "
                "(bytes, TLS records, read calls with data), per message delivered to them. Broker columns: "
-               "system calls (perf, raw_syscalls:sys_enter and per-call tracepoints) and bytes written "
-               "(/proc/<pid>/io wchar) over the whole run, per message delivered in the run.\n")
+               "system calls (perf: raw_syscalls:sys_enter, and write/writev/sendto/sendmsg, read/recvfrom, "
+               "epoll_wait tracepoints) over the whole run, per message delivered in the run.\n")
     out.append(wire())
     out.append("")
 if any(r["mode"] == "extras" for r in rows):
@@ -196,5 +268,8 @@ if any(r["mode"] == "extras" for r in rows):
         ratio = "-"
     out.append("\nCross-check: mosquitto_pub -l -q 1 -> mosquitto_sub -q 1 -F %U, plaintext, "
                f"{cross_n} lines: moat {mr} msg/s, mosquitto {qr} msg/s ({ratio}); delivered {mn} / {qn}.")
+out.append("### Issue 16 targets, judged from these medians\n")
+out.append(targets())
+out.append("\nIdle memory per connection was not part of this table (see the earlier results below).")
 out.append(f"\n{'Quick mode; ' if quick == '1' else ''}total run time {elapsed} s.")
 print("\n".join(out))
