@@ -1,50 +1,95 @@
 #!/usr/bin/env bash
-# Side-by-side benchmark of moat and mosquitto on loopback.
+# Side-by-side benchmark of moat, Mosquitto and rumqttd on loopback, with two load
+# generators (moat-bench and mqttv5-cli's `mqttv5 bench`).
 #
-# Starts mosquitto (/usr/sbin/mosquitto) and `moat serve`, configured alike: a TLS
-# listener with the SAME certificate and key (moat's state dir), a plaintext
-# listener, one user `bench` with a password (argon2id for moat, mosquitto_passwd's
-# PBKDF2-SHA512 for mosquitto), an ACL granting readwrite on bench/#, in-flight 20,
-# 1000 queued messages per client, TCP_NODELAY, raised connection caps. Then it runs
-# every scenario of `moat-bench` against both, alternating moat/mosquitto, for
-# several rounds, and prints a markdown table of medians and moat/mosquitto ratios.
+# The brokers are configured alike as far as each allows: a TLS listener with the SAME
+# certificate and key (moat's state dir), a plaintext listener, one user `bench` with a
+# password (argon2id for moat, mosquitto_passwd's PBKDF2-SHA512 for Mosquitto; rumqttd
+# compares plaintext passwords from its config), readwrite on bench/# (rumqttd has no
+# ACLs), in-flight 20, 1000 queued messages per client (rumqttd: its router's outgoing
+# limit), TCP_NODELAY. mqttv5-cli cannot send a username, so it logs in with a client
+# certificate moat issues (device `benchdev`): moat and Mosquitto check it; rumqttd's
+# default build cannot (its `verify-client-cert` feature is off), so it gets a TLS
+# listener without authentication for that generator.
 #
-# Usage: bench/compare.sh [--quick] [--rounds N] [--moat PATH] [--out FILE] [--keep]
-#   --quick     ~4 minutes: 1 round, 2 s windows, fewer scenarios
-#   --rounds N  rounds (default 3)
-#   --moat P    the moat binary (default: $CARGO_TARGET_DIR/release/moat; moat-bench
-#               is taken from the same directory); both are copied first so a
-#               concurrent build cannot swap them mid-run
-#   --out F     also write the markdown report to F
-#   --keep      keep the work directory (logs, configs, raw JSON)
+# Method (issue 16): each mode runs the brokers one after the other, alternating their
+# order every round; in the `pinned` mode the broker runs on core 0 and the generator
+# (and this script) on core 1 (taskset), in `unpinned` both float. Only what arrives
+# inside the measured window counts; the broker's CPU time (utime + stime of
+# /proc/<pid>/stat) over the same window, per delivered message, is the efficiency
+# figure. Medians over rounds; ratios are moat / peer.
+#
+# Usage: bench/compare.sh [options]
+#   --quick              1 pinned round, 1 unpinned round, 2 s windows, no extras
+#   --rounds N           pinned rounds (default 3)
+#   --unpinned-rounds N  unpinned rounds (default 1)
+#   --modes LIST         pinned,unpinned (default both)
+#   --unpinned-all       every scenario unpinned too (default there: the fan-in and
+#                        fan-out rows of both generators, no latency or isolation)
+#   --brokers LIST       moat,mosquitto,rumqttd (default: all that are installed)
+#   --no-extras          skip idle memory, connect rate, durable-store and cross-check
+#   --moat PATH          moat binary (default $CARGO_TARGET_DIR/release/moat; moat-bench
+#                        from the same directory); both are copied before the run
+#   --peers DIR          where rumqttd and mqttv5 are (default /opt/peers/bin)
+#   --out FILE           also write the markdown report to FILE
+#   --keep               keep the work directory (logs, configs, raw JSON)
+# Tools (BENCHMARKS.md, "Installing the tools"): mosquitto, mosquitto_passwd/_pub/_sub,
+# jq, python3, taskset (util-linux), perf (linux-perf, for syscall counts), rumqttd and
+# mqttv5 (cargo install; optional: without them their columns and rows are missing).
 set -euo pipefail
 
 ROUNDS=3
+UNPINNED_ROUNDS=1
 QUICK=0
 KEEP=0
+EXTRAS=1
 OUT=""
+MODES="pinned,unpinned"
+UNPINNED_ALL=0
+BROKERS=""
+PEERS=/opt/peers/bin
 MOAT_SRC="${CARGO_TARGET_DIR:-$(cd "$(dirname "$0")/.." && pwd)/target}/release/moat"
 while [ $# -gt 0 ]; do
   case "$1" in
-    --quick) QUICK=1; ROUNDS=1 ;;
+    --quick) QUICK=1; ROUNDS=1; UNPINNED_ROUNDS=1; EXTRAS=0 ;;
     --rounds) ROUNDS="$2"; shift ;;
+    --unpinned-rounds) UNPINNED_ROUNDS="$2"; shift ;;
+    --modes) MODES="$2"; shift ;;
+    --unpinned-all) UNPINNED_ALL=1 ;;
+    --brokers) BROKERS="$2"; shift ;;
+    --no-extras) EXTRAS=0 ;;
     --moat) MOAT_SRC="$2"; shift ;;
+    --peers) PEERS="$2"; shift ;;
     --out) OUT="$2"; shift ;;
     --keep) KEEP=1 ;;
-    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,39p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1" >&2; exit 2 ;;
   esac
   shift
 done
 
 MOSQUITTO=/usr/sbin/mosquitto
-for tool in "$MOSQUITTO" mosquitto_passwd mosquitto_sub mosquitto_pub jq python3; do
+RUMQTTD="$PEERS/rumqttd"
+MQTTV5="$PEERS/mqttv5"
+for tool in "$MOSQUITTO" mosquitto_passwd mosquitto_sub mosquitto_pub jq python3 taskset; do
   command -v "$tool" >/dev/null || { echo "missing: $tool" >&2; exit 2; }
 done
 BENCH_SRC="$(dirname "$MOAT_SRC")/moat-bench"
 for bin in "$MOAT_SRC" "$BENCH_SRC"; do
   [ -x "$bin" ] || { echo "no binary at $bin (cargo build --release)" >&2; exit 2; }
 done
+if [ -z "$BROKERS" ]; then
+  BROKERS="moat,mosquitto"
+  [ -x "$RUMQTTD" ] && BROKERS="$BROKERS,rumqttd"
+fi
+BROKERS=${BROKERS//,/ }
+HAVE_MQTTV5=0
+[ -x "$MQTTV5" ] && HAVE_MQTTV5=1
+CPUS=$(nproc)
+if [ "$CPUS" -lt 2 ] && [[ "$MODES" == *pinned* ]]; then
+  echo "pinning needs 2 CPUs; running unpinned only" >&2
+  MODES=unpinned
+fi
 
 WORK=$(mktemp -d /tmp/moat-compare.XXXXXX)
 MOAT="$WORK/moat"
@@ -53,12 +98,13 @@ cp "$MOAT_SRC" "$MOAT"
 cp "$BENCH_SRC" "$BENCH"
 RESULTS="$WORK/results.jsonl"
 : > "$RESULTS"
-MOAT_PID=""
-MOSQ_PID=""
+declare -A PID=([moat]="" [mosquitto]="" [rumqttd]="")
 
 cleanup() {
-  [ -n "$MOAT_PID" ] && kill "$MOAT_PID" 2>/dev/null && wait "$MOAT_PID" 2>/dev/null || true
-  [ -n "$MOSQ_PID" ] && kill "$MOSQ_PID" 2>/dev/null && wait "$MOSQ_PID" 2>/dev/null || true
+  local b
+  for b in moat mosquitto rumqttd; do
+    if [ -n "${PID[$b]}" ]; then kill "${PID[$b]}" 2>/dev/null || true; wait "${PID[$b]}" 2>/dev/null || true; fi
+  done
   if [ "$KEEP" = 1 ]; then echo "work directory kept: $WORK" >&2; else rm -rf "$WORK"; fi
 }
 trap cleanup EXIT
@@ -73,10 +119,32 @@ wait_port() { # port seconds
   echo "nothing listens on port $1" >&2; return 1
 }
 rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
+# utime + stime (fields 14 and 15 of /proc/<pid>/stat, counted after the ")" that
+# ends the command name) in seconds.
+CLK_TCK=$(getconf CLK_TCK)
+cpu_secs() { awk -v hz="$CLK_TCK" '{ sub(/.*\) /, ""); print ($12 + $13) / hz }' "/proc/$1/stat"; }
+wchar() { awk '/^wchar:/ {print $2}' "/proc/$1/io"; }
 
 PASSWORD=$(head -c 18 /dev/urandom | base64 | tr -d '/+=')
-MOAT_TLS=$(free_port); MOAT_PLAIN=$(free_port)
-MOSQ_TLS=$(free_port); MOSQ_PLAIN=$(free_port)
+declare -A PORT
+for key in moat-tls moat-plain mosquitto-tls mosquitto-plain mosquitto-cert rumqttd-tls rumqttd-plain rumqttd-cert; do
+  PORT[$key]=$(free_port)
+done
+PORT[moat-cert]=${PORT[moat-tls]} # moat takes passwords and certificates on one listener
+
+# ---------------------------------------------------------------- CPU placement
+# pinned: broker on core 0; this script and every generator on core 1. The broker is
+# started as `taskset -c 0 BROKER` (taskset execs it, so $! is the broker's pid).
+PIN=()
+place_self() { # pinned|unpinned
+  if [ "$1" = pinned ]; then
+    PIN=(taskset -c 0)
+    taskset -cp 1 $$ >/dev/null
+  else
+    PIN=()
+    taskset -cp "0-$((CPUS - 1))" $$ >/dev/null
+  fi
+}
 
 # ---------------------------------------------------------------- moat
 mkdir -p "$WORK/moat-state"
@@ -88,8 +156,8 @@ version: 1
 broker:
   hostnames: [localhost]
   listen:
-    tls: { address: "127.0.0.1", port: $MOAT_TLS }
-    plain: { address: "127.0.0.1", port: $MOAT_PLAIN }
+    tls: { address: "127.0.0.1", port: ${PORT[moat-tls]} }
+    plain: { address: "127.0.0.1", port: ${PORT[moat-plain]} }
   networks: [loopback]
   limits:
     max_connections: 20000
@@ -104,26 +172,24 @@ users:
     publish: ["bench/#"]
     subscribe: ["bench/#"]
     plaintext: true
+devices:
+  benchdev:
+    certificate: true
+    publish: ["bench/#"]
+    subscribe: ["bench/#"]
 EOF
 "$MOAT" provision --manifest "$WORK/moat.yaml" --state "$WORK/moat-state" >/dev/null
 CA="$WORK/moat-state/ca.pem"
+DEV="$WORK/moat-state/devices/benchdev"
 # The same broker with durability `full`: every commit fsynced before its PUBACK.
 sed 's/durability: batched/durability: full/' "$WORK/moat.yaml" > "$WORK/moat-full.yaml"
-
-start_moat() { # [batched|full]
-  local manifest="$WORK/moat.yaml"
-  [ "${1:-batched}" = full ] && manifest="$WORK/moat-full.yaml"
-  "$MOAT" serve --manifest "$manifest" --state "$WORK/moat-state" >>"$WORK/moat.log" 2>&1 &
-  MOAT_PID=$!
-  wait_port "$MOAT_TLS" 30
-}
-stop_moat() { kill "$MOAT_PID" 2>/dev/null || true; wait "$MOAT_PID" 2>/dev/null || true; MOAT_PID=""; }
+MOAT_MANIFEST="$WORK/moat.yaml"
 
 # ---------------------------------------------------------------- mosquitto
 mkdir -p "$WORK/mosq/data"
 cp "$WORK/moat-state/server.pem" "$WORK/moat-state/server.key" "$CA" "$WORK/mosq/"
 mosquitto_passwd -b -c "$WORK/mosq/passwd" bench "$PASSWORD" >/dev/null 2>&1
-printf 'user bench\ntopic readwrite bench/#\n' > "$WORK/mosq/acl"
+printf 'user bench\ntopic readwrite bench/#\nuser benchdev\ntopic readwrite bench/#\n' > "$WORK/mosq/acl"
 cat > "$WORK/mosq/mosquitto.conf" <<EOF
 # Equivalent of the moat manifest above.
 user root
@@ -143,273 +209,339 @@ autosave_interval 60
 log_dest stderr
 log_type error
 log_type warning
-listener $MOSQ_TLS 127.0.0.1
+listener ${PORT[mosquitto-tls]} 127.0.0.1
 certfile $WORK/mosq/server.pem
 keyfile $WORK/mosq/server.key
-listener $MOSQ_PLAIN 127.0.0.1
+listener ${PORT[mosquitto-plain]} 127.0.0.1
+# Client certificates (for mqttv5-cli): the certificate's CN is the username.
+listener ${PORT[mosquitto-cert]} 127.0.0.1
+certfile $WORK/mosq/server.pem
+keyfile $WORK/mosq/server.key
+cafile $WORK/mosq/ca.pem
+require_certificate true
+use_identity_as_username true
 EOF
-start_mosq() {
-  "$MOSQUITTO" -c "$WORK/mosq/mosquitto.conf" >>"$WORK/mosq.log" 2>&1 &
-  MOSQ_PID=$!
-  wait_port "$MOSQ_TLS" 30
+
+# ---------------------------------------------------------------- rumqttd
+# rumqttd 0.20: rustls TLS with the same certificate and key; passwords compared in
+# plaintext from this file; no ACLs; no persistence (its commit log is in memory);
+# client certificates are not checked by the default build, so the listener for
+# mqttv5-cli has no authentication. Each listener runs its own single-threaded tokio
+# runtime and the router a thread of its own.
+mkdir -p "$WORK/rumqttd"
+rumqttd_listener() { # index name port tls auth
+  printf '[v5.%s]\nname = "%s"\nlisten = "127.0.0.1:%s"\nnext_connection_delay_ms = 0\n' "$1" "$2" "$3"
+  if [ "$4" = tls ]; then
+    printf '    [v5.%s.tls]\n    certpath = "%s"\n    keypath = "%s"\n' "$1" "$WORK/moat-state/server.pem" "$WORK/moat-state/server.key"
+  fi
+  printf '    [v5.%s.connections]\n    connection_timeout_ms = 60000\n    max_payload_size = 1048576\n    max_inflight_count = 20\n    dynamic_filters = true\n' "$1"
+  if [ "$5" = auth ]; then
+    printf '    [v5.%s.connections.auth]\n    bench = "%s"\n' "$1" "$PASSWORD"
+  fi
 }
-stop_mosq() { kill "$MOSQ_PID" 2>/dev/null || true; wait "$MOSQ_PID" 2>/dev/null || true; MOSQ_PID=""; }
+{
+  printf 'id = 0\n\n[router]\nid = 0\nmax_connections = 20010\nmax_outgoing_packet_count = 1000\nmax_segment_size = 104857600\nmax_segment_count = 10\n\n'
+  rumqttd_listener 1 tls "${PORT[rumqttd-tls]}" tls auth
+  rumqttd_listener 2 plain "${PORT[rumqttd-plain]}" plain auth
+  rumqttd_listener 3 cert "${PORT[rumqttd-cert]}" tls none
+} > "$WORK/rumqttd/rumqttd.toml"
+
+start_broker() { # name [batched|full]
+  case "$1" in
+    moat)
+      MOAT_MANIFEST="$WORK/moat.yaml"
+      [ "${2:-batched}" = full ] && MOAT_MANIFEST="$WORK/moat-full.yaml"
+      "${PIN[@]}" "$MOAT" serve --manifest "$MOAT_MANIFEST" --state "$WORK/moat-state" >>"$WORK/moat.log" 2>&1 &
+      PID[moat]=$! ;;
+    mosquitto)
+      "${PIN[@]}" "$MOSQUITTO" -c "$WORK/mosq/mosquitto.conf" >>"$WORK/mosq.log" 2>&1 &
+      PID[mosquitto]=$! ;;
+    rumqttd)
+      "${PIN[@]}" "$RUMQTTD" --quiet --config "$WORK/rumqttd/rumqttd.toml" >>"$WORK/rumqttd.log" 2>&1 &
+      PID[rumqttd]=$! ;;
+  esac
+  wait_port "${PORT[$1-tls]}" 30
+}
+stop_broker() { # name
+  if [ -n "${PID[$1]}" ]; then
+    kill "${PID[$1]}" 2>/dev/null || true
+    wait "${PID[$1]}" 2>/dev/null || true
+  fi
+  PID[$1]=""
+}
 
 # ---------------------------------------------------------------- scenarios
 if [ "$QUICK" = 1 ]; then
-  WIN="--duration 2s --warmup 500ms"; CWIN="--duration 2s --warmup 500ms"; LWIN="--duration 3s --warmup 500ms"
+  WIN="--duration 2s --warmup 500ms"; LWIN="--duration 3s --warmup 500ms"; MQ_DUR=3
 else
-  WIN="--duration 3s --warmup 1s"; CWIN="--duration 3s --warmup 1s"; LWIN="--duration 5s --warmup 1s"
+  WIN="--duration 3s --warmup 1s"; LWIN="--duration 5s --warmup 1s"; MQ_DUR=5
 fi
-# name|transport|moat-bench arguments
+# name|transport|moat-bench arguments. Every flow run reads the broker's CPU time.
 SCENARIOS=(
-  "fan-in 8->1 q0 64B|plain|fan-in --publishers 8 --qos 0 --payload 64 $WIN"
-  "fan-in 8->1 q0 64B|tls|fan-in --publishers 8 --qos 0 --payload 64 $WIN"
-  "fan-in 8->1 q0 1KiB|tls|fan-in --publishers 8 --qos 0 --payload 1KiB $WIN"
-  "fan-in 8->1 q1 64B|tls|fan-in --publishers 8 --qos 1 --payload 64 $WIN"
-  "fan-in 8->1 q2 64B|tls|fan-in --publishers 8 --qos 2 --payload 64 $WIN"
-  "fan-out 1->8 q0 64B|tls|fan-out --subscribers 8 --qos 0 --payload 64 $WIN"
-  "fan-out 1->100 q0 64B|tls|fan-out --subscribers 100 --qos 0 --payload 64 $WIN"
-  "fan-out 1->8 q1 64B|tls|fan-out --subscribers 8 --qos 1 --payload 64 $WIN"
+  "fan-in 8->1 q0|tls|fan-in --publishers 8 --qos 0 --payload 64 $WIN"
+  "fan-in 8->1 q1|tls|fan-in --publishers 8 --qos 1 --payload 64 $WIN"
+  "fan-out 1->8 q0|tls|fan-out --subscribers 8 --qos 0 --payload 64 $WIN"
+  "fan-out 1->8 q1|tls|fan-out --subscribers 8 --qos 1 --payload 64 $WIN"
+  "fan-out 1->100 q0|tls|fan-out --subscribers 100 --qos 0 --payload 64 $WIN"
+  "fan-out 1->100 q1|tls|fan-out --subscribers 100 --qos 1 --payload 64 $WIN"
   "latency 1000/s q0|tls|latency --rate 1000 --qos 0 --payload 64 $LWIN"
   "latency 1000/s q1|tls|latency --rate 1000 --qos 1 --payload 64 $LWIN"
-  "connect-rate x8|tls|connect-rate --parallel 8 $CWIN"
+)
+# Isolation: the fast subscriber alone and with one more subscriber on the same
+# topics that reads at most SLOW_RATE messages/s. Its rate with publishers going as
+# fast as they can; its latency at OFFERED messages/s, a load every broker here
+# carries (at saturation latency measures the queues, not the delivery).
+SLOW_RATE=2000
+OFFERED=10000
+ISOLATION=()
+for q in 0 1; do
+  ISOLATION+=(
+    "isolation q$q max, alone|tls|fan-in --publishers 8 --qos $q --payload 64 $WIN"
+    "isolation q$q max, + slow|tls|fan-in --publishers 8 --qos $q --payload 64 --slow-subscriber $SLOW_RATE $WIN"
+    "isolation q$q $OFFERED/s, alone|tls|fan-in --publishers 8 --qos $q --payload 64 --rate $OFFERED --measure-latency $WIN"
+    "isolation q$q $OFFERED/s, + slow|tls|fan-in --publishers 8 --qos $q --payload 64 --rate $OFFERED --measure-latency --slow-subscriber $SLOW_RATE $WIN"
+  )
+done
+# mqttv5-cli: name|mqttv5 bench arguments (TLS with the benchdev client certificate).
+MQTTV5_SCENARIOS=(
+  "fan-in 8->1 q0|--qos 0 --publishers 8 --subscribers 1 --payload-size 64"
+  "fan-out 1->8 q0|--qos 0 --publishers 1 --subscribers 8 --payload-size 64"
+)
+# What goes on the wire and through the broker's system calls (pinned, round 1).
+WIRE=(
+  "fan-in 8->1 q0|tls|fan-in --publishers 8 --qos 0 --payload 64 $WIN"
+  "fan-out 1->8 q0|tls|fan-out --subscribers 8 --qos 0 --payload 64 $WIN"
 )
 # Subscribers with persistent sessions: every QoS 1 message must be stored for them.
-# Run once against moat with durability `batched`, once with `full`, counting the
-# brokers' fsync/fdatasync calls (with perf, when it can trace syscalls).
 DURABLE=(
   "fan-in 8->1 q1 64B persistent|tls|fan-in --publishers 8 --qos 1 --payload 64 --persistent-subscribers $WIN"
 )
+EXTRA_SCENARIOS=(
+  "fan-in 8->1 q0 64B|plain|fan-in --publishers 8 --qos 0 --payload 64 $WIN"
+  "fan-in 8->1 q0 1KiB|tls|fan-in --publishers 8 --qos 0 --payload 1KiB $WIN"
+  "fan-in 8->1 q2 64B|tls|fan-in --publishers 8 --qos 2 --payload 64 $WIN"
+  "connect-rate x8|tls|connect-rate --parallel 8 $WIN"
+)
+IDLE=("idle 1000|plain|1000" "idle 1000|tls|1000" "idle 10000|plain|10000" "idle 10000|tls|10000")
 HAVE_PERF=0
-if command -v perf >/dev/null && perf stat -e syscalls:sys_enter_fsync -- true >/dev/null 2>&1; then
+if command -v perf >/dev/null && perf stat -e raw_syscalls:sys_enter -- true >/dev/null 2>&1; then
   HAVE_PERF=1
-fi
-if [ "$QUICK" = 1 ]; then
-  IDLE=("idle 1000|plain|1000" "idle 1000|tls|1000" "idle 10000|tls|10000")
-else
-  IDLE=("idle 1000|plain|1000" "idle 1000|tls|1000" "idle 10000|plain|10000" "idle 10000|tls|10000")
 fi
 
 target_args() { # broker transport
-  local port
-  if [ "$1" = moat ]; then
-    if [ "$2" = tls ]; then port=$MOAT_TLS; else port=$MOAT_PLAIN; fi
-  else
-    if [ "$2" = tls ]; then port=$MOSQ_TLS; else port=$MOSQ_PLAIN; fi
-  fi
-  printf -- '--host 127.0.0.1 --port %s --username bench --protocol 5' "$port"
+  printf -- '--host 127.0.0.1 --port %s --username bench --protocol 5' "${PORT[$1-$2]}"
   [ "$2" = tls ] && printf -- ' --cafile %s --server-name localhost' "$CA"
   return 0
 }
 
-record() { # broker name transport round json
-  jq -c --arg b "$1" --arg n "$2" --arg t "$3" --argjson r "$4" \
-    '. + {broker: $b, name: $n, transport: $t, round: $r}' <<<"$5" >> "$RESULTS"
+MODE=""
+record() { # broker name transport round json [generator]
+  jq -c --arg b "$1" --arg n "$2" --arg t "$3" --argjson r "$4" --arg m "$MODE" --arg g "${6:-moat-bench}" \
+    '. + {broker: $b, name: $n, transport: $t, round: $r, mode: $m, generator: $g}' <<<"$5" >> "$RESULTS"
 }
 
 run_bench() { # broker name transport round args...
   local broker=$1 name=$2 transport=$3 round=$4; shift 4
-  local out
+  local out extra=()
+  case "$1" in fan-in|fan-out) extra=(--broker-pid "${PID[$broker]}") ;; esac
   # shellcheck disable=SC2046
-  if out=$(MOAT_BENCH_PASSWORD="$PASSWORD" timeout 300 "$BENCH" "$@" $(target_args "$broker" "$transport") --json 2>>"$WORK/bench.err"); then
+  if out=$(MOAT_BENCH_PASSWORD="$PASSWORD" timeout 300 "$BENCH" "$@" "${extra[@]}" $(target_args "$broker" "$transport") --json 2>>"$WORK/bench.err"); then
     record "$broker" "$name" "$transport" "$round" "$out"
-    printf '  %-9s %-24s %-5s ok\n' "$broker" "$name" "$transport" >&2
+    printf '  %-6s %-9s %-26s %-5s ok\n' "$MODE" "$broker" "$name" "$transport" >&2
   else
-    printf '  %-9s %-24s %-5s FAILED (see bench.err)\n' "$broker" "$name" "$transport" >&2
+    printf '  %-6s %-9s %-26s %-5s FAILED (see bench.err)\n' "$MODE" "$broker" "$name" "$transport" >&2
     tail -n 3 "$WORK/bench.err" >&2
   fi
 }
 
-pid_of() { if [ "$1" = moat ]; then echo "$MOAT_PID"; else echo "$MOSQ_PID"; fi; }
-
-# run_bench, plus the broker's fsync + fdatasync calls per second over the run.
-run_bench_counting_fsyncs() { # broker name transport round args...
-  local perf="" started finished count
-  if [ "$HAVE_PERF" = 1 ]; then
-    perf stat -x, -e syscalls:sys_enter_fsync,syscalls:sys_enter_fdatasync \
-      -p "$(pid_of "$1")" -o "$WORK/perf.out" 2>>"$WORK/bench.err" &
-    perf=$!
+# mqttv5 bench, with the broker's CPU time read when it announces its window and
+# after its last per-second sample of the window.
+run_mqttv5() { # broker name round args...
+  local broker=$1 name=$2 round=$3; shift 3
+  local err="$WORK/mqttv5.$$.err" json="$WORK/mqttv5.$$.json" pid cpu0="" cpu1="" t0="" t1="" n
+  : > "$err"
+  # shellcheck disable=SC2086
+  timeout 120 "$MQTTV5" bench --url "mqtts://localhost:${PORT[$broker-cert]}" --ca-cert "$CA" \
+    --cert "$DEV/cert.pem" --key "$DEV/key.pem" --topic "bench/mq$round" \
+    --duration "$MQ_DUR" --warmup 1 "$@" > "$json" 2> "$err" &
+  pid=$!
+  while kill -0 "$pid" 2>/dev/null; do
+    if [ -z "$cpu0" ] && grep -q '^measuring for' "$err"; then
+      cpu0=$(cpu_secs "${PID[$broker]}"); t0=$(date +%s.%N)
+    elif [ -n "$cpu0" ]; then
+      n=$(grep -c 'delivered [0-9]* msg/s' "$err" || true)
+      if [ "$n" -ge "$MQ_DUR" ]; then cpu1=$(cpu_secs "${PID[$broker]}"); t1=$(date +%s.%N); break; fi
+    fi
+    sleep 0.05
+  done
+  if wait "$pid" && [ -n "$cpu1" ] && jq -e .results "$json" >/dev/null 2>&1; then
+    local window_delivered
+    window_delivered=$(grep -o 'delivered [0-9]* msg/s' "$err" | head -n "$MQ_DUR" | awk '{s += $2} END {print s + 0}')
+    record "$broker" "$name" tls "$round" "$(jq -c --argjson c0 "$cpu0" --argjson c1 "$cpu1" \
+      --argjson t0 "$t0" --argjson t1 "$t1" --argjson d "$window_delivered" \
+      '{scenario: "mqttv5", received_per_sec: .results.throughput_steady, offered_per_sec: .results.offered_rate,
+        delivered_ratio: .results.delivered_ratio, window_delivered: $d, window_secs: ($t1 - $t0),
+        broker_cpu_secs: ($c1 - $c0), broker_cpu_us_per_delivered: (if $d > 0 then ($c1 - $c0) * 1e6 / $d else null end)}' "$json")" mqttv5
+    printf '  %-6s %-9s %-26s %-5s ok (mqttv5)\n' "$MODE" "$broker" "$name" tls >&2
+  else
+    printf '  %-6s %-9s %-26s %-5s FAILED (mqttv5, see mqttv5.err)\n' "$MODE" "$broker" "$name" tls >&2
+    cat "$err" >> "$WORK/mqttv5.err"
+    tail -n 3 "$err" >&2
   fi
-  started=$(date +%s.%N)
+}
+
+# run_bench, plus the broker's system calls (perf) and bytes written (/proc/<pid>/io)
+# over the whole run, for the per-message counts of the wire table.
+run_bench_counting_syscalls() { # broker name transport round args...
+  local perf="" w0 w1 pid=${PID[$1]}
+  if [ "$HAVE_PERF" = 1 ]; then
+    perf stat -x, -e raw_syscalls:sys_enter,syscalls:sys_enter_write,syscalls:sys_enter_writev,syscalls:sys_enter_sendto,syscalls:sys_enter_sendmsg,syscalls:sys_enter_read,syscalls:sys_enter_recvfrom,syscalls:sys_enter_epoll_wait,syscalls:sys_enter_fsync,syscalls:sys_enter_fdatasync \
+      -p "$pid" -o "$WORK/perf.out" 2>>"$WORK/bench.err" &
+    perf=$!
+    sleep 0.3
+  fi
+  w0=$(wchar "$pid")
   run_bench "$@"
-  finished=$(date +%s.%N)
+  w1=$(wchar "$pid")
   if [ -n "$perf" ]; then
     kill -INT "$perf" 2>/dev/null || true
     wait "$perf" 2>/dev/null || true
-    count=$(awk -F, '/sys_enter_f/ {n += $1} END {print n + 0}' "$WORK/perf.out")
-    record "$1" "$2" "$3" "$4" "{\"scenario\":\"fsyncs\",\"fsyncs\":$count,\"secs\":$(awk -v a="$started" -v b="$finished" 'BEGIN {print b - a}')}"
+    record "$1" "$2" "$3" "$4" "$(awk -F, -v w="$((w1 - w0))" '
+      /sys_enter/ { split($3, e, ":"); n[e[2]] = $1 }
+      END { printf "{\"scenario\":\"syscalls\",\"wchar\":%d", w
+            for (k in n) printf ",\"%s\":%d", k, n[k]
+            print "}" }' "$WORK/perf.out")"
+  else
+    record "$1" "$2" "$3" "$4" "{\"scenario\":\"syscalls\",\"wchar\":$((w1 - w0))}"
   fi
 }
 
-# Every scenario against both brokers, in $ORDER.
-run_each() { # round runner name-suffix "name|transport|args"...
-  local round=$1 runner=$2 suffix=$3 spec name transport args broker
-  shift 3
-  for spec in "$@"; do
-    IFS='|' read -r name transport args <<<"$spec"
-    for broker in $ORDER; do
-      # shellcheck disable=SC2086
-      "$runner" "$broker" "$name$suffix" "$transport" "$round" $args
-    done
-  done
+order_for() { # round -> the brokers, rotated by round
+  local -a list
+  read -r -a list <<<"$BROKERS"
+  local n=${#list[@]} i out=""
+  for i in $(seq 0 $((n - 1))); do out="$out ${list[$(( (i + $1 - 1) % n ))]}"; done
+  echo "$out"
 }
 
 STARTED=$(date +%s)
-echo "moat $MOAT_TLS/$MOAT_PLAIN, mosquitto $MOSQ_TLS/$MOSQ_PLAIN, work $WORK, $ROUNDS round(s)" >&2
-for round in $(seq 1 "$ROUNDS"); do
-  echo "round $round/$ROUNDS" >&2
-  # Alternate which broker goes first in each round.
-  if [ $(( round % 2 )) = 1 ]; then ORDER="moat mosquitto"; else ORDER="mosquitto moat"; fi
-
-  # Idle memory: a fresh broker for every measurement, so freed heap from earlier
-  # scenarios cannot hide the cost of a connection.
-  for spec in "${IDLE[@]}"; do
-    IFS='|' read -r name transport count <<<"$spec"
-    # 10 000 handshakes per broker are slow and the result barely moves: round 1 only.
-    [ "$count" -ge 10000 ] && [ "$round" -gt 1 ] && continue
-    for broker in $ORDER; do
-      if [ "$broker" = moat ]; then start_moat; else start_mosq; fi
-      sleep 1
-      fresh=$(rss_kib "$(pid_of "$broker")")
-      record "$broker" "fresh broker RSS" "-" "$round" "{\"scenario\":\"rss\",\"rss_kib\":$fresh}"
-      run_bench "$broker" "$name" "$transport" "$round" idle --connections "$count" \
-        --parallel 32 --settle 2s --hold 0s --source-addresses 8 --broker-pid "$(pid_of "$broker")"
-      if [ "$broker" = moat ]; then stop_moat; else stop_mosq; fi
+echo "brokers: $BROKERS; mqttv5: $([ $HAVE_MQTTV5 = 1 ] && echo yes || echo no); perf: $HAVE_PERF; work $WORK" >&2
+for MODE in ${MODES//,/ }; do
+  place_self "$MODE"
+  rounds=$ROUNDS
+  [ "$MODE" = unpinned ] && rounds=$UNPINNED_ROUNDS
+  for round in $(seq 1 "$rounds"); do
+    echo "$MODE round $round/$rounds" >&2
+    for broker in $(order_for "$round"); do
+      start_broker "$broker"
+      for spec in "${SCENARIOS[@]}" "${ISOLATION[@]}"; do
+        IFS='|' read -r name transport args <<<"$spec"
+        if [ "$MODE" = unpinned ] && [ "$UNPINNED_ALL" = 0 ] && [[ "$name" != fan-* ]]; then continue; fi
+        # shellcheck disable=SC2086
+        run_bench "$broker" "$name" "$transport" "$round" $args
+      done
+      if [ "$HAVE_MQTTV5" = 1 ]; then
+        for spec in "${MQTTV5_SCENARIOS[@]}"; do
+          IFS='|' read -r name args <<<"$spec"
+          # shellcheck disable=SC2086
+          run_mqttv5 "$broker" "$name" "$round" $args
+        done
+      fi
+      if [ "$MODE" = pinned ] && [ "$round" = 1 ]; then
+        for spec in "${WIRE[@]}"; do
+          IFS='|' read -r name transport args <<<"$spec"
+          # shellcheck disable=SC2086
+          run_bench_counting_syscalls "$broker" "wire: $name" "$transport" "$round" $args
+        done
+      fi
+      stop_broker "$broker"
     done
   done
-
-  start_moat; start_mosq
-  run_each "$round" run_bench "" "${SCENARIOS[@]}"
-  run_each "$round" run_bench_counting_fsyncs ", moat batched" "${DURABLE[@]}"
-  stop_moat
-  start_moat full
-  run_each "$round" run_bench_counting_fsyncs ", moat full" "${DURABLE[@]}"
-  stop_moat; stop_mosq
 done
 
-# ---------------------------------------------------------------- cross-check
-# An independent client (mosquitto_pub/mosquitto_sub, libmosquitto) moves a fixed
-# count through each broker; its moat/mosquitto ratio must agree with ours.
-CROSS_N=$([ "$QUICK" = 1 ] && echo 30000 || echo 100000)
-seq 1 "$CROSS_N" | sed 's/^/payload-/' > "$WORK/lines"
-# mosquitto_sub stamps every message (-F %U); the rate is what it received divided by
-# the time between its first and last message, and the count shows any loss (both
-# brokers may drop QoS 1 messages for a subscriber whose 1000-message queue is full).
-cross_check() { # port -> "messages/s received"
-  local port=$1 sub out="$WORK/xc-$1.txt" prev=-1 n
-  mosquitto_sub -h 127.0.0.1 -p "$port" -u bench -P "$PASSWORD" -q 1 -t 'bench/xc/#' \
-    -F '%U' -C "$CROSS_N" -W 90 > "$out" &
-  sub=$!
-  sleep 0.5
-  mosquitto_pub -h 127.0.0.1 -p "$port" -u bench -P "$PASSWORD" -q 1 -t bench/xc/1 -l < "$WORK/lines" || true
-  # Done when it exits (all received) or a second passes without a new message.
-  while kill -0 "$sub" 2>/dev/null; do
-    n=$(wc -l < "$out")
-    [ "$n" = "$prev" ] && break
-    prev=$n
-    sleep 1
+# ---------------------------------------------------------------- extras
+# Idle memory, connect rate, more payloads and QoS 2, the durable store and an
+# independent cross-check, moat and Mosquitto only, unpinned, one round.
+XC_MOAT="- 0"; XC_MOSQ="- 0"; CROSS_N=100000
+if [ "$EXTRAS" = 1 ]; then
+  MODE=extras
+  place_self unpinned
+  for spec in "${IDLE[@]}"; do
+    IFS='|' read -r name transport count <<<"$spec"
+    for broker in moat mosquitto; do
+      start_broker "$broker"
+      sleep 1
+      record "$broker" "fresh broker RSS" "-" 1 "{\"scenario\":\"rss\",\"rss_kib\":$(rss_kib "${PID[$broker]}")}"
+      run_bench "$broker" "$name" "$transport" 1 idle --connections "$count" \
+        --parallel 32 --settle 2s --hold 0s --source-addresses 8 --broker-pid "${PID[$broker]}"
+      stop_broker "$broker"
+    done
   done
-  kill "$sub" 2>/dev/null || true
-  wait "$sub" 2>/dev/null || true
-  python3 - "$out" <<'PY'
+  for broker in moat mosquitto; do
+    start_broker "$broker"
+    for spec in "${EXTRA_SCENARIOS[@]}"; do
+      IFS='|' read -r name transport args <<<"$spec"
+      # shellcheck disable=SC2086
+      run_bench "$broker" "$name" "$transport" 1 $args
+    done
+    for spec in "${DURABLE[@]}"; do
+      IFS='|' read -r name transport args <<<"$spec"
+      # shellcheck disable=SC2086
+      run_bench_counting_syscalls "$broker" "$name, moat batched" "$transport" 1 $args
+    done
+    stop_broker "$broker"
+  done
+  start_broker moat full
+  for spec in "${DURABLE[@]}"; do
+    IFS='|' read -r name transport args <<<"$spec"
+    # shellcheck disable=SC2086
+    run_bench_counting_syscalls moat "$name, moat full" "$transport" 1 $args
+  done
+  stop_broker moat
+
+  # An independent client (mosquitto_pub/mosquitto_sub, libmosquitto) moves a fixed
+  # count through each broker; its moat/mosquitto ratio must agree with ours.
+  seq 1 "$CROSS_N" | sed 's/^/payload-/' > "$WORK/lines"
+  cross_check() { # port -> "messages/s received"
+    local port=$1 sub out="$WORK/xc-$1.txt" prev=-1 n
+    mosquitto_sub -h 127.0.0.1 -p "$port" -u bench -P "$PASSWORD" -q 1 -t 'bench/xc/#' \
+      -F '%U' -C "$CROSS_N" -W 90 > "$out" &
+    sub=$!
+    sleep 0.5
+    mosquitto_pub -h 127.0.0.1 -p "$port" -u bench -P "$PASSWORD" -q 1 -t bench/xc/1 -l < "$WORK/lines" || true
+    while kill -0 "$sub" 2>/dev/null; do
+      n=$(wc -l < "$out")
+      [ "$n" = "$prev" ] && break
+      prev=$n
+      sleep 1
+    done
+    kill "$sub" 2>/dev/null || true
+    wait "$sub" 2>/dev/null || true
+    python3 - "$out" <<'PY'
 import sys
 stamps = [float(l) for l in open(sys.argv[1]) if l.strip()]
 span = stamps[-1] - stamps[0] if len(stamps) > 1 else 0
 print(f"{(len(stamps) - 1) / span:.1f} {len(stamps)}" if span > 0 else f"- {len(stamps)}")
 PY
-}
-echo "cross-check: mosquitto_pub -l -q 1 ($CROSS_N lines) -> mosquitto_sub -q 1 (plaintext)" >&2
-start_moat; start_mosq
-XC_MOAT=$(cross_check "$MOAT_PLAIN")
-XC_MOSQ=$(cross_check "$MOSQ_PLAIN")
-# shellcheck disable=SC2086
-run_bench moat "cross fan-in 1->1 q1" plain 0 fan-in --publishers 1 --qos 1 --payload 13 $WIN
-# shellcheck disable=SC2086
-run_bench mosquitto "cross fan-in 1->1 q1" plain 0 fan-in --publishers 1 --qos 1 --payload 13 $WIN
-stop_moat; stop_mosq
+  }
+  start_broker moat; start_broker mosquitto
+  XC_MOAT=$(cross_check "${PORT[moat-plain]}")
+  XC_MOSQ=$(cross_check "${PORT[mosquitto-plain]}")
+  stop_broker moat; stop_broker mosquitto
+fi
 ELAPSED=$(( $(date +%s) - STARTED ))
 
 # ---------------------------------------------------------------- report
-REPORT=$(python3 - "$RESULTS" "$XC_MOAT" "$XC_MOSQ" "$ROUNDS" "$ELAPSED" "$QUICK" "$CROSS_N" <<'PY'
-import json, statistics, sys
-path, xc_moat, xc_mosq, rounds, elapsed, quick, cross_n = sys.argv[1:]
-rows = [json.loads(l) for l in open(path) if l.strip()]
+REPORT=$(python3 "$(dirname "$0")/report.py" "$RESULTS" "$ROUNDS" "$UNPINNED_ROUNDS" "$ELAPSED" "$QUICK" "$XC_MOAT" "$XC_MOSQ" "$CROSS_N" "$SLOW_RATE" "$OFFERED")
 
-def metrics(r):
-    s = r["scenario"]
-    if s in ("fan-in", "fan-out"):
-        out = [("msg/s delivered", r["received_per_sec"], "higher")]
-        if r["qos"] > 0:
-            # Both brokers drop QoS 1/2 messages for a subscriber whose queue is full.
-            out.append(("% of acked delivered", 100.0 * r["received"] / max(r["expected"], 1), "higher"))
-        return out
-    if s == "fsyncs":
-        return [("fsync+fdatasync calls/s", r["fsyncs"] / r["secs"], "-")]
-    if s == "latency":
-        return [("p50 us", r["latency"]["p50_us"], "lower"), ("p99 us", r["latency"]["p99_us"], "lower"),
-                ("max us", r["latency"]["max_us"], "lower")]
-    if s == "connect-rate":
-        return [("connections/s", r["connections_per_sec"], "higher")]
-    if s == "idle":
-        out = []
-        if r.get("kib_per_connection") is not None:
-            out.append(("KiB/connection", r["kib_per_connection"], "lower"))
-        if r.get("rss_after_kib") is not None:
-            out.append(("broker RSS KiB", r["rss_after_kib"], "lower"))
-        if r["opened"] != r["connections"]:
-            out.append(("connections failed", r["failed"], "lower"))
-        return out
-    if s == "rss":
-        return [("fresh broker RSS KiB", r["rss_kib"], "lower")]
-    return []
-
-table, order = {}, []
-for r in rows:
-    if r["round"] == 0:
-        continue
-    for metric, value, better in metrics(r):
-        key = (r["name"], r["transport"], metric)
-        if key not in table:
-            table[key] = {"better": better, "moat": [], "mosquitto": []}
-            order.append(key)
-        table[key][r["broker"]].append(value)
-
-def fmt(v):
-    return "-" if v is None else (f"{v:,.0f}" if abs(v) >= 100 else f"{v:.2f}")
-
-print(f"| scenario | transport | metric | moat | mosquitto | moat/mosquitto | better |")
-print(f"|---|---|---|---:|---:|---:|---|")
-for key in order:
-    t = table[key]
-    m = statistics.median(t["moat"]) if t["moat"] else None
-    q = statistics.median(t["mosquitto"]) if t["mosquitto"] else None
-    ratio = f"{m / q:.2f}x" if m is not None and q and t["better"] != "-" else "-"
-    print(f"| {key[0]} | {key[1]} | {key[2]} | {fmt(m)} | {fmt(q)} | {ratio} | {t['better']} |")
-
-cross = {r["broker"]: r for r in rows if r["round"] == 0}
-print()
-print("Cross-check (1 publisher -> 1 subscriber, QoS 1, 13-byte payloads, plaintext):")
-print()
-print("| tool | moat msg/s | mosquitto msg/s | moat/mosquitto | delivered moat / mosquitto |")
-print("|---|---:|---:|---:|---|")
-(mr, mn), (qr, qn) = xc_moat.split(), xc_mosq.split()
-try:
-    ratio = f"{float(mr) / float(qr):.2f}x"
-except (ValueError, ZeroDivisionError):
-    ratio = "-"
-print(f"| mosquitto_pub -l -q 1 -> mosquitto_sub -q 1 -F %U (timed by the subscriber) | {mr} | {qr} | {ratio} | {mn} / {qn} of {cross_n} |")
-if "moat" in cross and "mosquitto" in cross:
-    a, b = cross["moat"]["received_per_sec"], cross["mosquitto"]["received_per_sec"]
-    lost = lambda r: f"{r['received']} of {r['expected']}"
-    print(f"| moat-bench fan-in (window) | {a:,.0f} | {b:,.0f} | {a / b:.2f}x | {lost(cross['moat'])} / {lost(cross['mosquitto'])} |")
-print()
-print(f"Medians of {rounds} round(s); {'quick mode; ' if quick == '1' else ''}total run time {elapsed} s.")
-PY
-)
-
-MACHINE="$(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), kernel $(uname -r), $(grep MemTotal /proc/meminfo | awk '{printf "%.1f GiB RAM", $2/1048576}')"
-HEADER="Measured $(date -u +%Y-%m-%dT%H:%MZ) on $MACHINE; moat $("$MOAT" --version | cut -d' ' -f2) ($(cd "$(dirname "$0")" && git rev-parse --short HEAD 2>/dev/null || echo '?')), $( ("$MOSQUITTO" -h 2>&1 || true) | head -n1)."
+MACHINE="$CPUS CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), kernel $(uname -r), $(grep MemTotal /proc/meminfo | awk '{printf "%.1f GiB RAM", $2/1048576}')"
+PEER_VERSIONS="$( ("$MOSQUITTO" -h 2>&1 || true) | head -n1)"
+[ -x "$RUMQTTD" ] && PEER_VERSIONS="$PEER_VERSIONS; rumqttd $("$RUMQTTD" --version 2>/dev/null | awk '{print $NF}')"
+[ "$HAVE_MQTTV5" = 1 ] && PEER_VERSIONS="$PEER_VERSIONS; generator mqttv5-cli $("$MQTTV5" --version 2>/dev/null | awk '{print $NF}')"
+HEADER="Measured $(date -u +%Y-%m-%dT%H:%MZ) on $MACHINE; moat $("$MOAT" --version | cut -d' ' -f2) ($(cd "$(dirname "$0")" && git rev-parse --short HEAD 2>/dev/null || echo '?')); $PEER_VERSIONS; load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)."
 printf '%s\n\n%s\n' "$HEADER" "$REPORT"
-[ -n "$OUT" ] && printf '%s\n\n%s\n' "$HEADER" "$REPORT" > "$OUT"
+if [ -n "$OUT" ]; then
+  printf '%s\n\n%s\n' "$HEADER" "$REPORT" > "$OUT"
+  cp "$RESULTS" "$OUT.jsonl" # the raw rows, every round
+fi
 exit 0

@@ -179,6 +179,74 @@ fn publishers_wait_for_a_draining_subscriber_instead_of_losing_messages() {
     }
 }
 
+/// The method figures of issue 16 on one paced, count-bounded QoS 1 run over TLS:
+/// the broker's CPU time, what the subscriber read off the wire (TLS records
+/// included), latency from stamped payloads and a paced slow subscriber beside the
+/// fast one. Nothing here depends on the machine's speed except lower bounds on time.
+#[test]
+fn method_figures_add_up_on_a_paced_run_with_a_slow_subscriber() {
+    let moat = Moat::start_with(USER, true, LIMITS);
+    let pid = moat.pid().to_string();
+    let started = std::time::Instant::now();
+    let report = bench(
+        &moat,
+        true,
+        &[
+            "fan-in",
+            "--publishers",
+            "2",
+            "--qos",
+            "1",
+            "--max-messages",
+            "500",
+            "--rate",
+            "1000",
+            "--measure-latency",
+            "--slow-subscriber",
+            "200",
+            "--broker-pid",
+            &pid,
+            "--duration",
+            "60s",
+            "--warmup",
+            "200ms",
+        ],
+    );
+    // 1 000 messages offered at 1 000/s cannot take less than about a second.
+    assert!(started.elapsed() >= Duration::from_millis(900), "{report}");
+    assert_eq!(count(&report, "acked"), 1000, "{report}");
+    assert_eq!(count(&report, "received"), 1000, "{report}");
+    // Broker CPU was sampled (clock ticks: it may round to zero over a short window).
+    assert!(
+        report["broker_cpu_secs"].as_f64().unwrap() >= 0.0,
+        "{report}"
+    );
+    assert!(
+        report["broker_cpu_us_per_delivered"].is_number(),
+        "{report}"
+    );
+    // Each delivery carries at least its 64-byte payload, and TLS records were seen.
+    assert!(
+        report["sub_bytes_per_delivered"].as_f64().unwrap() >= 64.0,
+        "{report}"
+    );
+    assert!(
+        report["sub_tls_records_per_delivered"].as_f64().unwrap() > 0.0,
+        "{report}"
+    );
+    let latency = &report["latency"];
+    let samples = count(latency, "samples");
+    assert!(samples > 0 && samples <= 1000, "{report}");
+    assert!(
+        count(latency, "p50_us") <= count(latency, "p99_us"),
+        "{report}"
+    );
+    let slow = &report["slow_subscriber"];
+    assert_eq!(count(slow, "rate"), 200, "{report}");
+    let slow_received = count(slow, "received");
+    assert!(slow_received > 0 && slow_received <= 1000, "{report}");
+}
+
 #[test]
 fn bad_arguments_are_a_usage_error() {
     let out = run_bounded(

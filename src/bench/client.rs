@@ -17,8 +17,9 @@ use tokio_util::codec::{Decoder, Encoder};
 
 use super::BenchError;
 use super::options::{CommonArgs, Protocol};
+use super::wire::{Counted, WireCount};
 use crate::protocol::{
-    Codec, Connect, Disconnect, Packet, Properties, ProtocolVersion, QoS, ReasonCode,
+    Ack, Codec, Connect, Disconnect, Packet, Properties, ProtocolVersion, Publish, QoS, ReasonCode,
     RetainHandling, Role, Subscribe, SubscribeFilter, SubscriptionOptions,
 };
 
@@ -47,6 +48,8 @@ pub struct Target {
     source_addresses: u8,
     /// Log in with a session that outlives the connection (see `persistent`).
     persistent: bool,
+    /// Count what these connections read (see `counting`).
+    wire: Option<Arc<WireCount>>,
 }
 
 /// How long a persistent benchmark session outlives its connection (v5).
@@ -89,6 +92,7 @@ impl Target {
             protocol: args.protocol,
             source_addresses: args.source_addresses,
             persistent: false,
+            wire: None,
         })
     }
 
@@ -98,6 +102,15 @@ impl Target {
     pub fn persistent(&self) -> Target {
         Target {
             persistent: true,
+            ..self.clone()
+        }
+    }
+
+    /// The same broker; every connection opened through it adds what it reads from
+    /// the socket (bytes, read calls, TLS records) to `count`.
+    pub fn counting(&self, count: Arc<WireCount>) -> Target {
+        Target {
+            wire: Some(count),
             ..self.clone()
         }
     }
@@ -130,6 +143,17 @@ impl Target {
         }
         let tcp: TcpStream = socket.connect(self.addr).await?;
         tcp.set_nodelay(true)?;
+        match &self.wire {
+            Some(count) => {
+                let counted = Counted::new(tcp, Arc::clone(count), self.is_tls());
+                self.secure(counted).await
+            }
+            None => self.secure(tcp).await,
+        }
+    }
+
+    /// Wraps a connected stream in TLS when the target asks for it.
+    async fn secure<S: Stream + 'static>(&self, tcp: S) -> Result<Box<dyn Stream>, BenchError> {
         match &self.tls {
             Some((connector, name)) => {
                 let tls = connector
@@ -345,6 +369,53 @@ impl ClientWriter {
         Ok(self.codec.encode(packet, &mut self.buffer)?)
     }
 
+    /// Queues a PUBLISH whose payload (`payload_len` bytes, at least 8, the last
+    /// thing encoded) starts with `stamp`, big-endian: one encoding of a template
+    /// per message instead of a new payload and packet.
+    pub fn queue_stamped(
+        &mut self,
+        packet: &Packet,
+        payload_len: usize,
+        stamp: u64,
+    ) -> Result<(), BenchError> {
+        if payload_len < 8 {
+            return Err(BenchError::Unexpected("payload too short for a timestamp"));
+        }
+        self.queue(packet)?;
+        let at = self.buffer.len() - payload_len;
+        self.buffer[at..at + 8].copy_from_slice(&stamp.to_be_bytes());
+        Ok(())
+    }
+
+    /// A subscriber's side of the QoS flow: queues the PUBACK, PUBREC or PUBCOMP a
+    /// packet from the broker calls for; returns the PUBLISH, if it was one.
+    pub fn answer(&mut self, packet: Packet) -> Result<Option<Publish>, BenchError> {
+        match packet {
+            Packet::Publish(p) => {
+                match p.qos {
+                    QoS::AtMostOnce => {}
+                    QoS::AtLeastOnce => {
+                        self.queue(&Packet::PubAck(Ack::new(p.packet_id, ReasonCode::Success)))?
+                    }
+                    QoS::ExactlyOnce => {
+                        self.queue(&Packet::PubRec(Ack::new(p.packet_id, ReasonCode::Success)))?
+                    }
+                }
+                Ok(Some(p))
+            }
+            Packet::PubRel(ack) => {
+                self.queue(&Packet::PubComp(Ack::new(
+                    ack.packet_id,
+                    ReasonCode::Success,
+                )))?;
+                Ok(None)
+            }
+            Packet::Disconnect(d) => Err(BenchError::Disconnected(d.reason)),
+            Packet::PingResp => Ok(None),
+            other => Err(BenchError::Unexpected(packet_name(&other))),
+        }
+    }
+
     pub fn queued_bytes(&self) -> usize {
         self.buffer.len()
     }
@@ -357,6 +428,16 @@ impl ClientWriter {
         self.stream.flush().await?;
         Ok(())
     }
+}
+
+/// The send time a generator put in the first 8 bytes of a payload.
+pub fn payload_stamp(publish: &Publish) -> Result<u64, BenchError> {
+    publish
+        .payload
+        .get(..8)
+        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+        .map(u64::from_be_bytes)
+        .ok_or(BenchError::Unexpected("PUBLISH without a timestamp"))
 }
 
 pub fn packet_name(packet: &Packet) -> &'static str {

@@ -1,8 +1,11 @@
 //! Throughput scenarios: fan-in (N publishers -> 1 subscriber) and fan-out (1
 //! publisher -> N subscribers) at QoS 0, 1 or 2. Subscribers connect and subscribe
 //! first; publishers then run until the measured window ends or their message count
-//! is reached. Counters are sampled at the start and the end of the window; the run
-//! then drains (bounded) so the whole-run counts can be compared.
+//! is reached. Counters are sampled at the start and the end of the window (and with
+//! them, when asked, the broker's CPU time and what the subscribers read off the
+//! wire); the run then drains (bounded) so the whole-run counts can be compared.
+//! Optionally every payload carries its send time (latency percentiles), and one
+//! extra slow subscriber, paced to a fixed rate, shows what it costs the others.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -12,9 +15,12 @@ use bytes::Bytes;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
-use super::client::{Client, ClientReader, ClientWriter, Target, packet_name};
+use super::client::{Client, ClientReader, ClientWriter, Target, packet_name, payload_stamp};
+use super::histogram::Samples;
 use super::options::{FanInArgs, FanOutArgs, FlowArgs};
-use super::report::{FlowResult, Measured, Report};
+use super::report::{FlowResult, Measured, Report, SlowSubscriber, Wire};
+use super::system::cpu_secs;
+use super::wire::{WireCount, WireSnapshot};
 use super::{BenchError, joined, run_tag};
 use crate::protocol::{Ack, Packet, Properties, Publish, QoS, ReasonCode};
 
@@ -28,6 +34,10 @@ const WRITE_BATCH_BYTES: usize = 16 * 1024;
 const SETUP_PARALLEL: usize = 16;
 /// Longest drain after the publishers stop.
 const DRAIN_LIMIT: Duration = Duration::from_secs(15);
+/// Latency samples kept over all subscribers of a run (8 bytes each).
+const MAX_SAMPLES: usize = 8_000_000;
+/// The slow subscriber sleeps once it is this far ahead of its pace.
+const PACE_SLACK: Duration = Duration::from_millis(1);
 
 /// Counters shared by all tasks of one run.
 #[derive(Default)]
@@ -37,19 +47,51 @@ pub(super) struct Counters {
     pub received: AtomicU64,
 }
 
+/// Everything read at one edge of the measured window.
 struct Snapshot {
     at: Instant,
     acked: u64,
     received: u64,
+    slow_received: u64,
+    wire: WireSnapshot,
+    broker_cpu: Option<f64>,
+    own_cpu: Option<f64>,
 }
 
-impl Counters {
-    fn snapshot(&self) -> Snapshot {
-        Snapshot {
+/// What the window's edges are read from.
+struct Gauges {
+    counters: Arc<Counters>,
+    slow: Arc<Counters>,
+    wire: Arc<WireCount>,
+    broker_pid: Option<u32>,
+}
+
+impl Gauges {
+    fn snapshot(&self) -> Result<Snapshot, BenchError> {
+        Ok(Snapshot {
             at: Instant::now(),
-            acked: self.acked.load(Ordering::Relaxed),
-            received: self.received.load(Ordering::Relaxed),
-        }
+            acked: self.counters.acked.load(Ordering::Relaxed),
+            received: self.counters.received.load(Ordering::Relaxed),
+            slow_received: self.slow.received.load(Ordering::Relaxed),
+            wire: self.wire.snapshot(),
+            broker_cpu: self.broker_pid.map(cpu_secs).transpose()?,
+            own_cpu: cpu_secs(std::process::id()).ok(),
+        })
+    }
+}
+
+/// Send times in payloads: nanoseconds since `base`; samples are kept for messages
+/// sent inside [from, to).
+#[derive(Clone, Copy)]
+struct Clock {
+    base: Instant,
+    from: u64,
+    to: u64,
+}
+
+impl Clock {
+    fn now(&self) -> u64 {
+        self.base.elapsed().as_nanos() as u64
     }
 }
 
@@ -106,29 +148,78 @@ async fn run_flow(
     } else {
         target.clone()
     };
-    let subs = connect_all(&sub_target, &format!("bs-{tag}"), subscribers, 0).await?;
+    let wire = Arc::new(WireCount::default());
+    let subs = connect_all(
+        &sub_target.counting(Arc::clone(&wire)),
+        &format!("bs-{tag}"),
+        subscribers,
+        0,
+    )
+    .await?;
     let mut subscribed = Vec::with_capacity(subs.len());
     for mut sub in subs {
         sub.subscribe(&filter, flow.qos).await?;
         subscribed.push(sub);
     }
-    let pubs = connect_all(target, &format!("bp-{tag}"), publishers, subscribers).await?;
+    // The slow subscriber: same topics, not in the wire counts, its own counter.
+    let mut slow_sub = None;
+    if let Some(rate) = flow.slow_subscriber {
+        let mut slow = connect_all(&sub_target, &format!("bz-{tag}"), 1, subscribers).await?;
+        if let Some(mut client) = slow.pop() {
+            client.subscribe(&filter, flow.qos).await?;
+            slow_sub = Some((client, rate));
+        }
+    }
+    let first_pub = subscribers + usize::from(slow_sub.is_some());
+    let pubs = connect_all(target, &format!("bp-{tag}"), publishers, first_pub).await?;
 
-    let counters = Arc::new(Counters::default());
+    let gauges = Gauges {
+        counters: Arc::new(Counters::default()),
+        slow: Arc::new(Counters::default()),
+        wire,
+        broker_pid: flow.broker_pid,
+    };
+    let counters = &gauges.counters;
     let stop_publishing = Arc::new(AtomicBool::new(false));
     let stop_receiving = Arc::new(AtomicBool::new(false));
     let finished = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let clock = flow.measure_latency.then(|| Clock {
+        base: started,
+        from: flow.warmup.as_nanos() as u64,
+        to: (flow.warmup + flow.duration).as_nanos() as u64,
+    });
 
     let mut sub_tasks = JoinSet::new();
     for sub in subscribed {
         let (reader, writer) = sub.split();
-        let counters = Arc::clone(&counters);
-        let stop = Arc::clone(&stop_receiving);
-        sub_tasks.spawn(receive(reader, writer, counters, stop));
+        let receiver = Receiver {
+            counters: Arc::clone(counters),
+            stop: Arc::clone(&stop_receiving),
+            pace: None,
+            clock,
+            samples: if clock.is_some() {
+                MAX_SAMPLES / subscribers
+            } else {
+                0
+            },
+        };
+        sub_tasks.spawn(receiver.run(reader, writer));
+    }
+    let mut slow_task = None;
+    if let Some((client, rate)) = slow_sub {
+        let (reader, writer) = client.split();
+        let receiver = Receiver {
+            counters: Arc::clone(&gauges.slow),
+            stop: Arc::clone(&stop_receiving),
+            pace: Some(rate),
+            clock: None,
+            samples: 0,
+        };
+        slow_task = Some(tokio::spawn(receiver.run(reader, writer)));
     }
 
     let payload = Bytes::from(vec![0x5a; flow.payload]);
-    let started = Instant::now();
     let mut pub_tasks = JoinSet::new();
     for (i, publisher) in pubs.into_iter().enumerate() {
         let packet = Publish {
@@ -144,21 +235,23 @@ async fn run_flow(
             template: packet,
             max: flow.max_messages,
             window: flow.inflight,
-            counters: Arc::clone(&counters),
+            counters: Arc::clone(counters),
             stop: Arc::clone(&stop_publishing),
             finished: Arc::clone(&finished),
+            clock,
+            pace: flow.rate.map(|r| f64::from(r) / publishers as f64),
         };
         pub_tasks.spawn(job.run(publisher));
     }
 
     // Warm-up, then the measured window (ended early if every publisher is done).
     tokio::time::sleep_until((started + flow.warmup).into()).await;
-    let first = counters.snapshot();
+    let first = gauges.snapshot()?;
     let window_end = first.at + flow.duration;
     while Instant::now() < window_end && finished.load(Ordering::Relaxed) < publishers {
         tokio::time::sleep(POLL.min(window_end.saturating_duration_since(Instant::now()))).await;
     }
-    let last = counters.snapshot();
+    let last = gauges.snapshot()?;
     stop_publishing.store(true, Ordering::Relaxed);
     while let Some(outcome) = pub_tasks.join_next().await {
         joined(outcome)?;
@@ -167,14 +260,27 @@ async fn run_flow(
     let sent = counters.sent.load(Ordering::Relaxed);
     let acked = counters.acked.load(Ordering::Relaxed);
     let expected = acked * subscribers as u64;
-    drain(&counters, expected, flow.qos).await;
+    drain(counters, expected, flow.qos).await;
     stop_receiving.store(true, Ordering::Relaxed);
+    let mut samples = Samples::with_capacity(0);
     while let Some(outcome) = sub_tasks.join_next().await {
-        joined(outcome)?;
+        samples.absorb(joined(outcome)?);
+    }
+    if let Some(task) = slow_task {
+        joined(task.await)?;
     }
     let received = counters.received.load(Ordering::Relaxed);
 
     let window = last.at.duration_since(first.at).as_secs_f64().max(1e-9);
+    let delivered = last.received - first.received;
+    let slow_delivered = last.slow_received - first.slow_received;
+    let broker_cpu = first
+        .broker_cpu
+        .zip(last.broker_cpu)
+        .map(|(a, b)| (b - a).max(0.0));
+    let per_delivered = |v: f64| v / (delivered.max(1) as f64);
+    let wire_bytes = last.wire.bytes - first.wire.bytes;
+    let dropped = samples.dropped();
     Ok(Report {
         scenario,
         target: target.addr.to_string(),
@@ -187,13 +293,35 @@ async fn run_flow(
             qos: flow.qos as u8,
             payload_bytes: flow.payload,
             window_secs: window,
-            received_per_sec: (last.received - first.received) as f64 / window,
+            received_per_sec: delivered as f64 / window,
             published_per_sec: (last.acked - first.acked) as f64 / window,
             sent,
             acked,
             received,
             expected,
             missing: expected.saturating_sub(received),
+            broker_cpu_secs: broker_cpu,
+            // Every delivery in the window, the slow subscriber's included.
+            broker_cpu_us_per_delivered: broker_cpu
+                .map(|cpu| cpu * 1e6 / ((delivered + slow_delivered).max(1) as f64)),
+            generator_cpu_secs: first
+                .own_cpu
+                .zip(last.own_cpu)
+                .map(|(a, b)| (b - a).max(0.0)),
+            wire: Wire {
+                bytes_per_delivered: per_delivered(wire_bytes as f64),
+                tls_records_per_delivered: target.is_tls().then(|| {
+                    per_delivered((last.wire.tls_records - first.wire.tls_records) as f64)
+                }),
+                reads_per_delivered: per_delivered((last.wire.reads - first.wire.reads) as f64),
+            },
+            latency: clock.map(|_| samples.percentiles()),
+            latency_samples_dropped: dropped,
+            slow_subscriber: flow.slow_subscriber.map(|rate| SlowSubscriber {
+                rate,
+                received_per_sec: slow_delivered as f64 / window,
+                received: gauges.slow.received.load(Ordering::Relaxed),
+            }),
         }),
     })
 }
@@ -252,55 +380,84 @@ pub(super) async fn connect_all(
     Ok(clients.into_iter().map(|(_, c)| c).collect())
 }
 
-/// A subscriber: counts PUBLISHes and answers the QoS 1/2 flow, until told to stop.
-async fn receive(
-    mut reader: ClientReader,
-    mut writer: ClientWriter,
+/// A subscriber's settings.
+struct Receiver {
     counters: Arc<Counters>,
     stop: Arc<AtomicBool>,
-) -> Result<(), BenchError> {
-    loop {
-        let first = match tokio::time::timeout(POLL, reader.recv()).await {
-            Err(_) if stop.load(Ordering::Relaxed) => return Ok(()),
-            Err(_) => continue,
-            Ok(packet) => packet?,
-        };
-        let Some(mut packet) = first else {
-            return if stop.load(Ordering::Relaxed) {
-                Ok(())
-            } else {
-                Err(BenchError::Closed)
-            };
-        };
-        let mut publishes = 0u64;
+    /// Read at most this many messages per second (the slow subscriber).
+    pace: Option<u32>,
+    /// Payloads carry send times: keep up to `samples` latencies.
+    clock: Option<Clock>,
+    samples: usize,
+}
+
+impl Receiver {
+    /// Counts PUBLISHes and answers the QoS 1/2 flow, until told to stop; returns
+    /// the latency samples (none without a clock).
+    async fn run(
+        self,
+        mut reader: ClientReader,
+        mut writer: ClientWriter,
+    ) -> Result<Samples, BenchError> {
+        let mut samples = Samples::with_capacity(self.samples);
+        // The pace counts from the first message, not from setup.
+        let mut paced_from: Option<Instant> = None;
+        let mut seen = 0u64;
         loop {
-            match packet {
-                Packet::Publish(p) => {
+            let first = match tokio::time::timeout(POLL, reader.recv()).await {
+                Err(_) if self.stop.load(Ordering::Relaxed) => return Ok(samples),
+                Err(_) => continue,
+                Ok(packet) => packet?,
+            };
+            let Some(mut packet) = first else {
+                return if self.stop.load(Ordering::Relaxed) {
+                    Ok(samples)
+                } else {
+                    Err(BenchError::Closed)
+                };
+            };
+            let mut publishes = 0u64;
+            loop {
+                if let Some(p) = writer.answer(packet)? {
                     publishes += 1;
-                    match p.qos {
-                        QoS::AtMostOnce => {}
-                        QoS::AtLeastOnce => writer
-                            .queue(&Packet::PubAck(Ack::new(p.packet_id, ReasonCode::Success)))?,
-                        QoS::ExactlyOnce => writer
-                            .queue(&Packet::PubRec(Ack::new(p.packet_id, ReasonCode::Success)))?,
+                    if let Some(clock) = &self.clock {
+                        let sent_at = payload_stamp(&p)?;
+                        if (clock.from..clock.to).contains(&sent_at) {
+                            samples.record(clock.now().saturating_sub(sent_at) / 1000);
+                        }
+                    }
+                    if let Some(rate) = self.pace {
+                        // Ahead of the pace: report, acknowledge, then wait.
+                        let from = *paced_from.get_or_insert_with(Instant::now);
+                        let due = from
+                            + Duration::from_secs_f64((seen + publishes) as f64 / f64::from(rate));
+                        if due > Instant::now() + PACE_SLACK {
+                            seen += publishes;
+                            self.counters
+                                .received
+                                .fetch_add(publishes, Ordering::Relaxed);
+                            publishes = 0;
+                            // Told to stop: leave what is still queued for it.
+                            if self.stop.load(Ordering::Relaxed) {
+                                return Ok(samples);
+                            }
+                            writer.flush().await?;
+                            tokio::time::sleep_until(due.into()).await;
+                        }
                     }
                 }
-                Packet::PubRel(ack) => writer.queue(&Packet::PubComp(Ack::new(
-                    ack.packet_id,
-                    ReasonCode::Success,
-                )))?,
-                Packet::Disconnect(d) => return Err(BenchError::Disconnected(d.reason)),
-                Packet::PingResp => {}
-                other => return Err(BenchError::Unexpected(packet_name(&other))),
+                match reader.try_recv()? {
+                    Some(next) => packet = next,
+                    None => break,
+                }
             }
-            match reader.try_recv()? {
-                Some(next) => packet = next,
-                None => break,
+            seen += publishes;
+            self.counters
+                .received
+                .fetch_add(publishes, Ordering::Relaxed);
+            if writer.queued_bytes() > 0 {
+                writer.flush().await?;
             }
-        }
-        counters.received.fetch_add(publishes, Ordering::Relaxed);
-        if writer.queued_bytes() > 0 {
-            writer.flush().await?;
         }
     }
 }
@@ -313,6 +470,34 @@ struct PublishJob {
     counters: Arc<Counters>,
     stop: Arc<AtomicBool>,
     finished: Arc<AtomicUsize>,
+    /// Stamp payloads with their send time.
+    clock: Option<Clock>,
+    /// Messages per second this publisher offers at most (None: as fast as it can).
+    pace: Option<f64>,
+}
+
+/// A fixed schedule: message n is due n / per_sec seconds after the start.
+struct Pace {
+    start: Instant,
+    per_sec: f64,
+}
+
+impl Pace {
+    fn starting_now(per_sec: f64) -> Pace {
+        Pace {
+            start: Instant::now(),
+            per_sec,
+        }
+    }
+
+    fn due(&self, n: u64) -> Instant {
+        self.start + Duration::from_secs_f64(n as f64 / self.per_sec)
+    }
+
+    /// How many messages are due by `now` (the first one at once).
+    fn due_by(&self, now: Instant) -> u64 {
+        (now.duration_since(self.start).as_secs_f64() * self.per_sec) as u64 + 1
+    }
 }
 
 impl PublishJob {
@@ -332,10 +517,23 @@ impl PublishJob {
         let size = self.template.payload.len() + self.template.topic.len() + 8;
         let batch = (WRITE_BATCH_BYTES / size).clamp(1, 256) as u64;
         let mut sent = 0u64;
+        let pace = self.pace.map(Pace::starting_now);
         while sent < self.max && !self.stop.load(Ordering::Relaxed) {
-            let n = batch.min(self.max - sent);
+            let mut n = batch.min(self.max - sent);
+            if let Some(pace) = &pace {
+                n = n.min(pace.due_by(Instant::now()).saturating_sub(sent));
+                if n == 0 {
+                    tokio::time::sleep_until(pace.due(sent).into()).await;
+                    continue;
+                }
+            }
             for _ in 0..n {
-                writer.queue(&packet)?;
+                match &self.clock {
+                    Some(clock) => {
+                        writer.queue_stamped(&packet, self.template.payload.len(), clock.now())?
+                    }
+                    None => writer.queue(&packet)?,
+                }
             }
             writer.flush().await?;
             sent += n;
@@ -356,15 +554,27 @@ impl PublishJob {
         let mut next_id = 0u16;
         let mut sent = 0u64;
         let mut publish = self.template.clone();
+        let pace = self.pace.map(Pace::starting_now);
+        let is_due = |sent: u64| pace.as_ref().is_none_or(|p| p.due(sent) <= Instant::now());
         loop {
             let mut queued = 0u64;
-            while open < window && sent < self.max && !self.stop.load(Ordering::Relaxed) {
+            while open < window
+                && sent < self.max
+                && !self.stop.load(Ordering::Relaxed)
+                && is_due(sent)
+            {
                 next_id = if next_id == u16::MAX { 1 } else { next_id + 1 };
                 if in_flight[usize::from(next_id)] {
                     break; // Wrapped onto an id still owed: wait for its ack.
                 }
                 publish.packet_id = next_id;
-                writer.queue(&Packet::Publish(publish.clone()))?;
+                let packet = Packet::Publish(publish.clone());
+                match &self.clock {
+                    Some(clock) => {
+                        writer.queue_stamped(&packet, publish.payload.len(), clock.now())?
+                    }
+                    None => writer.queue(&packet)?,
+                }
                 in_flight[usize::from(next_id)] = true;
                 open += 1;
                 sent += 1;
@@ -376,6 +586,13 @@ impl PublishJob {
             }
             if open == 0 && (sent >= self.max || self.stop.load(Ordering::Relaxed)) {
                 return Ok(());
+            }
+            if open == 0 {
+                // Paced and nothing owed: wait for the next message's turn.
+                if let Some(pace) = &pace {
+                    tokio::time::sleep_until(pace.due(sent).into()).await;
+                }
+                continue;
             }
             let first = tokio::time::timeout(ACK_TIMEOUT, reader.recv())
                 .await
@@ -421,5 +638,23 @@ impl PublishJob {
             }
             self.counters.acked.fetch_add(acked, Ordering::Relaxed);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pace_spreads_messages_evenly() {
+        let start = Instant::now();
+        let pace = Pace {
+            start,
+            per_sec: 1000.0,
+        };
+        assert_eq!(pace.due(0), start);
+        assert_eq!(pace.due(500), start + Duration::from_millis(500));
+        assert_eq!(pace.due_by(start), 1);
+        assert_eq!(pace.due_by(start + Duration::from_millis(10)), 11);
     }
 }

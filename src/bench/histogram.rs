@@ -45,6 +45,12 @@ impl Samples {
         self.dropped
     }
 
+    /// Adds another task's samples (their own bound already applied).
+    pub fn absorb(&mut self, other: Samples) {
+        self.values.extend(other.values);
+        self.dropped += other.dropped;
+    }
+
     /// Nearest-rank percentiles; all zero without samples.
     pub fn percentiles(mut self) -> Percentiles {
         if self.values.is_empty() {
@@ -97,7 +103,12 @@ mod tests {
             samples.record(v);
         }
         assert_eq!(samples.dropped(), 1);
-        assert_eq!(samples.percentiles().max_us, 6);
+        let mut more = Samples::with_capacity(1);
+        more.record(9);
+        more.record(10);
+        samples.absorb(more);
+        assert_eq!(samples.dropped(), 2);
+        assert_eq!(samples.percentiles().max_us, 9);
         assert_eq!(
             Samples::with_capacity(4).percentiles(),
             Percentiles::default()

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use super::client::{ClientReader, ClientWriter, Target, packet_name};
+use super::client::{ClientReader, ClientWriter, Target, packet_name, payload_stamp};
 use super::flow::connect_all;
 use super::histogram::Samples;
 use super::options::LatencyArgs;
@@ -226,35 +226,12 @@ async fn measure(
             return Err(BenchError::Closed);
         };
         let now = Instant::now().duration_since(base).as_nanos() as u64;
-        match packet {
-            Packet::Publish(p) => {
-                received += 1;
-                let sent_at = p
-                    .payload
-                    .get(..8)
-                    .and_then(|b| <[u8; 8]>::try_from(b).ok())
-                    .map(u64::from_be_bytes)
-                    .ok_or(BenchError::Unexpected("PUBLISH without a timestamp"))?;
-                if (from..to).contains(&sent_at) {
-                    samples.record(now.saturating_sub(sent_at) / 1000);
-                }
-                match p.qos {
-                    QoS::AtMostOnce => {}
-                    QoS::AtLeastOnce => {
-                        writer.queue(&Packet::PubAck(Ack::new(p.packet_id, ReasonCode::Success)))?
-                    }
-                    QoS::ExactlyOnce => {
-                        writer.queue(&Packet::PubRec(Ack::new(p.packet_id, ReasonCode::Success)))?
-                    }
-                }
+        if let Some(p) = writer.answer(packet)? {
+            received += 1;
+            let sent_at = payload_stamp(&p)?;
+            if (from..to).contains(&sent_at) {
+                samples.record(now.saturating_sub(sent_at) / 1000);
             }
-            Packet::PubRel(ack) => writer.queue(&Packet::PubComp(Ack::new(
-                ack.packet_id,
-                ReasonCode::Success,
-            )))?,
-            Packet::Disconnect(d) => return Err(BenchError::Disconnected(d.reason)),
-            Packet::PingResp => {}
-            other => return Err(BenchError::Unexpected(packet_name(&other))),
         }
         if writer.queued_bytes() > 0 {
             writer.flush().await?;

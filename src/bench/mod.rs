@@ -14,6 +14,7 @@ mod latency;
 pub mod options;
 pub mod report;
 pub mod system;
+pub mod wire;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -46,6 +47,8 @@ pub enum BenchError {
     Timeout(&'static str),
     #[error("broker memory: {0}")]
     Memory(String),
+    #[error("CPU time: {0}")]
+    Cpu(String),
     #[error("a load task failed: {0}")]
     Task(String),
 }

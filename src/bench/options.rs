@@ -147,6 +147,24 @@ pub struct FlowArgs {
     /// in memory until its next autosave).
     #[arg(long)]
     pub persistent_subscribers: bool,
+    /// The broker's process id: its CPU time (user + system) is read at the start
+    /// and the end of the measured window, and reported per delivered message.
+    #[arg(long)]
+    pub broker_pid: Option<u32>,
+    /// Stamp every payload with its send time and report the subscribers' latency
+    /// percentiles for messages sent inside the window (needs --payload >= 16).
+    #[arg(long)]
+    pub measure_latency: bool,
+    /// Add one more subscriber to the same topics that reads at most RATE
+    /// messages per second; reported apart, so the others' rate and latency show
+    /// what it costs them.
+    #[arg(long, value_name = "RATE", value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
+    pub slow_subscriber: Option<u32>,
+    /// Messages per second all publishers together offer, on a fixed schedule
+    /// (default: as fast as the broker takes them). Latency under a load the broker
+    /// can carry measures delivery, not queues.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
+    pub rate: Option<u32>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -280,12 +298,12 @@ fn validate(cli: &BenchCli) -> Result<(), String> {
         Scenario::FanIn(a) => {
             check_run(a.flow.duration, a.flow.warmup)?;
             check_clients(a.publishers, "publishers")?;
-            check_payload(a.flow.payload, 0)
+            check_payload(a.flow.payload, if a.flow.measure_latency { 16 } else { 0 })
         }
         Scenario::FanOut(a) => {
             check_run(a.flow.duration, a.flow.warmup)?;
             check_clients(a.subscribers, "subscribers")?;
-            check_payload(a.flow.payload, 0)
+            check_payload(a.flow.payload, if a.flow.measure_latency { 16 } else { 0 })
         }
         Scenario::Latency(a) => {
             check_run(a.duration, a.warmup)?;
@@ -387,6 +405,18 @@ mod tests {
         assert_eq!(a.flow.payload, 1024);
         assert_eq!(a.common.protocol, Protocol::V311);
         assert_eq!(a.flow.duration, Duration::from_secs(2));
+        assert_eq!(a.flow.slow_subscriber, None);
+        let cli = parse(&args(
+            "fan-in --broker-pid 42 --measure-latency --slow-subscriber 5000",
+        ))
+        .unwrap();
+        let Scenario::FanIn(a) = cli.scenario else {
+            panic!("not fan-in")
+        };
+        assert_eq!(a.flow.broker_pid, Some(42));
+        assert!(a.flow.measure_latency);
+        assert_eq!(a.flow.slow_subscriber, Some(5000));
+        assert_eq!(a.flow.rate, None);
     }
 
     #[test]
@@ -396,5 +426,7 @@ mod tests {
         assert!(parse(&args("fan-out --subscribers 0")).is_err());
         assert!(parse(&args("latency --payload 8")).is_err());
         assert!(parse(&args("fan-in --qos 3")).is_err());
+        assert!(parse(&args("fan-in --measure-latency --payload 8")).is_err());
+        assert!(parse(&args("fan-in --slow-subscriber 0")).is_err());
     }
 }

@@ -48,6 +48,41 @@ pub struct FlowResult {
     pub expected: u64,
     /// expected - received (QoS 0 may legitimately drop).
     pub missing: u64,
+    /// Broker CPU time (user + system) inside the window, with --broker-pid.
+    pub broker_cpu_secs: Option<f64>,
+    /// That CPU time per message delivered inside the window (all subscribers).
+    pub broker_cpu_us_per_delivered: Option<f64>,
+    /// This generator's own CPU time inside the window.
+    pub generator_cpu_secs: Option<f64>,
+    /// What the (not slow) subscribers read off the wire inside the window.
+    #[serde(flatten)]
+    pub wire: Wire,
+    /// Latency of messages sent inside the window, with --measure-latency.
+    pub latency: Option<Percentiles>,
+    pub latency_samples_dropped: u64,
+    /// The extra paced subscriber, with --slow-subscriber.
+    pub slow_subscriber: Option<SlowSubscriber>,
+}
+
+/// Socket-level reads of the subscribers, per message delivered to them.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct Wire {
+    #[serde(rename = "sub_bytes_per_delivered")]
+    pub bytes_per_delivered: f64,
+    /// TLS records (None on plaintext connections).
+    #[serde(rename = "sub_tls_records_per_delivered")]
+    pub tls_records_per_delivered: Option<f64>,
+    /// read(2)-level reads that returned data.
+    #[serde(rename = "sub_reads_per_delivered")]
+    pub reads_per_delivered: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SlowSubscriber {
+    /// Messages per second it reads at most.
+    pub rate: u32,
+    pub received_per_sec: f64,
+    pub received: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -130,6 +165,37 @@ impl Report {
                     format!("{} / {}", r.received, r.expected),
                 ),
                 ("missing", r.missing.to_string()),
+                (
+                    "broker CPU us/delivered",
+                    r.broker_cpu_us_per_delivered
+                        .map(|v| format!("{v:.2}"))
+                        .unwrap_or_else(|| "-".into()),
+                ),
+                (
+                    "wire B / TLS records / reads per delivered",
+                    format!(
+                        "{:.1} / {} / {:.3}",
+                        r.wire.bytes_per_delivered,
+                        r.wire
+                            .tls_records_per_delivered
+                            .map(|v| format!("{v:.3}"))
+                            .unwrap_or_else(|| "-".into()),
+                        r.wire.reads_per_delivered
+                    ),
+                ),
+                (
+                    "p50 / p99 / max us",
+                    r.latency
+                        .map(|l| format!("{} / {} / {}", l.p50_us, l.p99_us, l.max_us))
+                        .unwrap_or_else(|| "-".into()),
+                ),
+                (
+                    "slow subscriber msg/s (paced at)",
+                    r.slow_subscriber
+                        .as_ref()
+                        .map(|s| format!("{:.0} ({})", s.received_per_sec, s.rate))
+                        .unwrap_or_else(|| "-".into()),
+                ),
             ]),
             Measured::Latency(r) => rows.extend([
                 (
@@ -233,11 +299,24 @@ mod tests {
                 received: 10,
                 expected: 12,
                 missing: 2,
+                broker_cpu_secs: Some(0.5),
+                broker_cpu_us_per_delivered: Some(2.5),
+                generator_cpu_secs: None,
+                wire: Wire {
+                    bytes_per_delivered: 90.0,
+                    tls_records_per_delivered: Some(0.1),
+                    reads_per_delivered: 0.01,
+                },
+                latency: None,
+                latency_samples_dropped: 0,
+                slow_subscriber: None,
             }),
         };
         let json: serde_json::Value = serde_json::to_value(&report).unwrap();
         assert_eq!(json["scenario"], "fan-in");
         assert_eq!(json["received"], 10);
+        assert_eq!(json["broker_cpu_us_per_delivered"], 2.5);
+        assert_eq!(json["sub_bytes_per_delivered"], 90.0);
         assert!(report.to_table().contains("received msg/s"));
     }
 }
