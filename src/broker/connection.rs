@@ -555,6 +555,22 @@ struct Connection {
     broker: Arc<Broker>,
 }
 
+/// How a batched write to the client ended.
+enum Written {
+    Done(std::io::Result<()>),
+    Kicked(ReasonCode),
+    Stalled,
+}
+
+/// Polls `future` once: its output if it is ready now, `None` if it would wait.
+async fn poll_once<F: Future>(mut future: std::pin::Pin<&mut F>) -> Option<F::Output> {
+    std::future::poll_fn(|cx| match future.as_mut().poll(cx) {
+        std::task::Poll::Ready(output) => std::task::Poll::Ready(Some(output)),
+        std::task::Poll::Pending => std::task::Poll::Ready(None),
+    })
+    .await
+}
+
 /// A protocol violation: close with this v5 reason.
 struct Violation(ReasonCode, &'static str);
 
@@ -591,23 +607,40 @@ impl Connection {
                 .await;
             if !wbuf.is_empty() {
                 let deadline = last_heard + grace;
-                tokio::select! {
-                    result = stream.write_all(&wbuf) => {
-                        if let Err(e) = result {
-                            return End::Abnormal(format!("write failed: {e}"));
+                let written = {
+                    let mut write = std::pin::pin!(async {
+                        stream.write_all(&wbuf).await?;
+                        stream.flush().await
+                    });
+                    match poll_once(write.as_mut()).await {
+                        Some(result) => Written::Done(result),
+                        None => {
+                            // The socket does not take it all now: the client is
+                            // behind, which publishers of QoS 0 need not wait for.
+                            self.session.mailbox.set_writer_blocked(true);
+                            let written = tokio::select! {
+                                result = &mut write => Written::Done(result),
+                                reason = self.kick.kicked() => Written::Kicked(reason),
+                                _ = tokio::time::sleep_until(deadline.into()) => Written::Stalled,
+                            };
+                            self.session.mailbox.set_writer_blocked(false);
+                            written
                         }
                     }
-                    reason = self.kick.kicked() => return Box::pin(self.kicked(stream, codec, reason)).await,
-                    _ = tokio::time::sleep_until(deadline.into()) => {
+                };
+                match written {
+                    Written::Done(Ok(())) => {}
+                    Written::Done(Err(e)) => return End::Abnormal(format!("write failed: {e}")),
+                    Written::Kicked(reason) => {
+                        return Box::pin(self.kicked(stream, codec, reason)).await;
+                    }
+                    Written::Stalled => {
                         return End::Abnormal("client stopped reading (keepalive)".into());
                     }
                 }
                 wbuf.clear();
                 if wbuf.capacity() > IDLE_BUFFER_KEEP {
                     wbuf = BytesMut::new();
-                }
-                if let Err(e) = stream.flush().await {
-                    return End::Abnormal(format!("flush failed: {e}"));
                 }
             }
             if !buffered {

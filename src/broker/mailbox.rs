@@ -6,6 +6,7 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -123,6 +124,9 @@ pub struct Mailbox {
     notify: Notify,
     /// Woken when draining makes room in a full queue (publisher backpressure).
     room: Notify,
+    /// The client's connection is waiting for its socket to take what it was sent:
+    /// the client, not the broker, is behind.
+    writer_blocked: AtomicBool,
 }
 
 impl Mailbox {
@@ -143,6 +147,7 @@ impl Mailbox {
             }),
             notify: Notify::new(),
             room: Notify::new(),
+            writer_blocked: AtomicBool::new(false),
         }
     }
 
@@ -362,6 +367,17 @@ impl Mailbox {
     /// already let one wait in vain (it is stuck, or offline), until it drains.
     pub fn worth_waiting_for(&self) -> bool {
         !self.lock().stalled
+    }
+
+    /// Whether the client's socket is not taking what it was sent (see
+    /// `set_writer_blocked`).
+    pub fn writer_blocked(&self) -> bool {
+        self.writer_blocked.load(Ordering::Relaxed)
+    }
+
+    /// Set by the connection while a write waits for the client's socket.
+    pub fn set_writer_blocked(&self, blocked: bool) {
+        self.writer_blocked.store(blocked, Ordering::Relaxed);
     }
 
     /// A publisher waited and this client took nothing: see `worth_waiting_for`.

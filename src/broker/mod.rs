@@ -977,11 +977,13 @@ fn push_to(stats: &Stats, session: &Arc<SessionLink>, message: Message, batch: &
         batch.staged_in(session);
     }
     stats.pushed(session, outcome);
-    // A QoS 0 copy the subscriber cannot take is its loss alone. For QoS 1/2 the
-    // publisher waits once the queue is crowded, before anything overflows, unless
-    // this subscriber already let a publisher wait in vain.
+    // Once the queue is crowded, before anything overflows, the publisher waits for
+    // the subscriber to drain, unless this subscriber already let a publisher wait in
+    // vain. For QoS 0 only while the subscriber's socket takes what it is sent: then
+    // the broker is behind (its task needs the CPU the publishers take), and pausing
+    // them keeps it fed. A client that is itself slow loses QoS 0 copies alone.
     matches!(outcome, PushOutcome::Crowded | PushOutcome::DroppedFull)
-        && qos != QoS::AtMostOnce
+        && (qos != QoS::AtMostOnce || !session.mailbox.writer_blocked())
         && session.mailbox.worth_waiting_for()
 }
 
