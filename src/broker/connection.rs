@@ -488,7 +488,8 @@ where
 /// subscriber that took nothing during the whole wait is marked stalled, and nobody
 /// waits for it again until it drains: a stuck or offline client costs one
 /// publisher one wait, once, and after that only its own copies are dropped.
-/// QoS 0 never pauses a publisher (see `broker::push_to`).
+/// QoS 0 pauses a publisher only while the subscriber's socket takes what it is
+/// sent: the broker is behind, not the client (see `broker::push_to`).
 async fn wait_for_drain(subscriber: &SessionLink, stats: &Stats) {
     stats.publisher_paused();
     let until = Instant::now() + BACKPRESSURE_LIMIT;
