@@ -1,13 +1,14 @@
 //! firewall: the nftables ruleset that keeps everyone but the LAN away from the broker.
 //!
-//! It owns two jobs: rendering a complete, self-contained `table inet moat` from a
-//! [`FirewallSpec`] (pure text, in `render`), and handing that text to the `nft` binary to
-//! validate or load it (in `nft`). It does not read manifests or policies: the caller
-//! (`commands::firewall`) turns a compiled policy into a spec, so this module stays pure
-//! and the broker's admission check and the firewall are fed from the same network list.
+//! It owns three jobs: building a [`FirewallSpec`] from a compiled policy (in `spec`,
+//! so the broker's admission check and the firewall are fed from the same network
+//! list), rendering a complete, self-contained `table inet moat` from it (pure text, in
+//! `render`), and handing that text to the `nft` binary to validate or load it (in
+//! `nft`). It does not read manifests: callers pass a compiled `Policy`.
 
 mod nft;
 mod render;
+mod spec;
 
 use ipnet::IpNet;
 

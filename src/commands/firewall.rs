@@ -1,33 +1,14 @@
 //! `moat firewall`: prints the nftables ruleset for the manifest (default), validates it
 //! with `nft -c` (`--check`) or loads it atomically (`--apply`). `--egress` turns the
 //! outbound restriction on even if the manifest leaves it off. The ruleset itself is
-//! rendered by `crate::firewall`; this module only turns the compiled policy into a spec.
+//! built and rendered by `crate::firewall`; this module is the CLI edge only.
 
 use anyhow::Context as _;
-use ipnet::IpNet;
 
 use crate::cli::{FirewallArgs, GlobalArgs};
 use crate::commands::EXIT_OK;
 use crate::firewall::{self, FirewallSpec};
-use crate::policy::{FirewallSettings, Policy};
-
-/// The manifest's firewall switches (the top-level `firewall:` section).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Toggles {
-    pub ssh: bool,
-    pub mdns: bool,
-    pub egress: bool,
-}
-
-impl From<FirewallSettings> for Toggles {
-    fn from(settings: FirewallSettings) -> Self {
-        Toggles {
-            ssh: settings.ssh,
-            mdns: settings.mdns,
-            egress: settings.egress,
-        }
-    }
-}
+use crate::policy::Policy;
 
 pub fn run(global: &GlobalArgs, args: &FirewallArgs) -> anyhow::Result<u8> {
     let spec = load_spec(global, args.egress)?;
@@ -49,68 +30,13 @@ pub fn run(global: &GlobalArgs, args: &FirewallArgs) -> anyhow::Result<u8> {
 fn load_spec(global: &GlobalArgs, egress_flag: bool) -> anyhow::Result<FirewallSpec> {
     let (policy, _warnings) = Policy::load(&global.manifest)
         .with_context(|| format!("reading {}", global.manifest.display()))?;
-    Ok(spec_for_policy(&policy, egress_flag))
-}
-
-/// The spec for a compiled policy (also used by `moat doctor` to compare with what is loaded).
-pub fn spec_for_policy(policy: &Policy, egress_flag: bool) -> FirewallSpec {
-    spec_for(
-        policy.networks.cidrs(),
-        policy.listener_ports(),
-        Toggles::from(policy.firewall),
-        egress_flag,
-    )
-}
-
-/// Builds the firewall spec from a compiled policy's parts: its allowed networks, its
-/// listeners' ports (every transport) and its firewall switches.
-/// `egress_flag` (`--egress`) can only tighten: it turns egress filtering on.
-pub fn spec_for(
-    networks: &[IpNet],
-    mut broker_ports: Vec<u16>,
-    toggles: Toggles,
-    egress_flag: bool,
-) -> FirewallSpec {
-    broker_ports.sort_unstable();
-    broker_ports.dedup();
-    FirewallSpec {
-        networks: networks.to_vec(),
-        broker_ports,
-        ssh: toggles.ssh,
-        mdns: toggles.mdns,
-        dhcp_client: true,
-        egress: toggles.egress || egress_flag,
-    }
+    Ok(FirewallSpec::for_policy(&policy, egress_flag))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn tls_only_opens_one_port() {
-        let nets: Vec<IpNet> = vec!["192.168.0.0/16".parse().unwrap()];
-        let spec = spec_for(&nets, vec![8883], Toggles::default(), false);
-        assert_eq!(spec.broker_ports, vec![8883]);
-        assert_eq!(spec.networks, nets);
-        assert!(spec.dhcp_client && !spec.ssh && !spec.mdns && !spec.egress);
-    }
-
-    #[test]
-    fn ports_are_sorted_and_unique() {
-        let spec = spec_for(&[], vec![8883, 1883, 8883], Toggles::default(), false);
-        assert_eq!(spec.broker_ports, vec![1883, 8883]);
-    }
-
-    #[test]
-    fn the_egress_flag_only_tightens() {
-        let manifest_on = Toggles {
-            egress: true,
-            ..Toggles::default()
-        };
-        assert!(spec_for(&[], vec![8883], manifest_on, false).egress);
-        assert!(spec_for(&[], vec![8883], Toggles::default(), true).egress);
-    }
+    use ipnet::IpNet;
 
     fn example(name: &str) -> std::path::PathBuf {
         std::path::Path::new(env!("CARGO_MANIFEST_DIR"))

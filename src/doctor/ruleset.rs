@@ -294,7 +294,7 @@ mod tests {
     /// What `nft list table inet moat` prints for the rendered ruleset (the same rules;
     /// the listing drops comments and the create/delete preamble).
     fn listing(policy: &Policy) -> String {
-        let spec = crate::commands::firewall::spec_for_policy(policy, false);
+        let spec = crate::firewall::FirewallSpec::for_policy(policy, false);
         let rendered = render(&spec);
         let start = rendered.find("table inet moat {\n").unwrap();
         rendered[start..]
@@ -358,7 +358,7 @@ mod tests {
 
     #[test]
     fn a_missing_family_warns() {
-        let mut spec = crate::commands::firewall::spec_for_policy(&policy(), false);
+        let mut spec = crate::firewall::FirewallSpec::for_policy(&policy(), false);
         spec.networks.retain(|n| matches!(n, IpNet::V4(_)));
         let text =
             render(&spec).replace("ip6 saddr @allowed_v6 tcp dport { 1883, 8883 } accept", "");
