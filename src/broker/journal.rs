@@ -1,16 +1,27 @@
-//! The broker's side of durability: which broker events become store operations,
-//! gathered per event into one batch and submitted through one reserved slot (so
-//! they keep the order of the broker's lock), and the conversion between broker
-//! messages and stored records. The store itself knows nothing of the broker.
+//! The broker's side of durability, and its whole vocabulary. Every store operation
+//! the broker writes is built here by a function named after the broker event it
+//! records (`subscribed`, `queued`, `sent`, `released`, `acknowledged` ...); one
+//! event's operations are gathered into one [`Batch`] and submitted through one
+//! [`Reservation`] taken before the broker lock, so they reach the store in the
+//! order of that lock; the event hands back a [`Durable`] to wait for before it is
+//! acknowledged. Also here: the conversion between broker messages and stored
+//! records (subscription options byte included), and what a store refusal means to
+//! an MQTT client. The store itself knows nothing of the broker or of MQTT; nothing
+//! outside this file builds an [`Op`].
 
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use crate::protocol::properties::{from_blob, to_blob};
-use crate::protocol::{Properties, QoS};
-use crate::store::{Commit, Op, Slot, Store, StoreError, StoredMessage};
+use crate::protocol::{Properties, QoS, ReasonCode, RetainHandling, SubscriptionOptions};
+use crate::store::{
+    Commit, InflightOut, Op, QueuedMessage, Slot, Store, StoreError, StoredInflightIn,
+    StoredInflightOut, StoredMessage, StoredRetained, StoredSession, StoredSubscription,
+};
 
-use super::mailbox::Message;
+use super::mailbox::{InFlight, Message};
 use super::session::SessionLink;
 
 /// The durable store, if persistence is on.
@@ -33,16 +44,18 @@ impl Journal {
     }
 
     /// Reserves room for one event's operations (waits while the write queue is
-    /// full). `None` when persistence is off or the store has stopped.
-    pub async fn reserve(&self) -> Option<Slot> {
-        let store = self.store.as_ref()?;
+    /// full). Empty when persistence is off or the store has stopped.
+    pub async fn reserve(&self) -> Reservation {
+        let Some(store) = self.store.as_ref() else {
+            return Reservation::NONE;
+        };
         unavailable_as_none(store.reserve().await)
     }
 
     /// [`Journal::reserve`] without waiting: `Err(QueueFull)` when it would wait.
-    pub fn try_reserve(&self) -> Result<Option<Slot>, QueueFull> {
+    pub fn try_reserve(&self) -> Result<Reservation, QueueFull> {
         let Some(store) = self.store.as_ref() else {
-            return Ok(None);
+            return Ok(Reservation::NONE);
         };
         match store.try_reserve() {
             Err(StoreError::Busy) => Err(QueueFull),
@@ -55,13 +68,66 @@ impl Journal {
 #[derive(Debug)]
 pub struct QueueFull;
 
-fn unavailable_as_none(reserved: Result<Slot, StoreError>) -> Option<Slot> {
+fn unavailable_as_none(reserved: Result<Slot, StoreError>) -> Reservation {
     match reserved {
-        Ok(slot) => Some(slot),
+        Ok(slot) => Reservation(Some(slot)),
         Err(e) => {
             tracing::error!(error = %e, "durable store unavailable");
-            None
+            Reservation::NONE
         }
+    }
+}
+
+/// Room in the store's write queue for one broker event's operations, reserved
+/// before the broker lock is taken (reserving may wait; code under the lock must
+/// not). Empty when persistence is off or the store has stopped: the event is
+/// then not recorded.
+pub struct Reservation(Option<Slot>);
+
+impl Reservation {
+    /// No room: the event records nothing.
+    pub const NONE: Reservation = Reservation(None);
+
+    /// Records one event that is a single operation, built only if there is room
+    /// (nothing is built when persistence is off).
+    pub fn record(self, op: impl FnOnce() -> Op) -> Durable {
+        Durable(self.0.map(|slot| slot.submit(op())))
+    }
+}
+
+/// What an acknowledgement waits for: the commit of its event's store operations.
+/// Ready at once when the event recorded nothing. As a future it yields the
+/// store's refusal, if any ([`refusal_reason`] says what to tell the client).
+#[derive(Default)]
+pub struct Durable(Option<Commit>);
+
+impl Durable {
+    /// Waits for a commit nobody answers on, logging a failure with `what` it was for.
+    pub async fn settle(self, what: &str) {
+        if let Err(e) = self.await {
+            tracing::warn!(error = %e, "durable store: {what} not stored");
+        }
+    }
+}
+
+impl Future for Durable {
+    type Output = Result<(), StoreError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match &mut self.0 {
+            None => Poll::Ready(Ok(())),
+            Some(commit) => Pin::new(commit).poll(cx),
+        }
+    }
+}
+
+/// The MQTT 5 reason code for a PUBACK/PUBREC refused because the store refused
+/// its message: `QuotaExceeded` (0x97) when the disk (or the store's size cap) is
+/// full or the write queue is, `UnspecifiedError` (0x80) for anything else.
+pub fn refusal_reason(error: &StoreError) -> ReasonCode {
+    match error {
+        StoreError::DiskFull | StoreError::Busy => ReasonCode::QuotaExceeded,
+        _ => ReasonCode::UnspecifiedError,
     }
 }
 
@@ -74,12 +140,19 @@ pub struct Batch {
 }
 
 impl Batch {
-    pub fn push(&mut self, op: Op) {
-        self.ops.push(op);
+    /// Adds operations built by this module's vocabulary.
+    pub fn push(&mut self, ops: impl IntoIterator<Item = Op>) {
+        self.ops.extend(ops);
     }
 
-    /// Remembers a session whose mailbox staged a journaled message.
-    pub fn staged_in(&mut self, session: &Arc<SessionLink>) {
+    /// Queues a message journaled at position `seq` of a persistent session's
+    /// queue; its mailbox holds it back until the batch is submitted.
+    pub fn queued(&mut self, session: &Arc<SessionLink>, seq: u64, message: StoredMessage) {
+        self.ops.push(Op::Enqueue(QueuedMessage {
+            client_id: session.client_id.to_string(),
+            seq,
+            message,
+        }));
         if !self.staged.iter().any(|s| Arc::ptr_eq(s, session)) {
             self.staged.push(Arc::clone(session));
         }
@@ -89,31 +162,159 @@ impl Batch {
         self.ops.is_empty()
     }
 
-    /// Submits the batch through `slot`, then releases the staged messages. Call it
+    /// Submits the batch through `room`, then releases the staged messages. Call it
     /// under the broker lock that ordered the batch, so batches reach the store in
     /// the order their messages reach the mailboxes. Nothing to submit (or no
-    /// store) gives no commit to wait for.
-    pub fn submit(self, slot: Option<Slot>) -> Option<Commit> {
-        let commit = if self.ops.is_empty() {
-            None
+    /// store) gives nothing to wait for.
+    pub fn submit(self, room: Reservation) -> Durable {
+        let durable = if self.ops.is_empty() {
+            Durable::default()
         } else {
-            slot.map(|slot| slot.submit(Op::Batch(self.ops)))
+            room.record(|| Op::Batch(self.ops))
         };
         for session in self.staged {
             session.mailbox.release_staged();
         }
-        commit
+        durable
     }
 }
 
-/// Waits for a commit nobody answers on, logging a failure with `what` it was for.
-pub async fn settle(commit: Option<Commit>, what: &str) {
-    if let Some(commit) = commit
-        && let Err(e) = commit.await
-    {
-        tracing::warn!(error = %e, "durable store: {what} not stored");
+// The vocabulary: one function per broker event that changes durable state.
+
+fn expiry_secs(expiry: Duration) -> u32 {
+    u32::try_from(expiry.as_secs()).unwrap_or(u32::MAX)
+}
+
+/// A persistent session attached (created, resumed or taken over): its expiry
+/// clock stops.
+pub fn session_kept(client_id: &str, owner: &str, expiry: Duration) -> Op {
+    Op::PutSession(StoredSession {
+        client_id: client_id.to_owned(),
+        owner: owner.to_owned(),
+        expiry_secs: expiry_secs(expiry),
+    })
+}
+
+/// A persistent session lost its connection: kept with its (possibly new)
+/// expiry, whose clock starts now.
+pub fn session_disconnected(session: &SessionLink, expiry: Duration) -> [Op; 2] {
+    [
+        session_kept(&session.client_id, &session.owner, expiry),
+        Op::SessionDisconnected {
+            client_id: session.client_id.to_string(),
+        },
+    ]
+}
+
+/// A session ended (expired, cleaned, its owner removed): it goes with its
+/// subscriptions, queue and in-flight state.
+pub fn session_ended(client_id: &str) -> Op {
+    Op::DeleteSession {
+        client_id: client_id.to_owned(),
     }
 }
+
+/// A persistent session subscribed (or changed a subscription's options).
+pub fn subscribed(
+    session: &SessionLink,
+    filter: &str,
+    options: SubscriptionOptions,
+    identifier: Option<u32>,
+) -> Op {
+    Op::PutSubscription(StoredSubscription {
+        client_id: session.client_id.to_string(),
+        filter: filter.to_owned(),
+        options: options_byte(options),
+        identifier,
+    })
+}
+
+/// A persistent session's subscription ended (UNSUBSCRIBE, or a reload or restart
+/// that no longer allows it).
+pub fn unsubscribed(client_id: &str, filter: &str) -> Op {
+    Op::DeleteSubscription {
+        client_id: client_id.to_owned(),
+        filter: filter.to_owned(),
+    }
+}
+
+/// A retained message was set, or cleared by an empty payload.
+pub fn retained(publisher: &str, message: &Message, now: Instant) -> Op {
+    if message.payload.is_empty() {
+        Op::DeleteRetained {
+            topic: message.topic.to_string(),
+        }
+    } else {
+        Op::PutRetained(StoredRetained {
+            publisher: publisher.to_owned(),
+            message: stored_message(message, now),
+        })
+    }
+}
+
+/// Inbound QoS 2: a message was routed and its packet id awaits PUBREL, so a
+/// resend after a crash is acknowledged, not routed twice.
+pub fn exactly_once_received(session: &SessionLink, packet_id: u16) -> Op {
+    Op::PutInflightIn(StoredInflightIn {
+        client_id: session.client_id.to_string(),
+        packet_id,
+    })
+}
+
+/// Inbound QoS 2: PUBREL arrived; the packet id is free again.
+pub fn exactly_once_completed(session: &SessionLink, packet_id: u16) -> Op {
+    Op::DeleteInflightIn {
+        client_id: session.client_id.to_string(),
+        packet_id,
+    }
+}
+
+/// Outbound QoS 2: a queued message is sent for the first time, under `packet_id`
+/// (a resend after a crash must reuse it, or the client would see it twice).
+pub fn sent(session: &SessionLink, packet_id: u16, message: &Message, now: Instant) -> [Op; 2] {
+    [
+        Op::PutInflightOut(StoredInflightOut {
+            client_id: session.client_id.to_string(),
+            packet_id,
+            state: InflightOut::Published(stored_message(message, now)),
+        }),
+        Op::Dequeue {
+            client_id: session.client_id.to_string(),
+            seq: message.seq,
+        },
+    ]
+}
+
+/// Outbound QoS 2: PUBREC arrived and PUBREL is due; after a crash the client gets
+/// PUBREL again, never the PUBLISH.
+pub fn released(session: &SessionLink, packet_id: u16) -> Op {
+    Op::PutInflightOut(StoredInflightOut {
+        client_id: session.client_id.to_string(),
+        packet_id,
+        state: InflightOut::Released,
+    })
+}
+
+/// Outbound QoS 1/2: the client acknowledged (PUBACK, PUBCOMP, or a refusing
+/// PUBREC) the message `entry` held, so it leaves the store. `None` for a QoS 1
+/// message that was never journaled.
+pub fn acknowledged(session: &SessionLink, packet_id: u16, entry: &InFlight) -> Option<Op> {
+    match entry {
+        InFlight::Published(message) if message.qos == QoS::AtLeastOnce && message.seq != 0 => {
+            Some(Op::Dequeue {
+                client_id: session.client_id.to_string(),
+                seq: message.seq,
+            })
+        }
+        InFlight::Published(message) if message.qos == QoS::AtLeastOnce => None,
+        _ => Some(Op::DeleteInflightOut {
+            client_id: session.client_id.to_string(),
+            packet_id,
+        }),
+    }
+}
+
+// Broker messages and subscription options as stored records, and back.
 
 /// A broker message as a stored record; `$SYS` never gets here.
 pub fn stored_message(message: &Message, now: Instant) -> StoredMessage {
@@ -159,6 +360,34 @@ pub fn restored_message(stored: StoredMessage, seq: u64, now: Instant) -> Messag
     }
 }
 
+/// The MQTT 5 subscription options byte (MQTT 5 §3.8.3.1), as stored.
+fn options_byte(o: SubscriptionOptions) -> u8 {
+    let handling = match o.retain_handling {
+        RetainHandling::SendAtSubscribe => 0,
+        RetainHandling::SendIfNew => 1,
+        RetainHandling::DoNotSend => 2,
+    };
+    (o.qos as u8)
+        | (u8::from(o.no_local) << 2)
+        | (u8::from(o.retain_as_published) << 3)
+        | (handling << 4)
+}
+
+/// A stored options byte back as options; bits outside the domain read as the
+/// most conservative choice (QoS 0, retained messages not sent).
+pub fn options_from_byte(b: u8) -> SubscriptionOptions {
+    SubscriptionOptions {
+        qos: QoS::from_u8(b & 0x03).unwrap_or(QoS::AtMostOnce),
+        no_local: b & 0x04 != 0,
+        retain_as_published: b & 0x08 != 0,
+        retain_handling: match (b >> 4) & 0x03 {
+            0 => RetainHandling::SendAtSubscribe,
+            1 => RetainHandling::SendIfNew,
+            _ => RetainHandling::DoNotSend,
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -187,5 +416,55 @@ mod tests {
         assert_eq!(back.properties, message.properties);
         assert_eq!(back.seq, 7);
         assert!(back.expires_at.is_some());
+    }
+
+    #[test]
+    fn every_subscription_option_round_trips_through_its_byte() {
+        for qos in [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce] {
+            for handling in [
+                RetainHandling::SendAtSubscribe,
+                RetainHandling::SendIfNew,
+                RetainHandling::DoNotSend,
+            ] {
+                for (no_local, retain_as_published) in
+                    [(false, false), (true, false), (false, true), (true, true)]
+                {
+                    let options = SubscriptionOptions {
+                        qos,
+                        no_local,
+                        retain_as_published,
+                        retain_handling: handling,
+                    };
+                    assert_eq!(options_from_byte(options_byte(options)), options);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_full_disk_or_write_queue_is_quota_exceeded_anything_else_unspecified() {
+        assert_eq!(
+            refusal_reason(&StoreError::DiskFull),
+            ReasonCode::QuotaExceeded
+        );
+        assert_eq!(refusal_reason(&StoreError::Busy), ReasonCode::QuotaExceeded);
+        assert_eq!(
+            refusal_reason(&StoreError::Database("x".into())),
+            ReasonCode::UnspecifiedError
+        );
+        assert_eq!(
+            refusal_reason(&StoreError::Closed),
+            ReasonCode::UnspecifiedError
+        );
+    }
+
+    #[tokio::test]
+    async fn an_event_without_operations_or_room_is_durable_at_once() {
+        assert!(Batch::default().submit(Reservation::NONE).await.is_ok());
+        let mut batch = Batch::default();
+        batch.push([session_ended("c")]);
+        assert!(!batch.is_empty());
+        // Persistence off: nothing is recorded, nothing to wait for.
+        assert!(batch.submit(Reservation::NONE).await.is_ok());
     }
 }

@@ -199,3 +199,136 @@ fn choose_member(group: &mut SharedGroup) -> Option<&Subscription> {
     group.next = index + 1;
     group.members.get(index)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::broker::mailbox::{Mailbox, QueueLimits};
+    use crate::broker::permissions::Permissions;
+    use crate::protocol::{QoS, RetainHandling, topic};
+
+    struct NoRights;
+
+    impl Permissions for NoRights {
+        fn may_publish(&self, _: &str, _: &str) -> bool {
+            false
+        }
+        fn may_subscribe(&self, _: &str, _: &str) -> bool {
+            false
+        }
+        fn may_receive(&self, _: &str, _: &str) -> bool {
+            false
+        }
+        fn may_retain(&self) -> bool {
+            false
+        }
+    }
+
+    fn subscription(session_id: u64) -> Subscription {
+        let link = SessionLink::new(
+            session_id,
+            Arc::from(format!("c{session_id}").as_str()),
+            Arc::from("owner"),
+            Mailbox::new(QueueLimits {
+                max_messages: 1,
+                max_bytes: 1024,
+                max_inflight: 1,
+            }),
+            Arc::new(NoRights),
+        );
+        Subscription {
+            session: Arc::new(link),
+            options: SubscriptionOptions {
+                qos: QoS::AtMostOnce,
+                no_local: false,
+                retain_as_published: false,
+                retain_handling: RetainHandling::SendAtSubscribe,
+            },
+            identifier: None,
+        }
+    }
+
+    /// Topic levels: ordinary, empty, and `$`-prefixed ones (which only matter
+    /// first, MQTT-4.7.2-1, but may appear anywhere).
+    fn topic_level() -> impl Strategy<Value = &'static str> {
+        prop::sample::select(vec!["a", "b", "", "$SYS", "$x"])
+    }
+
+    fn topic_name() -> impl Strategy<Value = String> {
+        prop::collection::vec(topic_level(), 1..5)
+            .prop_map(|levels| levels.join("/"))
+            .prop_filter("a topic name is not empty", |t| !t.is_empty())
+    }
+
+    /// Valid filters: the topic levels plus `+` anywhere and `#` as the last level.
+    fn filter() -> impl Strategy<Value = String> {
+        let level = prop::sample::select(vec!["a", "b", "", "$SYS", "$x", "+", "#"]);
+        prop::collection::vec(level, 1..5)
+            .prop_map(|levels| {
+                let end = levels
+                    .iter()
+                    .position(|l| *l == "#")
+                    .map_or(levels.len(), |i| i + 1);
+                levels[..end].join("/")
+            })
+            .prop_filter("a valid filter", |f| {
+                topic::validate_topic_filter(f).is_ok()
+            })
+    }
+
+    fn matched_ids(tree: &mut SubscriptionTree, topic_name: &str) -> BTreeSet<u64> {
+        let mut out = Vec::new();
+        tree.collect(topic_name, &mut out);
+        out.iter().map(|m| m.subscription.session.id).collect()
+    }
+
+    proptest! {
+        /// The tree finds exactly the filters `topic::matches` accepts, for every
+        /// topic, `$` topics and empty levels included, and forgets removed ones.
+        #[test]
+        fn the_tree_agrees_with_topic_matches(
+            filters in prop::collection::vec(filter(), 1..24),
+            topics in prop::collection::vec(topic_name(), 1..12),
+            removed in prop::collection::vec(any::<prop::sample::Index>(), 0..6),
+        ) {
+            let mut tree = SubscriptionTree::default();
+            for (id, f) in filters.iter().enumerate() {
+                prop_assert!(topic::validate_topic_filter(f).is_ok(), "generated {f:?}");
+                prop_assert!(!tree.insert(f, None, subscription(id as u64)));
+            }
+            prop_assert_eq!(tree.len(), filters.len());
+            let mut live: BTreeSet<u64> = (0..filters.len() as u64).collect();
+            for index in &removed {
+                let id = index.index(filters.len());
+                let existed = live.remove(&(id as u64));
+                prop_assert_eq!(tree.remove(&filters[id], None, id as u64), existed);
+            }
+            prop_assert_eq!(tree.len(), live.len());
+            for t in &topics {
+                let expected: BTreeSet<u64> = live
+                    .iter()
+                    .copied()
+                    .filter(|&id| topic::matches(&filters[id as usize], t))
+                    .collect();
+                prop_assert_eq!(matched_ids(&mut tree, t), expected, "topic {:?}", t);
+            }
+        }
+    }
+
+    #[test]
+    fn wildcards_at_the_first_level_never_match_dollar_topics() {
+        let mut tree = SubscriptionTree::default();
+        tree.insert("#", None, subscription(1));
+        tree.insert("+/broker", None, subscription(2));
+        tree.insert("$SYS/#", None, subscription(3));
+        tree.insert("a/#", None, subscription(4));
+        assert_eq!(matched_ids(&mut tree, "$SYS/broker"), BTreeSet::from([3]));
+        assert_eq!(matched_ids(&mut tree, "x/broker"), BTreeSet::from([1, 2]));
+        // "a/#" matches its parent level too.
+        assert_eq!(matched_ids(&mut tree, "a"), BTreeSet::from([1, 4]));
+    }
+}

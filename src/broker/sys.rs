@@ -9,7 +9,7 @@ use bytes::Bytes;
 
 use crate::protocol::QoS;
 
-use super::journal::settle;
+use super::journal::Reservation;
 use super::mailbox::Message;
 use super::{Broker, Incoming};
 
@@ -80,7 +80,8 @@ pub fn publish_sys(broker: &Broker) {
                 from_session: None,
                 retained_quota: usize::MAX,
             },
-            None,
+            // `$SYS` is never stored.
+            Reservation::NONE,
         );
     }
 }
@@ -91,9 +92,11 @@ pub async fn run_periodic(broker: Arc<Broker>) {
     let mut seconds = 0u64;
     loop {
         tick.tick().await;
-        let slot = broker.journal().reserve().await;
-        let commit = broker.housekeeping(std::time::Instant::now(), slot);
-        settle(commit, "expired sessions").await;
+        let room = broker.journal().reserve().await;
+        broker
+            .housekeeping(std::time::Instant::now(), room)
+            .settle("expired sessions")
+            .await;
         if seconds.is_multiple_of(SYS_INTERVAL.as_secs()) {
             publish_sys(&broker);
         }

@@ -10,7 +10,7 @@ use arc_swap::ArcSwap;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::auth::{AuthConfig, Authenticator, hash_for_secret_file};
-use crate::broker::journal::{Journal, settle};
+use crate::broker::journal::Journal;
 use crate::broker::mailbox::QueueLimits;
 use crate::broker::{Broker, BrokerConfig, ListenerKind, sys};
 use crate::net::syn_filter::SynFilter;
@@ -175,10 +175,8 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
         max_bytes: policy.limits.max_queued_bytes,
         max_inflight: policy.limits.max_inflight,
     };
-    let slot = broker.journal().reserve().await;
-    if let Some(commit) = broker.restore(snapshot, restore_limits, slot) {
-        commit.await?;
-    }
+    let room = broker.journal().reserve().await;
+    broker.restore(snapshot, restore_limits, room).await?;
     let auth = Authenticator::new(AuthConfig {
         concurrency: policy.limits.auth_concurrency,
         queue: policy.limits.auth_queue,
@@ -266,9 +264,9 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
                         // past their password check are re-resolved when they attach.
                         let resolver = resolver_for(new_policy);
                         active.store(Arc::new(loaded.active));
-                        let slot = broker.journal().reserve().await;
-                        let (removed, dropped, commit) = broker.reauthorize(resolver, slot);
-                        settle(commit, "revoked sessions and subscriptions").await;
+                        let room = broker.journal().reserve().await;
+                        let (removed, dropped, durable) = broker.reauthorize(resolver, room);
+                        durable.settle("revoked sessions and subscriptions").await;
                         tracing::info!(sessions_removed = removed, subscriptions_dropped = dropped, "manifest reloaded");
                     }
                     Err(e) => tracing::error!("reload refused, the previous policy stays in force: {e}"),

@@ -1,8 +1,7 @@
-//! The store's error type and its mapping to MQTT reason codes. It owns no state.
+//! The store's error type. It owns no state, and says nothing about MQTT: what a
+//! refusal means to a client is the broker's call (`broker::journal::refusal_reason`).
 
 use rusqlite::ErrorCode;
-
-use crate::protocol::ReasonCode;
 
 /// Why a store operation failed. `Clone` because one failed commit fails every
 /// operation grouped into it.
@@ -38,16 +37,6 @@ pub enum StoreError {
 }
 
 impl StoreError {
-    /// The MQTT 5 reason code for a PUBACK/PUBREC (or SUBACK) refused because of this
-    /// error: `QuotaExceeded` (0x97) when the disk is full or the write queue is full
-    /// (`try_reserve`), `UnspecifiedError` (0x80) else.
-    pub fn reason_code(&self) -> ReasonCode {
-        match self {
-            StoreError::DiskFull | StoreError::Busy => ReasonCode::QuotaExceeded,
-            _ => ReasonCode::UnspecifiedError,
-        }
-    }
-
     pub fn is_disk_full(&self) -> bool {
         matches!(self, StoreError::DiskFull)
     }
@@ -84,7 +73,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn disk_full_maps_to_quota_exceeded() {
+    fn sqlite_full_is_disk_full() {
         let full = rusqlite::Error::SqliteFailure(
             rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_FULL),
             None,
@@ -92,10 +81,10 @@ mod tests {
         let err = StoreError::from(full);
         assert_eq!(err, StoreError::DiskFull);
         assert!(err.is_disk_full());
-        assert_eq!(err.reason_code(), ReasonCode::QuotaExceeded);
-        assert_eq!(
-            StoreError::Database("x".into()).reason_code(),
-            ReasonCode::UnspecifiedError
+        let other = rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_IOERR),
+            None,
         );
+        assert!(matches!(StoreError::from(other), StoreError::Database(_)));
     }
 }

@@ -1,0 +1,407 @@
+//! The I/O loop of an established connection: reads and decodes packets and hands
+//! them to the handler, keeps the keepalive deadline, obeys a kick (takeover,
+//! reload, shutdown), pauses a publisher while a subscriber it filled drains
+//! (backpressure), and writes the answers in arrival order (each once what it
+//! acknowledges is durable) together with what the session's mailbox holds, in
+//! as few writes as it can. It closes with the right reason code on a malformed
+//! packet or a protocol violation. What a packet means is the handler's.
+
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio_util::codec::{Decoder, Encoder};
+
+use crate::protocol::{
+    Ack, Codec, Disconnect, Packet, Properties, ProtocolVersion, Publish, QoS, ReasonCode,
+};
+
+use crate::broker::journal::{Durable, Reservation, refusal_reason};
+use crate::broker::mailbox::{Message, Outbound};
+use crate::broker::session::SessionLink;
+use crate::broker::stats::Stats;
+
+use super::handler::Handled;
+use super::{Connection, End, Violation};
+
+/// Read buffer growth step; the codec bounds the total by the maximum packet size.
+pub(super) const READ_CHUNK: usize = 8 * 1024;
+/// Read space an idle connection keeps: most connections are idle most of the time,
+/// and 10 000 of them must fit in a Pi's memory.
+pub(super) const IDLE_READ_CHUNK: usize = 512;
+/// Longest a publisher waits for a full subscriber queue to make progress.
+const BACKPRESSURE_WAIT: Duration = Duration::from_millis(5);
+/// Longest a publisher waits for a draining subscriber in all, per overflow.
+const BACKPRESSURE_LIMIT: Duration = Duration::from_millis(250);
+/// Answers gathered from one read before they are written.
+const REPLY_BATCH: usize = 256;
+/// Write buffers bigger than this are dropped when the connection goes idle.
+const IDLE_BUFFER_KEEP: usize = 16 * 1024;
+
+/// Backpressure for QoS 1/2: a publisher whose message filled a subscriber's queue
+/// past three quarters reads nothing more until that subscriber has drained half its
+/// queue, instead of reading on only for the broker to drop acknowledged messages.
+/// It waits at most `BACKPRESSURE_LIMIT`, in steps of `BACKPRESSURE_WAIT`. A
+/// subscriber that took nothing during the whole wait is marked stalled, and nobody
+/// waits for it again until it drains: a stuck or offline client costs one
+/// publisher one wait, once, and after that only its own copies are dropped.
+/// QoS 0 pauses a publisher only while the subscriber's socket takes what it is
+/// sent: the broker is behind, not the client (see `routing::push_to`).
+async fn wait_for_drain(subscriber: &SessionLink, stats: &Stats) {
+    stats.publisher_paused();
+    let until = Instant::now() + BACKPRESSURE_LIMIT;
+    let mut drained = false;
+    while !subscriber.mailbox.half_empty() && Instant::now() < until {
+        if tokio::time::timeout(BACKPRESSURE_WAIT, subscriber.mailbox.room())
+            .await
+            .is_ok()
+        {
+            drained = true;
+        }
+    }
+    if !drained {
+        subscriber.mailbox.mark_stalled();
+    }
+}
+
+/// How a batched write to the client ended.
+enum Written {
+    Done(std::io::Result<()>),
+    Kicked(ReasonCode),
+    Stalled,
+}
+
+/// Polls `future` once: its output if it is ready now, `None` if it would wait.
+async fn poll_once<F: Future>(mut future: std::pin::Pin<&mut F>) -> Option<F::Output> {
+    std::future::poll_fn(|cx| match future.as_mut().poll(cx) {
+        std::task::Poll::Ready(output) => std::task::Poll::Ready(Some(output)),
+        std::task::Poll::Pending => std::task::Poll::Ready(None),
+    })
+    .await
+}
+
+impl Connection {
+    /// Runs the established connection until it ends, and says why.
+    pub(super) async fn run<S>(
+        &mut self,
+        stream: &mut S,
+        codec: &mut Codec,
+        rbuf: &mut BytesMut,
+    ) -> End
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send,
+    {
+        let mut wbuf = BytesMut::new();
+        // Grow the read space only while reads fill it.
+        let mut read_chunk = IDLE_READ_CHUNK;
+        let mut outbound = Vec::new();
+        // 1.5 times the keepalive (MQTT-3.1.2-24).
+        let grace = self.keep_alive + self.keep_alive / 2;
+        let mut last_heard = Instant::now();
+        // `rbuf` may hold packets not yet handled.
+        let mut buffered = !rbuf.is_empty();
+        loop {
+            // Answer what was read, then drain the mailbox, in one write.
+            if self.flush_replies(codec, &mut wbuf).await {
+                let _ = stream.write_all(&wbuf).await;
+                return End::Abnormal(
+                    "durable write refused: an MQTT 3.1.1 client cannot be told, so the connection closes unacknowledged".into(),
+                );
+            }
+            self.fill_from_mailbox(codec, &mut outbound, &mut wbuf)
+                .await;
+            if !wbuf.is_empty() {
+                let deadline = last_heard + grace;
+                let written = {
+                    let mut write = std::pin::pin!(async {
+                        stream.write_all(&wbuf).await?;
+                        stream.flush().await
+                    });
+                    match poll_once(write.as_mut()).await {
+                        Some(result) => Written::Done(result),
+                        None => {
+                            // The socket does not take it all now: the client is
+                            // behind, which publishers of QoS 0 need not wait for.
+                            self.session.mailbox.set_writer_blocked(true);
+                            let written = tokio::select! {
+                                result = &mut write => Written::Done(result),
+                                reason = self.kick.kicked() => Written::Kicked(reason),
+                                _ = tokio::time::sleep_until(deadline.into()) => Written::Stalled,
+                            };
+                            self.session.mailbox.set_writer_blocked(false);
+                            written
+                        }
+                    }
+                };
+                match written {
+                    Written::Done(Ok(())) => {}
+                    Written::Done(Err(e)) => return End::Abnormal(format!("write failed: {e}")),
+                    Written::Kicked(reason) => {
+                        return Box::pin(self.kicked(stream, codec, reason)).await;
+                    }
+                    Written::Stalled => {
+                        return End::Abnormal("client stopped reading (keepalive)".into());
+                    }
+                }
+                wbuf.clear();
+                if wbuf.capacity() > IDLE_BUFFER_KEEP {
+                    wbuf = BytesMut::new();
+                }
+            }
+            if !buffered {
+                if rbuf.is_empty() && rbuf.capacity() > read_chunk {
+                    *rbuf = BytesMut::new();
+                }
+                rbuf.reserve(read_chunk);
+                let space = rbuf.capacity() - rbuf.len();
+                let deadline = last_heard + grace;
+                tokio::select! {
+                    reason = self.kick.kicked() => return Box::pin(self.kicked(stream, codec, reason)).await,
+                    read = stream.read_buf(rbuf) => match read {
+                        Ok(0) => return End::Abnormal("connection closed without DISCONNECT".into()),
+                        Ok(n) => {
+                            last_heard = Instant::now();
+                            read_chunk = if n >= space { READ_CHUNK } else { IDLE_READ_CHUNK };
+                            buffered = true;
+                        }
+                        Err(e) => return End::Abnormal(format!("read failed: {e}")),
+                    },
+                    _ = self.session.mailbox.ready() => {}
+                    _ = tokio::time::sleep_until(deadline.into()) => {
+                        let _ = Box::pin(self.send_disconnect(stream, codec, ReasonCode::KeepAliveTimeout, None)).await;
+                        return End::Abnormal("keepalive timeout".into());
+                    }
+                }
+            }
+            if !buffered {
+                continue;
+            }
+            // Handle what was read until a batch of answers is due or a subscriber's
+            // queue overflowed; the rest stays buffered for the next turn (which reads
+            // nothing new until it is handled).
+            buffered = false;
+            loop {
+                match codec.decode(rbuf) {
+                    Ok(Some(packet)) => {
+                        let handled = match self.try_handle(packet) {
+                            Handled::Done(result) => result,
+                            Handled::QueueFull(packet) => {
+                                Box::pin(self.handle_when_reserved(*packet)).await
+                            }
+                        };
+                        match handled {
+                            Ok(None) => {}
+                            Ok(Some(end)) => return end,
+                            Err(Violation(reason, why)) => {
+                                self.flush_replies(codec, &mut wbuf).await;
+                                return Box::pin(
+                                    self.violation(stream, codec, &mut wbuf, reason, why),
+                                )
+                                .await;
+                            }
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        let reason = e.reason_code();
+                        let why = e.to_string();
+                        tracing::info!(client_id = %self.session.client_id, error = %why, "malformed packet");
+                        self.flush_replies(codec, &mut wbuf).await;
+                        return Box::pin(self.violation(
+                            stream,
+                            codec,
+                            &mut wbuf,
+                            reason,
+                            "malformed packet",
+                        ))
+                        .await;
+                    }
+                }
+                if self.replies.len() >= REPLY_BATCH || self.congested.is_some() {
+                    buffered = true;
+                    break;
+                }
+            }
+            if let Some(full) = self.congested.take() {
+                Box::pin(wait_for_drain(&full, &self.broker.stats)).await;
+            }
+        }
+    }
+
+    async fn kicked<S>(&self, stream: &mut S, codec: &mut Codec, reason: ReasonCode) -> End
+    where
+        S: AsyncWrite + Unpin,
+    {
+        let _ = self.send_disconnect(stream, codec, reason, None).await;
+        End::Abnormal(format!("closed by the broker: {reason:?}"))
+    }
+
+    async fn violation<S>(
+        &self,
+        stream: &mut S,
+        codec: &mut Codec,
+        wbuf: &mut BytesMut,
+        reason: ReasonCode,
+        why: &'static str,
+    ) -> End
+    where
+        S: AsyncWrite + Unpin,
+    {
+        // Whatever was already answered goes out first.
+        let _ = stream.write_all(wbuf).await;
+        wbuf.clear();
+        let _ = self.send_disconnect(stream, codec, reason, Some(why)).await;
+        End::Abnormal(format!("protocol violation {reason:?}: {why}"))
+    }
+
+    async fn send_disconnect<S>(
+        &self,
+        stream: &mut S,
+        codec: &mut Codec,
+        reason: ReasonCode,
+        why: Option<&str>,
+    ) -> std::io::Result<()>
+    where
+        S: AsyncWrite + Unpin,
+    {
+        if self.version == ProtocolVersion::V5 {
+            let mut out = BytesMut::new();
+            let packet = Packet::Disconnect(Disconnect {
+                reason,
+                properties: Properties {
+                    reason_string: why.map(str::to_owned),
+                    ..Properties::default()
+                },
+            });
+            if codec.encode(&packet, &mut out).is_ok() {
+                // A peer that stopped reading must not hold the connection open.
+                let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(&out)).await;
+            }
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(1), stream.shutdown()).await;
+        Ok(())
+    }
+
+    /// Sends `packet` in its turn.
+    pub(super) fn reply(&mut self, packet: Packet) {
+        self.replies.push_back((Durable::default(), packet));
+    }
+
+    /// Sends `packet` in its turn, once what it acknowledges is durable.
+    pub(super) fn reply_after(&mut self, durable: Durable, packet: Packet) {
+        self.replies.push_back((durable, packet));
+    }
+
+    /// Encodes the answers in order, waiting for each one's commit. A failed commit
+    /// (disk full) turns a v5 acknowledgement into the refusal it has become. MQTT
+    /// 3.1.1 has no negative PUBACK/PUBREC, and a plain one would claim the message is
+    /// safe: that acknowledgement is withheld and `true` returned, so the caller
+    /// closes the connection and the client sends the message again later
+    /// (MQTT-4.4.0-1).
+    async fn flush_replies(&mut self, codec: &mut Codec, wbuf: &mut BytesMut) -> bool {
+        let mut withheld = false;
+        loop {
+            // Only the commit is held across the wait, not the packet: this future
+            // is part of every connection's task and should stay small.
+            let refused = match self.replies.front_mut() {
+                None => return withheld,
+                Some((durable, _)) => durable.await.err(),
+            };
+            let Some((_, mut packet)) = self.replies.pop_front() else {
+                return withheld;
+            };
+            if let Some(e) = refused {
+                tracing::warn!(client_id = %self.session.client_id, error = %e, "durable write refused");
+                if let Packet::PubAck(ack) | Packet::PubRec(ack) = &mut packet {
+                    if self.version == ProtocolVersion::V311 {
+                        withheld = true;
+                        continue;
+                    }
+                    ack.reason = refusal_reason(&e);
+                }
+            }
+            if let Err(e) = codec.encode(&packet, wbuf) {
+                tracing::debug!(client_id = %self.session.client_id, error = %e, "packet not sent");
+            }
+        }
+    }
+
+    /// Encodes what the mailbox lets us send now. A persistent session's new QoS 2
+    /// message is recorded in flight, under its packet id, before it is sent: a
+    /// resend after a crash must reuse that id or the client would see it twice.
+    async fn fill_from_mailbox(
+        &mut self,
+        codec: &mut Codec,
+        outbound: &mut Vec<Outbound>,
+        wbuf: &mut BytesMut,
+    ) {
+        let now = Instant::now();
+        let persistent = self.session.is_persistent();
+        let room = if persistent {
+            self.broker.journal().reserve().await
+        } else {
+            Reservation::NONE
+        };
+        self.session.mailbox.drain(now, outbound);
+        if persistent {
+            self.broker
+                .record_sent(&self.session, outbound, now, room)
+                .settle("in-flight state")
+                .await;
+        }
+        let mut sent = 0u64;
+        let mut bytes = 0usize;
+        for item in outbound.drain(..) {
+            match item {
+                Outbound::Publish {
+                    packet_id,
+                    dup,
+                    message,
+                } => {
+                    let qos = message.qos;
+                    bytes += message.payload.len();
+                    let packet = Packet::Publish(outgoing_publish(packet_id, dup, message, now));
+                    if let Err(e) = codec.encode(&packet, wbuf) {
+                        // Too large for the client: drop it (MQTT-3.1.2-25), and free
+                        // its slot in the window.
+                        tracing::debug!(client_id = %self.session.client_id, error = %e, "message not delivered");
+                        if qos != QoS::AtMostOnce {
+                            self.session.mailbox.complete(packet_id);
+                        }
+                        continue;
+                    }
+                    sent += 1;
+                }
+                Outbound::PubRel { packet_id } => {
+                    let packet = Packet::PubRel(Ack::new(packet_id, ReasonCode::Success));
+                    if let Err(e) = codec.encode(&packet, wbuf) {
+                        tracing::debug!(client_id = %self.session.client_id, error = %e, "PUBREL not sent");
+                    }
+                }
+            }
+        }
+        if sent > 0 {
+            self.broker.stats.sent(sent, bytes);
+        }
+    }
+}
+
+/// Builds the PUBLISH for one subscriber, with the remaining expiry and its
+/// subscription identifiers.
+fn outgoing_publish(packet_id: u16, dup: bool, message: Message, now: Instant) -> Publish {
+    let mut properties = (*message.properties).clone();
+    properties.subscription_identifiers = message.subscription_ids;
+    if let Some(expires_at) = message.expires_at {
+        let left = expires_at.saturating_duration_since(now).as_secs();
+        properties.message_expiry_interval = Some(u32::try_from(left.max(1)).unwrap_or(u32::MAX));
+    }
+    Publish {
+        dup,
+        qos: message.qos,
+        retain: message.retain,
+        topic: message.topic.to_string(),
+        packet_id,
+        payload: message.payload,
+        properties,
+    }
+}

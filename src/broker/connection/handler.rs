@@ -1,0 +1,509 @@
+//! The packet handler: what each packet of an established connection means, the
+//! MQTT state machine. PUBLISH (topic aliases, size limits, the one publish
+//! permission check `may_publish_message`, routing, the QoS 1/2 flows and their
+//! acknowledgements), SUBSCRIBE and UNSUBSCRIBE (with the audit trail of every
+//! refusal), DISCONNECT, and at the end the will. Every durable change is asked of
+//! the broker (publish, subscribe, acknowledge, release, complete, detach), which
+//! records it through its journal; this file builds no store operation and does
+//! no I/O: answers go to the driver's reply queue.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::protocol::{
+    Ack, Packet, Properties, ProtocolVersion, Publish, QoS, ReasonCode, SubAck, Subscribe,
+    UnsubAck, Unsubscribe, Will, topic,
+};
+
+use crate::broker::denials::DenialKind;
+use crate::broker::journal::{Durable, QueueFull, Reservation};
+use crate::broker::mailbox::Message;
+use crate::broker::permissions::{PublishDenied, may_publish_message};
+use crate::broker::stats::Stats;
+use crate::broker::{BrokerConfig, Incoming};
+
+use super::{Connection, End, Violation};
+
+/// A will the publish check refused, at CONNECT (`peer` known) or when it is due:
+/// counted against its identity (as a will, or as a retain refusal) and logged.
+pub(super) fn will_refused(
+    stats: &Stats,
+    identity: &str,
+    client_id: &str,
+    will: &Will,
+    denied: PublishDenied,
+    peer: Option<SocketAddr>,
+) {
+    let kind = match denied {
+        PublishDenied::Topic => DenialKind::Will,
+        PublishDenied::Retain => DenialKind::Retain,
+    };
+    stats.denials.record(identity, kind, &will.topic);
+    tracing::info!(
+        target: "moat::audit",
+        peer = peer.map(tracing::field::display),
+        identity,
+        client_id,
+        topic = %will.topic,
+        retain = will.retain,
+        rule = kind.as_str(),
+        "will denied"
+    );
+}
+
+/// Checks a topic name against the broker's size limits.
+pub(super) fn check_topic_limits(topic: &str, config: &BrokerConfig) -> Result<(), ReasonCode> {
+    if topic.len() > config.max_topic_length || topic.split('/').count() > config.max_topic_levels {
+        return Err(ReasonCode::TopicNameInvalid);
+    }
+    Ok(())
+}
+
+fn check_user_properties(properties: &Properties, config: &BrokerConfig) -> Result<(), ReasonCode> {
+    let count = properties.user_properties.len();
+    let bytes: usize = properties
+        .user_properties
+        .iter()
+        .map(|(k, v)| k.len() + v.len())
+        .sum();
+    if count > config.max_user_properties || bytes > config.max_user_property_bytes {
+        return Err(ReasonCode::ImplementationSpecificError);
+    }
+    Ok(())
+}
+
+/// What [`Connection::try_handle`] did with a packet.
+pub(super) enum Handled {
+    Done(Result<Option<End>, Violation>),
+    /// The store's write queue is full; the packet waits for room.
+    QueueFull(Box<Packet>),
+}
+
+impl Connection {
+    /// Handles a packet, with room reserved in the durable store first when it may
+    /// change durable state. When the write queue is full the packet comes back:
+    /// the caller waits in a boxed [`Connection::handle_when_reserved`], so the
+    /// common case keeps no packet-sized state in the connection's task.
+    pub(super) fn try_handle(&mut self, packet: Packet) -> Handled {
+        if !self.may_change_durable_state(&packet) {
+            return Handled::Done(self.handle(packet, Reservation::NONE));
+        }
+        match self.broker.journal().try_reserve() {
+            Ok(room) => Handled::Done(self.handle(packet, room)),
+            Err(QueueFull) => Handled::QueueFull(Box::new(packet)),
+        }
+    }
+
+    pub(super) async fn handle_when_reserved(
+        &mut self,
+        packet: Packet,
+    ) -> Result<Option<End>, Violation> {
+        let room = self.broker.journal().reserve().await;
+        self.handle(packet, room)
+    }
+
+    /// Whether handling `packet` may record something durable, so it needs room
+    /// reserved in the journal first.
+    fn may_change_durable_state(&self, packet: &Packet) -> bool {
+        self.broker.journal().is_enabled()
+            && match packet {
+                Packet::Publish(p) => p.qos != QoS::AtMostOnce || p.retain,
+                Packet::Subscribe(_)
+                | Packet::Unsubscribe(_)
+                | Packet::PubAck(_)
+                | Packet::PubRec(_)
+                | Packet::PubRel(_)
+                | Packet::PubComp(_) => self.session.is_persistent(),
+                _ => false,
+            }
+    }
+
+    /// Handles one packet; `Ok(Some(end))` ends the connection normally.
+    fn handle(&mut self, packet: Packet, room: Reservation) -> Result<Option<End>, Violation> {
+        let session = &self.session;
+        match packet {
+            Packet::Publish(publish) => self.on_publish(publish, room)?,
+            Packet::PubAck(ack) | Packet::PubComp(ack) => {
+                self.broker.acknowledge(session, ack.packet_id, room);
+            }
+            // The client refused the message: its flow ends here.
+            Packet::PubRec(ack) if ack.reason.is_error() => {
+                self.broker.acknowledge(session, ack.packet_id, room);
+            }
+            Packet::PubRec(ack) => match self.broker.release(session, ack.packet_id, room) {
+                Some(released) => self.reply_after(
+                    released,
+                    Packet::PubRel(Ack::new(ack.packet_id, ReasonCode::Success)),
+                ),
+                None => self.reply(Packet::PubRel(Ack::new(
+                    ack.packet_id,
+                    ReasonCode::PacketIdentifierNotFound,
+                ))),
+            },
+            Packet::PubRel(ack) => {
+                let reason = if self.broker.complete(session, ack.packet_id, room) {
+                    ReasonCode::Success
+                } else {
+                    ReasonCode::PacketIdentifierNotFound
+                };
+                self.reply(Packet::PubComp(Ack::new(ack.packet_id, reason)));
+            }
+            Packet::Subscribe(subscribe) => self.on_subscribe(subscribe, room)?,
+            Packet::Unsubscribe(unsubscribe) => self.on_unsubscribe(unsubscribe, room),
+            Packet::PingReq => self.reply(Packet::PingResp),
+            Packet::Disconnect(disconnect) => {
+                let expiry = disconnect.properties.session_expiry_interval;
+                if self.expiry_on_connect == 0 && expiry.is_some_and(|e| e != 0) {
+                    return Err(Violation(
+                        ReasonCode::ProtocolError,
+                        "session expiry set on DISCONNECT after 0 on CONNECT",
+                    ));
+                }
+                return Ok(Some(End::Normal {
+                    with_will: disconnect.reason == ReasonCode::DisconnectWithWill,
+                    expiry,
+                }));
+            }
+            Packet::Auth(_) => {
+                return Err(Violation(
+                    ReasonCode::ProtocolError,
+                    "enhanced authentication is not supported",
+                ));
+            }
+            // The codec refuses these on the server side; be strict anyway.
+            Packet::Connect(_)
+            | Packet::ConnAck(_)
+            | Packet::SubAck(_)
+            | Packet::UnsubAck(_)
+            | Packet::PingResp => {
+                return Err(Violation(
+                    ReasonCode::ProtocolError,
+                    "packet not allowed here",
+                ));
+            }
+        }
+        Ok(None)
+    }
+
+    fn on_publish(&mut self, mut publish: Publish, room: Reservation) -> Result<(), Violation> {
+        if let Some(alias) = publish.properties.topic_alias.take() {
+            if alias == 0 || alias > self.config.topic_alias_maximum {
+                return Err(Violation(
+                    ReasonCode::TopicAliasInvalid,
+                    "topic alias out of range",
+                ));
+            }
+            if publish.topic.is_empty() {
+                match self.aliases.get(&alias) {
+                    Some(topic) => publish.topic = topic.clone(),
+                    None => {
+                        return Err(Violation(ReasonCode::ProtocolError, "unknown topic alias"));
+                    }
+                }
+            } else {
+                self.aliases.insert(alias, publish.topic.clone());
+            }
+        }
+        if publish.topic.is_empty() {
+            return Err(Violation(ReasonCode::TopicNameInvalid, "empty topic"));
+        }
+        check_topic_limits(&publish.topic, &self.config)
+            .map_err(|r| Violation(r, "topic too long or too deep"))?;
+        check_user_properties(&publish.properties, &self.config)
+            .map_err(|r| Violation(r, "too many user properties"))?;
+
+        let packet_id = publish.packet_id;
+        if publish.qos == QoS::ExactlyOnce && self.session.has_inbound_qos2(packet_id) {
+            // A resend of a message we already have: acknowledge, do not route twice.
+            self.reply(Packet::PubRec(Ack::new(packet_id, ReasonCode::Success)));
+            return Ok(());
+        }
+        if publish.qos == QoS::ExactlyOnce
+            && self.session.inbound_qos2_count() >= usize::from(self.config.max_inflight)
+        {
+            return Err(Violation(
+                ReasonCode::ReceiveMaximumExceeded,
+                "too many QoS 2 messages in flight",
+            ));
+        }
+
+        let permissions = self.session.permissions();
+        let client_id = &self.session.client_id;
+        let checked = may_publish_message(&*permissions, client_id, &publish.topic, publish.retain);
+        let (reason, durable) = if let Err(denied) = checked {
+            let kind = match denied {
+                PublishDenied::Topic => DenialKind::Publish,
+                PublishDenied::Retain => DenialKind::Retain,
+            };
+            self.broker
+                .stats
+                .denials
+                .record(&self.session.owner, kind, &publish.topic);
+            // MQTT 3.1.1 has no way to refuse a PUBLISH: its PUBACK/PUBREC carries no
+            // reason code, so the client takes it for success. Say so in the log.
+            let client_told = self.version == ProtocolVersion::V5 && publish.qos != QoS::AtMostOnce;
+            tracing::info!(
+                target: "moat::audit",
+                client_id = %client_id,
+                identity = %self.session.owner,
+                topic = %publish.topic,
+                retain = publish.retain,
+                qos = ?publish.qos,
+                rule = kind.as_str(),
+                client_told,
+                "publish denied"
+            );
+            (ReasonCode::NotAuthorized, Durable::default())
+        } else {
+            let incoming = self.incoming(
+                &publish.topic,
+                publish.payload,
+                publish.qos,
+                publish.retain,
+                &publish.properties,
+                Instant::now(),
+            );
+            let (routed, durable) = if publish.qos == QoS::ExactlyOnce {
+                self.broker
+                    .publish_exactly_once(&self.session, packet_id, incoming, room)
+            } else {
+                self.broker.publish(incoming, room)
+            };
+            if routed.congested.is_some() {
+                self.congested = routed.congested.clone();
+            }
+            let reason = if routed.retain_refused {
+                ReasonCode::QuotaExceeded
+            } else if routed.matched == 0 {
+                ReasonCode::NoMatchingSubscribers
+            } else {
+                ReasonCode::Success
+            };
+            (reason, durable)
+        };
+        match publish.qos {
+            QoS::AtMostOnce => {}
+            QoS::AtLeastOnce => {
+                self.reply_after(durable, Packet::PubAck(Ack::new(packet_id, reason)))
+            }
+            QoS::ExactlyOnce => {
+                self.reply_after(durable, Packet::PubRec(Ack::new(packet_id, reason)))
+            }
+        }
+        Ok(())
+    }
+
+    fn on_subscribe(&mut self, subscribe: Subscribe, room: Reservation) -> Result<(), Violation> {
+        check_user_properties(&subscribe.properties, &self.config)
+            .map_err(|r| Violation(r, "too many user properties"))?;
+        let identifier = subscribe
+            .properties
+            .subscription_identifiers
+            .first()
+            .copied();
+        let permissions = self.session.permissions();
+        // The refusal for each filter, or `None` for one to grant.
+        let mut refusals = Vec::with_capacity(subscribe.filters.len());
+        let mut granted = Vec::new();
+        for request in &subscribe.filters {
+            let filter = request.filter.as_str();
+            let shared = topic::parse_shared(filter).ok().flatten();
+            if shared.is_some() && request.options.no_local {
+                return Err(Violation(
+                    ReasonCode::ProtocolError,
+                    "no local on a shared subscription",
+                ));
+            }
+            let inner = shared.map_or(filter, |(_, inner)| inner);
+            let refusal = if inner.len() > self.config.max_topic_length
+                || inner.split('/').count() > self.config.max_topic_levels
+            {
+                Some(ReasonCode::TopicFilterInvalid)
+            } else if !permissions.may_subscribe(&self.session.client_id, filter) {
+                Some(ReasonCode::NotAuthorized)
+            } else {
+                granted.push((filter, request.options));
+                None
+            };
+            refusals.push(refusal);
+        }
+        // One lock and one durable batch for every granted filter of the packet.
+        let (results, durable) = self
+            .broker
+            .subscribe(&self.session, &granted, identifier, room);
+        let mut results = results.into_iter();
+        let reasons: Vec<ReasonCode> = refusals
+            .into_iter()
+            .zip(&subscribe.filters)
+            .map(|(refusal, request)| match refusal {
+                Some(reason) => reason,
+                None => match results.next() {
+                    Some(Ok(())) => match request.options.qos {
+                        QoS::AtMostOnce => ReasonCode::Success,
+                        QoS::AtLeastOnce => ReasonCode::GrantedQoS1,
+                        QoS::ExactlyOnce => ReasonCode::GrantedQoS2,
+                    },
+                    Some(Err(refused)) => refused,
+                    None => ReasonCode::UnspecifiedError,
+                },
+            })
+            .collect();
+        for (reason, request) in reasons.iter().zip(&subscribe.filters) {
+            if reason.is_error() {
+                self.subscription_refused(&request.filter, *reason);
+            }
+        }
+        // SUBACK first, then retained messages (they go through the mailbox, which is
+        // drained after the answers are encoded).
+        self.reply_after(
+            durable,
+            Packet::SubAck(SubAck {
+                packet_id: subscribe.packet_id,
+                reasons,
+                properties: Properties::default(),
+            }),
+        );
+        Ok(())
+    }
+
+    /// Every refused SUBSCRIBE filter is one audit line and one count: Home
+    /// Assistant ignores SUBACK codes, so this is the only trace a user will find.
+    fn subscription_refused(&self, filter: &str, reason: ReasonCode) {
+        let kind = match reason {
+            ReasonCode::QuotaExceeded => DenialKind::SubscribeQuota,
+            ReasonCode::TopicFilterInvalid => DenialKind::SubscribeInvalid,
+            _ => DenialKind::Subscribe,
+        };
+        self.broker.stats.subscription_refused();
+        self.broker
+            .stats
+            .denials
+            .record(&self.session.owner, kind, filter);
+        tracing::info!(
+            target: "moat::audit",
+            client_id = %self.session.client_id,
+            identity = %self.session.owner,
+            filter = %filter,
+            reason = ?reason,
+            rule = kind.as_str(),
+            "subscribe denied"
+        );
+    }
+
+    fn on_unsubscribe(&mut self, unsubscribe: Unsubscribe, room: Reservation) {
+        // One lock and one durable batch for every filter of the packet.
+        let (existed, durable) = self
+            .broker
+            .unsubscribe(&self.session, &unsubscribe.filters, room);
+        let reasons = existed
+            .into_iter()
+            .map(|existed| {
+                if existed {
+                    ReasonCode::Success
+                } else {
+                    ReasonCode::NoSubscriptionExisted
+                }
+            })
+            .collect();
+        self.reply_after(
+            durable,
+            Packet::UnsubAck(UnsubAck {
+                packet_id: unsubscribe.packet_id,
+                reasons,
+                properties: Properties::default(),
+            }),
+        );
+    }
+
+    /// A message this client publishes (or its will), ready for the router;
+    /// `published_at` starts its expiry clock.
+    fn incoming(
+        &self,
+        topic: &str,
+        payload: bytes::Bytes,
+        qos: QoS,
+        retain: bool,
+        properties: &Properties,
+        published_at: Instant,
+    ) -> Incoming {
+        Incoming {
+            message: Message {
+                topic: Arc::from(topic),
+                payload,
+                qos,
+                retain,
+                properties: passthrough_properties(properties),
+                subscription_ids: Vec::new(),
+                expires_at: properties
+                    .message_expiry_interval
+                    .map(|secs| published_at + Duration::from_secs(u64::from(secs))),
+                seq: 0,
+            },
+            publisher: Some(Arc::clone(&self.session.owner)),
+            from_session: Some(self.session.id),
+            retained_quota: self.session.permissions().retained_quota(),
+        }
+    }
+
+    /// Detaches from the session and publishes the will if the connection ended
+    /// without a normal DISCONNECT (or with "disconnect with will").
+    pub(super) async fn finish(&mut self, end: End) {
+        let (publish_will, expiry) = match end {
+            End::Normal { with_will, expiry } => (with_will, expiry),
+            End::Abnormal(_) => (true, None),
+        };
+        let will = self.will.take().filter(|_| publish_will).and_then(|will| {
+            // Rights may have changed since CONNECT (reload): the same check as any
+            // PUBLISH, retain right included.
+            let permissions = self.session.permissions();
+            let checked = may_publish_message(
+                &*permissions,
+                &self.session.client_id,
+                &will.topic,
+                will.retain,
+            );
+            if let Err(denied) = checked {
+                will_refused(
+                    &self.broker.stats,
+                    &self.session.owner,
+                    &self.session.client_id,
+                    &will,
+                    denied,
+                    None,
+                );
+                return None;
+            }
+            let delay =
+                Duration::from_secs(u64::from(will.properties.will_delay_interval.unwrap_or(0)));
+            // A delayed will's expiry counts from when it is published.
+            let incoming = self.incoming(
+                &will.topic,
+                will.payload,
+                will.qos,
+                will.retain,
+                &will.properties,
+                Instant::now() + delay,
+            );
+            Some((incoming, delay))
+        });
+        let expiry = expiry.map(|secs| Duration::from_secs(u64::from(secs)));
+        let room = self.broker.journal().reserve().await;
+        self.broker
+            .detach(&self.session, self.connection_id, expiry, will, room)
+            .settle("session state")
+            .await;
+    }
+}
+
+/// The properties a message carries from publisher to subscribers (MQTT 5 §3.3.2.3).
+fn passthrough_properties(p: &Properties) -> Arc<Properties> {
+    Arc::new(Properties {
+        payload_format_indicator: p.payload_format_indicator,
+        content_type: p.content_type.clone(),
+        response_topic: p.response_topic.clone(),
+        correlation_data: p.correlation_data.clone(),
+        user_properties: p.user_properties.clone(),
+        ..Properties::default()
+    })
+}

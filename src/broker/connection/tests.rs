@@ -1,0 +1,534 @@
+//! The connection driven over an in-memory byte stream (`tokio::io::duplex`), with
+//! our own codec as the client: CONNECT/CONNACK, QoS 0/1/2 round trips (also
+//! against a persistent session on a real, in-memory SQLite store, whose in-flight
+//! records are checked at each step), refusals, malformed packets and the
+//! keepalive deadline. Real clients against the real binary are in `tests/`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+use tokio::task::JoinHandle;
+use tokio_util::codec::{Decoder, Encoder};
+
+use crate::broker::journal::Journal;
+use crate::broker::permissions::{
+    Admission, AdmitFuture, ClientLimits, Gatekeeper, ListenerKind, PeerInfo, Permissions,
+};
+use crate::broker::{Broker, BrokerConfig};
+use crate::protocol::{
+    Ack, Codec, ConnAck, Connect, Packet, Properties, ProtocolVersion, Publish, QoS, ReasonCode,
+    RetainHandling, Role, Subscribe, SubscribeFilter, SubscriptionOptions, Unsubscribe,
+};
+use crate::store::{Durability, InflightOut, Snapshot, Store};
+
+/// How long any single answer may take before a test fails.
+const ANSWER: Duration = Duration::from_secs(5);
+
+/// Publishes and subscribes under `a/`, nothing else; may retain.
+struct UnderA;
+
+impl Permissions for UnderA {
+    fn may_publish(&self, _: &str, topic: &str) -> bool {
+        topic.starts_with("a/")
+    }
+    fn may_subscribe(&self, _: &str, filter: &str) -> bool {
+        filter.starts_with("a/")
+    }
+    fn may_receive(&self, _: &str, topic: &str) -> bool {
+        topic.starts_with("a/")
+    }
+    fn may_retain(&self) -> bool {
+        true
+    }
+}
+
+/// Admits every CONNECT as the identity "tester" with [`UnderA`]'s rights.
+struct AdmitAll;
+
+impl Gatekeeper for AdmitAll {
+    fn admit<'a>(&'a self, _: &'a Connect, _: &'a PeerInfo) -> AdmitFuture<'a> {
+        Box::pin(async {
+            Ok(Admission {
+                identity: "tester".to_owned(),
+                permissions: Arc::new(UnderA),
+                limits: ClientLimits {
+                    max_packet_size: 64 * 1024,
+                    max_queued_messages: 100,
+                    max_queued_bytes: 1 << 20,
+                },
+            })
+        })
+    }
+}
+
+/// One client over a duplex stream, speaking through our own codec.
+struct Client {
+    io: DuplexStream,
+    codec: Codec,
+    buf: BytesMut,
+    task: JoinHandle<()>,
+}
+
+impl Client {
+    fn start(broker: &Arc<Broker>) -> Client {
+        let (io, server_side) = tokio::io::duplex(64 * 1024);
+        let peer = PeerInfo {
+            addr: SocketAddr::from(([127, 0, 0, 1], 40000)),
+            listener: ListenerKind::Plain,
+            certificate_name: None,
+        };
+        let task = tokio::spawn(super::run(
+            server_side,
+            peer,
+            Arc::clone(broker),
+            Arc::new(AdmitAll),
+            Instant::now() + Duration::from_secs(10),
+            (),
+        ));
+        Client {
+            io,
+            codec: Codec::new(Role::Client, 1 << 20),
+            buf: BytesMut::new(),
+            task,
+        }
+    }
+
+    async fn send(&mut self, packet: Packet) {
+        let mut out = BytesMut::new();
+        self.codec
+            .encode(&packet, &mut out)
+            .expect("test packet encodes");
+        self.io.write_all(&out).await.expect("broker side is open");
+    }
+
+    async fn send_raw(&mut self, bytes: &[u8]) {
+        self.io.write_all(bytes).await.expect("broker side is open");
+    }
+
+    /// The next packet, or `None` once the broker closed the stream.
+    async fn next(&mut self) -> Option<Packet> {
+        tokio::time::timeout(ANSWER, async {
+            loop {
+                if let Some(packet) = self
+                    .codec
+                    .decode(&mut self.buf)
+                    .expect("broker sends valid packets")
+                {
+                    return Some(packet);
+                }
+                if self.io.read_buf(&mut self.buf).await.expect("read") == 0 {
+                    return None;
+                }
+            }
+        })
+        .await
+        .expect("the broker answers in time")
+    }
+
+    async fn expect(&mut self) -> Packet {
+        self.next()
+            .await
+            .expect("a packet, not the end of the stream")
+    }
+
+    /// Sends `packet` and returns the next packet received.
+    async fn ask(&mut self, packet: Packet) -> Packet {
+        self.send(packet).await;
+        self.expect().await
+    }
+
+    async fn connect(&mut self, client_id: &str, keep_alive: u16, expiry: Option<u32>) -> ConnAck {
+        self.send(Packet::Connect(Box::new(Connect {
+            protocol: ProtocolVersion::V5,
+            clean_start: true,
+            keep_alive,
+            client_id: client_id.to_owned(),
+            will: None,
+            username: Some("tester".to_owned()),
+            password: None,
+            properties: Properties {
+                session_expiry_interval: expiry,
+                ..Properties::default()
+            },
+        })))
+        .await;
+        match self.expect().await {
+            Packet::ConnAck(ack) => ack,
+            other => panic!("expected CONNACK, got {other:?}"),
+        }
+    }
+
+    async fn subscribe(&mut self, filter: &str, qos: QoS) -> Vec<ReasonCode> {
+        self.send(Packet::Subscribe(Subscribe {
+            packet_id: 1,
+            filters: vec![SubscribeFilter {
+                filter: filter.to_owned(),
+                options: SubscriptionOptions {
+                    qos,
+                    no_local: false,
+                    retain_as_published: false,
+                    retain_handling: RetainHandling::SendAtSubscribe,
+                },
+            }],
+            properties: Properties::default(),
+        }))
+        .await;
+        match self.expect().await {
+            Packet::SubAck(ack) => ack.reasons,
+            other => panic!("expected SUBACK, got {other:?}"),
+        }
+    }
+
+    /// Expects the DISCONNECT a v5 client gets before the broker closes.
+    async fn expect_closed_with(&mut self, reason: ReasonCode) {
+        match self.expect().await {
+            Packet::Disconnect(d) => assert_eq!(d.reason, reason, "{d:?}"),
+            other => panic!("expected DISCONNECT {reason:?}, got {other:?}"),
+        }
+        assert_eq!(self.next().await, None, "closed after DISCONNECT");
+        tokio::time::timeout(ANSWER, &mut self.task)
+            .await
+            .expect("the connection task ends")
+            .expect("the connection task does not panic");
+    }
+}
+
+fn publish(topic: &str, qos: QoS, packet_id: u16, payload: &'static [u8]) -> Packet {
+    Packet::Publish(Publish {
+        dup: false,
+        qos,
+        retain: false,
+        topic: topic.to_owned(),
+        packet_id,
+        payload: Bytes::from_static(payload),
+        properties: Properties::default(),
+    })
+}
+
+fn received(packet: Packet) -> Publish {
+    match packet {
+        Packet::Publish(p) => p,
+        other => panic!("expected PUBLISH, got {other:?}"),
+    }
+}
+
+fn memory_broker() -> (Arc<Broker>, Arc<Store>) {
+    let store = Arc::new(Store::open_in_memory(Durability::Full).expect("in-memory store"));
+    let broker = Broker::with_journal(
+        BrokerConfig::default(),
+        Journal::new(Some(Arc::clone(&store))),
+    );
+    (broker, store)
+}
+
+/// The stored state, read until `done` holds (commits nobody waits for land
+/// shortly after); at most 100 reads 20 ms apart.
+async fn stored_until(store: &Store, done: impl Fn(&Snapshot) -> bool) -> Snapshot {
+    for _ in 0..100 {
+        let snapshot = store.load().expect("load");
+        if done(&snapshot) {
+            return snapshot;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    store.load().expect("load")
+}
+
+#[tokio::test]
+async fn connect_is_answered_with_what_the_broker_grants() {
+    let broker = Broker::new(BrokerConfig::default());
+    let mut client = Client::start(&broker);
+    let ack = client.connect("c1", 0, None).await;
+    assert_eq!(ack.reason, ReasonCode::Success);
+    assert!(!ack.session_present);
+    let config = broker.config();
+    assert_eq!(ack.properties.receive_maximum, Some(config.max_inflight));
+    assert_eq!(ack.properties.maximum_packet_size, Some(64 * 1024));
+    assert_eq!(ack.properties.retain_available, Some(1));
+    // Keepalive 0 is capped at the broker's maximum, and the client is told.
+    assert_eq!(ack.properties.server_keep_alive, Some(config.max_keepalive));
+    assert_eq!(broker.stats.snapshot().connected, 1);
+
+    client.send(Packet::PingReq).await;
+    assert_eq!(client.expect().await, Packet::PingResp);
+    client
+        .send(Packet::Disconnect(crate::protocol::Disconnect {
+            reason: ReasonCode::Success,
+            properties: Properties::default(),
+        }))
+        .await;
+    assert_eq!(client.next().await, None);
+    tokio::time::timeout(ANSWER, client.task)
+        .await
+        .expect("ends")
+        .expect("no panic");
+    assert_eq!(broker.stats.snapshot().connected, 0);
+}
+
+#[tokio::test]
+async fn qos_0_1_and_2_make_their_round_trips() {
+    let broker = Broker::new(BrokerConfig::default());
+    let mut subscriber = Client::start(&broker);
+    subscriber.connect("sub", 60, None).await;
+    assert_eq!(
+        subscriber.subscribe("a/#", QoS::ExactlyOnce).await,
+        vec![ReasonCode::GrantedQoS2]
+    );
+    let mut publisher = Client::start(&broker);
+    publisher.connect("pub", 60, None).await;
+
+    publisher
+        .send(publish("a/0", QoS::AtMostOnce, 0, b"zero"))
+        .await;
+    let got = received(subscriber.expect().await);
+    assert_eq!((got.topic.as_str(), got.qos), ("a/0", QoS::AtMostOnce));
+    assert_eq!(&got.payload[..], b"zero");
+
+    assert_eq!(
+        publisher
+            .ask(publish("a/1", QoS::AtLeastOnce, 7, b"one"))
+            .await,
+        Packet::PubAck(Ack::new(7, ReasonCode::Success))
+    );
+    let got = received(subscriber.expect().await);
+    assert_eq!((got.topic.as_str(), got.qos), ("a/1", QoS::AtLeastOnce));
+    subscriber
+        .send(Packet::PubAck(Ack::new(got.packet_id, ReasonCode::Success)))
+        .await;
+
+    assert_eq!(
+        publisher
+            .ask(publish("a/2", QoS::ExactlyOnce, 9, b"two"))
+            .await,
+        Packet::PubRec(Ack::new(9, ReasonCode::Success))
+    );
+    // A resend before PUBREL is acknowledged again, not routed twice.
+    assert_eq!(
+        publisher
+            .ask(publish("a/2", QoS::ExactlyOnce, 9, b"two"))
+            .await,
+        Packet::PubRec(Ack::new(9, ReasonCode::Success))
+    );
+    assert_eq!(
+        publisher
+            .ask(Packet::PubRel(Ack::new(9, ReasonCode::Success)))
+            .await,
+        Packet::PubComp(Ack::new(9, ReasonCode::Success))
+    );
+    // PUBREL for an id nobody waits for.
+    assert_eq!(
+        publisher
+            .ask(Packet::PubRel(Ack::new(9, ReasonCode::Success)))
+            .await,
+        Packet::PubComp(Ack::new(9, ReasonCode::PacketIdentifierNotFound))
+    );
+
+    let got = received(subscriber.expect().await);
+    assert_eq!((got.topic.as_str(), got.qos), ("a/2", QoS::ExactlyOnce));
+    assert_eq!(
+        subscriber
+            .ask(Packet::PubRec(Ack::new(got.packet_id, ReasonCode::Success)))
+            .await,
+        Packet::PubRel(Ack::new(got.packet_id, ReasonCode::Success))
+    );
+    subscriber
+        .send(Packet::PubComp(Ack::new(
+            got.packet_id,
+            ReasonCode::Success,
+        )))
+        .await;
+    // Only the one copy of the QoS 2 message arrived.
+    subscriber.send(Packet::PingReq).await;
+    assert_eq!(subscriber.expect().await, Packet::PingResp);
+    let stats = broker.stats.snapshot();
+    assert_eq!(stats.messages_received, 3);
+    assert_eq!(stats.messages_sent, 3);
+}
+
+#[tokio::test]
+async fn a_persistent_sessions_qos_2_flow_is_journaled_step_by_step() {
+    let (broker, store) = memory_broker();
+    let mut subscriber = Client::start(&broker);
+    subscriber.connect("keeper", 60, Some(3600)).await;
+    assert_eq!(
+        subscriber.subscribe("a/+", QoS::ExactlyOnce).await,
+        vec![ReasonCode::GrantedQoS2]
+    );
+    let stored = store.load().expect("load");
+    assert_eq!(stored.sessions.len(), 1, "CONNACK waited for the session");
+    assert_eq!(
+        stored.subscriptions.len(),
+        1,
+        "SUBACK waited for the subscription"
+    );
+
+    let mut publisher = Client::start(&broker);
+    publisher.connect("pub", 60, None).await;
+    assert_eq!(
+        publisher
+            .ask(publish("a/x", QoS::ExactlyOnce, 3, b"m"))
+            .await,
+        Packet::PubRec(Ack::new(3, ReasonCode::Success))
+    );
+
+    // Sent to the persistent session: recorded in flight under its packet id
+    // before it was written, and no longer queued.
+    let got = received(subscriber.expect().await);
+    let stored = store.load().expect("load");
+    assert!(stored.queued.is_empty(), "{:?}", stored.queued);
+    assert!(matches!(
+        stored.inflight_out.as_slice(),
+        [entry] if entry.packet_id == got.packet_id
+            && matches!(&entry.state, InflightOut::Published(m) if m.topic == "a/x")
+    ));
+
+    // PUBREC: PUBREL comes only once "released" is stored.
+    assert_eq!(
+        subscriber
+            .ask(Packet::PubRec(Ack::new(got.packet_id, ReasonCode::Success)))
+            .await,
+        Packet::PubRel(Ack::new(got.packet_id, ReasonCode::Success))
+    );
+    let stored = store.load().expect("load");
+    assert!(matches!(
+        stored.inflight_out.as_slice(),
+        [entry] if entry.state == InflightOut::Released
+    ));
+
+    // PUBCOMP: the flow leaves the store.
+    subscriber
+        .send(Packet::PubComp(Ack::new(
+            got.packet_id,
+            ReasonCode::Success,
+        )))
+        .await;
+    let stored = stored_until(&store, |s| s.inflight_out.is_empty()).await;
+    assert!(stored.inflight_out.is_empty(), "{:?}", stored.inflight_out);
+    assert_eq!(stored.sessions.len(), 1);
+}
+
+#[tokio::test]
+async fn one_unsubscribe_removes_every_stored_filter_it_names() {
+    let (broker, store) = memory_broker();
+    let mut client = Client::start(&broker);
+    client.connect("keeper", 60, Some(3600)).await;
+    client.subscribe("a/1", QoS::AtLeastOnce).await;
+    client.subscribe("a/2", QoS::AtLeastOnce).await;
+    assert_eq!(store.load().expect("load").subscriptions.len(), 2);
+
+    client
+        .send(Packet::Unsubscribe(Unsubscribe {
+            packet_id: 4,
+            filters: vec!["a/none".into(), "a/1".into(), "a/2".into()],
+            properties: Properties::default(),
+        }))
+        .await;
+    match client.expect().await {
+        Packet::UnsubAck(ack) => assert_eq!(
+            ack.reasons,
+            vec![
+                ReasonCode::NoSubscriptionExisted,
+                ReasonCode::Success,
+                ReasonCode::Success
+            ]
+        ),
+        other => panic!("expected UNSUBACK, got {other:?}"),
+    }
+    // UNSUBACK waited for the deletions.
+    assert!(store.load().expect("load").subscriptions.is_empty());
+}
+
+#[tokio::test]
+async fn refusals_are_answered_with_their_reason_codes() {
+    let broker = Broker::new(BrokerConfig::default());
+    let mut client = Client::start(&broker);
+    client.connect("c", 60, None).await;
+    assert_eq!(
+        client.subscribe("b/#", QoS::AtLeastOnce).await,
+        vec![ReasonCode::NotAuthorized]
+    );
+    assert_eq!(
+        client.ask(publish("b/x", QoS::AtLeastOnce, 5, b"no")).await,
+        Packet::PubAck(Ack::new(5, ReasonCode::NotAuthorized))
+    );
+    // Clients never publish to `$` topics.
+    assert_eq!(
+        client
+            .ask(publish("$SYS/x", QoS::AtLeastOnce, 6, b"no"))
+            .await,
+        Packet::PubAck(Ack::new(6, ReasonCode::NotAuthorized))
+    );
+    assert_eq!(
+        client
+            .ask(publish("a/x", QoS::AtLeastOnce, 8, b"yes"))
+            .await,
+        Packet::PubAck(Ack::new(8, ReasonCode::NoMatchingSubscribers))
+    );
+    let denials = broker.stats.denials.snapshot();
+    assert_eq!(denials.total, 3, "{:?}", denials.entries);
+}
+
+#[tokio::test]
+async fn a_malformed_packet_closes_with_malformed_packet() {
+    let broker = Broker::new(BrokerConfig::default());
+    let mut client = Client::start(&broker);
+    client.connect("c", 60, None).await;
+    // PUBLISH with QoS 3, which no packet may carry.
+    client
+        .send_raw(&[0x36, 0x05, 0x00, 0x01, b'a', 0x00, 0x01])
+        .await;
+    client.expect_closed_with(ReasonCode::MalformedPacket).await;
+    assert_eq!(broker.stats.snapshot().connected, 0);
+}
+
+#[tokio::test]
+async fn protocol_violations_close_with_their_reason_codes() {
+    let broker = Broker::new(BrokerConfig::default());
+
+    let mut client = Client::start(&broker);
+    client.connect("alias", 60, None).await;
+    let mut aliased = Publish {
+        dup: false,
+        qos: QoS::AtMostOnce,
+        retain: false,
+        topic: "a/x".into(),
+        packet_id: 0,
+        payload: Bytes::from_static(b"x"),
+        properties: Properties::default(),
+    };
+    aliased.properties.topic_alias = Some(broker.config().topic_alias_maximum + 1);
+    client.send(Packet::Publish(aliased)).await;
+    client
+        .expect_closed_with(ReasonCode::TopicAliasInvalid)
+        .await;
+
+    let mut client = Client::start(&broker);
+    client.connect("twice", 60, None).await;
+    // A second CONNECT: encoded by hand, our client codec refuses to.
+    client
+        .send_raw(&[
+            0x10, 0x0d, 0x00, 0x04, b'M', b'Q', b'T', b'T', 0x05, 0x02, 0x00, 0x3c, 0x00, 0x00,
+            0x00,
+        ])
+        .await;
+    client.expect_closed_with(ReasonCode::ProtocolError).await;
+}
+
+#[tokio::test]
+async fn a_silent_client_is_closed_at_one_and_a_half_keepalives() {
+    let broker = Broker::new(BrokerConfig::default());
+    let mut client = Client::start(&broker);
+    client.connect("quiet", 1, None).await;
+    let started = Instant::now();
+    client
+        .expect_closed_with(ReasonCode::KeepAliveTimeout)
+        .await;
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(1400) && waited < Duration::from_secs(4),
+        "{waited:?}"
+    );
+}

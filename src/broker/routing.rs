@@ -1,0 +1,390 @@
+//! Routing: a message from a client (or a will, or `$SYS`) to every matching
+//! subscription, one copy per session and one per shared group, with the
+//! receive right re-checked per subscriber, the retained store updated, and
+//! backpressure signalled when a subscriber's queue fills; subscribing (with the
+//! retained messages its retain handling asks for) and unsubscribing. Matching is
+//! `subscriptions`'; queues are `mailbox`'s; durable records are built by the
+//! `journal`. Knows nothing of the wire.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::protocol::{QoS, ReasonCode, RetainHandling, SubscriptionOptions, topic};
+
+use super::denials::DenialKind;
+use super::journal::{self, Batch, Durable, Reservation, stored_message};
+use super::mailbox::{Message, PushOutcome};
+use super::permissions::may_publish_message;
+use super::retained::{RetainQuota, RetainRefused, Retained};
+use super::session::SessionLink;
+use super::stats::Stats;
+use super::subscriptions::{Matched, Subscription, SubscriptionTree};
+use super::{Broker, BrokerConfig, State};
+
+/// A message entering the router.
+pub struct Incoming {
+    pub message: Message,
+    /// How many retained messages the publisher may hold (usize::MAX for `$SYS`).
+    pub retained_quota: usize,
+    /// The identity that published it (`None` for the broker's own `$SYS`).
+    pub publisher: Option<Arc<str>>,
+    /// The publishing session, for No Local.
+    pub from_session: Option<u64>,
+}
+
+/// What routing did with a message.
+#[derive(Default)]
+pub struct Routed {
+    pub matched: usize,
+    pub retain_refused: bool,
+    /// A subscriber whose queue was full, so the message was dropped for it: the
+    /// publisher should wait briefly for it to drain (backpressure).
+    pub congested: Option<Arc<SessionLink>>,
+}
+
+impl Broker {
+    /// Routes a message to every matching subscriber and updates the retained store.
+    pub fn publish(&self, incoming: Incoming, room: Reservation) -> (Routed, Durable) {
+        let mut state = self.lock();
+        let mut batch = Batch::default();
+        let routed = self.route_locked(&mut state, incoming, &mut batch);
+        let durable = batch.submit(room);
+        drop(state);
+        (routed, durable)
+    }
+
+    /// Routes an inbound QoS 2 message and records its packet id (awaiting PUBREL)
+    /// in the same durable batch, so a resend after a crash is not routed twice.
+    pub fn publish_exactly_once(
+        &self,
+        session: &SessionLink,
+        packet_id: u16,
+        incoming: Incoming,
+        room: Reservation,
+    ) -> (Routed, Durable) {
+        let mut state = self.lock();
+        let mut batch = Batch::default();
+        let routed = self.route_locked(&mut state, incoming, &mut batch);
+        session.add_inbound_qos2(packet_id);
+        if session.is_persistent() {
+            batch.push([journal::exactly_once_received(session, packet_id)]);
+        }
+        let durable = batch.submit(room);
+        drop(state);
+        (routed, durable)
+    }
+
+    /// Routes under the lock the caller holds, adding the store operations to `batch`.
+    pub(super) fn route_locked(
+        &self,
+        state: &mut State,
+        incoming: Incoming,
+        batch: &mut Batch,
+    ) -> Routed {
+        let config = self.config();
+        let mut routed = Routed::default();
+        let message = incoming.message;
+        if incoming.publisher.is_some() {
+            self.stats.received(message.payload.len());
+        }
+        if message.retain {
+            let publisher = incoming
+                .publisher
+                .clone()
+                .unwrap_or_else(|| Arc::from("$broker"));
+            let retained = Retained {
+                message: Message {
+                    subscription_ids: Vec::new(),
+                    seq: 0,
+                    ..message.clone()
+                },
+                publisher: Arc::clone(&publisher),
+            };
+            let quota = RetainQuota {
+                max_messages: config.max_retained_messages,
+                max_bytes: config.max_retained_bytes,
+                max_per_publisher: incoming.retained_quota,
+            };
+            match state.retained.set(retained, quota) {
+                Err(RetainRefused::QuotaExceeded) => routed.retain_refused = true,
+                // `$SYS` is rebuilt at start, never stored.
+                Ok(()) if !message.topic.starts_with('$') && self.journal.is_enabled() => {
+                    batch.push([journal::retained(&publisher, &message, Instant::now())]);
+                }
+                Ok(()) => {}
+            }
+        }
+        let mut matches = Vec::new();
+        state.tree.collect(&message.topic, &mut matches);
+        routed.matched = matches.len();
+        routed.congested = deliver(&self.stats, &message, incoming.from_session, matches, batch);
+        routed
+    }
+
+    /// Adds (or replaces) the subscriptions of one SUBSCRIBE and queues the matching
+    /// retained messages as each one's retain handling asks, all in one durable
+    /// batch. The caller has checked the permissions. One result per filter.
+    pub fn subscribe(
+        &self,
+        session: &Arc<SessionLink>,
+        requests: &[(&str, SubscriptionOptions)],
+        identifier: Option<u32>,
+        room: Reservation,
+    ) -> (Vec<Result<(), ReasonCode>>, Durable) {
+        let config = self.config();
+        let mut state = self.lock();
+        let mut batch = Batch::default();
+        let results = requests
+            .iter()
+            .map(|&(filter, options)| {
+                self.subscribe_locked(
+                    &mut state, &mut batch, &config, session, filter, options, identifier,
+                )
+            })
+            .collect();
+        let durable = batch.submit(room);
+        drop(state);
+        (results, durable)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn subscribe_locked(
+        &self,
+        state: &mut State,
+        batch: &mut Batch,
+        config: &BrokerConfig,
+        session: &Arc<SessionLink>,
+        filter: &str,
+        options: SubscriptionOptions,
+        identifier: Option<u32>,
+    ) -> Result<(), ReasonCode> {
+        let Some(entry) = state.sessions.get_mut(&*session.client_id) else {
+            return Err(ReasonCode::UnspecifiedError);
+        };
+        let existed = entry.subscriptions.contains(filter);
+        let cap = session
+            .permissions()
+            .max_subscriptions()
+            .unwrap_or(config.max_subscriptions);
+        if !existed && entry.subscriptions.len() >= cap {
+            return Err(ReasonCode::QuotaExceeded);
+        }
+        entry.subscriptions.insert(filter.to_owned());
+        if session.is_persistent() {
+            batch.push([journal::subscribed(session, filter, options, identifier)]);
+        }
+        let shared = insert_into_tree(&mut state.tree, filter, session, options, identifier);
+        let send_retained = !shared
+            && match options.retain_handling {
+                RetainHandling::SendAtSubscribe => true,
+                RetainHandling::SendIfNew => !existed,
+                RetainHandling::DoNotSend => false,
+            };
+        if send_retained {
+            let retained = state.retained.matching(filter, Instant::now());
+            let permissions = session.permissions();
+            for r in retained {
+                if !permissions.may_receive(&session.client_id, &r.message.topic) {
+                    self.stats.denials.record(
+                        &session.owner,
+                        DenialKind::Receive,
+                        &r.message.topic,
+                    );
+                    continue;
+                }
+                if !self.publisher_may_still_write(&r) {
+                    continue;
+                }
+                let mut message = r.message;
+                message.qos = message.qos.min(options.qos);
+                message.retain = true;
+                message.subscription_ids = identifier.into_iter().collect();
+                // A subscriber's own retained burst: its queue cap applies, no one to slow down.
+                let _ = push_to(&self.stats, session, message, batch);
+            }
+        }
+        Ok(())
+    }
+
+    /// Revocation reaches stored state: a retained message whose publisher lost
+    /// write access to its topic (or no longer exists) is withheld. The publisher's
+    /// client id is not kept, so `%c` grants are judged with the identity's name.
+    fn publisher_may_still_write(&self, retained: &Retained) -> bool {
+        if &*retained.publisher == "$broker" {
+            return true;
+        }
+        self.resolve(&retained.publisher).is_some_and(|p| {
+            may_publish_message(&*p, &retained.publisher, &retained.message.topic, true).is_ok()
+        })
+    }
+
+    /// Removes the subscriptions of one UNSUBSCRIBE, all in one durable batch;
+    /// whether each existed.
+    pub fn unsubscribe(
+        &self,
+        session: &SessionLink,
+        filters: &[String],
+        room: Reservation,
+    ) -> (Vec<bool>, Durable) {
+        let mut state = self.lock();
+        let State { sessions, tree, .. } = &mut *state;
+        let mut batch = Batch::default();
+        let existed = filters
+            .iter()
+            .map(|filter| {
+                let Some(entry) = sessions.get_mut(&*session.client_id) else {
+                    return false;
+                };
+                if !entry.subscriptions.remove(filter.as_str()) {
+                    return false;
+                }
+                remove_from_tree(tree, filter, session.id);
+                if session.is_persistent() {
+                    batch.push([journal::unsubscribed(&session.client_id, filter)]);
+                }
+                true
+            })
+            .collect();
+        let durable = batch.submit(room);
+        drop(state);
+        (existed, durable)
+    }
+}
+
+/// Adds a subscription to the tree; returns whether it is a shared one.
+pub(super) fn insert_into_tree(
+    tree: &mut SubscriptionTree,
+    filter: &str,
+    session: &Arc<SessionLink>,
+    options: SubscriptionOptions,
+    identifier: Option<u32>,
+) -> bool {
+    let (group, inner) = match topic::parse_shared(filter).ok().flatten() {
+        Some((group, inner)) => (Some(group), inner),
+        None => (None, filter),
+    };
+    tree.insert(
+        inner,
+        group,
+        Subscription {
+            session: Arc::clone(session),
+            options,
+            identifier,
+        },
+    );
+    group.is_some()
+}
+
+pub(super) fn remove_from_tree(tree: &mut SubscriptionTree, filter: &str, session_id: u64) {
+    match topic::parse_shared(filter).ok().flatten() {
+        Some((group, inner)) => tree.remove(inner, Some(group), session_id),
+        None => tree.remove(filter, None, session_id),
+    };
+}
+
+/// Queues a message for one session; a persistent session's QoS 1/2 message is
+/// journaled at its queue position.
+/// Returns whether the session's queue was full.
+fn push_to(stats: &Stats, session: &Arc<SessionLink>, message: Message, batch: &mut Batch) -> bool {
+    let qos = message.qos;
+    let journal = session.is_persistent() && qos != QoS::AtMostOnce;
+    let stored = journal.then(|| stored_message(&message, Instant::now()));
+    let (outcome, seq) = session.mailbox.push_journaled(message, journal);
+    if let (PushOutcome::Queued | PushOutcome::Crowded, Some(message)) = (outcome, stored) {
+        batch.queued(session, seq, message);
+    }
+    stats.pushed(session, outcome);
+    // Once the queue is crowded, before anything overflows, the publisher waits for
+    // the subscriber to drain, unless this subscriber already let a publisher wait in
+    // vain. For QoS 0 only while the subscriber's socket takes what it is sent: then
+    // the broker is behind (its task needs the CPU the publishers take), and pausing
+    // them keeps it fed. A client that is itself slow loses QoS 0 copies alone.
+    matches!(outcome, PushOutcome::Crowded | PushOutcome::DroppedFull)
+        && (qos != QoS::AtMostOnce || !session.mailbox.writer_blocked())
+        && session.mailbox.worth_waiting_for()
+}
+
+/// Pushes one message to each matching session: one copy per session for ordinary
+/// subscriptions (highest QoS, every subscription identifier), one per shared group.
+/// Returns a session whose queue overflowed with a QoS 1/2 copy and is worth
+/// waiting for (see `push_to`), if any.
+fn deliver(
+    stats: &Stats,
+    message: &Message,
+    from_session: Option<u64>,
+    matches: Vec<Matched>,
+    batch: &mut Batch,
+) -> Option<Arc<SessionLink>> {
+    let mut congested = None;
+    let mut merged: Vec<(Subscription, QoS, Vec<u32>)> = Vec::with_capacity(matches.len());
+    // Index of each session's ordinary delivery in `merged`, to merge overlaps; a
+    // single match (the common case) needs no index.
+    let may_overlap = matches.len() > 1;
+    let mut ordinary: HashMap<u64, usize> = HashMap::new();
+    for m in matches {
+        let sub = m.subscription;
+        if sub.options.no_local && !m.shared && Some(sub.session.id) == from_session {
+            continue;
+        }
+        if !m.shared && may_overlap {
+            if let Some(&i) = ordinary.get(&sub.session.id) {
+                let (_, qos, ids) = &mut merged[i];
+                *qos = (*qos).max(sub.options.qos);
+                ids.extend(sub.identifier);
+                continue;
+            }
+            ordinary.insert(sub.session.id, merged.len());
+        }
+        let ids = sub.identifier.into_iter().collect();
+        let qos = sub.options.qos;
+        merged.push((sub, qos, ids));
+    }
+    for (sub, qos, ids) in merged {
+        let session = &sub.session;
+        if !session
+            .permissions()
+            .may_receive(&session.client_id, &message.topic)
+        {
+            stats
+                .denials
+                .record(&session.owner, DenialKind::Receive, &message.topic);
+            continue;
+        }
+        let outgoing = Message {
+            topic: Arc::clone(&message.topic),
+            payload: message.payload.clone(),
+            qos: message.qos.min(qos),
+            retain: message.retain && sub.options.retain_as_published,
+            properties: Arc::clone(&message.properties),
+            subscription_ids: ids,
+            expires_at: message.expires_at,
+            seq: 0,
+        };
+        if push_to(stats, session, outgoing, batch) && congested.is_none() {
+            congested = Some(Arc::clone(session));
+        }
+    }
+    congested
+}
+
+impl Stats {
+    /// Counts a drop, and logs it: every drop is counted in `$SYS`, and the log gets
+    /// the 1st, 10th, 100th ... drop of each session so a stuck client is visible
+    /// without flooding the journal.
+    fn pushed(&self, session: &SessionLink, outcome: PushOutcome) {
+        if outcome != PushOutcome::DroppedFull {
+            return;
+        }
+        self.dropped(1);
+        let n = session.mailbox.dropped();
+        if n.is_power_of_two() || n.is_multiple_of(1000) {
+            tracing::warn!(
+                client_id = %session.client_id,
+                identity = %session.owner,
+                dropped = n,
+                "queue full: message dropped for a slow or offline client"
+            );
+        }
+    }
+}
