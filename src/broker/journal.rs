@@ -360,6 +360,14 @@ pub fn restored_message(stored: StoredMessage, seq: u64, now: Instant) -> Messag
     }
 }
 
+/// A stored outbound in-flight state back as the mailbox's.
+pub fn restored_in_flight(stored: InflightOut, now: Instant) -> InFlight {
+    match stored {
+        InflightOut::Published(m) => InFlight::Published(restored_message(m, 0, now)),
+        InflightOut::Released => InFlight::Released,
+    }
+}
+
 /// The MQTT 5 subscription options byte (MQTT 5 §3.8.3.1), as stored.
 fn options_byte(o: SubscriptionOptions) -> u8 {
     let handling = match o.retain_handling {

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::protocol::ReasonCode;
-use crate::store::{InflightOut, Snapshot, StoredInflightIn};
+use crate::store::{Snapshot, StoredInflightIn};
 
 use super::journal::{self, Batch, Durable, Reservation, restored_message};
 use super::mailbox::{InFlight, Mailbox, Message, QueueLimits};
@@ -81,10 +81,7 @@ impl Broker {
         }
         let mut inflight: HashMap<String, Vec<(u16, InFlight)>> = HashMap::new();
         for entry in snapshot.inflight_out {
-            let state_in_flight = match entry.state {
-                InflightOut::Published(m) => InFlight::Published(restored_message(m, 0, now)),
-                InflightOut::Released => InFlight::Released,
-            };
+            let state_in_flight = journal::restored_in_flight(entry.state, now);
             inflight
                 .entry(entry.client_id)
                 .or_default()
