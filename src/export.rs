@@ -655,7 +655,7 @@ mod tests {
         let p = policy(text);
         let root = tempfile::tempdir().unwrap();
         let state = root.path().join("state");
-        provision::provision(&state, &p).unwrap();
+        provision::provision(&state, &p, provision::PasswordFiles::Leave).unwrap();
         (p, root, state)
     }
 

@@ -3,7 +3,8 @@
 //! plan (the manifest's names and addresses plus what this machine knows about
 //! itself), the certificates (`pki::provision`), and the argon2id hashes of
 //! `password_file` secrets (`auth::hash_for_secret_file`), with one report of what was
-//! created, renewed or kept. It writes only inside the state directory; it does not
+//! created, renewed or kept (firstboot leaves the hashes to serve, see
+//! [`PasswordFiles`]). It writes only inside the state directory; it does not
 //! print, and knows nothing of the broker.
 
 use std::collections::HashMap;
@@ -28,6 +29,17 @@ pub enum ProvisionError {
         #[source]
         source: SecretFileError,
     },
+}
+
+/// Whether a run hashes `password_file` secrets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PasswordFiles {
+    /// Hash every secret (`serve`, `moat provision`).
+    Hash,
+    /// Leave them to `serve`: on the appliance they are the broker service's systemd
+    /// credentials (`/run/credentials/moat.service/...`), which no other unit can read
+    /// (`firstboot`).
+    Leave,
 }
 
 /// What one provisioning run did and produced.
@@ -66,15 +78,26 @@ pub fn plan(policy: &Policy) -> ProvisionPlan {
     }
 }
 
-/// Creates or renews what `policy` needs in `state`: certificates, then the hash of
-/// every `password_file` secret (re-hashed only when the secret changed).
-pub fn provision(state: &Path, policy: &Policy) -> Result<Provisioned, ProvisionError> {
+/// Creates or renews what `policy` needs in `state`: certificates, then (unless told
+/// to leave them) the hash of every `password_file` secret, re-hashed only when the
+/// secret changed.
+pub fn provision(
+    state: &Path,
+    policy: &Policy,
+    password_files: PasswordFiles,
+) -> Result<Provisioned, ProvisionError> {
     let mut report =
         pki::provision(state, &plan(policy)).map_err(|source| ProvisionError::Pki {
             state: state.to_path_buf(),
             source,
         })?;
     let mut file_hashes = HashMap::new();
+    if password_files == PasswordFiles::Leave {
+        return Ok(Provisioned {
+            report,
+            file_hashes,
+        });
+    }
     for identity in policy.identities() {
         let Credential::PasswordFile(secret) = &identity.credential else {
             continue;
@@ -130,7 +153,7 @@ mod tests {
         std::fs::write(&secret, "s3cret\n").unwrap();
         let policy = policy(&secret);
 
-        let first = provision(&state, &policy).unwrap();
+        let first = provision(&state, &policy, PasswordFiles::Hash).unwrap();
         assert_eq!(
             first.report.outcome_of("hashes/zigbee2mqtt.phc"),
             Some(Outcome::Created)
@@ -148,12 +171,12 @@ mod tests {
         let hash = &first.file_hashes["zigbee2mqtt"];
         assert!(crate::auth::verify_password(hash, b"s3cret").unwrap());
 
-        let second = provision(&state, &policy).unwrap();
+        let second = provision(&state, &policy, PasswordFiles::Hash).unwrap();
         assert!(!second.report.changed(), "{}", second.report);
         assert_eq!(&second.file_hashes["zigbee2mqtt"], hash);
 
         std::fs::write(&secret, "changed").unwrap();
-        let third = provision(&state, &policy).unwrap();
+        let third = provision(&state, &policy, PasswordFiles::Hash).unwrap();
         assert_eq!(
             third.report.outcome_of("hashes/zigbee2mqtt.phc"),
             Some(Outcome::Renewed)
@@ -164,10 +187,20 @@ mod tests {
     fn a_missing_password_file_names_the_identity() {
         let root = tempfile::tempdir().unwrap();
         let policy = policy(&root.path().join("nonexistent"));
-        let err = provision(&root.path().join("state"), &policy).unwrap_err();
+        let state = root.path().join("state");
+        let err = provision(&state, &policy, PasswordFiles::Hash).unwrap_err();
         assert!(
             matches!(&err, ProvisionError::SecretFile { name, .. } if name == "zigbee2mqtt"),
             "{err}"
+        );
+        // firstboot leaves password files to serve: certificates only, no error.
+        let certificates_only = provision(&state, &policy, PasswordFiles::Leave).unwrap();
+        assert!(certificates_only.file_hashes.is_empty());
+        assert_eq!(
+            certificates_only
+                .report
+                .outcome_of("hashes/zigbee2mqtt.phc"),
+            None
         );
     }
 }

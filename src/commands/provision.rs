@@ -13,7 +13,7 @@ use crate::cli::GlobalArgs;
 use crate::commands::{EXIT_FINDING, EXIT_OK};
 use crate::pki::{self, ProvisionReport};
 use crate::policy::Policy;
-use crate::provision;
+use crate::provision::{self, PasswordFiles};
 
 pub fn run(global: &GlobalArgs) -> anyhow::Result<u8> {
     let (policy, warnings) = match Policy::load(&global.manifest) {
@@ -60,7 +60,7 @@ impl ProvisionSummary {
 
 /// Provisions `state` for `policy` and adds the Tasmota fingerprint.
 fn provision_state(state: &Path, policy: &Policy) -> anyhow::Result<ProvisionSummary> {
-    let report = provision::provision(state, policy)?.report;
+    let report = provision::provision(state, policy, PasswordFiles::Hash)?.report;
     let tasmota_fingerprint = pki::rsa_fingerprint_sha1(state)
         .with_context(|| format!("reading the RSA server key in {}", state.display()))?;
     Ok(ProvisionSummary {

@@ -34,7 +34,7 @@ use crate::manifest::{ManifestError, Warning, read_text, write_atomically};
 use crate::pki::state_dir::{StateDirError, ensure_private_dir, read_optional, write_private};
 use crate::pki::{self, PkiError, ProvisionReport};
 use crate::policy::Policy;
-use crate::provision::{self, ProvisionError};
+use crate::provision::{self, PasswordFiles, ProvisionError};
 
 /// The manifest the user puts on the card.
 pub const CARD_MANIFEST: &str = "moat.yaml";
@@ -177,7 +177,8 @@ fn run_steps(paths: &Paths) -> Result<FirstbootReport, FirstbootError> {
         });
     }
     let (policy, warnings) = Policy::load(&paths.manifest)?;
-    let provisioned = provision::provision(&paths.state, &policy)?.report;
+    // Secret files are the broker service's credentials, unreadable here.
+    let provisioned = provision::provision(&paths.state, &policy, PasswordFiles::Leave)?.report;
 
     let ca_path = paths.state.join(pki::CA_CERT);
     let ca_pem = fs::read(&ca_path).map_err(io_at(&ca_path))?;

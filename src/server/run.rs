@@ -16,7 +16,7 @@ use crate::net::syn_filter::SynFilter;
 use crate::net::{AdmissionControl, AdmissionSettings, Listener, TlsSettings, serve_listener};
 use crate::pki;
 use crate::policy::{Durability, Policy};
-use crate::provision::{self, ProvisionError};
+use crate::provision::{self, PasswordFiles, ProvisionError};
 use crate::store::{self, Store};
 
 use super::denials_file;
@@ -73,7 +73,7 @@ fn load(manifest: &Path, state: &Path) -> Result<Loaded, ServeError> {
     for warning in warnings {
         tracing::warn!("{warning}");
     }
-    let provisioned = provision::provision(state, &policy)?;
+    let provisioned = provision::provision(state, &policy, PasswordFiles::Hash)?;
     for item in provisioned
         .report
         .items
