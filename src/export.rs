@@ -13,7 +13,8 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use crate::pki::{self, PkiError, SubjectName};
-use crate::policy::{Credential, Identity, Policy, provision_plan};
+use crate::policy::{Credential, Identity, Policy};
+use crate::provision;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ExportError {
@@ -65,7 +66,7 @@ pub struct Snippet {
 /// The names a client can reach the broker by and verify: the server certificate's
 /// names without the loopback ones (kept only when nothing else is there).
 pub fn broker_hosts(policy: &Policy) -> Result<Vec<String>, PkiError> {
-    let names = pki::subject_names(&provision_plan(policy))?;
+    let names = pki::subject_names(&provision::plan(policy))?;
     let shown = |n: &SubjectName| match n {
         SubjectName::Dns(d) => d.clone(),
         SubjectName::Ip(ip) => ip.to_string(),
@@ -654,7 +655,7 @@ mod tests {
         let p = policy(text);
         let root = tempfile::tempdir().unwrap();
         let state = root.path().join("state");
-        pki::provision(&state, &provision_plan(&p)).unwrap();
+        provision::provision(&state, &p, provision::PasswordFiles::Leave).unwrap();
         (p, root, state)
     }
 
@@ -758,7 +759,7 @@ mod tests {
             .unwrap()
             .trim();
         // The address the user types is one the certificate covers.
-        let covered: Vec<String> = pki::subject_names(&provision_plan(&p))
+        let covered: Vec<String> = pki::subject_names(&provision::plan(&p))
             .unwrap()
             .iter()
             .map(|n| match n {

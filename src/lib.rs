@@ -24,5 +24,6 @@ pub mod net;
 pub mod pki;
 pub mod policy;
 pub mod protocol;
+pub mod provision;
 pub mod server;
 pub mod store;

@@ -15,7 +15,8 @@ use x509_parser::public_key::PublicKey;
 
 use super::Finding;
 use crate::pki::{self, SubjectName};
-use crate::policy::{Policy, provision_plan};
+use crate::policy::Policy;
+use crate::provision;
 
 const CHECK: &str = "tls";
 const DAY: i64 = 24 * 60 * 60;
@@ -174,7 +175,7 @@ fn now() -> i64 {
 /// `lan` is this host's LAN addresses (see `machine::lan_addresses`).
 pub fn check(policy: &Policy, state_dir: &Path, lan: &[IpAddr]) -> Vec<Finding> {
     let now = now();
-    let wanted = pki::subject_names(&provision_plan(policy)).unwrap_or_default();
+    let wanted = pki::subject_names(&provision::plan(policy)).unwrap_or_default();
     let mut findings = Vec::new();
     for (file, label, required, server) in [
         (pki::CA_CERT, "the CA certificate", true, false),

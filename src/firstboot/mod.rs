@@ -33,7 +33,8 @@ use crate::export::ExportError;
 use crate::manifest::{ManifestError, Warning, read_text, write_atomically};
 use crate::pki::state_dir::{StateDirError, ensure_private_dir, read_optional, write_private};
 use crate::pki::{self, PkiError, ProvisionReport};
-use crate::policy::{Policy, provision_plan};
+use crate::policy::Policy;
+use crate::provision::{self, PasswordFiles, ProvisionError};
 
 /// The manifest the user puts on the card.
 pub const CARD_MANIFEST: &str = "moat.yaml";
@@ -78,6 +79,8 @@ pub enum FirstbootError {
     Manifest(#[from] ManifestError),
     #[error(transparent)]
     StateDir(#[from] StateDirError),
+    #[error("{0}")]
+    Provision(#[from] ProvisionError),
     #[error("provisioning: {0}")]
     Pki(#[from] PkiError),
     #[error("writing the setup report: {0}")]
@@ -174,7 +177,8 @@ fn run_steps(paths: &Paths) -> Result<FirstbootReport, FirstbootError> {
         });
     }
     let (policy, warnings) = Policy::load(&paths.manifest)?;
-    let provisioned = pki::provision(&paths.state, &provision_plan(&policy))?;
+    // Secret files are the broker service's credentials, unreadable here.
+    let provisioned = provision::provision(&paths.state, &policy, PasswordFiles::Leave)?.report;
 
     let ca_path = paths.state.join(pki::CA_CERT);
     let ca_pem = fs::read(&ca_path).map_err(io_at(&ca_path))?;

@@ -6,7 +6,6 @@
 mod identity;
 mod limits;
 mod networks;
-mod provision;
 #[cfg(test)]
 mod tests;
 
@@ -28,7 +27,6 @@ pub use crate::manifest::schema::Transport;
 pub use identity::{Credential, Identity, IdentityKind};
 pub use limits::Limits;
 pub use networks::Networks;
-pub use provision::provision_plan;
 
 use identity::compile_identity;
 use limits::compile_limits;

@@ -1,7 +1,6 @@
 //! `serve`: load and provision, bind, run until SIGTERM/SIGINT, reload on SIGHUP.
 //! A reload that fails validation keeps the old policy and says why.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -9,14 +8,15 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use tokio::signal::unix::{SignalKind, signal};
 
-use crate::auth::{AuthConfig, Authenticator, hash_for_secret_file};
+use crate::auth::{AuthConfig, Authenticator};
 use crate::broker::journal::Journal;
 use crate::broker::mailbox::QueueLimits;
 use crate::broker::{Broker, BrokerConfig, ListenerKind, sys};
 use crate::net::syn_filter::SynFilter;
 use crate::net::{AdmissionControl, AdmissionSettings, Listener, TlsSettings, serve_listener};
 use crate::pki;
-use crate::policy::{Credential, Durability, Policy, provision_plan};
+use crate::policy::{Durability, Policy};
+use crate::provision::{self, PasswordFiles, ProvisionError};
 use crate::store::{self, Store};
 
 use super::denials_file;
@@ -30,14 +30,10 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 pub enum ServeError {
     #[error("{0}")]
     Manifest(#[from] crate::manifest::ManifestError),
-    #[error("provisioning failed: {0}")]
+    #[error("{0}")]
+    Provision(#[from] ProvisionError),
+    #[error("loading the server credentials: {0}")]
     Pki(#[from] pki::PkiError),
-    #[error("password file of {name}")]
-    SecretFile {
-        name: String,
-        #[source]
-        source: crate::auth::SecretFileError,
-    },
     #[error("TLS: {0}")]
     Tls(#[from] crate::net::tls::TlsError),
     #[error("cannot listen on {addr}: {source}")]
@@ -77,26 +73,16 @@ fn load(manifest: &Path, state: &Path) -> Result<Loaded, ServeError> {
     for warning in warnings {
         tracing::warn!("{warning}");
     }
-    let report = pki::provision(state, &provision_plan(&policy))?;
-    for item in report
+    let provisioned = provision::provision(state, &policy, PasswordFiles::Hash)?;
+    for item in provisioned
+        .report
         .items
         .iter()
         .filter(|i| i.outcome != pki::Outcome::Kept)
     {
         tracing::info!(path = %item.path.display(), outcome = %item.outcome, "provisioned");
     }
-    let mut file_hashes = HashMap::new();
-    for identity in policy.identities() {
-        if let Credential::PasswordFile(path) = &identity.credential {
-            let hash = hash_for_secret_file(state, &identity.name, path).map_err(|source| {
-                ServeError::SecretFile {
-                    name: identity.name.clone(),
-                    source,
-                }
-            })?;
-            file_hashes.insert(identity.name.clone(), hash);
-        }
-    }
+    let file_hashes = provisioned.file_hashes;
     let tls = TlsSettings::new(pki::load_server_credentials(state)?)?;
     Ok(Loaded {
         active: ActivePolicy {
