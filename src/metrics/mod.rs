@@ -70,7 +70,10 @@ pub struct MetricsEndpoint {
     registry: Registry,
     outcomes: Arc<Outcomes>,
     syn_filter: Option<SynFilter>,
+    /// Where it listens (the port resolved).
     pub address: SocketAddr,
+    /// What the manifest said at start.
+    declared: SocketAddr,
 }
 
 fn admission_settings(networks: &Networks) -> AdmissionSettings {
@@ -115,6 +118,7 @@ impl MetricsEndpoint {
             outcomes,
             syn_filter,
             address,
+            declared: addr,
         };
         Ok((Arc::new(endpoint), listener))
     }
@@ -195,6 +199,26 @@ impl MetricsEndpoint {
     }
 }
 
+/// Applies a reloaded manifest's `broker.metrics` to the running endpoint (if any).
+/// Turning it on or off or moving it needs a restart: the port is bound at start,
+/// before privileges could be dropped.
+pub fn reload(running: Option<&MetricsEndpoint>, plan: Option<&MetricsPlan>, networks: &Networks) {
+    match (running, plan) {
+        (Some(endpoint), Some(plan)) => {
+            endpoint.update(plan, networks);
+            if plan.address != endpoint.declared {
+                tracing::warn!(running = %endpoint.address, declared = %plan.address,
+                    "broker.metrics moved: restart moat to listen there");
+            }
+        }
+        (None, None) => {}
+        (Some(endpoint), None) => tracing::warn!(address = %endpoint.address,
+            "broker.metrics was removed: the endpoint keeps running until moat restarts"),
+        (None, Some(plan)) => tracing::warn!(address = %plan.address,
+            "broker.metrics was added: restart moat to start the endpoint"),
+    }
+}
+
 /// The endpoint's own counters, next to the broker's.
 #[derive(Debug)]
 struct OutcomesCollector(Arc<Outcomes>);
@@ -226,5 +250,24 @@ impl prometheus_client::collector::Collector for OutcomesCollector {
             ConstCounter::new(n.load(Relaxed)).encode(family.encode_family(&labels)?)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::manifest::{LoadOptions, parse_str};
+    use crate::policy::Policy;
+
+    #[test]
+    fn the_firewall_opens_the_metrics_port_to_the_allowed_networks_only() {
+        let text =
+            "version: 1\nbroker:\n  networks: [\"192.168.1.0/24\"]\n  metrics: { port: 9100 }\n";
+        let loaded = parse_str(text, "t.yaml", LoadOptions::default()).unwrap();
+        let policy = Policy::compile(&loaded.manifest).unwrap();
+        let spec = crate::commands::firewall::spec_for_policy(&policy, false);
+        assert_eq!(spec.broker_ports, [8883, 9100]);
+        let ruleset = crate::firewall::render(&spec);
+        assert!(ruleset.contains("192.168.1.0/24"), "{ruleset}");
+        assert!(ruleset.contains("{ 8883, 9100 }"), "{ruleset}");
     }
 }

@@ -279,9 +279,7 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
                                 filter.update(&new_policy.networks);
                             }
                         }
-                        if let (Some(endpoint), Some(plan)) = (&metrics, &new_policy.metrics) {
-                            endpoint.update(plan, &new_policy.networks);
-                        }
+                        crate::metrics::reload(metrics.as_deref(), new_policy.metrics.as_ref(), &new_policy.networks);
                         tls.store(Arc::new(loaded.tls));
                         auth.clear_cache();
                         // New logins use the new policy from here on; logins already
