@@ -12,22 +12,10 @@ use std::net::TcpStream;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{Moat, PASSWORD, free_port, password_hash, run_bounded};
-
-/// Four distinct free loopback ports: tls, plain, ws, wss.
-fn ports() -> [u16; 4] {
-    let mut ports: Vec<u16> = Vec::new();
-    while ports.len() < 4 {
-        let port = free_port();
-        if !ports.contains(&port) {
-            ports.push(port);
-        }
-    }
-    [ports[0], ports[1], ports[2], ports[3]]
-}
+use common::{Moat, PASSWORD, free_ports, password_hash, run_bounded};
 
 fn start() -> (Moat, u16, u16) {
-    let [tls, plain, ws, wss] = ports();
+    let [tls, plain, ws, wss] = free_ports();
     let dir = tempfile::tempdir().unwrap();
     let hash = password_hash();
     let manifest = format!(

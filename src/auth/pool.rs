@@ -22,6 +22,7 @@ use zeroize::Zeroizing;
 use super::cache::SuccessCache;
 use super::lockout::{Lockout, LockoutConfig};
 use super::verify::{Scratch, is_weak_import, verify_password_with};
+use crate::latency::{LatencyHistogram, LatencySnapshot};
 
 /// A well-formed argon2id hash with the default parameters that no password matches
 /// (its salt and output are random bytes), verified for unknown users.
@@ -114,6 +115,8 @@ pub struct Authenticator {
     lockout: Mutex<Lockout>,
     cache: Mutex<SuccessCache>,
     counters: Counters,
+    /// Time from asking for a verification slot to getting it.
+    queue_wait: LatencyHistogram,
     /// argon2 working memory, at most one per verification slot.
     scratch: Arc<Mutex<Vec<Scratch>>>,
 }
@@ -126,6 +129,7 @@ impl Authenticator {
             lockout: Mutex::new(Lockout::new(cfg.lockout.clone())),
             cache: Mutex::new(SuccessCache::new(cfg.cache_capacity, cfg.cache_ttl)),
             counters: Counters::default(),
+            queue_wait: LatencyHistogram::default(),
             scratch: Arc::new(Mutex::new(Vec::new())),
             cfg,
         })
@@ -154,12 +158,14 @@ impl Authenticator {
             return Err(AuthError::Throttled { retry_after });
         }
 
+        let asked = Instant::now();
         let Some(permit) = self.acquire_slot().await else {
             self.counters.busy.fetch_add(1, Ordering::Relaxed);
             audit(username, peer, "busy", "no verification slot");
             return Err(AuthError::Busy);
         };
 
+        self.queue_wait.observe(asked.elapsed());
         let hash = stored.unwrap_or(DUMMY_HASH).to_owned();
         let secret = Zeroizing::new(password.to_vec());
         self.counters.verifications.fetch_add(1, Ordering::Relaxed);
@@ -215,6 +221,12 @@ impl Authenticator {
             cache_hits: c.cache_hits.load(Ordering::Relaxed),
             verifications: c.verifications.load(Ordering::Relaxed),
         }
+    }
+
+    /// How long verifications waited for a slot (those that got one; the others
+    /// are counted as `busy`).
+    pub fn queue_wait(&self) -> LatencySnapshot {
+        self.queue_wait.snapshot()
     }
 
     fn accept(&self, username: &str, peer: IpAddr, stored: &str, cached: bool) {
@@ -410,6 +422,11 @@ mod tests {
         let stats = auth.stats();
         assert_eq!(stats.throttled, 3);
         assert_eq!(stats.verifications, 4, "throttled attempts never hash");
+        assert_eq!(
+            auth.queue_wait().count,
+            4,
+            "each verification waited for its slot once"
+        );
     }
 
     #[tokio::test]

@@ -39,6 +39,16 @@ pub enum DenialKind {
 }
 
 impl DenialKind {
+    pub const ALL: [DenialKind; 7] = [
+        DenialKind::Publish,
+        DenialKind::Retain,
+        DenialKind::Will,
+        DenialKind::Subscribe,
+        DenialKind::SubscribeQuota,
+        DenialKind::SubscribeInvalid,
+        DenialKind::Receive,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             DenialKind::Publish => "publish",
@@ -80,6 +90,8 @@ type Key = (String, DenialKind, String);
 #[derive(Default)]
 pub struct Denials {
     total: AtomicU64,
+    /// Every denial by kind, counted even when its key did not fit in the map.
+    by_kind: [AtomicU64; DenialKind::ALL.len()],
     uncounted: AtomicU64,
     /// Each key's count and last example.
     map: Mutex<HashMap<Key, (u64, String)>>,
@@ -108,6 +120,7 @@ impl Denials {
     /// Counts one denial of `topic` (a topic name or filter) for `identity`.
     pub fn record(&self, identity: &str, kind: DenialKind, topic: &str) {
         self.total.fetch_add(1, Relaxed);
+        self.by_kind[kind as usize].fetch_add(1, Relaxed);
         let key = (identity.to_owned(), kind, pattern_of(topic));
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
         let room = map.len() < MAX_KEYS;
@@ -129,6 +142,11 @@ impl Denials {
 
     pub fn total(&self) -> u64 {
         self.total.load(Relaxed)
+    }
+
+    /// Every denial so far by kind, in the order of [`DenialKind::ALL`].
+    pub fn by_kind(&self) -> [(DenialKind, u64); DenialKind::ALL.len()] {
+        std::array::from_fn(|i| (DenialKind::ALL[i], self.by_kind[i].load(Relaxed)))
     }
 
     /// Every key, most frequent first (ties by identity, kind, pattern).
@@ -193,6 +211,11 @@ mod tests {
         assert_eq!(s.entries.len(), MAX_KEYS);
         assert_eq!(s.total, 3 + MAX_KEYS as u64 + 10);
         assert_eq!(s.uncounted, 12, "two keys were already there");
+        let by_kind = d.by_kind();
+        assert_eq!(by_kind[0], (DenialKind::Publish, 2));
+        assert_eq!(by_kind[1], (DenialKind::Retain, 1));
+        assert_eq!(by_kind[3], (DenialKind::Subscribe, MAX_KEYS as u64 + 10));
+        assert_eq!(by_kind.iter().map(|(_, n)| n).sum::<u64>(), s.total);
         let json = serde_json::to_string(&s).unwrap();
         let back: DenialsSnapshot = serde_json::from_str(&json).unwrap();
         assert_eq!(back, s);

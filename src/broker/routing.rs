@@ -86,7 +86,7 @@ impl Broker {
         let mut routed = Routed::default();
         let message = incoming.message;
         if incoming.publisher.is_some() {
-            self.stats.received(message.payload.len());
+            self.stats.received(message.qos, message.payload.len());
         }
         if message.retain {
             let publisher = incoming

@@ -114,6 +114,17 @@ fn print_table(policy: &Policy, path: &str, warnings: usize) {
             .map(|p| format!(", plain {p} (plaintext: true identities only)"))
             .unwrap_or_default()
     );
+    if let Some(metrics) = &policy.metrics {
+        println!(
+            "metrics: http://{}/metrics ({}; firewall opens it to the networks below)",
+            metrics.address,
+            if metrics.token_file.is_some() {
+                "bearer token required"
+            } else {
+                "no token"
+            }
+        );
+    }
     let nets: Vec<String> = policy
         .networks
         .cidrs()

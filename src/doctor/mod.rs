@@ -18,6 +18,7 @@ pub mod grants;
 pub mod host;
 pub mod limits;
 pub mod listeners;
+pub mod metrics;
 pub mod passwords;
 pub mod permissions;
 pub mod persistence;
@@ -129,6 +130,7 @@ pub fn run(setup: &Setup<'_>, options: &Options) -> Vec<Finding> {
 
     let mut findings = Vec::new();
     findings.extend(listeners::check(setup.policy, &facts));
+    findings.extend(metrics::check(setup.policy, &facts));
     findings.extend(firewall.findings.iter().cloned());
     findings.push(ruleset::check_global_ipv6(&facts, &firewall));
     findings.extend(tls::check(

@@ -6,6 +6,7 @@
 
 pub mod edit;
 pub mod load;
+pub mod metrics;
 pub mod roles;
 pub mod schema;
 pub mod starter;

@@ -52,6 +52,38 @@ pub struct BrokerSpec {
     pub limits: LimitsSpec,
     #[serde(default)]
     pub persistence: PersistenceSpec,
+    /// The Prometheus endpoint; off when absent (see `crate::metrics`).
+    #[serde(default)]
+    pub metrics: Option<Spanned<MetricsSpec>>,
+}
+
+/// `broker.metrics:`: `{ address, port, token_file }`, every field optional.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSpec {
+    #[serde(default)]
+    pub address: Option<Spanned<IpAddr>>,
+    #[serde(default)]
+    pub port: Option<Spanned<u16>>,
+    /// A file holding the bearer token scrapers must send.
+    #[serde(default)]
+    pub token_file: Option<Spanned<PathBuf>>,
+}
+
+impl MetricsSpec {
+    /// Next to MQTT's 8883, outside the ports MQTT clients try.
+    pub const DEFAULT_PORT: u16 = 9883;
+
+    /// Where the endpoint listens: IPv4 only by default, like the plaintext
+    /// transports (it is plain HTTP).
+    pub fn socket_addr(&self) -> std::net::SocketAddr {
+        std::net::SocketAddr::new(
+            self.address
+                .as_ref()
+                .map_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), |a| a.value),
+            self.port.as_ref().map_or(Self::DEFAULT_PORT, |p| p.value),
+        )
+    }
 }
 
 /// `broker.listen:`: one optional entry per transport; TLS is always on.

@@ -11,9 +11,10 @@ use std::time::Instant;
 use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
 
+use crate::broker::stats::RefusalReason;
 use crate::broker::{Broker, Gatekeeper, ListenerKind, PeerInfo, connection};
 
-use super::admission::{Admission, canonical_ip};
+use super::admission::{Admission, Refusal, canonical_ip};
 use super::tls::{TlsSettings, handshake};
 use super::tls_stream::TlsStream;
 use super::websocket::{self, WsStream};
@@ -116,12 +117,13 @@ pub async fn serve_listener(
         let slot = match admission.admit(addr.ip()) {
             Ok(slot) => slot,
             Err(refusal) => {
-                broker.stats.refused();
+                broker.stats.refused_for(refusal_reason(refusal));
                 tracing::info!(target: "moat::audit", peer = %addr, ?refusal, "connection refused before TLS");
                 drop(tcp);
                 continue;
             }
         };
+        broker.stats.accepted();
         let _ = tcp.set_nodelay(true);
         let deadline = Instant::now() + broker.config().connect_timeout;
         let (broker, gate) = (Arc::clone(&broker), Arc::clone(&gate));
@@ -140,6 +142,7 @@ pub async fn serve_listener(
             (ListenerKind::Plain, true) => {
                 tokio::spawn(async move {
                     let Some(ws) = upgrade(tcp, deadline, addr).await else {
+                        broker.stats.refused_for(RefusalReason::WebSocketUpgrade);
                         return;
                     };
                     tokio::spawn(connection::run(ws, peer, broker, gate, deadline, slot));
@@ -151,6 +154,7 @@ pub async fn serve_listener(
                     let Some((stream, certificate_name)) =
                         tls_handshake(&tls, tcp, deadline, addr).await
                     else {
+                        broker.stats.refused_for(RefusalReason::TlsHandshake);
                         return;
                     };
                     let peer = PeerInfo {
@@ -162,10 +166,21 @@ pub async fn serve_listener(
                         tokio::spawn(connection::run(stream, peer, broker, gate, deadline, slot));
                     } else if let Some(ws) = upgrade(stream, deadline, addr).await {
                         tokio::spawn(connection::run(ws, peer, broker, gate, deadline, slot));
+                    } else {
+                        broker.stats.refused_for(RefusalReason::WebSocketUpgrade);
                     }
                 });
             }
         }
+    }
+}
+
+/// The broker's name for an admission refusal.
+fn refusal_reason(refusal: Refusal) -> RefusalReason {
+    match refusal {
+        Refusal::NetworkNotAllowed => RefusalReason::Network,
+        Refusal::TooManyConnections => RefusalReason::MaxConnections,
+        Refusal::TooManyFromAddress => RefusalReason::MaxPerAddress,
     }
 }
 

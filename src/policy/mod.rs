@@ -37,6 +37,15 @@ pub struct ListenerPlan {
     pub address: SocketAddr,
     pub transport: Transport,
 }
+
+/// The Prometheus endpoint (`broker.metrics`), when declared.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetricsPlan {
+    pub address: SocketAddr,
+    /// The bearer token's file; `None`: no token asked.
+    pub token_file: Option<PathBuf>,
+}
+
 /// Default group-commit interval for `durability: batched`.
 pub const DEFAULT_COMMIT_INTERVAL: Duration = Duration::from_millis(50);
 
@@ -71,6 +80,7 @@ pub struct Policy {
     pub addresses: Vec<IpAddr>,
     /// Every listener, TLS first (always present).
     pub listeners: Vec<ListenerPlan>,
+    pub metrics: Option<MetricsPlan>,
     pub networks: Networks,
     pub limits: Limits,
     pub persistence: Persistence,
@@ -103,9 +113,12 @@ impl Policy {
             .map(|l| l.address)
     }
 
-    /// Every port a client may connect to (what the firewall opens).
+    /// Every port a client or scraper may connect to (what the firewall opens to
+    /// the allowed networks): the MQTT listeners', then the metrics endpoint's.
     pub fn listener_ports(&self) -> Vec<u16> {
-        self.listeners.iter().map(|l| l.address.port()).collect()
+        let mqtt = self.listeners.iter().map(|l| l.address.port());
+        mqtt.chain(self.metrics.iter().map(|m| m.address.port()))
+            .collect()
     }
 
     /// Loads, validates and compiles the manifest at `manifest_path`.
@@ -181,6 +194,10 @@ impl Policy {
             hostnames: broker.hostnames.iter().map(|h| h.value.clone()).collect(),
             addresses: broker.addresses.iter().map(|a| a.value).collect(),
             listeners,
+            metrics: broker.metrics.as_ref().map(|m| MetricsPlan {
+                address: m.value.socket_addr(),
+                token_file: m.value.token_file.as_ref().map(|f| f.value.clone()),
+            }),
             networks: Networks::new(cidrs),
             limits,
             persistence,

@@ -41,6 +41,8 @@ pub enum ServeError {
         addr: std::net::SocketAddr,
         source: std::io::Error,
     },
+    #[error("metrics endpoint: {0}")]
+    Metrics(#[from] crate::metrics::MetricsError),
     #[error("durable store: {0}")]
     Store(#[from] store::StoreError),
     #[error("signal handler: {0}")]
@@ -193,6 +195,19 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
         ));
         listeners.push(listener);
     }
+    let mut metrics = None;
+    let metrics_bound = match &policy.metrics {
+        Some(plan) => {
+            let sources = crate::metrics::Sources {
+                broker: Arc::clone(&broker),
+                auth: Arc::clone(&auth),
+                admission: Arc::clone(&admission),
+                store: Some(Arc::clone(&store)),
+            };
+            Some(crate::metrics::MetricsEndpoint::bind(plan, &policy.networks, sources).await?)
+        }
+        None => None,
+    };
     let active = Arc::new(ArcSwap::from_pointee(loaded.active));
     let gate = Arc::new(PolicyGate {
         active: Arc::clone(&active),
@@ -208,6 +223,10 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
             Arc::clone(&broker),
             gate.clone(),
         ));
+    }
+    if let Some((endpoint, listener)) = metrics_bound {
+        accepting.spawn(Arc::clone(&endpoint).serve(listener));
+        metrics = Some(endpoint);
     }
     tokio::spawn(sys::run_periodic(Arc::clone(&broker)));
     let denials_path = denials_file::path_in(&options.state);
@@ -244,6 +263,7 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
                                 filter.update(&new_policy.networks);
                             }
                         }
+                        crate::metrics::reload(metrics.as_deref(), new_policy.metrics.as_ref(), &new_policy.networks);
                         tls.store(Arc::new(loaded.tls));
                         auth.clear_cache();
                         // New logins use the new policy from here on; logins already

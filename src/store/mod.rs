@@ -238,6 +238,22 @@ impl Store {
         self.shared.stats()
     }
 
+    /// How long each committed transaction took (BEGIN to the end of COMMIT).
+    pub fn commit_latency(&self) -> crate::latency::LatencySnapshot {
+        self.shared.commit_latency.snapshot()
+    }
+
+    /// Bytes the database takes on disk now: the file and its WAL (`None` in memory).
+    pub fn database_bytes(&self) -> Option<u64> {
+        let Location::File(path) = &self.location else {
+            return None;
+        };
+        let size = |p: &Path| std::fs::metadata(p).map_or(0, |m| m.len());
+        let mut wal = path.as_os_str().to_owned();
+        wal.push("-wal");
+        Some(size(path) + size(Path::new(&wal)))
+    }
+
     /// True while the last write failed for lack of space (or the size cap).
     pub fn is_disk_full(&self) -> bool {
         self.shared.is_disk_full()

@@ -300,6 +300,12 @@ async fn concurrent_ops_share_commits() {
         "group commit should share commits: {stats:?}"
     );
     assert!(stats.fsyncs <= stats.commits);
+    assert_eq!(
+        store.commit_latency().count,
+        stats.commits,
+        "every commit's time is recorded once"
+    );
+    assert!(store.database_bytes().is_some_and(|bytes| bytes > 0));
     assert_eq!(store.load().unwrap().retained.len(), OPS as usize);
 }
 

@@ -21,6 +21,7 @@ use super::clock::{self, IDLE_PERSIST_EVERY, PIGGYBACK_EVERY, UPTIME_KEY, Uptime
 use super::error::StoreError;
 use super::records::{InflightOut, Op, StoredMessage};
 use super::{Durability, StoreStats};
+use crate::latency::LatencyHistogram;
 
 /// Most operations applied in one transaction.
 pub(crate) const MAX_BATCH: usize = 1024;
@@ -52,6 +53,8 @@ pub(crate) struct Shared {
     fsyncs: AtomicU64,
     failed_ops: AtomicU64,
     disk_full: AtomicBool,
+    /// Time of each successful transaction, from BEGIN to the end of COMMIT (fsync).
+    pub commit_latency: LatencyHistogram,
 }
 
 impl Shared {
@@ -63,6 +66,7 @@ impl Shared {
             fsyncs: AtomicU64::new(0),
             failed_ops: AtomicU64::new(0),
             disk_full: AtomicBool::new(false),
+            commit_latency: LatencyHistogram::default(),
         }
     }
 
@@ -337,6 +341,7 @@ fn transact(
     now: Option<i64>,
 ) -> Result<(), StoreError> {
     let changes_before = conn.total_changes();
+    let started = Instant::now();
     let result = (|| -> rusqlite::Result<()> {
         let tx = conn.transaction()?;
         for (op, at) in ops {
@@ -355,6 +360,7 @@ fn transact(
         }
         return Err(StoreError::from(err));
     }
+    shared.commit_latency.observe(started.elapsed());
     shared.commits.fetch_add(1, Ordering::Relaxed);
     shared.ops.fetch_add(ops.len() as u64, Ordering::Relaxed);
     if conn.total_changes() != changes_before {

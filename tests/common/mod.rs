@@ -32,6 +32,18 @@ pub fn free_port() -> u16 {
         .expect("a free loopback port")
 }
 
+/// `N` distinct free loopback ports (two calls to `free_port` may return the same one).
+pub fn free_ports<const N: usize>() -> [u16; N] {
+    let mut ports: Vec<u16> = Vec::new();
+    while ports.len() < N {
+        let port = free_port();
+        if !ports.contains(&port) {
+            ports.push(port);
+        }
+    }
+    std::array::from_fn(|i| ports[i])
+}
+
 /// argon2id hash of the shared test password (computed once per test binary).
 pub fn password_hash() -> String {
     static HASH: Mutex<Option<String>> = Mutex::new(None);

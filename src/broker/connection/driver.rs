@@ -349,7 +349,7 @@ impl Connection {
                 .settle("in-flight state")
                 .await;
         }
-        let mut sent = 0u64;
+        let mut sent = [0u64; 3];
         let mut bytes = 0usize;
         for item in outbound.drain(..) {
             match item {
@@ -365,12 +365,13 @@ impl Connection {
                         // Too large for the client: drop it (MQTT-3.1.2-25), and free
                         // its slot in the window.
                         tracing::debug!(client_id = %self.session.client_id, error = %e, "message not delivered");
+                        self.broker.stats.dropped_too_large();
                         if qos != QoS::AtMostOnce {
                             self.session.mailbox.complete(packet_id);
                         }
                         continue;
                     }
-                    sent += 1;
+                    sent[qos as usize] += 1;
                 }
                 Outbound::PubRel { packet_id } => {
                     let packet = Packet::PubRel(Ack::new(packet_id, ReasonCode::Success));
@@ -380,7 +381,7 @@ impl Connection {
                 }
             }
         }
-        if sent > 0 {
+        if sent.iter().any(|n| *n > 0) {
             self.broker.stats.sent(sent, bytes);
         }
     }

@@ -77,6 +77,8 @@ pub fn validate(manifest: &Manifest, options: LoadOptions) -> Vec<Finding> {
         );
     }
     validate_broker(&mut c, manifest);
+    c.findings
+        .extend(crate::manifest::metrics::validate(&manifest.broker));
     validate_roles(&mut c, manifest);
     let plain_listener = manifest.broker.listen.has_plaintext();
     let mut anyone_plaintext = false;
