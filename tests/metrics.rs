@@ -134,6 +134,11 @@ fn moved(
 /// moat with plaintext and TLS listeners and the metrics endpoint, all on 127.0.0.1,
 /// allowing 127.0.0.1 alone (127.0.0.2 plays a stranger).
 fn start() -> (Moat, u16) {
+    start_with("", "")
+}
+
+/// [`start`] with more lines in `broker:` and `users:`.
+fn start_with(broker_extra: &str, users_extra: &str) -> (Moat, u16) {
     let [tls, plain, metrics] = free_ports();
     let dir = tempfile::tempdir().unwrap();
     let token_file = dir.path().join("metrics-token");
@@ -149,7 +154,7 @@ broker:
     plain: {{ address: "127.0.0.1", port: {plain} }}
   networks: ["127.0.0.1/32"]
   metrics: {{ address: "127.0.0.1", port: {metrics}, token_file: "{token}" }}
-users:
+{broker_extra}users:
   sensor:
     password_hash: "{hash}"
     plaintext: true
@@ -159,8 +164,9 @@ users:
     password_hash: "{hash}"
     plaintext: true
     subscribe: ["sensors/#"]
-"#,
-        token = token_file.display()
+{users_extra}"#,
+        token = token_file.display(),
+        users_extra = users_extra.replace("{hash}", &hash),
     );
     std::fs::write(dir.path().join("moat.yaml"), manifest).unwrap();
     let moat = Moat::start_in(dir, tls, Some(plain));
@@ -362,4 +368,80 @@ fn the_endpoint_answers_only_get_metrics_with_the_token_and_only_to_the_lan() {
         401
     );
     assert_eq!(get(port, "/metrics", Some("Bearer rotated-token")).0, 200);
+}
+
+#[test]
+fn home_assistant_discovers_the_broker_health() {
+    let (moat, _) = start_with(
+        "  homeassistant: true\n",
+        "  ha:\n    password_hash: \"{hash}\"\n    role: homeassistant\n    subscribe: [\"$SYS/broker/health\"]\n",
+    );
+    assert!(
+        moat.log().contains("readers=ha"),
+        "the log names who reads the health topic:\n{}",
+        moat.log()
+    );
+    let configs = mosquitto(
+        "mosquitto_sub",
+        &with_extra(
+            moat.tls_args("ha"),
+            &[
+                "-t",
+                "homeassistant/sensor/+/config",
+                "-v",
+                "-C",
+                "11",
+                "-W",
+                "15",
+            ],
+        ),
+    );
+    let text = String::from_utf8_lossy(&configs.stdout).to_string();
+    let mut keys = Vec::new();
+    for line in text.lines() {
+        let (topic, config) = line.split_once(' ').unwrap();
+        let config: serde_json::Value = serde_json::from_str(config).unwrap();
+        let id = config["unique_id"].as_str().unwrap();
+        assert_eq!(topic, format!("homeassistant/sensor/{id}/config"));
+        assert_eq!(config["state_topic"], "$SYS/broker/health");
+        assert_eq!(config["device"]["identifiers"][0], "moat");
+        let template = config["value_template"].as_str().unwrap();
+        let key = template
+            .strip_prefix("{{ value_json.")
+            .and_then(|t| t.strip_suffix(" }}"))
+            .unwrap();
+        keys.push(key.to_owned());
+    }
+    assert_eq!(keys.len(), 11, "{text}");
+
+    let state = mosquitto(
+        "mosquitto_sub",
+        &with_extra(
+            moat.tls_args("ha"),
+            &["-t", "$SYS/broker/health", "-C", "1", "-W", "15"],
+        ),
+    );
+    let state: serde_json::Value = serde_json::from_slice(&state.stdout).unwrap();
+    for key in &keys {
+        assert!(
+            state[key].is_u64() || state[key].is_i64(),
+            "{key} in {state}"
+        );
+    }
+    assert_eq!(state["login_failures"], 0);
+    assert!(state["database_bytes"].as_u64().unwrap() > 0);
+    assert!(
+        state["retained_messages"].as_u64().unwrap() >= 11,
+        "{state}"
+    );
+
+    // `#` never matches $SYS: the sensor user cannot read it.
+    let denied = mosquitto(
+        "mosquitto_sub",
+        &with_extra(
+            moat.plain_args("watcher"),
+            &["-t", "$SYS/broker/health", "-C", "1", "-W", "3"],
+        ),
+    );
+    assert!(denied.stdout.is_empty());
 }

@@ -55,6 +55,9 @@ pub struct BrokerSpec {
     /// The Prometheus endpoint; off when absent (see `crate::metrics`).
     #[serde(default)]
     pub metrics: Option<Spanned<MetricsSpec>>,
+    /// Broker health as Home Assistant entities (MQTT discovery); off by default.
+    #[serde(default)]
+    pub homeassistant: Option<Spanned<bool>>,
 }
 
 /// `broker.metrics:`: `{ address, port, token_file }`, every field optional.

@@ -8,6 +8,7 @@
 //! contents.
 
 pub mod collect;
+pub mod homeassistant;
 pub mod http;
 pub mod token;
 

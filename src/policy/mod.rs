@@ -81,6 +81,8 @@ pub struct Policy {
     /// Every listener, TLS first (always present).
     pub listeners: Vec<ListenerPlan>,
     pub metrics: Option<MetricsPlan>,
+    /// Publish broker health as Home Assistant entities (`broker.homeassistant`).
+    pub homeassistant: bool,
     pub networks: Networks,
     pub limits: Limits,
     pub persistence: Persistence,
@@ -198,6 +200,7 @@ impl Policy {
                 address: m.value.socket_addr(),
                 token_file: m.value.token_file.as_ref().map(|f| f.value.clone()),
             }),
+            homeassistant: broker.homeassistant.as_ref().is_some_and(|h| h.value),
             networks: Networks::new(cidrs),
             limits,
             persistence,

@@ -195,19 +195,23 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
         ));
         listeners.push(listener);
     }
+    let sources = crate::metrics::Sources {
+        broker: Arc::clone(&broker),
+        auth: Arc::clone(&auth),
+        admission: Arc::clone(&admission),
+        store: Some(Arc::clone(&store)),
+    };
     let mut metrics = None;
     let metrics_bound = match &policy.metrics {
-        Some(plan) => {
-            let sources = crate::metrics::Sources {
-                broker: Arc::clone(&broker),
-                auth: Arc::clone(&auth),
-                admission: Arc::clone(&admission),
-                store: Some(Arc::clone(&store)),
-            };
-            Some(crate::metrics::MetricsEndpoint::bind(plan, &policy.networks, sources).await?)
-        }
+        Some(plan) => Some(
+            crate::metrics::MetricsEndpoint::bind(plan, &policy.networks, sources.clone()).await?,
+        ),
         None => None,
     };
+    if policy.homeassistant {
+        crate::metrics::homeassistant::check_readers(policy);
+        tokio::spawn(crate::metrics::homeassistant::run(sources));
+    }
     let active = Arc::new(ArcSwap::from_pointee(loaded.active));
     let gate = Arc::new(PolicyGate {
         active: Arc::clone(&active),
