@@ -24,7 +24,7 @@ use crate::broker::ListenerKind;
 use crate::net::admission::canonical_ip;
 use crate::net::syn_filter::SynFilter;
 use crate::net::{AdmissionControl, AdmissionSettings, Listener};
-use crate::policy::{MetricsPlan, Networks};
+use crate::policy::{MetricsPlan, Networks, Policy};
 
 pub use collect::Sources;
 pub use token::{Token, TokenError};
@@ -200,10 +200,19 @@ impl MetricsEndpoint {
     }
 }
 
-/// Applies a reloaded manifest's `broker.metrics` to the running endpoint (if any).
-/// Turning it on or off or moving it needs a restart: the port is bound at start,
-/// before privileges could be dropped.
-pub fn reload(running: Option<&MetricsEndpoint>, plan: Option<&MetricsPlan>, networks: &Networks) {
+/// Applies a reloaded manifest's `broker.metrics` to the running endpoint (if any)
+/// and checks `broker.homeassistant` again. Turning either on or off, or moving the
+/// endpoint, needs a restart: ports are bound and tasks started at start.
+pub fn reload(running: Option<&MetricsEndpoint>, homeassistant_running: bool, policy: &Policy) {
+    if policy.homeassistant != homeassistant_running {
+        tracing::warn!(
+            "broker.homeassistant changed to {}: restart moat to apply",
+            policy.homeassistant
+        );
+    } else if policy.homeassistant {
+        homeassistant::check_readers(policy);
+    }
+    let (plan, networks) = (policy.metrics.as_ref(), &policy.networks);
     match (running, plan) {
         (Some(endpoint), Some(plan)) => {
             endpoint.update(plan, networks);

@@ -90,6 +90,7 @@ impl Token {
         let Some((scheme, credentials)) = split_once(value, b' ') else {
             return false;
         };
+        // `ct_eq` answers at once for a different length: the length is not secret.
         scheme.eq_ignore_ascii_case(b"bearer") && bool::from(credentials.ct_eq(&self.0))
     }
 }

@@ -208,7 +208,8 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
         ),
         None => None,
     };
-    if policy.homeassistant {
+    let homeassistant = policy.homeassistant;
+    if homeassistant {
         crate::metrics::homeassistant::check_readers(policy);
         tokio::spawn(crate::metrics::homeassistant::run(sources));
     }
@@ -267,7 +268,7 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
                                 filter.update(&new_policy.networks);
                             }
                         }
-                        crate::metrics::reload(metrics.as_deref(), new_policy.metrics.as_ref(), &new_policy.networks);
+                        crate::metrics::reload(metrics.as_deref(), homeassistant, new_policy);
                         tls.store(Arc::new(loaded.tls));
                         auth.clear_cache();
                         // New logins use the new policy from here on; logins already
