@@ -9,6 +9,7 @@ pub mod acl;
 pub mod auth;
 pub mod backup;
 pub mod bench;
+pub mod bridge;
 pub mod broker;
 pub mod cli;
 pub mod commands;

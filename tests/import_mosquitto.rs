@@ -11,14 +11,13 @@
 mod common;
 
 use std::io::Write;
-use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output};
+use std::time::Duration;
 
 use common::cli::run_moat;
-use common::{Moat, Sub, collect_lines, free_port, have, mosquitto, path_str};
+use common::mosquitto::{RealMosquitto, mosquitto_passwd, run_ok, server_cert};
+use common::{Moat, Sub, free_port, have, mosquitto, path_str};
 
 /// Distinct free loopback ports.
 fn ports(n: usize) -> Vec<u16> {
@@ -38,103 +37,6 @@ fn require_tools() {
             have(tool),
             "{tool} is required (apt-get install mosquitto mosquitto-clients openssl)"
         );
-    }
-}
-
-/// `mosquitto_passwd -b [-c] FILE USER PASS`, as a user would run it.
-fn mosquitto_passwd(file: &Path, user: &str, password: &str, create: bool) {
-    let mut cmd = Command::new("mosquitto_passwd");
-    if create {
-        cmd.arg("-c");
-    }
-    run_ok(cmd.arg("-b").arg(file).args([user, password]));
-}
-
-/// Runs a tool that must succeed; returns its stdout.
-fn run_ok(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{cmd:?}: {stderr}");
-    String::from_utf8(out.stdout).unwrap()
-}
-
-/// A self-signed server certificate for the real mosquitto's TLS listener.
-fn server_cert(dir: &Path) {
-    run_ok(
-        Command::new("openssl")
-            .args([
-                "req",
-                "-x509",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:prime256v1",
-                "-nodes",
-                "-days",
-                "1",
-                "-subj",
-                "/CN=localhost",
-                "-addext",
-                "subjectAltName=IP:127.0.0.1",
-                "-keyout",
-            ])
-            .arg(dir.join("server.key"))
-            .arg("-out")
-            .arg(dir.join("server.pem")),
-    );
-}
-
-/// A real `mosquitto -c CONF`, run from the configuration's directory (mosquitto
-/// resolves relative paths against its working directory). Killed on drop.
-struct RealMosquitto {
-    child: Child,
-    log: Arc<Mutex<String>>,
-}
-
-impl RealMosquitto {
-    fn start(conf: &Path, port: u16) -> RealMosquitto {
-        let mut child = Command::new("mosquitto")
-            .arg("-c")
-            .arg(conf)
-            .current_dir(conf.parent().unwrap())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let log = Arc::new(Mutex::new(String::new()));
-        collect_lines(child.stderr.take().unwrap(), Arc::clone(&log));
-        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(addr).is_err() {
-            if let Ok(Some(status)) = child.try_wait() {
-                panic!("mosquitto exited ({status}):\n{}", log.lock().unwrap());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "mosquitto did not listen on {port}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        // Listening sockets open before the TLS files are loaded: wait for "running".
-        while !log.lock().unwrap().contains(" running") {
-            if let Ok(Some(status)) = child.try_wait() {
-                panic!("mosquitto exited ({status}):\n{}", log.lock().unwrap());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "mosquitto did not start:\n{}",
-                log.lock().unwrap()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        RealMosquitto { child, log }
-    }
-}
-
-impl Drop for RealMosquitto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

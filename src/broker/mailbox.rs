@@ -351,6 +351,12 @@ impl Mailbox {
         }
     }
 
+    /// Whether `packet_id` is in the window (a client reusing the packet id space
+    /// for SUBSCRIBE must avoid it).
+    pub fn is_in_flight(&self, packet_id: u16) -> bool {
+        self.lock().inflight.iter().any(|(id, _)| *id == packet_id)
+    }
+
     pub fn limits(&self) -> QueueLimits {
         self.lock().limits
     }

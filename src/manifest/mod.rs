@@ -4,6 +4,7 @@
 //! (`edit`). It knows nothing of the runtime: `crate::policy` compiles a loaded
 //! manifest into what the broker enforces.
 
+pub mod bridge;
 pub mod edit;
 pub mod load;
 pub mod metrics;

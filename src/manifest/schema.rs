@@ -32,6 +32,9 @@ pub struct Manifest {
     /// Reusable rule bundles.
     #[serde(default)]
     pub roles: NamedMap<RoleSpec>,
+    /// Outbound connections to remote brokers (see `manifest::bridge`).
+    #[serde(default)]
+    pub bridges: NamedMap<super::bridge::BridgeSpec>,
 }
 
 /// `broker:`: certificate names, listeners, networks, limits, persistence.

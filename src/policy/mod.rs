@@ -87,6 +87,8 @@ pub struct Policy {
     pub limits: Limits,
     pub persistence: Persistence,
     pub firewall: FirewallSettings,
+    /// Outbound bridges to remote brokers.
+    pub bridges: Vec<crate::bridge::BridgePlan>,
     identities: Vec<Arc<Identity>>,
     by_name: BTreeMap<String, usize>,
 }
@@ -209,6 +211,7 @@ impl Policy {
                 mdns: manifest.firewall.mdns,
                 egress: manifest.firewall.egress,
             },
+            bridges: crate::bridge::plan::compile(manifest),
             identities,
             by_name,
         })

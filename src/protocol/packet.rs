@@ -76,6 +76,22 @@ pub struct Properties {
     pub shared_subscription_available: Option<u8>,
 }
 
+impl Properties {
+    /// The properties a message carries from publisher to subscribers unchanged
+    /// (MQTT 5 §3.3.2.3); expiry, aliases and subscription identifiers are the
+    /// forwarder's to set.
+    pub fn forwarded(&self) -> Properties {
+        Properties {
+            payload_format_indicator: self.payload_format_indicator,
+            content_type: self.content_type.clone(),
+            response_topic: self.response_topic.clone(),
+            correlation_data: self.correlation_data.clone(),
+            user_properties: self.user_properties.clone(),
+            ..Properties::default()
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Will {
     pub topic: String,

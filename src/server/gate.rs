@@ -162,9 +162,14 @@ impl Gatekeeper for PolicyGate {
 
 /// How the broker finds an identity's current rights, for this policy.
 pub fn resolver_for(policy: &Policy) -> crate::broker::Resolver {
-    let rights: HashMap<String, Arc<dyn Permissions>> = policy
+    let mut rights: HashMap<String, Arc<dyn Permissions>> = policy
         .identities()
         .map(|identity| (identity.name.clone(), permissions_of(identity)))
         .collect();
+    // A bridge's session belongs to its own identity, which no client can log in as.
+    for plan in &policy.bridges {
+        let bridge: Arc<dyn Permissions> = Arc::new(crate::bridge::rights::BridgeRights::new(plan));
+        rights.insert(plan.local_identity(), bridge);
+    }
     Arc::new(move |name: &str| rights.get(name).cloned())
 }

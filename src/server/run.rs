@@ -213,6 +213,7 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
         crate::metrics::homeassistant::check_readers(policy);
         tokio::spawn(crate::metrics::homeassistant::run(sources));
     }
+    let bridges = crate::bridge::Bridges::start(&broker, &policy.bridges, &options.state);
     let active = Arc::new(ArcSwap::from_pointee(loaded.active));
     let gate = Arc::new(PolicyGate {
         active: Arc::clone(&active),
@@ -270,6 +271,7 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
                         }
                         crate::metrics::reload(metrics.as_deref(), homeassistant, new_policy);
                         tls.store(Arc::new(loaded.tls));
+                        bridges.reloaded(&new_policy.bridges);
                         auth.clear_cache();
                         // New logins use the new policy from here on; logins already
                         // past their password check are re-resolved when they attach.
@@ -295,6 +297,7 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
     // within a deadline: a client that stopped reading cannot hold the shutdown.
     accepting.shutdown().await;
     broker.shutdown();
+    bridges.stopped(SHUTDOWN_GRACE).await;
     let deadline = Instant::now() + SHUTDOWN_GRACE;
     while admission.open_connections() > 0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(10)).await;

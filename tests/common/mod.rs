@@ -5,6 +5,7 @@
 pub mod cli;
 pub mod durable;
 pub mod guest;
+pub mod mosquitto;
 pub mod netns;
 
 use std::io::{BufRead, BufReader, Read};

@@ -498,12 +498,5 @@ impl Connection {
 
 /// The properties a message carries from publisher to subscribers (MQTT 5 §3.3.2.3).
 fn passthrough_properties(p: &Properties) -> Arc<Properties> {
-    Arc::new(Properties {
-        payload_format_indicator: p.payload_format_indicator,
-        content_type: p.content_type.clone(),
-        response_topic: p.response_topic.clone(),
-        correlation_data: p.correlation_data.clone(),
-        user_properties: p.user_properties.clone(),
-        ..Properties::default()
-    })
+    Arc::new(p.forwarded())
 }

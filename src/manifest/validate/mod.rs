@@ -80,6 +80,7 @@ pub fn validate(manifest: &Manifest, options: LoadOptions) -> Vec<Finding> {
     c.findings
         .extend(crate::manifest::metrics::validate(&manifest.broker));
     validate_roles(&mut c, manifest);
+    c.findings.extend(super::bridge::validate(manifest));
     let plain_listener = manifest.broker.listen.has_plaintext();
     let mut anyone_plaintext = false;
     for (section, map) in [("users", &manifest.users), ("devices", &manifest.devices)] {
