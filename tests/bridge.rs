@@ -19,6 +19,8 @@ use common::{Moat, Sub, free_port, have, mosquitto, path_str};
 const REMOTE_PASSWORD: &str = "remote-secret-42";
 /// Messages published while the remote is away.
 const OUTAGE_MESSAGES: usize = 40;
+/// The second bridge's queue: it keeps the newest this many of them.
+const SMALL_QUEUE: usize = 5;
 
 fn require_tools() {
     for tool in ["mosquitto", "mosquitto_passwd", "mosquitto_sub", "openssl"] {
@@ -92,15 +94,25 @@ bridges:
       - {{ topic: "sensors/#", direction: out, remote_prefix: "home/" }}
       - {{ topic: "cmd/#", direction: in, remote_prefix: "home/" }}
       - {{ topic: "echo/#", direction: both, remote_prefix: "site/" }}
+  small:
+    address: "127.0.0.1"
+    port: {remote_port}
+    tls: {{ ca_file: "{ca}", server_name: localhost }}
+    username: bridge
+    password_file: "{secret}"
+    queue: {{ max_messages: {SMALL_QUEUE} }}
+    topics:
+      - {{ topic: "sensors/outage", direction: out, remote_prefix: "small/" }}
 "#,
         ca = path_str(&remote_dir.join("ca.pem")),
         secret = path_str(&secret),
     )
 }
 
-/// The bridge's report in `<state>/bridges.json`, once `check` holds (bounded).
+/// Bridge `name`'s report in `<state>/bridges.json`, once `check` holds (bounded).
 fn wait_for_report(
     moat: &Moat,
+    name: &str,
     what: &str,
     check: impl Fn(&serde_json::Value) -> bool,
 ) -> serde_json::Value {
@@ -109,8 +121,8 @@ fn wait_for_report(
     loop {
         let report = std::fs::read_to_string(&path)
             .ok()
-            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-            .and_then(|v| v.get(0).cloned());
+            .and_then(|t| serde_json::from_str::<Vec<serde_json::Value>>(&t).ok())
+            .and_then(|all| all.into_iter().find(|r| r["name"] == name));
         if let Some(r) = &report
             && check(r)
         {
@@ -118,7 +130,7 @@ fn wait_for_report(
         }
         assert!(
             Instant::now() < deadline,
-            "bridge never {what}: {report:?}\n{}",
+            "bridge {name} never {what}: {report:?}\n{}",
             moat.log()
         );
         std::thread::sleep(Duration::from_millis(100));
@@ -180,7 +192,9 @@ fn bridge_carries_mapped_topics_without_echo_and_keeps_its_queue_through_outages
     let remote = RealMosquitto::start(&conf, remote_port);
     let dir = remote_dir.path();
     let mut moat = Moat::start(&manifest(remote_dir.path(), remote_port));
-    wait_for_report(&moat, "connected", |r| r["state"] == "connected");
+    for name in ["cloud", "small"] {
+        wait_for_report(&moat, name, "connected", |r| r["state"] == "connected");
+    }
 
     // out: a local publish reaches the remote under its prefix.
     let watcher = Sub::start_subscribed(&remote_args(
@@ -249,67 +263,93 @@ fn bridge_carries_mapped_topics_without_echo_and_keeps_its_queue_through_outages
     drop(watcher);
 
     // A persistent session at the remote for what is sent during the outage.
+    let topics = ["-t", "home/sensors/outage", "-t", "small/sensors/outage"];
     let session = [
-        "-c",
-        "-i",
-        "outage-watcher",
-        "-q",
-        "1",
-        "-t",
-        "home/sensors/outage",
-        "-W",
-        "1",
-    ];
+        &["-c", "-i", "outage-watcher", "-q", "1", "-W", "1"][..],
+        &topics,
+    ]
+    .concat();
     let _ = mosquitto("mosquitto_sub", &remote_args(dir, remote_port, &session));
     remote.stop();
-    wait_for_report(&moat, "noticed the remote was gone", |r| {
-        r["state"] != "connected"
-    });
+    for name in ["cloud", "small"] {
+        wait_for_report(&moat, name, "noticed the remote was gone", |r| {
+            r["state"] != "connected"
+        });
+    }
 
     let payloads: Vec<String> = (0..OUTAGE_MESSAGES).map(|n| format!("m{n}")).collect();
     publish_lines(&moat, "sensors/outage", &payloads);
     let n = OUTAGE_MESSAGES as u64;
-    wait_for_report(&moat, "queued the outage messages", |r| {
+    let small = SMALL_QUEUE as u64;
+    wait_for_report(&moat, "cloud", "queued the outage messages", |r| {
         r["queued"].as_u64() == Some(n)
     });
+    // The small queue kept the newest and counted every message it let go.
+    wait_for_report(&moat, "small", "dropped its oldest", |r| {
+        r["queued"].as_u64() == Some(small) && r["dropped"].as_u64() == Some(n - small)
+    });
 
-    // moat restarts while the remote is still away: the queue is in SQLite.
+    // moat restarts while the remote is still away: the queues are in SQLite,
+    // evictions included.
     moat.stop();
     moat.spawn();
-    wait_for_report(&moat, "kept its queue across a restart", |r| {
-        r["queued"].as_u64().unwrap_or(0) + r["in_flight"].as_u64().unwrap_or(0) == n
+    let pending = |r: &serde_json::Value| {
+        r["queued"].as_u64().unwrap_or(0) + r["in_flight"].as_u64().unwrap_or(0)
+    };
+    wait_for_report(&moat, "cloud", "kept its queue across a restart", |r| {
+        pending(r) == n
+    });
+    wait_for_report(&moat, "small", "kept its queue across a restart", |r| {
+        pending(r) == small
     });
 
     // The remote comes back: every message reaches the persistent subscriber.
     let remote = RealMosquitto::start(&conf, remote_port);
-    wait_for_report(&moat, "drained its queue", |r| {
-        r["state"] == "connected" && r["queued"] == 0 && r["in_flight"] == 0
-    });
-    let count_arg = OUTAGE_MESSAGES.to_string();
+    for name in ["cloud", "small"] {
+        wait_for_report(&moat, name, "drained its queue", |r| {
+            r["state"] == "connected" && pending(r) == 0
+        });
+    }
+    let expected = (n + small).to_string();
     let drain = [
-        "-c",
-        "-i",
-        "outage-watcher",
-        "-q",
-        "1",
-        "-t",
-        "home/sensors/outage",
-        "-C",
-        &count_arg,
-        "-W",
-        "30",
-    ];
+        &[
+            "-c",
+            "-i",
+            "outage-watcher",
+            "-q",
+            "1",
+            "-v",
+            "-C",
+            &expected,
+            "-W",
+            "30",
+        ][..],
+        &topics,
+    ]
+    .concat();
     let got = common::run_bounded(
         Command::new("mosquitto_sub").args(remote_args(dir, remote_port, &drain)),
         Duration::from_secs(40),
     );
     let text = String::from_utf8_lossy(&got.stdout);
     for p in &payloads {
+        let line = format!("home/sensors/outage {p}");
+        // QoS 1: at least once (a resend after a lost PUBACK may repeat one).
         assert!(
-            text.lines().any(|l| l == p),
-            "{p} missing at the remote; got:\n{text}\n{}",
+            count(&text, &line) >= 1,
+            "{line} missing; got:\n{text}\n{}",
             moat.log()
         );
     }
+    let mut small_got: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("small/sensors/outage "))
+        .collect();
+    small_got.dedup();
+    let newest: Vec<&str> = payloads[OUTAGE_MESSAGES - SMALL_QUEUE..]
+        .iter()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(small_got, newest, "got:\n{text}");
     drop(remote);
 }

@@ -184,8 +184,10 @@ impl Local {
         )?;
         durable.settle("bridge session").await;
         let session = attached.session;
-        // Offline until the remote is there: QoS 0 is not kept, QoS 1 waits.
+        // Offline until the remote is there: QoS 0 is not kept, QoS 1 waits; at the
+        // cap the oldest goes (counted), so the remote gets the latest state.
         session.mailbox.set_online(false, limits);
+        session.mailbox.keep_newest();
         let requests: Vec<(String, SubscriptionOptions)> = plan
             .mappings
             .iter()

@@ -151,14 +151,14 @@ impl BridgeStatus {
     }
 
     pub fn report(&self) -> BridgeReport {
-        let (queued, in_flight) = self
+        let (queued, in_flight, evicted) = self
             .session
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .as_ref()
-            .map_or((0, 0), |s| {
+            .map_or((0, 0, 0), |s| {
                 let (queued, _, in_flight) = s.mailbox.depth();
-                (queued, in_flight)
+                (queued, in_flight, s.mailbox.dropped())
             });
         let c = self.current();
         BridgeReport {
@@ -172,7 +172,7 @@ impl BridgeStatus {
             connects: self.connects.load(Relaxed),
             sent: self.sent.load(Relaxed),
             received: self.received.load(Relaxed),
-            dropped: self.dropped.load(Relaxed),
+            dropped: self.dropped.load(Relaxed) + evicted,
         }
     }
 }

@@ -295,6 +295,14 @@ pub fn released(session: &SessionLink, packet_id: u16) -> Op {
     })
 }
 
+/// A queue that keeps the newest dropped its oldest message, journaled at `seq`.
+pub fn evicted(session: &SessionLink, seq: u64) -> Op {
+    Op::Dequeue {
+        client_id: session.client_id.to_string(),
+        seq,
+    }
+}
+
 /// Outbound QoS 1/2: the client acknowledged (PUBACK, PUBCOMP, or a refusing
 /// PUBREC) the message `entry` held, so it leaves the store. `None` for a QoS 1
 /// message that was never journaled.

@@ -66,6 +66,10 @@ pub enum PushOutcome {
     DroppedFull,
     /// QoS 0 for a client that is offline: not kept, by design.
     DroppedOffline,
+    /// Queued after the oldest queued messages were dropped to make room (a mailbox
+    /// that keeps the newest, see [`Mailbox::keep_newest`]); their durable queue
+    /// positions wait in [`Mailbox::take_evicted`].
+    EvictedOldest,
 }
 
 /// An outbound QoS 1/2 message in the window.
@@ -117,6 +121,10 @@ struct State {
     stalled: bool,
     /// Next durable queue position (persistent sessions).
     next_seq: u64,
+    /// At the cap, drop the oldest queued message instead of the new one.
+    keep_newest: bool,
+    /// Durable queue positions of evicted messages, for the caller to delete.
+    evicted: Vec<u64>,
 }
 
 pub struct Mailbox {
@@ -144,6 +152,8 @@ impl Mailbox {
                 dropped: 0,
                 stalled: false,
                 next_seq: 1,
+                keep_newest: false,
+                evicted: Vec::new(),
             }),
             notify: Notify::new(),
             room: Notify::new(),
@@ -194,10 +204,25 @@ impl Mailbox {
             return (PushOutcome::DroppedOffline, 0);
         }
         let cost = message.cost();
-        let count = s.queue.len() + s.staged.len();
-        if count >= s.limits.max_messages || s.queued_bytes + cost > s.limits.max_bytes {
+        let mut count = s.queue.len() + s.staged.len();
+        let mut evicted = false;
+        while count >= s.limits.max_messages || s.queued_bytes + cost > s.limits.max_bytes {
+            let oldest = if s.keep_newest {
+                s.queue.pop_front()
+            } else {
+                None
+            };
+            let Some(oldest) = oldest else {
+                s.dropped += 1;
+                return (PushOutcome::DroppedFull, 0);
+            };
             s.dropped += 1;
-            return (PushOutcome::DroppedFull, 0);
+            s.queued_bytes -= oldest.cost();
+            count -= 1;
+            evicted = true;
+            if oldest.seq != 0 {
+                s.evicted.push(oldest.seq);
+            }
         }
         let journal = journal && message.qos != QoS::AtMostOnce;
         if journal {
@@ -206,7 +231,9 @@ impl Mailbox {
         }
         let seq = message.seq;
         s.queued_bytes += cost;
-        let outcome = if (count + 1) * 4 > s.limits.max_messages * 3
+        let outcome = if evicted {
+            PushOutcome::EvictedOldest
+        } else if (count + 1) * 4 > s.limits.max_messages * 3
             || s.queued_bytes * 4 > s.limits.max_bytes * 3
         {
             PushOutcome::Crowded
@@ -225,6 +252,17 @@ impl Mailbox {
             self.notify.notify_one();
         }
         (outcome, seq)
+    }
+
+    /// At the cap, drop the oldest queued message rather than the new one (a bridge's
+    /// queue: what is newest matters most to whoever reads it later).
+    pub fn keep_newest(&self) {
+        self.lock().keep_newest = true;
+    }
+
+    /// Durable queue positions of messages evicted since the last call.
+    pub fn take_evicted(&self) -> Vec<u64> {
+        std::mem::take(&mut self.lock().evicted)
     }
 
     /// Makes staged messages visible once their store operations are submitted.
@@ -480,6 +518,32 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn keep_newest_evicts_the_oldest_and_reports_its_position() {
+        let mb = Mailbox::new(limits(2, 10));
+        mb.keep_newest();
+        for payload in [b"a", b"b"] {
+            mb.push_journaled(msg(QoS::AtLeastOnce, payload), true);
+            mb.release_staged();
+        }
+        let (outcome, seq) = mb.push_journaled(msg(QoS::AtLeastOnce, b"c"), true);
+        assert_eq!((outcome, seq), (PushOutcome::EvictedOldest, 3));
+        assert_eq!(mb.take_evicted(), vec![1]);
+        assert_eq!(mb.dropped(), 1);
+        mb.release_staged();
+        mb.set_online(true, limits(2, 10));
+        let mut out = Vec::new();
+        mb.drain(Instant::now(), &mut out);
+        let payloads: Vec<&[u8]> = out
+            .iter()
+            .map(|o| match o {
+                Outbound::Publish { message, .. } => &message.payload[..],
+                Outbound::PubRel { .. } => &[],
+            })
+            .collect();
+        assert_eq!(payloads, [b"b", b"c"]);
     }
 
     #[test]

@@ -291,7 +291,19 @@ fn push_to(stats: &Stats, session: &Arc<SessionLink>, message: Message, batch: &
     let journal = session.is_persistent() && qos != QoS::AtMostOnce;
     let stored = journal.then(|| stored_message(&message, Instant::now()));
     let (outcome, seq) = session.mailbox.push_journaled(message, journal);
-    if let (PushOutcome::Queued | PushOutcome::Crowded, Some(message)) = (outcome, stored) {
+    if outcome == PushOutcome::EvictedOldest {
+        let evicted = session.mailbox.take_evicted();
+        batch.push(
+            evicted
+                .into_iter()
+                .map(|seq| journal::evicted(session, seq)),
+        );
+    }
+    if let (
+        PushOutcome::Queued | PushOutcome::Crowded | PushOutcome::EvictedOldest,
+        Some(message),
+    ) = (outcome, stored)
+    {
         batch.queued(session, seq, message);
     }
     stats.pushed(session, outcome);
@@ -373,7 +385,10 @@ impl Stats {
     /// the 1st, 10th, 100th ... drop of each session so a stuck client is visible
     /// without flooding the journal.
     fn pushed(&self, session: &SessionLink, outcome: PushOutcome) {
-        if outcome != PushOutcome::DroppedFull {
+        if !matches!(
+            outcome,
+            PushOutcome::DroppedFull | PushOutcome::EvictedOldest
+        ) {
             return;
         }
         self.dropped(1);
