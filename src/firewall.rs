@@ -14,6 +14,7 @@ use ipnet::IpNet;
 
 pub use nft::{Nft, apply, check};
 pub use render::render;
+pub use spec::resolve_remote;
 
 /// The name of the nftables table moat owns; nothing else in the ruleset is touched.
 pub const TABLE: &str = "moat";
@@ -35,8 +36,23 @@ pub struct FirewallSpec {
     pub mdns: bool,
     /// Accept DHCP and DHCPv6 replies (the host configures its address by DHCP).
     pub dhcp_client: bool,
-    /// Restrict outbound traffic to the allowed networks, DNS, NTP, DHCP and ICMP.
+    /// Restrict outbound traffic to the allowed networks, DNS, NTP, DHCP, ICMP and
+    /// each bridge's remote broker.
     pub egress: bool,
+    /// The remote brokers of the manifest's bridges: with egress filtering, moat may
+    /// open TCP connections to these addresses and ports only (beyond the LAN).
+    pub bridge_remotes: Vec<BridgeRemote>,
+}
+
+/// One bridge's remote broker as the firewall sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BridgeRemote {
+    pub bridge: String,
+    pub host: String,
+    pub port: u16,
+    /// What `host` resolved to when the ruleset was built (a literal IP needs no
+    /// lookup); empty when it did not resolve, and then no rule lets it through.
+    pub addresses: Vec<std::net::IpAddr>,
 }
 
 /// Why `nft` could not validate or load a ruleset.

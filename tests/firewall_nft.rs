@@ -4,7 +4,7 @@
 
 use std::process::{Command, Output, Stdio};
 
-use moat::firewall::{FirewallSpec, Nft, render};
+use moat::firewall::{BridgeRemote, FirewallSpec, Nft, render};
 
 /// Deletes the namespace when the test ends, passing or failing.
 struct Netns(String);
@@ -89,6 +89,15 @@ fn spec(egress: bool) -> FirewallSpec {
         mdns: true,
         dhcp_client: true,
         egress,
+        bridge_remotes: vec![BridgeRemote {
+            bridge: "cloud".into(),
+            host: "mqtt.example.net".into(),
+            port: 8883,
+            addresses: vec![
+                "203.0.113.7".parse().unwrap(),
+                "2001:db8::7".parse().unwrap(),
+            ],
+        }],
     }
 }
 
@@ -135,6 +144,16 @@ fn rendered_ruleset_loads_lists_back_and_reloads_idempotently() {
         egress.contains("hook output priority filter; policy drop;"),
         "{egress}"
     );
+    // The bridge's remote, and only its port, is reachable beyond the LAN.
+    for needle in [
+        "ip daddr 203.0.113.7 tcp dport 8883 accept",
+        "ip6 daddr 2001:db8::7 tcp dport 8883 accept",
+    ] {
+        assert!(
+            egress.contains(needle),
+            "`{needle}` missing from:\n{egress}"
+        );
+    }
     assert_eq!(egress.matches("chain input").count(), 1);
 }
 

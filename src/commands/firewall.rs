@@ -12,6 +12,16 @@ use crate::policy::Policy;
 
 pub fn run(global: &GlobalArgs, args: &FirewallArgs) -> anyhow::Result<u8> {
     let spec = load_spec(global, args.egress)?;
+    for remote in spec
+        .bridge_remotes
+        .iter()
+        .filter(|r| r.addresses.is_empty())
+    {
+        eprintln!(
+            "warning: bridge {}: {} does not resolve, so the ruleset lets nothing through to it; fix DNS (or use an IP address) and run this again",
+            remote.bridge, remote.host
+        );
+    }
     let ruleset = firewall::render(&spec);
     if args.check {
         firewall::check(&ruleset).context("the ruleset does not pass `nft -c`")?;

@@ -134,6 +134,7 @@ fn push_output(out: &mut String, spec: &FirewallSpec) {
     out.push_str("\t\toif \"lo\" accept\n");
     out.push_str("\t\tip daddr @allowed_v4 accept\n");
     out.push_str("\t\tip6 daddr @allowed_v6 accept\n");
+    push_bridge_remotes(out, spec);
     out.push_str("\t\t# Name resolution and time (the Pi has no real-time clock).\n");
     out.push_str("\t\tudp dport 53 accept\n");
     out.push_str("\t\ttcp dport 53 accept\n");
@@ -150,6 +151,28 @@ fn push_output(out: &mut String, spec: &FirewallSpec) {
     out.push_str("\t\t# ICMP, and ICMPv6 for neighbour discovery, MLD and router solicitation.\n");
     out.push_str("\t\tmeta l4proto { icmp, ipv6-icmp } accept\n");
     out.push_str("\t}\n");
+}
+
+/// Each bridge may reach its remote broker's addresses on its port, nothing else.
+fn push_bridge_remotes(out: &mut String, spec: &FirewallSpec) {
+    for remote in &spec.bridge_remotes {
+        let _ = writeln!(
+            out,
+            "\t\t# Bridge {}: {} port {}.",
+            remote.bridge, remote.host, remote.port
+        );
+        if remote.addresses.is_empty() {
+            out.push_str("\t\t# It did not resolve: no rule; run `moat firewall --apply` again once it does.\n");
+        }
+        for ip in &remote.addresses {
+            let family = if ip.is_ipv4() { "ip" } else { "ip6" };
+            let _ = writeln!(
+                out,
+                "\t\t{family} daddr {ip} tcp dport {} accept",
+                remote.port
+            );
+        }
+    }
 }
 
 #[cfg(test)]
@@ -176,6 +199,7 @@ mod tests {
             mdns: false,
             dhcp_client: true,
             egress: false,
+            bridge_remotes: Vec::new(),
         }
     }
 
@@ -352,6 +376,36 @@ mod tests {
         ] {
             assert!(out.contains(rule), "egress lacks `{rule}`");
         }
+    }
+
+    #[test]
+    fn egress_lets_each_bridge_reach_only_its_remote_port() {
+        use crate::firewall::BridgeRemote;
+        let mut spec = lan_spec();
+        spec.bridge_remotes = vec![
+            BridgeRemote {
+                bridge: "cloud".into(),
+                host: "mqtt.example.net".into(),
+                port: 8883,
+                addresses: vec!["203.0.113.7".parse().unwrap()],
+            },
+            BridgeRemote {
+                bridge: "gone".into(),
+                host: "nowhere.invalid".into(),
+                port: 8883,
+                addresses: Vec::new(),
+            },
+        ];
+        assert!(
+            !render(&spec).contains("203.0.113.7"),
+            "no rule without egress"
+        );
+        spec.egress = true;
+        let ruleset = render(&spec);
+        let output = chain_block(&ruleset, "output");
+        assert!(output.contains("ip daddr 203.0.113.7 tcp dport 8883 accept"));
+        assert_eq!(output.matches("tcp dport 8883").count(), 1, "{output}");
+        assert!(output.contains("# It did not resolve"));
     }
 
     #[test]
