@@ -13,6 +13,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::cli::run_moat;
 use common::mosquitto::{RealMosquitto, ca_and_server_cert, mosquitto_passwd};
 use common::{Moat, Sub, free_port, have, mosquitto, path_str};
 
@@ -179,6 +180,16 @@ fn publish_ok(login: Vec<String>, topic: &str, message: &str) {
     );
 }
 
+/// The `bridges` lines of `moat doctor` (whose other checks do not matter here).
+fn doctor_lines(moat: &Moat) -> String {
+    let out = run_moat(&moat.manifest_path(), &moat.state(), &["doctor"]);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains("bridges"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 fn count(text: &str, line: &str) -> usize {
     text.lines().filter(|l| *l == line).count()
 }
@@ -195,6 +206,11 @@ fn bridge_carries_mapped_topics_without_echo_and_keeps_its_queue_through_outages
     for name in ["cloud", "small"] {
         wait_for_report(&moat, name, "connected", |r| r["state"] == "connected");
     }
+    let doctor = doctor_lines(&moat);
+    assert!(
+        doctor.contains("PASS") && doctor.contains("bridge cloud: connected to 127.0.0.1:"),
+        "{doctor}"
+    );
 
     // out: a local publish reaches the remote under its prefix.
     let watcher = Sub::start_subscribed(&remote_args(
@@ -288,6 +304,13 @@ fn bridge_carries_mapped_topics_without_echo_and_keeps_its_queue_through_outages
     wait_for_report(&moat, "small", "dropped its oldest", |r| {
         r["queued"].as_u64() == Some(small) && r["dropped"].as_u64() == Some(n - small)
     });
+
+    let doctor = doctor_lines(&moat);
+    assert!(
+        (doctor.contains("bridge cloud: retrying") || doctor.contains("bridge cloud: connecting"))
+            && doctor.contains(&format!("{n} queued")),
+        "{doctor}"
+    );
 
     // moat restarts while the remote is still away: the queues are in SQLite,
     // evictions included.

@@ -13,6 +13,7 @@ use serde::Serialize;
 use crate::firewall::Nft;
 use crate::policy::Policy;
 
+pub mod bridges;
 pub mod denials;
 pub mod grants;
 pub mod host;
@@ -144,6 +145,7 @@ pub fn run(setup: &Setup<'_>, options: &Options) -> Vec<Finding> {
     findings.extend(limits::check(&setup.policy.limits));
     findings.extend(persistence::check(setup.policy, setup.state_dir));
     findings.extend(denials::check(setup.policy, setup.state_dir));
+    findings.extend(bridges::check(setup.policy, setup.state_dir));
     findings.extend(probe::check(
         setup.policy,
         setup.state_dir,
