@@ -82,7 +82,7 @@ fn manifest(remote_dir: &Path, remote_port: u16) -> String {
   home:
     password_hash: "{{HASH}}"
     publish: ["sensors/#", "cmd/#", "echo/#"]
-    subscribe: ["sensors/#", "cmd/#", "echo/#"]
+    subscribe: ["sensors/#", "cmd/#", "echo/#", "$SYS/broker/bridges/#"]
 bridges:
   cloud:
     address: "127.0.0.1"
@@ -206,6 +206,21 @@ fn bridge_carries_mapped_topics_without_echo_and_keeps_its_queue_through_outages
     for name in ["cloud", "small"] {
         wait_for_report(&moat, name, "connected", |r| r["state"] == "connected");
     }
+    let sys = mosquitto(
+        "mosquitto_sub",
+        &common::with_extra(
+            moat.tls_args("home"),
+            &[
+                "-t",
+                "$SYS/broker/bridges/cloud/state",
+                "-C",
+                "1",
+                "-W",
+                "10",
+            ],
+        ),
+    );
+    assert_eq!(String::from_utf8_lossy(&sys.stdout).trim(), "connected");
     let doctor = doctor_lines(&moat);
     assert!(
         doctor.contains("PASS") && doctor.contains("bridge cloud: connected to 127.0.0.1:"),

@@ -388,7 +388,7 @@ impl Local {
                 // QoS 2 never reaches the bridge (its subscriptions ask for QoS 1).
                 continue;
             };
-            let Some((_, remote_topic)) = self.plan.outward(&message.topic) else {
+            let Some((mapping, remote_topic)) = self.plan.outward(&message.topic) else {
                 self.drop_message(packet_id, &message, "no out mapping matches");
                 continue;
             };
@@ -400,7 +400,9 @@ impl Local {
             let publish = Publish {
                 dup,
                 qos: message.qos,
-                retain: message.retain,
+                // A retained message sent at subscribe time carries the flag
+                // whatever the subscription said: the mapping decides here.
+                retain: message.retain && mapping.retain,
                 topic: remote_topic,
                 packet_id,
                 payload: message.payload.clone(),
