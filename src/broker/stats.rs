@@ -24,16 +24,22 @@ pub enum RefusalReason {
     WebSocketUpgrade,
     /// The CONNECT was refused (credentials, rights, protocol, server busy).
     Connect,
+    /// The peer closed, failed or stayed silent until the deadline before a CONNECT.
+    NoConnect,
+    /// The first packet was malformed or not a CONNECT.
+    Malformed,
 }
 
 impl RefusalReason {
-    pub const ALL: [RefusalReason; 6] = [
+    pub const ALL: [RefusalReason; 8] = [
         RefusalReason::Network,
         RefusalReason::MaxConnections,
         RefusalReason::MaxPerAddress,
         RefusalReason::TlsHandshake,
         RefusalReason::WebSocketUpgrade,
         RefusalReason::Connect,
+        RefusalReason::NoConnect,
+        RefusalReason::Malformed,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -44,6 +50,8 @@ impl RefusalReason {
             RefusalReason::TlsHandshake => "tls-handshake",
             RefusalReason::WebSocketUpgrade => "websocket-upgrade",
             RefusalReason::Connect => "connect",
+            RefusalReason::NoConnect => "no-connect",
+            RefusalReason::Malformed => "malformed",
         }
     }
 }
@@ -188,6 +196,6 @@ mod tests {
         assert_eq!((s.messages_sent, s.sent_by_qos), (3, [2, 1, 0]));
         assert_eq!((s.bytes_received, s.bytes_sent), (7, 10));
         assert_eq!(s.connections_refused, 3);
-        assert_eq!(s.refused_by_reason, [2, 0, 0, 0, 0, 1]);
+        assert_eq!(s.refused_by_reason, [2, 0, 0, 0, 0, 1, 0, 0]);
     }
 }

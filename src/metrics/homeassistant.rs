@@ -173,7 +173,9 @@ pub async fn run(sources: Sources) {
         tick.tick().await;
         let state = health(&sources).to_string();
         // `$SYS` is never stored.
-        sources.broker.publish(retained(STATE_TOPIC, state), Reservation::NONE);
+        sources
+            .broker
+            .publish(retained(STATE_TOPIC, state), Reservation::NONE);
     }
 }
 

@@ -25,6 +25,7 @@ use crate::broker::permissions::{
     Admission, Gatekeeper, PeerInfo, PublishDenied, may_publish_message,
 };
 use crate::broker::session::Kick;
+use crate::broker::stats::RefusalReason;
 use crate::broker::{AttachRequest, Attached, Broker, BrokerConfig};
 
 /// Reads the CONNECT before the deadline, authenticates it and attaches the
@@ -51,11 +52,16 @@ where
         Ok(Ok(connect)) => connect,
         Ok(Err(reason)) => {
             tracing::debug!(peer = %peer.addr, %reason, "connection closed before CONNECT");
+            broker.stats.refused_for(match reason {
+                EarlyEnd::Closed | EarlyEnd::Io(_) => RefusalReason::NoConnect,
+                EarlyEnd::Decode(_) | EarlyEnd::Protocol(_) => RefusalReason::Malformed,
+            });
             refuse_early(stream, &mut codec, &reason).await;
             return None;
         }
         Err(_) => {
             tracing::debug!(peer = %peer.addr, "no CONNECT before the deadline");
+            broker.stats.refused_for(RefusalReason::NoConnect);
             return None;
         }
     };
