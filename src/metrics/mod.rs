@@ -4,7 +4,8 @@
 //! budget, so scrapers and MQTT clients cannot starve each other), an optional bearer
 //! token from a secret file, one request per connection under a deadline. It reads
 //! the broker's, the authenticator's and the store's own counters (`collect`) and
-//! never counts broker events itself. It must not touch MQTT sessions or the store's
+//! never counts broker events itself; `homeassistant` shows the same health as Home
+//! Assistant entities over MQTT. It must not touch MQTT sessions or the store's
 //! contents.
 
 pub mod collect;
