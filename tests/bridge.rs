@@ -77,6 +77,8 @@ fn remote_args(dir: &Path, port: u16, extra: &[&str]) -> Vec<String> {
 fn manifest(remote_dir: &Path, remote_port: u16) -> String {
     let secret = remote_dir.join("bridge-secret");
     std::fs::write(&secret, format!("{REMOTE_PASSWORD}\n")).unwrap();
+    let wrong = remote_dir.join("wrong-secret");
+    std::fs::write(&wrong, "not-the-password\n").unwrap();
     format!(
         r#"users:
   home:
@@ -104,9 +106,18 @@ bridges:
     queue: {{ max_messages: {SMALL_QUEUE} }}
     topics:
       - {{ topic: "sensors/outage", direction: out, remote_prefix: "small/" }}
+  refused:
+    address: "127.0.0.1"
+    port: {remote_port}
+    tls: {{ ca_file: "{ca}", server_name: localhost }}
+    username: bridge
+    password_file: "{wrong}"
+    topics:
+      - {{ topic: "sensors/refused", direction: out, remote_prefix: "refused/" }}
 "#,
         ca = path_str(&remote_dir.join("ca.pem")),
         secret = path_str(&secret),
+        wrong = path_str(&wrong),
     )
 }
 
@@ -206,6 +217,13 @@ fn bridge_carries_mapped_topics_without_echo_and_keeps_its_queue_through_outages
     for name in ["cloud", "small"] {
         wait_for_report(&moat, name, "connected", |r| r["state"] == "connected");
     }
+    // A bridge the remote refuses keeps retrying and says why.
+    let refused = wait_for_report(&moat, "refused", "reported the refusal", |r| {
+        r["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("refused the connection"))
+    });
+    assert_ne!(refused["state"], "connected", "{refused}");
     let sys = mosquitto(
         "mosquitto_sub",
         &common::with_extra(

@@ -135,7 +135,7 @@ fn init_takes_an_explicit_path() {
 
 #[test]
 fn the_examples_check_cleanly() {
-    for name in ["home.yaml", "minimal.yaml"] {
+    for name in ["home.yaml", "minimal.yaml", "bridge.yaml"] {
         let out = moat(&example(name), &["check"]);
         assert_eq!(out.status.code(), Some(0), "{name}: {}", stderr(&out));
         assert!(stdout(&out).contains("valid"), "{name}");
@@ -144,6 +144,14 @@ fn the_examples_check_cleanly() {
             "{name}: {}",
             stderr(&out)
         );
+    }
+    let bridge = stdout(&moat(&example("bridge.yaml"), &["check"]));
+    for line in [
+        "bridge vps -> mqtt.example.net:8883 (tls, CA /etc/moat/vps-ca.pem",
+        "  sensors/# -> home/sensors/# (qos 1, retain kept)",
+        "  cmd/# <- home/cmd/# (qos 1, retain kept)",
+    ] {
+        assert!(bridge.contains(line), "missing {line:?} in:\n{bridge}");
     }
     let out = moat(&example("home.yaml"), &["check"]);
     let text = stdout(&out);

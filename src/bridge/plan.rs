@@ -120,6 +120,41 @@ impl BridgePlan {
     }
 }
 
+/// What `moat check` prints for a bridge: where it goes, whom it trusts, and each
+/// mapping with both sides' topics.
+pub fn describe(plan: &BridgePlan) -> String {
+    let trust = match &plan.tls {
+        Some(TlsPlan {
+            trust: Trust::CaFile(path),
+            ..
+        }) => format!("tls, CA {}", path.display()),
+        Some(TlsPlan {
+            trust: Trust::SystemRoots,
+            ..
+        }) => "tls, system roots".to_owned(),
+        None => "plaintext, loopback".to_owned(),
+    };
+    let mut text = format!(
+        "bridge {} -> {}:{} ({trust}; local rights: its mappings only)",
+        plan.name, plan.host, plan.port
+    );
+    for m in &plan.mappings {
+        let arrow = match m.direction {
+            Direction::In => "<-",
+            Direction::Out => "->",
+            Direction::Both => "<->",
+        };
+        text.push_str(&format!(
+            "\n  {} {arrow} {} (qos {}, retain {})",
+            m.local_filter(),
+            m.remote_filter(),
+            m.qos,
+            if m.retain { "kept" } else { "cleared" }
+        ));
+    }
+    text
+}
+
 /// Compiles every bridge of a validated manifest.
 pub fn compile(manifest: &Manifest) -> Vec<BridgePlan> {
     manifest

@@ -150,6 +150,10 @@ fn print_table(policy: &Policy, path: &str, warnings: usize) {
         println!("  publish:   {}", list(i.acl.publish_grants()));
         println!("  subscribe: {}", list(i.acl.subscribe_grants()));
     }
+    for b in &policy.bridges {
+        println!();
+        println!("{}", crate::bridge::plan::describe(b));
+    }
 }
 
 fn explain_topic(global: &GlobalArgs, policy: &Policy, name: &str, topic: &str) -> u8 {
