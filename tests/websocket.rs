@@ -153,14 +153,23 @@ const fs = require('fs');
 const [port, ca, password] = process.argv.slice(2);
 const fail = (why) => { console.log('FAIL ' + why); process.exit(1); };
 setTimeout(() => fail('timeout'), 20000);
+// The WebSocket is made here (as mqtt.js would, with its TLS options) to see the
+// close code it ends with: 1000 when the broker answered with a Close frame, 1006
+// when the TCP connection ended without one.
+const WebSocket = require('ws');
+let closeCode = null;
 const c = mqtt.connect(`wss://localhost:${port}/mqtt`, {
   protocolVersion: 5, ca: fs.readFileSync(ca), username: 'dashboard', password,
   reconnectPeriod: 0, connectTimeout: 10000,
+  createWebsocket: (url, protocols, opts) => {
+    const socket = new WebSocket(url, protocols, opts.wsOptions);
+    socket.on('close', (code) => { closeCode = code; });
+    return socket;
+  },
 });
-// After our own end(), the socket may already be closed when mqtt.js writes its
-// WebSocket close frame (EPIPE): only errors before the round trip count.
-let done = false;
-c.on('error', (e) => { if (!done) fail(e.message); });
+// Any error fails, including one after end(): the broker waits for mqtt.js's
+// WebSocket Close before it closes the socket (RFC 6455 section 7.1.1).
+c.on('error', (e) => fail(e.message));
 c.on('connect', () => {
   c.subscribe('ws/#', {qos: 1}, (err, granted) => {
     if (err) fail(err.message);
@@ -170,8 +179,11 @@ c.on('connect', () => {
 });
 c.on('message', (topic, payload) => {
   console.log(`MESSAGE ${topic} ${payload.length}`);
-  done = true;
-  c.end(false, {}, () => process.exit(0));
+  // Stay a moment after end() so an error on the closed socket would be seen.
+  c.end(false, {}, () => setTimeout(() => {
+    console.log('ENDED WS-CLOSE ' + closeCode);
+    process.exit(0);
+  }, 1500));
 });
 "#;
 
@@ -197,6 +209,8 @@ fn mqtt_js_over_wss_v5() {
     assert!(stdout.contains("GRANTED 1"), "{context}");
     // A 100 KB message crosses several frames each way.
     assert!(stdout.contains("MESSAGE ws/js 100000"), "{context}");
+    // The closing handshake completed: mqtt.js's Close was answered, not reset.
+    assert!(stdout.contains("ENDED WS-CLOSE 1000"), "{context}");
 }
 
 #[test]

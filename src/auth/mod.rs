@@ -14,4 +14,6 @@ pub use hash::{HashError, generate_password, hash_password};
 pub use lockout::LockoutConfig;
 pub use pool::{AuthConfig, AuthError, AuthStats, Authenticator};
 pub use secret_file::{SecretFileError, hash_for_secret_file};
-pub use verify::{HashKind, VerifyError, check_stored_hash, is_weak_import, verify_password};
+pub use verify::{
+    HashKind, VerifyError, argon2_cost, check_stored_hash, is_weak_import, verify_password,
+};

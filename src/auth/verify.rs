@@ -85,6 +85,15 @@ pub fn check_stored_hash(stored: &str) -> Result<HashKind, VerifyError> {
     Ok(parsed.kind())
 }
 
+/// An argon2id hash's memory cost (KiB) and passes, read by the parser login uses;
+/// `None` for a hash of another family or one login would refuse.
+pub fn argon2_cost(stored: &str) -> Option<(u32, u32)> {
+    match parse(stored).ok()? {
+        Parsed::Argon2id { params, .. } => Some((params.m_cost(), params.t_cost())),
+        Parsed::Pbkdf2 { .. } | Parsed::Sha512 { .. } => None,
+    }
+}
+
 /// Verifies `password` against `stored`. `Ok(false)` means a wrong password; `Err` means
 /// the stored hash itself is unusable.
 pub fn verify_password(stored: &str, password: &[u8]) -> Result<bool, VerifyError> {

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 
 use crate::broker::stats::RefusalReason;
@@ -145,7 +146,7 @@ pub async fn serve_listener(
                         broker.stats.refused_for(RefusalReason::WebSocketUpgrade);
                         return;
                     };
-                    tokio::spawn(connection::run(ws, peer, broker, gate, deadline, slot));
+                    tokio::spawn(serve_websocket(ws, peer, broker, gate, deadline, slot));
                 });
             }
             (ListenerKind::Tls, websocket) => {
@@ -165,7 +166,7 @@ pub async fn serve_listener(
                     if !websocket {
                         tokio::spawn(connection::run(stream, peer, broker, gate, deadline, slot));
                     } else if let Some(ws) = upgrade(stream, deadline, addr).await {
-                        tokio::spawn(connection::run(ws, peer, broker, gate, deadline, slot));
+                        tokio::spawn(serve_websocket(ws, peer, broker, gate, deadline, slot));
                     } else {
                         broker.stats.refused_for(RefusalReason::WebSocketUpgrade);
                     }
@@ -182,6 +183,28 @@ fn refusal_reason(refusal: Refusal) -> RefusalReason {
         Refusal::TooManyConnections => RefusalReason::MaxConnections,
         Refusal::TooManyFromAddress => RefusalReason::MaxPerAddress,
     }
+}
+
+/// The MQTT connection over a WebSocket, then the closing handshake. The driver
+/// drops its stream after a client's DISCONNECT without shutting it down, which
+/// for a WebSocket would skip the Close frames and reset a client still sending
+/// its own (RFC 6455 section 7.1.1); the connection slot is held until then.
+async fn serve_websocket<S, H>(
+    mut ws: WsStream<S>,
+    peer: PeerInfo,
+    broker: Arc<Broker>,
+    gate: Arc<dyn Gatekeeper>,
+    deadline: Instant,
+    slot: H,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send,
+    H: Send,
+{
+    connection::run(&mut ws, peer, broker, gate, deadline, ()).await;
+    // Our Close waits at most CLOSE_WAIT for the client's; the rest bounds a
+    // client that does not read.
+    let _ = tokio::time::timeout(2 * websocket::CLOSE_WAIT, ws.shutdown()).await;
+    drop(slot);
 }
 
 /// The TLS handshake under the CONNECT deadline; failures are logged (debug: a

@@ -7,6 +7,7 @@
 
 pub mod admission;
 pub mod listener;
+mod send_buffer;
 pub mod syn_filter;
 pub mod tls;
 pub mod tls_stream;
