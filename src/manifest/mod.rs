@@ -8,6 +8,7 @@ pub mod bridge;
 pub mod edit;
 pub mod load;
 pub mod metrics;
+mod quantity;
 pub mod roles;
 pub mod schema;
 pub mod starter;

@@ -11,6 +11,8 @@ use std::path::PathBuf;
 use serde::Deserialize;
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 
+pub use super::quantity::{ByteSize, Seconds};
+
 pub use serde_saphyr::Spanned;
 
 /// The whole manifest (schema version 1).
@@ -379,138 +381,6 @@ impl<'de, V: Deserialize<'de>> Deserialize<'de> for NamedMap<V> {
             }
         }
         deserializer.deserialize_map(MapVisitor(PhantomData))
-    }
-}
-
-/// A size in bytes: a plain integer or a string with a binary or decimal unit
-/// (`64KiB`, `1MiB`, `16 MiB`, `500kB`, `1024B`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ByteSize(pub u64);
-
-impl ByteSize {
-    pub fn parse(text: &str) -> Result<ByteSize, String> {
-        let text = text.trim();
-        let split = text
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(text.len());
-        let (digits, unit) = text.split_at(split);
-        if digits.is_empty() {
-            return Err(format!(
-                "invalid size {text:?}: expected a number with an optional unit (B, KiB, MiB, GiB, kB, MB, GB), e.g. \"64KiB\""
-            ));
-        }
-        let number: u64 = digits
-            .parse()
-            .map_err(|_| format!("size {text:?} is too large"))?;
-        let multiplier: u64 = match unit.trim() {
-            "" | "B" => 1,
-            "KiB" => 1 << 10,
-            "MiB" => 1 << 20,
-            "GiB" => 1 << 30,
-            "kB" | "KB" => 1_000,
-            "MB" => 1_000_000,
-            "GB" => 1_000_000_000,
-            other => {
-                return Err(format!(
-                    "invalid size unit {other:?} in {text:?}: use B, KiB, MiB, GiB, kB, MB or GB"
-                ));
-            }
-        };
-        number
-            .checked_mul(multiplier)
-            .map(ByteSize)
-            .ok_or_else(|| format!("size {text:?} is too large"))
-    }
-}
-
-impl<'de> Deserialize<'de> for ByteSize {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct SizeVisitor;
-        impl Visitor<'_> for SizeVisitor {
-            type Value = ByteSize;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a size such as 65536, \"64KiB\" or \"1MiB\"")
-            }
-            fn visit_u64<E: de::Error>(self, v: u64) -> Result<ByteSize, E> {
-                Ok(ByteSize(v))
-            }
-            fn visit_i64<E: de::Error>(self, v: i64) -> Result<ByteSize, E> {
-                u64::try_from(v)
-                    .map(ByteSize)
-                    .map_err(|_| E::custom(format!("a size cannot be negative ({v})")))
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<ByteSize, E> {
-                ByteSize::parse(v).map_err(E::custom)
-            }
-        }
-        deserializer.deserialize_any(SizeVisitor)
-    }
-}
-
-/// A duration in whole seconds: a plain integer (seconds) or a string with a unit
-/// (`500ms` is refused unless it is a whole number of seconds; `10s`, `5m`, `1h`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Seconds(pub u64);
-
-impl Seconds {
-    pub fn parse(text: &str) -> Result<Seconds, String> {
-        let text = text.trim();
-        let split = text
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(text.len());
-        let (digits, unit) = text.split_at(split);
-        if digits.is_empty() {
-            return Err(format!(
-                "invalid duration {text:?}: expected a number with an optional unit (s, m, h), e.g. \"10s\""
-            ));
-        }
-        let number: u64 = digits
-            .parse()
-            .map_err(|_| format!("duration {text:?} is too large"))?;
-        let multiplier: u64 = match unit.trim() {
-            "" | "s" => 1,
-            "m" | "min" => 60,
-            "h" => 3600,
-            "ms" if number.is_multiple_of(1000) => return Ok(Seconds(number / 1000)),
-            "ms" => {
-                return Err(format!(
-                    "duration {text:?} must be a whole number of seconds"
-                ));
-            }
-            other => {
-                return Err(format!(
-                    "invalid duration unit {other:?} in {text:?}: use s, m or h"
-                ));
-            }
-        };
-        number
-            .checked_mul(multiplier)
-            .map(Seconds)
-            .ok_or_else(|| format!("duration {text:?} is too large"))
-    }
-}
-
-impl<'de> Deserialize<'de> for Seconds {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct SecondsVisitor;
-        impl Visitor<'_> for SecondsVisitor {
-            type Value = Seconds;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a duration such as 10, \"10s\" or \"5m\"")
-            }
-            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Seconds, E> {
-                Ok(Seconds(v))
-            }
-            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Seconds, E> {
-                u64::try_from(v)
-                    .map(Seconds)
-                    .map_err(|_| E::custom(format!("a duration cannot be negative ({v})")))
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Seconds, E> {
-                Seconds::parse(v).map_err(E::custom)
-            }
-        }
-        deserializer.deserialize_any(SecondsVisitor)
     }
 }
 
