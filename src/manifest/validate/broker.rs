@@ -3,6 +3,8 @@
 
 use super::values::check_hostname;
 use super::{Collector, MQTT_MAX_PACKET_SIZE, is_local_network, parse_network};
+use std::ops::RangeInclusive;
+
 use crate::manifest::schema::{
     ByteSize, DurabilitySpec, LimitsSpec, Manifest, Seconds, Spanned, Transport,
 };
@@ -116,15 +118,20 @@ pub(super) fn at_least_one(c: &mut Collector, field: &str, value: &Option<Spanne
     }
 }
 
+/// Accepted packet size limits: room for a small packet up to MQTT's maximum.
+pub(super) const PACKET_BYTES: RangeInclusive<u64> = 128..=MQTT_MAX_PACKET_SIZE;
+/// Accepted queue and store size limits.
+pub(super) const STORE_BYTES: RangeInclusive<u64> = 1024..=u32::MAX as u64;
+
 pub(super) fn size_in(
     c: &mut Collector,
     field: &str,
     value: &Option<Spanned<ByteSize>>,
-    min: u64,
-    max: u64,
+    range: RangeInclusive<u64>,
 ) {
+    let (min, max) = (*range.start(), *range.end());
     if let Some(v) = value
-        && (v.value.0 < min || v.value.0 > max)
+        && !range.contains(&v.value.0)
     {
         c.error(
             v,
@@ -152,40 +159,20 @@ fn validate_limits(c: &mut Collector, l: &LimitsSpec) {
     ] {
         at_least_one(c, field, value);
     }
-    size_in(
-        c,
-        "max_packet_size",
-        &l.max_packet_size,
-        128,
-        MQTT_MAX_PACKET_SIZE,
-    );
+    size_in(c, "max_packet_size", &l.max_packet_size, PACKET_BYTES);
     size_in(
         c,
         "max_packet_size_before_auth",
         &l.max_packet_size_before_auth,
-        128,
-        MQTT_MAX_PACKET_SIZE,
+        PACKET_BYTES,
     );
-    size_in(
-        c,
-        "max_queued_bytes",
-        &l.max_queued_bytes,
-        1024,
-        u64::from(u32::MAX),
-    );
-    size_in(
-        c,
-        "max_retained_bytes",
-        &l.max_retained_bytes,
-        1024,
-        u64::from(u32::MAX),
-    );
+    size_in(c, "max_queued_bytes", &l.max_queued_bytes, STORE_BYTES);
+    size_in(c, "max_retained_bytes", &l.max_retained_bytes, STORE_BYTES);
     size_in(
         c,
         "max_user_property_bytes",
         &l.max_user_property_bytes,
-        0,
-        1 << 24,
+        0..=1 << 24,
     );
     if let (Some(before), Some(after)) = (&l.max_packet_size_before_auth, &l.max_packet_size)
         && before.value.0 > after.value.0

@@ -1,11 +1,8 @@
 //! Validation of `roles:`, `users:` and `devices:`: grant filters, role references,
 //! exactly one credential per identity, and per-identity limit overrides.
 
-use super::broker::{at_least_one, size_in};
-use super::{
-    Collector, Finding, MQTT_MAX_PACKET_SIZE, Severity, check_grant_filter, check_name,
-    classify_hash,
-};
+use super::broker::{PACKET_BYTES, STORE_BYTES, at_least_one, size_in};
+use super::{Collector, Finding, Severity, check_grant_filter, check_name, classify_hash};
 use crate::auth::HashKind;
 use crate::manifest::load::LoadOptions;
 use crate::manifest::roles;
@@ -15,20 +12,8 @@ fn validate_identity_limits(c: &mut Collector, l: &IdentityLimitsSpec) {
     at_least_one(c, "max_queued_messages", &l.max_queued_messages);
     at_least_one(c, "max_retained_messages", &l.max_retained_messages);
     at_least_one(c, "max_subscriptions", &l.max_subscriptions);
-    size_in(
-        c,
-        "max_queued_bytes",
-        &l.max_queued_bytes,
-        1024,
-        u64::from(u32::MAX),
-    );
-    size_in(
-        c,
-        "max_packet_size",
-        &l.max_packet_size,
-        128,
-        MQTT_MAX_PACKET_SIZE,
-    );
+    size_in(c, "max_queued_bytes", &l.max_queued_bytes, STORE_BYTES);
+    size_in(c, "max_packet_size", &l.max_packet_size, PACKET_BYTES);
 }
 
 fn validate_filters(c: &mut Collector, filters: &[Spanned<String>]) {
