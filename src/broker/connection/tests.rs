@@ -1,8 +1,9 @@
 //! The connection driven over an in-memory byte stream (`tokio::io::duplex`), with
 //! our own codec as the client: CONNECT/CONNACK, QoS 0/1/2 round trips (also
 //! against a persistent session on a real, in-memory SQLite store, whose in-flight
-//! records are checked at each step), refusals, malformed packets and the
-//! keepalive deadline. Real clients against the real binary are in `tests/`.
+//! records are checked at each step), refusals, malformed packets, the
+//! keepalive deadline, session takeover, and wills (published when the client
+//! vanishes, refused at CONNECT, and checked again when due, retain right included). Real clients against the real binary are in `tests/`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,14 +14,15 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 use tokio::task::JoinHandle;
 use tokio_util::codec::{Decoder, Encoder};
 
-use crate::broker::journal::Journal;
+use crate::broker::denials::DenialKind;
+use crate::broker::journal::{Journal, Reservation};
 use crate::broker::permissions::{
     Admission, AdmitFuture, ClientLimits, Gatekeeper, ListenerKind, PeerInfo, Permissions,
 };
 use crate::broker::{Broker, BrokerConfig};
 use crate::protocol::{
     Ack, Codec, ConnAck, Connect, Packet, Properties, ProtocolVersion, Publish, QoS, ReasonCode,
-    RetainHandling, Role, Subscribe, SubscribeFilter, SubscriptionOptions, Unsubscribe,
+    RetainHandling, Role, Subscribe, SubscribeFilter, SubscriptionOptions, Unsubscribe, Will,
 };
 use crate::store::{Durability, InflightOut, Snapshot, Store};
 
@@ -42,6 +44,24 @@ impl Permissions for UnderA {
     }
     fn may_retain(&self) -> bool {
         true
+    }
+}
+
+/// [`UnderA`] without the right to retain.
+struct UnderANoRetain;
+
+impl Permissions for UnderANoRetain {
+    fn may_publish(&self, client_id: &str, topic: &str) -> bool {
+        UnderA.may_publish(client_id, topic)
+    }
+    fn may_subscribe(&self, client_id: &str, filter: &str) -> bool {
+        UnderA.may_subscribe(client_id, filter)
+    }
+    fn may_receive(&self, client_id: &str, topic: &str) -> bool {
+        UnderA.may_receive(client_id, topic)
+    }
+    fn may_retain(&self) -> bool {
+        false
     }
 }
 
@@ -141,21 +161,31 @@ impl Client {
     }
 
     async fn connect(&mut self, client_id: &str, keep_alive: u16, expiry: Option<u32>) -> ConnAck {
-        self.send(Packet::Connect(Box::new(Connect {
+        self.connect_with_will(client_id, keep_alive, expiry, None)
+            .await
+    }
+
+    async fn connect_with_will(
+        &mut self,
+        client_id: &str,
+        keep_alive: u16,
+        expiry: Option<u32>,
+        will: Option<Will>,
+    ) -> ConnAck {
+        let connect = Connect {
             protocol: ProtocolVersion::V5,
             clean_start: true,
             keep_alive,
             client_id: client_id.to_owned(),
-            will: None,
+            will,
             username: Some("tester".to_owned()),
             password: None,
             properties: Properties {
                 session_expiry_interval: expiry,
                 ..Properties::default()
             },
-        })))
-        .await;
-        match self.expect().await {
+        };
+        match self.ask(Packet::Connect(Box::new(connect))).await {
             Packet::ConnAck(ack) => ack,
             other => panic!("expected CONNACK, got {other:?}"),
         }
@@ -180,6 +210,15 @@ impl Client {
             Packet::SubAck(ack) => ack.reasons,
             other => panic!("expected SUBACK, got {other:?}"),
         }
+    }
+
+    /// Closes the stream without DISCONNECT, and waits for the connection to end.
+    async fn vanish(self) {
+        drop(self.io);
+        tokio::time::timeout(ANSWER, self.task)
+            .await
+            .expect("the connection task ends")
+            .expect("the connection task does not panic");
     }
 
     /// Expects the DISCONNECT a v5 client gets before the broker closes.
@@ -531,4 +570,101 @@ async fn a_silent_client_is_closed_at_one_and_a_half_keepalives() {
         waited >= Duration::from_millis(1400) && waited < Duration::from_secs(4),
         "{waited:?}"
     );
+}
+
+/// A client subscribed to `a/will`.
+async fn will_watcher(broker: &Arc<Broker>) -> Client {
+    let mut watcher = Client::start(broker);
+    watcher.connect("watcher", 60, None).await;
+    watcher.subscribe("a/will", QoS::AtLeastOnce).await;
+    watcher
+}
+
+fn will(topic: &str) -> Will {
+    Will {
+        topic: topic.to_owned(),
+        payload: Bytes::from_static(b"gone"),
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        properties: Properties::default(),
+    }
+}
+
+#[tokio::test]
+async fn a_second_connection_takes_the_session_over() {
+    let broker = Broker::new(BrokerConfig::default());
+    let mut first = Client::start(&broker);
+    first.connect("same", 60, None).await;
+    let mut second = Client::start(&broker);
+    let ack = second.connect("same", 60, None).await;
+    assert_eq!(ack.reason, ReasonCode::Success);
+    first.expect_closed_with(ReasonCode::SessionTakenOver).await;
+    second.send(Packet::PingReq).await;
+    assert_eq!(second.expect().await, Packet::PingResp);
+    assert_eq!(broker.stats.snapshot().connected, 1);
+}
+
+#[tokio::test]
+async fn a_will_is_published_when_the_client_vanishes_and_refused_when_not_allowed() {
+    let broker = Broker::new(BrokerConfig::default());
+    let mut watcher = will_watcher(&broker).await;
+
+    // A will outside the identity's rights is refused at CONNECT, and counted.
+    let mut refused = Client::start(&broker);
+    let ack = refused
+        .connect_with_will("refused", 60, None, Some(will("b/will")))
+        .await;
+    assert_eq!(ack.reason, ReasonCode::NotAuthorized);
+    assert_eq!(refused.next().await, None);
+    let denials = broker.stats.denials.snapshot();
+    assert!(
+        matches!(denials.entries.as_slice(), [e] if e.kind == DenialKind::Will && e.count == 1),
+        "{:?}",
+        denials.entries
+    );
+
+    let mut leaving = Client::start(&broker);
+    let ack = leaving
+        .connect_with_will("leaving", 60, None, Some(will("a/will")))
+        .await;
+    assert_eq!(ack.reason, ReasonCode::Success);
+    // The stream closes without DISCONNECT: the will goes out.
+    leaving.vanish().await;
+    let got = received(watcher.expect().await);
+    assert_eq!(got.topic, "a/will");
+    assert_eq!(&got.payload[..], b"gone");
+}
+
+#[tokio::test]
+async fn a_will_is_checked_again_when_due_retain_right_included() {
+    let broker = Broker::new(BrokerConfig::default());
+    let mut watcher = will_watcher(&broker).await;
+    let mut leaving = Client::start(&broker);
+    let retained_will = Will {
+        retain: true,
+        ..will("a/will")
+    };
+    let ack = leaving
+        .connect_with_will("leaving", 60, None, Some(retained_will))
+        .await;
+    assert_eq!(ack.reason, ReasonCode::Success);
+
+    // A reload takes the retain right away while the client is connected.
+    let (removed, dropped, _) = broker.reauthorize(
+        Arc::new(|_: &str| Some(Arc::new(UnderANoRetain) as Arc<dyn Permissions>)),
+        Reservation::NONE,
+    );
+    assert_eq!((removed, dropped), (0, 0));
+    leaving.vanish().await;
+    // The will was refused, and counted: the watcher's next packet is its PINGRESP.
+    assert_eq!(watcher.ask(Packet::PingReq).await, Packet::PingResp);
+    let kinds: Vec<DenialKind> = broker
+        .stats
+        .denials
+        .snapshot()
+        .entries
+        .iter()
+        .map(|e| e.kind)
+        .collect();
+    assert_eq!(kinds, vec![DenialKind::Retain]);
 }
