@@ -3,10 +3,12 @@
 //! be reached without opening a port. `plan` compiles a manifest entry, `rights`
 //! holds a bridge's local rights (exactly its mappings), `link` is the remote
 //! connection (TLS, MQTT 5 over moat's own codec), `run` drives one bridge (its
-//! local session is the durable outbound queue), `status` reports state for
-//! `moat doctor` and `$SYS`. A bridge reaches the broker only through the session
-//! API a client connection uses; the broker knows nothing of bridges.
+//! local session is the durable outbound queue) with `backoff` between attempts,
+//! `status` reports state for `moat doctor` and `$SYS`. A bridge reaches the broker
+//! only through the session API a client connection uses; the broker knows nothing
+//! of bridges.
 
+pub mod backoff;
 pub mod link;
 pub mod plan;
 pub mod rights;
