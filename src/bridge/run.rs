@@ -61,9 +61,14 @@ struct Local {
     identity: Arc<str>,
 }
 
-/// Runs one bridge until moat stops (its session is kicked).
-pub async fn run(broker: Arc<Broker>, plan: Arc<BridgePlan>, status: Arc<BridgeStatus>) {
-    let local = match Local::attach(broker, plan, Arc::clone(&status)).await {
+/// Runs one bridge until moat stops or a reload closes it (`kick`).
+pub async fn run(
+    broker: Arc<Broker>,
+    plan: Arc<BridgePlan>,
+    status: Arc<BridgeStatus>,
+    kick: Arc<Kick>,
+) {
+    let local = match Local::attach(broker, plan, Arc::clone(&status), kick).await {
         Ok(local) => local,
         Err(reason) => {
             tracing::error!(bridge = %status.name, ?reason, "bridge not started: its local session was refused");
@@ -126,11 +131,11 @@ impl Local {
         broker: Arc<Broker>,
         plan: Arc<BridgePlan>,
         status: Arc<BridgeStatus>,
+        kick: Arc<Kick>,
     ) -> Result<Local, ReasonCode> {
         let identity = plan.local_identity();
         let client_id = plan.local_client_id();
         let rights: Arc<dyn Permissions> = Arc::new(BridgeRights::new(&plan));
-        let kick = Kick::new();
         let limits = queue_limits(&plan, WINDOW);
         let room = broker.journal().reserve().await;
         let (attached, durable) = broker.attach(

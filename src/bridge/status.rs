@@ -237,13 +237,22 @@ fn condition(r: &BridgeReport) -> BridgeReport {
 /// state directory is on an SD card, and a busy bridge must not rewrite a file
 /// every two seconds. An empty list is written once at start, so a reader can tell
 /// "no bridges" from "never ran".
-pub async fn run_writer(broker: Arc<Broker>, bridges: Vec<Arc<BridgeStatus>>, path: PathBuf) {
+pub async fn run_writer(
+    broker: Arc<Broker>,
+    bridges: Arc<Mutex<Vec<Arc<BridgeStatus>>>>,
+    path: PathBuf,
+) {
     let mut tick = tokio::time::interval(WRITE_INTERVAL);
     let mut published: Option<Vec<BridgeReport>> = None;
     let mut written: Option<(Vec<BridgeReport>, std::time::Instant)> = None;
     loop {
         tick.tick().await;
-        let reports: Vec<BridgeReport> = bridges.iter().map(|b| b.report()).collect();
+        let reports: Vec<BridgeReport> = bridges
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|b| b.report())
+            .collect();
         if published.as_ref() != Some(&reports) {
             for r in &reports {
                 publish_sys(&broker, r);
