@@ -407,5 +407,36 @@ fn bridge_carries_mapped_topics_without_echo_and_keeps_its_queue_through_outages
         .map(String::as_str)
         .collect();
     assert_eq!(small_got, newest, "got:\n{text}");
+
+    // A reload re-points a bridge and removes another, without a restart.
+    let text = std::fs::read_to_string(moat.manifest_path()).unwrap();
+    let cut = text.find("  refused:").unwrap();
+    let reloaded = text[..cut].replace("remote_prefix: \"small/\"", "remote_prefix: \"moved/\"");
+    std::fs::write(moat.manifest_path(), reloaded).unwrap();
+    let moved = Sub::start_subscribed(&remote_args(
+        dir,
+        remote_port,
+        &["-t", "moved/sensors/outage", "-v", "-q", "1"],
+    ));
+    moat.signal("HUP");
+    let path = moat.state().join("bridges.json");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::fs::read_to_string(&path)
+        .unwrap_or_default()
+        .contains("\"refused\"")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the removed bridge is still reported\n{}",
+            moat.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    wait_for_report(&moat, "small", "reconnected after the reload", |r| {
+        r["state"] == "connected"
+    });
+    publish_ok(moat.tls_args("home"), "sensors/outage", "after-reload");
+    let arrived = moved.wait_for("moved/sensors/outage after-reload", Duration::from_secs(20));
+    assert!(arrived, "remote got: {}\n{}", moved.output(), moat.log());
     drop(remote);
 }

@@ -3,10 +3,12 @@
 //! be reached without opening a port. `plan` compiles a manifest entry, `rights`
 //! holds a bridge's local rights (exactly its mappings), `link` is the remote
 //! connection (TLS, MQTT 5 over moat's own codec), `run` drives one bridge (its
-//! local session is the durable outbound queue), `status` reports state for
-//! `moat doctor` and `$SYS`. A bridge reaches the broker only through the session
-//! API a client connection uses; the broker knows nothing of bridges.
+//! local session is the durable outbound queue) with `backoff` between attempts,
+//! `status` reports state for `moat doctor` and `$SYS`. A bridge reaches the broker
+//! only through the session API a client connection uses; the broker knows nothing
+//! of bridges.
 
+pub mod backoff;
 pub mod link;
 pub mod plan;
 pub mod rights;
@@ -17,15 +19,30 @@ pub use plan::{BridgePlan, local_identity};
 pub use status::BridgeStatus;
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tokio::task::JoinHandle;
+
 use crate::broker::Broker;
+use crate::broker::session::Kick;
+use crate::protocol::ReasonCode;
+
+/// How long a reload waits for a changed or removed bridge to close.
+const RELOAD_STOP_LIMIT: Duration = Duration::from_secs(3);
+
+struct Running {
+    plan: BridgePlan,
+    kick: Arc<Kick>,
+    task: JoinHandle<()>,
+}
 
 /// The running bridges of one `serve`.
 pub struct Bridges {
-    tasks: tokio::task::JoinSet<()>,
-    plans: Vec<BridgePlan>,
+    broker: Arc<Broker>,
+    running: Vec<Running>,
+    /// What the status writer reports, one per running bridge.
+    statuses: Arc<Mutex<Vec<Arc<BridgeStatus>>>>,
 }
 
 impl Bridges {
@@ -33,39 +50,84 @@ impl Bridges {
     /// Call it before the listeners accept, so a bridge's client id is taken by its
     /// own session first.
     pub fn start(broker: &Arc<Broker>, plans: &[BridgePlan], state: &Path) -> Bridges {
-        let mut tasks = tokio::task::JoinSet::new();
-        let mut statuses = Vec::new();
+        let mut bridges = Bridges {
+            broker: Arc::clone(broker),
+            running: Vec::new(),
+            statuses: Arc::new(Mutex::new(Vec::new())),
+        };
         for plan in plans {
-            let status = BridgeStatus::new(&plan.name, format!("{}:{}", plan.host, plan.port));
-            statuses.push(Arc::clone(&status));
-            tasks.spawn(run::run(Arc::clone(broker), Arc::new(plan.clone()), status));
+            bridges.spawn(plan);
         }
         tokio::spawn(status::run_writer(
             Arc::clone(broker),
-            statuses,
+            Arc::clone(&bridges.statuses),
             status::path_in(state),
         ));
-        Bridges {
-            tasks,
-            plans: plans.to_vec(),
-        }
+        bridges
     }
 
-    /// A reload: rights follow the new policy at once (the broker re-resolves the
-    /// bridge identities, and a removed bridge's session is closed); a changed
-    /// endpoint or mapping needs a restart, which this says.
-    pub fn reloaded(&self, plans: &[BridgePlan]) {
-        if plans != self.plans.as_slice() {
-            tracing::warn!(
-                "bridges changed in the manifest: their rights follow now; new or changed bridges start at the next restart of moat"
-            );
+    fn statuses(&self) -> std::sync::MutexGuard<'_, Vec<Arc<BridgeStatus>>> {
+        self.statuses.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn spawn(&mut self, plan: &BridgePlan) {
+        let status = BridgeStatus::new(&plan.name, format!("{}:{}", plan.host, plan.port));
+        {
+            let mut statuses = self.statuses();
+            statuses.retain(|s| s.name != plan.name);
+            statuses.push(Arc::clone(&status));
+        }
+        let kick = Kick::new();
+        let task = tokio::spawn(run::run(
+            Arc::clone(&self.broker),
+            Arc::new(plan.clone()),
+            status,
+            Arc::clone(&kick),
+        ));
+        self.running.push(Running {
+            plan: plan.clone(),
+            kick,
+            task,
+        });
+    }
+
+    /// A reload, after the broker took the new rights: bridges removed or changed
+    /// in the manifest are closed (a changed one keeps its session and queue, and
+    /// is started again at once with its new settings), new ones start.
+    pub async fn reload(&mut self, plans: &[BridgePlan]) {
+        let (kept, stopping): (Vec<Running>, Vec<Running>) = std::mem::take(&mut self.running)
+            .into_iter()
+            .partition(|r| plans.contains(&r.plan));
+        self.running = kept;
+        for r in stopping {
+            r.kick.kick(ReasonCode::AdministrativeAction);
+            if tokio::time::timeout(RELOAD_STOP_LIMIT, r.task)
+                .await
+                .is_err()
+            {
+                tracing::warn!(bridge = %r.plan.name, "bridge still closing after the reload's deadline");
+            }
+            if !plans.iter().any(|p| p.name == r.plan.name) {
+                self.statuses().retain(|s| s.name != r.plan.name);
+                tracing::info!(bridge = %r.plan.name, "bridge removed by the reload");
+            }
+        }
+        for plan in plans {
+            if !self.running.iter().any(|r| r.plan.name == plan.name) {
+                tracing::info!(bridge = %plan.name, "bridge (re)started by the reload");
+                self.spawn(plan);
+            }
         }
     }
 
     /// Waits for the bridges to close their connections after the broker told
     /// every session to stop (`Broker::shutdown`), within `limit`.
-    pub async fn stopped(mut self, limit: Duration) {
-        let all = async { while self.tasks.join_next().await.is_some() {} };
+    pub async fn stopped(self, limit: Duration) {
+        let all = async {
+            for r in self.running {
+                let _ = r.task.await;
+            }
+        };
         if tokio::time::timeout(limit, all).await.is_err() {
             tracing::warn!("shutdown deadline passed with a bridge still closing");
         }

@@ -23,6 +23,7 @@ use crate::protocol::{
     SubscribeFilter, SubscriptionOptions,
 };
 
+use super::backoff::Backoff;
 use super::link::{Link, LinkError};
 use super::plan::BridgePlan;
 use super::rights::BridgeRights;
@@ -30,48 +31,10 @@ use super::status::{BridgeStatus, LinkState};
 
 /// QoS 1 messages in flight to the remote at most (lowered to its Receive Maximum).
 pub const WINDOW: u16 = 20;
-/// First and longest wait between connection attempts.
-pub const BACKOFF_MIN: Duration = Duration::from_secs(1);
-pub const BACKOFF_MAX: Duration = Duration::from_secs(60);
 /// A TCP + TLS + MQTT handshake that takes longer is abandoned.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 /// The local session outlives a moat restart for this long (capped by the broker).
 const LOCAL_SESSION_EXPIRY: Duration = Duration::from_secs(u32::MAX as u64);
-
-/// Capped exponential backoff with jitter: each wait is drawn from the upper half
-/// of the current step, so many homes restarting after an outage do not reconnect
-/// in lockstep.
-pub struct Backoff {
-    step: Duration,
-}
-
-impl Backoff {
-    pub fn new() -> Backoff {
-        Backoff { step: BACKOFF_MIN }
-    }
-
-    pub fn reset(&mut self) {
-        self.step = BACKOFF_MIN;
-    }
-
-    pub fn next_wait(&mut self) -> Duration {
-        let step = self.step;
-        self.step = (step * 2).min(BACKOFF_MAX);
-        let mut byte = [0u8; 2];
-        let random = match getrandom::fill(&mut byte) {
-            Ok(()) => u16::from_le_bytes(byte),
-            Err(_) => u16::MAX / 2,
-        };
-        let half = step / 2;
-        half + half.mul_f64(f64::from(random) / f64::from(u16::MAX))
-    }
-}
-
-impl Default for Backoff {
-    fn default() -> Self {
-        Backoff::new()
-    }
-}
 
 /// Why a connection to the remote ended.
 enum End {
@@ -98,9 +61,14 @@ struct Local {
     identity: Arc<str>,
 }
 
-/// Runs one bridge until moat stops (its session is kicked).
-pub async fn run(broker: Arc<Broker>, plan: Arc<BridgePlan>, status: Arc<BridgeStatus>) {
-    let local = match Local::attach(broker, plan, Arc::clone(&status)).await {
+/// Runs one bridge until moat stops or a reload closes it (`kick`).
+pub async fn run(
+    broker: Arc<Broker>,
+    plan: Arc<BridgePlan>,
+    status: Arc<BridgeStatus>,
+    kick: Arc<Kick>,
+) {
+    let local = match Local::attach(broker, plan, Arc::clone(&status), kick).await {
         Ok(local) => local,
         Err(reason) => {
             tracing::error!(bridge = %status.name, ?reason, "bridge not started: its local session was refused");
@@ -163,11 +131,11 @@ impl Local {
         broker: Arc<Broker>,
         plan: Arc<BridgePlan>,
         status: Arc<BridgeStatus>,
+        kick: Arc<Kick>,
     ) -> Result<Local, ReasonCode> {
         let identity = plan.local_identity();
         let client_id = plan.local_client_id();
         let rights: Arc<dyn Permissions> = Arc::new(BridgeRights::new(&plan));
-        let kick = Kick::new();
         let limits = queue_limits(&plan, WINDOW);
         let room = broker.journal().reserve().await;
         let (attached, durable) = broker.attach(
@@ -537,24 +505,5 @@ impl Local {
         }
         self.status.received(1);
         ReasonCode::Success
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_doubles_to_its_cap_with_jitter() {
-        let mut b = Backoff::new();
-        let waits: Vec<Duration> = (0..10).map(|_| b.next_wait()).collect();
-        assert!(waits[0] >= BACKOFF_MIN / 2 && waits[0] <= BACKOFF_MIN);
-        assert!(waits[1] >= BACKOFF_MIN && waits[1] <= BACKOFF_MIN * 2);
-        for w in &waits {
-            assert!(*w <= BACKOFF_MAX);
-        }
-        assert!(waits[9] >= BACKOFF_MAX / 2);
-        b.reset();
-        assert!(b.next_wait() <= BACKOFF_MIN);
     }
 }

@@ -21,8 +21,10 @@ use crate::protocol::QoS;
 /// The file's name in the state directory.
 pub const BRIDGES_FILE: &str = "bridges.json";
 
-/// How often the file and `$SYS` are refreshed when something changed.
+/// How often `$SYS` (and the file, when a bridge's condition changed) is refreshed.
 pub const WRITE_INTERVAL: Duration = Duration::from_secs(2);
+/// How often the file is rewritten when only traffic counters changed.
+pub const COUNTERS_INTERVAL: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -217,24 +219,61 @@ fn publish_sys(broker: &Broker, r: &BridgeReport) {
     }
 }
 
-/// Refreshes `bridges.json` and `$SYS` every [`WRITE_INTERVAL`] in which a report
-/// changed, until the process ends. An empty list is written once at start, so a
-/// reader can tell "no bridges" from "never ran".
-pub async fn run_writer(broker: Arc<Broker>, bridges: Vec<Arc<BridgeStatus>>, path: PathBuf) {
+/// The report without its traffic counters: what a person checking on a bridge
+/// needs to see at once (state, error, queue, drops).
+fn condition(r: &BridgeReport) -> BridgeReport {
+    BridgeReport {
+        sent: 0,
+        received: 0,
+        connects: 0,
+        since: 0,
+        ..r.clone()
+    }
+}
+
+/// Refreshes `$SYS` every [`WRITE_INTERVAL`] in which a report changed, and
+/// `bridges.json` when a bridge's condition changed (state, error, queue, drops)
+/// or, for the traffic counters alone, at most every [`COUNTERS_INTERVAL`]: the
+/// state directory is on an SD card, and a busy bridge must not rewrite a file
+/// every two seconds. An empty list is written once at start, so a reader can tell
+/// "no bridges" from "never ran".
+pub async fn run_writer(
+    broker: Arc<Broker>,
+    bridges: Arc<Mutex<Vec<Arc<BridgeStatus>>>>,
+    path: PathBuf,
+) {
     let mut tick = tokio::time::interval(WRITE_INTERVAL);
-    let mut written: Option<Vec<BridgeReport>> = None;
+    let mut published: Option<Vec<BridgeReport>> = None;
+    let mut written: Option<(Vec<BridgeReport>, std::time::Instant)> = None;
     loop {
         tick.tick().await;
-        let reports: Vec<BridgeReport> = bridges.iter().map(|b| b.report()).collect();
-        if written.as_ref() == Some(&reports) {
-            continue;
+        let reports: Vec<BridgeReport> = bridges
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|b| b.report())
+            .collect();
+        if published.as_ref() != Some(&reports) {
+            for r in &reports {
+                publish_sys(&broker, r);
+            }
+            published = Some(reports.clone());
         }
-        for r in &reports {
-            publish_sys(&broker, r);
+        let due = match &written {
+            None => true,
+            Some((last, at)) => {
+                let conditions =
+                    |all: &[BridgeReport]| all.iter().map(condition).collect::<Vec<_>>();
+                conditions(last) != conditions(&reports)
+                    || (*last != reports && at.elapsed() >= COUNTERS_INTERVAL)
+            }
+        };
+        if !due {
+            continue;
         }
         let (to_write, p) = (reports.clone(), path.clone());
         match tokio::task::spawn_blocking(move || write(&to_write, &p)).await {
-            Ok(Ok(())) => written = Some(reports),
+            Ok(Ok(())) => written = Some((reports, std::time::Instant::now())),
             Ok(Err(e)) => {
                 tracing::warn!(path = %path.display(), error = %e, "cannot write the bridge status")
             }

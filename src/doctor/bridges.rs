@@ -36,7 +36,7 @@ pub fn check(policy: &Policy, state_dir: &Path) -> Vec<Finding> {
             None => Finding::warn(
                 CHECK,
                 format!("bridge {}: not running", plan.name),
-                "restart `moat serve`: bridges added to the manifest start at a restart",
+                "run `moat reload` (or restart `moat serve`) so the broker starts it",
             ),
         })
         .collect()

@@ -213,7 +213,7 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
         crate::metrics::homeassistant::check_readers(policy);
         tokio::spawn(crate::metrics::homeassistant::run(sources));
     }
-    let bridges = crate::bridge::Bridges::start(&broker, &policy.bridges, &options.state);
+    let mut bridges = crate::bridge::Bridges::start(&broker, &policy.bridges, &options.state);
     let active = Arc::new(ArcSwap::from_pointee(loaded.active));
     let gate = Arc::new(PolicyGate {
         active: Arc::clone(&active),
@@ -271,7 +271,7 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
                         }
                         crate::metrics::reload(metrics.as_deref(), homeassistant, new_policy);
                         tls.store(Arc::new(loaded.tls));
-                        bridges.reloaded(&new_policy.bridges);
+                        let new_bridges = new_policy.bridges.clone();
                         auth.clear_cache();
                         // New logins use the new policy from here on; logins already
                         // past their password check are re-resolved when they attach.
@@ -280,6 +280,8 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
                         let room = broker.journal().reserve().await;
                         let (removed, dropped, durable) = broker.reauthorize(resolver, room);
                         durable.settle("revoked sessions and subscriptions").await;
+                        // After the new rights: a new bridge's identity must resolve.
+                        bridges.reload(&new_bridges).await;
                         tracing::info!(sessions_removed = removed, subscriptions_dropped = dropped, "manifest reloaded");
                     }
                     Err(e) => tracing::error!("reload refused, the previous policy stays in force: {e}"),
