@@ -109,9 +109,8 @@ impl SubscriptionTree {
     /// Appends every subscription matching `topic` to `out`: all ordinary ones, and
     /// one chosen member of each matching shared group (online members first).
     pub fn collect(&mut self, topic: &str, out: &mut Vec<Matched>) {
-        let levels: Vec<&str> = topic.split('/').collect();
         let dollar = topic.starts_with('$');
-        collect_at(&mut self.root, &levels, true, dollar, out);
+        collect_at(&mut self.root, Some(topic), true, dollar, out);
     }
 }
 
@@ -143,10 +142,22 @@ fn remove_at(node: &mut Node, levels: &[&str], group: Option<&str>, session_id: 
     removed
 }
 
-fn collect_at(node: &mut Node, levels: &[&str], root: bool, dollar: bool, out: &mut Vec<Matched>) {
+/// `rest` is what is left of the topic (`None` once every level is consumed); it is
+/// split one level at a time, so routing a message allocates nothing here.
+fn collect_at(
+    node: &mut Node,
+    rest: Option<&str>,
+    root: bool,
+    dollar: bool,
+    out: &mut Vec<Matched>,
+) {
     // Wildcards in the first level never match `$`-topics.
     let wildcards_allowed = !(root && dollar);
-    match levels.split_first() {
+    let split = rest.map(|rest| match rest.split_once('/') {
+        Some((first, tail)) => (first, Some(tail)),
+        None => (rest, None),
+    });
+    match split {
         Some((first, rest)) => {
             if wildcards_allowed {
                 if let Some(hash) = node.children.get_mut("#") {
@@ -156,7 +167,7 @@ fn collect_at(node: &mut Node, levels: &[&str], root: bool, dollar: bool, out: &
                     collect_at(plus, rest, false, dollar, out);
                 }
             }
-            if let Some(literal) = node.children.get_mut(*first) {
+            if let Some(literal) = node.children.get_mut(first) {
                 collect_at(literal, rest, false, dollar, out);
             }
         }
