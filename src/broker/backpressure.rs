@@ -7,15 +7,20 @@
 //!
 //! The rule, in order:
 //! 1. A subscriber whose queue is past three quarters while another subscriber of the
-//!    same message still has room is *lagging*: it reads slower than a peer that
-//!    keeps up, so waiting for it would pace everyone to the slowest consumer.
-//! 2. A subscriber for which a publisher waited a whole pause ([`PAUSE_LIMIT`])
-//!    without it draining to half is lagging too: it cannot take a quarter of its
-//!    queue in that time, so it is slower than its publishers.
-//! 3. Otherwise every recipient is crowded (or the only one is): the broker itself
-//!    is behind, the publisher waits for the subscriber to drain to half, at most
-//!    [`PAUSE_LIMIT`] per pause. QoS 0 waits only while the subscriber's socket
-//!    takes what it is sent (else the client, not the broker, is behind).
+//!    same message still has room, and whose client is what holds it up (its socket
+//!    does not take what it is sent, or its in-flight window is full of messages it
+//!    has not acknowledged), is *lagging*: it reads slower than a peer that keeps up,
+//!    so waiting for it would pace everyone to the slowest consumer.
+//! 2. A subscriber for which a publisher waited a whole pause ([`PAUSE_LIMIT`]) and
+//!    that took nothing meanwhile is lagging too (stuck, or gone).
+//! 3. Otherwise the broker itself is behind (the subscriber's connection could send
+//!    but has not had the CPU yet): the publisher waits for the subscriber to drain
+//!    to half, at most [`PAUSE_LIMIT`] per pause. QoS 0 waits only while the
+//!    subscriber's socket takes what it is sent (else the client is behind).
+//!
+//! A subscriber slower than its publishers with no faster peer (the only one on its
+//! topics) is waited for, a pause at a time: it costs only the publishers of those
+//! topics, and no acknowledged message is dropped for it.
 //!
 //! Nobody waits for a lagging subscriber until it has drained to half; meanwhile
 //! what does not fit in its queue is dropped for it alone: counted in
@@ -60,19 +65,22 @@ impl Crowding {
     }
 
     /// The subscriber the publisher should wait for, if any. Crowded recipients of a
-    /// message another recipient had room for are marked lagging (rule 1).
+    /// message another recipient had room for, whose clients hold them up, are
+    /// marked lagging (rule 1).
     pub fn verdict(self, stats: &Stats) -> Option<Arc<SessionLink>> {
-        if self.any_with_room {
-            for session in &self.crowded {
+        let mut wait_for = None;
+        for session in self.crowded {
+            if self.any_with_room && session.mailbox.client_behind() {
                 lagging(
                     stats,
-                    session,
-                    "behind the other subscribers of its messages",
+                    &session,
+                    "slower than another subscriber of the same messages",
                 );
+            } else if wait_for.is_none() {
+                wait_for = Some(session);
             }
-            return None;
         }
-        self.crowded.into_iter().next()
+        wait_for
     }
 }
 
@@ -97,20 +105,23 @@ fn lagging(stats: &Stats, session: &SessionLink, why: &'static str) {
 }
 
 /// Backpressure: the publisher handles nothing more until `subscriber` has drained
-/// half its queue, at most [`PAUSE_LIMIT`] (rule 3). A subscriber that did not get
-/// there in time is marked lagging (rule 2): it costs each publisher one pause.
+/// half its queue, at most [`PAUSE_LIMIT`] (rule 3). A subscriber that took nothing
+/// during the whole pause is marked lagging (rule 2): it costs each publisher one
+/// pause.
 pub async fn wait_for_drain(subscriber: &SessionLink, stats: &Stats) {
     stats.publisher_paused();
     let until = Instant::now() + PAUSE_LIMIT;
+    let mut drained = false;
     while !subscriber.mailbox.half_empty() && Instant::now() < until {
-        let _ = tokio::time::timeout(PAUSE_STEP, subscriber.mailbox.room()).await;
+        if tokio::time::timeout(PAUSE_STEP, subscriber.mailbox.room())
+            .await
+            .is_ok()
+        {
+            drained = true;
+        }
     }
-    if !subscriber.mailbox.half_empty() {
-        lagging(
-            stats,
-            subscriber,
-            "did not drain half its queue during a pause",
-        );
+    if !drained && !subscriber.mailbox.half_empty() {
+        lagging(stats, subscriber, "took nothing during a whole pause");
     }
 }
 

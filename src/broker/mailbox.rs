@@ -453,6 +453,17 @@ impl Mailbox {
         !self.lock().lagging
     }
 
+    /// Whether the client, not the broker, holds this queue up: its socket does not
+    /// take what it was sent, or its in-flight window is full of messages it has not
+    /// acknowledged yet.
+    pub fn client_behind(&self) -> bool {
+        if self.writer_blocked() {
+            return true;
+        }
+        let s = self.lock();
+        s.inflight.len() >= usize::from(s.limits.max_inflight)
+    }
+
     /// Whether the client's socket is not taking what it was sent (see
     /// `set_writer_blocked`).
     pub fn writer_blocked(&self) -> bool {
@@ -464,10 +475,9 @@ impl Mailbox {
         self.writer_blocked.store(blocked, Ordering::Relaxed);
     }
 
-    /// The client is behind: a publisher waited the whole pause for it and it did
-    /// not drain to half, or its queue was crowded while another subscriber of the
-    /// same message had room. Nobody waits for it until it has drained to half; what
-    /// does not fit in its queue meanwhile is dropped for it alone.
+    /// The client is behind (see `broker::backpressure`): nobody waits for it until
+    /// it has drained to half; what does not fit in its queue meanwhile is dropped
+    /// for it alone.
     /// Returns whether it was not lagging before.
     pub fn mark_lagging(&self) -> bool {
         !std::mem::replace(&mut self.lock().lagging, true)
@@ -575,6 +585,14 @@ mod tests {
         assert_eq!(mb_small.drain(Instant::now(), &mut out), None);
         assert_eq!(out.len(), 2);
         assert!(!mb_small.worth_waiting_for(), "6 of 8 queued: still behind");
+        assert!(
+            mb_small.client_behind(),
+            "its window is full of unacknowledged"
+        );
+        assert!(
+            !mb.client_behind(),
+            "nothing in flight, the socket takes writes"
+        );
         // Draining to half ends the burst (reported once) and the lag.
         let mut out = Vec::new();
         let over = mb.drain(Instant::now(), &mut out).expect("the burst ends");
