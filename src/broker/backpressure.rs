@@ -9,8 +9,11 @@
 //! 1. A subscriber whose queue is past three quarters while another subscriber of the
 //!    same message still has room, and whose client is what holds it up (its socket
 //!    does not take what it is sent, or its in-flight window is full of messages it
-//!    has not acknowledged), is *lagging*: it reads slower than a peer that keeps up,
-//!    so waiting for it would pace everyone to the slowest consumer.
+//!    has not acknowledged), is *behind*. Behind for [`LAG_AFTER`] without draining to
+//!    a quarter of its queue, it is *lagging*: it reads slower than a peer that keeps
+//!    up, so waiting for it would pace everyone to the slowest consumer. Until then
+//!    it is waited for (rule 3): a client that falls behind for a moment (a busy
+//!    machine, a garbage collection) loses nothing.
 //! 2. A subscriber for which a publisher waited a whole pause ([`PAUSE_LIMIT`]) and
 //!    that took nothing meanwhile is lagging too (stuck, or gone).
 //! 3. Otherwise the broker itself is behind (the subscriber's connection could send
@@ -37,6 +40,8 @@ use super::mailbox::{BurstOver, PushOutcome};
 use super::session::SessionLink;
 use super::stats::Stats;
 
+/// How long a subscriber may stay behind its peers before it is lagging (rule 1).
+pub const LAG_AFTER: Duration = Duration::from_millis(500);
 /// Longest a publisher waits for one subscriber per pause.
 pub const PAUSE_LIMIT: Duration = Duration::from_millis(250);
 /// How often a waiting publisher looks again (a drain also wakes it).
@@ -65,12 +70,16 @@ impl Crowding {
     }
 
     /// The subscriber the publisher should wait for, if any. Crowded recipients of a
-    /// message another recipient had room for, whose clients hold them up, are
-    /// marked lagging (rule 1).
+    /// message another recipient had room for, whose clients have held them up for
+    /// [`LAG_AFTER`], are marked lagging (rule 1).
     pub fn verdict(self, stats: &Stats) -> Option<Arc<SessionLink>> {
         let mut wait_for = None;
+        let now = Instant::now();
         for session in self.crowded {
-            if self.any_with_room && session.mailbox.client_behind() {
+            if self.any_with_room
+                && session.mailbox.client_behind()
+                && session.mailbox.behind_for(now, 2 * LAG_AFTER) >= LAG_AFTER
+            {
                 lagging(
                     stats,
                     &session,

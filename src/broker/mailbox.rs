@@ -145,6 +145,10 @@ struct State {
     /// no publisher waits for it, and its overflow is dropped for it alone, until it
     /// has drained its queue to half.
     lagging: bool,
+    /// Since when, and when last, the client was seen holding its crowded queue up
+    /// while a peer kept up (see `broker::backpressure`); cleared when it drains to
+    /// a quarter.
+    behind_since: Option<(Instant, Instant)>,
     /// Next durable queue position (persistent sessions).
     next_seq: u64,
     /// At the cap, drop the oldest queued message instead of the new one.
@@ -180,6 +184,7 @@ impl Mailbox {
                 burst_topic: None,
                 unrecorded: 0,
                 lagging: false,
+                behind_since: None,
                 next_seq: 1,
                 keep_newest: false,
                 evicted: Vec::new(),
@@ -386,6 +391,9 @@ impl Mailbox {
             });
         }
         let made_room = s.queue.len() < queued_before;
+        if made_room && (s.queue.len() + s.staged.len()) * 4 <= s.limits.max_messages {
+            s.behind_since = None;
+        }
         let mut burst_over = None;
         if made_room && is_half_empty(&s) {
             // Caught up: publishers may wait for it again, and a burst of drops ends.
@@ -481,6 +489,19 @@ impl Mailbox {
     /// Returns whether it was not lagging before.
     pub fn mark_lagging(&self) -> bool {
         !std::mem::replace(&mut self.lock().lagging, true)
+    }
+
+    /// Notes that the client is behind now, and returns for how long it has been:
+    /// since the first such note after its queue last drained to a quarter, unless
+    /// the previous note is older than `forget` (then it starts again).
+    pub fn behind_for(&self, now: Instant, forget: std::time::Duration) -> std::time::Duration {
+        let mut s = self.lock();
+        let since = match s.behind_since {
+            Some((since, last)) if now.saturating_duration_since(last) <= forget => since,
+            _ => now,
+        };
+        s.behind_since = Some((since, now));
+        now.saturating_duration_since(since)
     }
 
     /// Drops counted since the last call (for the denial counts).

@@ -371,7 +371,8 @@ fn outgoing_publish(packet_id: u16, dup: bool, message: Message, now: Instant) -
         dup,
         qos: message.qos,
         retain: message.retain,
-        topic: message.topic.to_string(),
+        // Not `to_string()`: that goes through the formatter.
+        topic: String::from(&*message.topic),
         packet_id,
         payload: message.payload,
         properties,
