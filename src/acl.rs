@@ -116,8 +116,19 @@ impl Acl {
     /// May `username` (connected as `client_id`) publish to `topic`? A topic name with
     /// wildcards or U+0000 is never allowed.
     pub fn may_publish(&self, username: &str, client_id: &str, topic: &str) -> Decision {
+        self.publish_grant(username, client_id, topic)
+            .map_or_else(Decision::deny, Decision::allow)
+    }
+
+    /// [`Acl::may_publish`] without naming the rule: nothing allocated, for the
+    /// broker's per-message check.
+    pub fn publish_allowed(&self, username: &str, client_id: &str, topic: &str) -> bool {
+        self.publish_grant(username, client_id, topic).is_some()
+    }
+
+    fn publish_grant(&self, username: &str, client_id: &str, topic: &str) -> Option<&Grant> {
         if validate_topic_name(topic).is_err() {
-            return Decision::deny();
+            return None;
         }
         first_grant(&self.publish, username, client_id, |f| matches(f, topic))
     }
@@ -134,28 +145,38 @@ impl Acl {
             return Decision::deny();
         }
         first_grant(&self.subscribe, username, client_id, |g| covers(g, inner))
+            .map_or_else(Decision::deny, Decision::allow)
     }
 
     /// May a message on `topic` be delivered to `username`? (The delivery re-check:
     /// a subscribe grant must match the topic.)
     pub fn may_receive(&self, username: &str, client_id: &str, topic: &str) -> Decision {
+        self.receive_grant(username, client_id, topic)
+            .map_or_else(Decision::deny, Decision::allow)
+    }
+
+    /// [`Acl::may_receive`] without naming the rule (see [`Acl::publish_allowed`]).
+    pub fn receive_allowed(&self, username: &str, client_id: &str, topic: &str) -> bool {
+        self.receive_grant(username, client_id, topic).is_some()
+    }
+
+    fn receive_grant(&self, username: &str, client_id: &str, topic: &str) -> Option<&Grant> {
         if validate_topic_name(topic).is_err() {
-            return Decision::deny();
+            return None;
         }
         first_grant(&self.subscribe, username, client_id, |f| matches(f, topic))
     }
 }
 
-fn first_grant(
-    grants: &[Grant],
+fn first_grant<'a>(
+    grants: &'a [Grant],
     username: &str,
     client_id: &str,
     test: impl Fn(&str) -> bool,
-) -> Decision {
+) -> Option<&'a Grant> {
     grants
         .iter()
         .find(|g| g.resolve(username, client_id).is_some_and(|f| test(&f)))
-        .map_or_else(Decision::deny, Decision::allow)
 }
 
 #[cfg(test)]

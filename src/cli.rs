@@ -100,6 +100,10 @@ pub struct ServeArgs {
     /// line, for log shippers). Every peer-controlled value is escaped in both.
     #[arg(long, value_enum, default_value_t)]
     pub log_format: crate::logging::LogFormat,
+    /// Threads that run connections (default: one per CPU this process may use,
+    /// from its affinity mask and cgroup quota, e.g. 4 on a Pi Zero 2 W).
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub workers: Option<u16>,
 }
 
 #[derive(Debug, Args)]

@@ -36,10 +36,13 @@ pub enum DenialKind {
     SubscribeInvalid,
     /// A message not delivered because no subscribe grant matches its topic now.
     Receive,
+    /// A message dropped for a client whose queue was full (it reads slower than
+    /// its publishers send); counted per message.
+    QueueFull,
 }
 
 impl DenialKind {
-    pub const ALL: [DenialKind; 7] = [
+    pub const ALL: [DenialKind; 8] = [
         DenialKind::Publish,
         DenialKind::Retain,
         DenialKind::Will,
@@ -47,6 +50,7 @@ impl DenialKind {
         DenialKind::SubscribeQuota,
         DenialKind::SubscribeInvalid,
         DenialKind::Receive,
+        DenialKind::QueueFull,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -58,6 +62,7 @@ impl DenialKind {
             DenialKind::SubscribeQuota => "subscribe-quota",
             DenialKind::SubscribeInvalid => "subscribe-invalid",
             DenialKind::Receive => "receive",
+            DenialKind::QueueFull => "queue-full",
         }
     }
 }
@@ -119,23 +124,31 @@ pub fn pattern_of(topic: &str) -> String {
 impl Denials {
     /// Counts one denial of `topic` (a topic name or filter) for `identity`.
     pub fn record(&self, identity: &str, kind: DenialKind, topic: &str) {
-        self.total.fetch_add(1, Relaxed);
-        self.by_kind[kind as usize].fetch_add(1, Relaxed);
+        self.record_n(identity, kind, topic, 1);
+    }
+
+    /// Counts `n` denials of `topic` at once.
+    pub fn record_n(&self, identity: &str, kind: DenialKind, topic: &str, n: u64) {
+        if n == 0 {
+            return;
+        }
+        self.total.fetch_add(n, Relaxed);
+        self.by_kind[kind as usize].fetch_add(n, Relaxed);
         let key = (identity.to_owned(), kind, pattern_of(topic));
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
         let room = map.len() < MAX_KEYS;
         match map.get_mut(&key) {
             Some((count, example)) => {
-                *count += 1;
+                *count += n;
                 if example != topic {
                     topic.clone_into(example);
                 }
             }
             None if room => {
-                map.insert(key, (1, topic.to_owned()));
+                map.insert(key, (n, topic.to_owned()));
             }
             None => {
-                self.uncounted.fetch_add(1, Relaxed);
+                self.uncounted.fetch_add(n, Relaxed);
             }
         }
     }

@@ -55,6 +55,25 @@ impl Message {
     }
 }
 
+/// A burst of drops that ended: the client drained its queue to half.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BurstOver {
+    pub dropped: u64,
+    /// The topic of the burst's last drop.
+    pub topic: Arc<str>,
+}
+
+/// Messages dropped because a queue was full.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Drops {
+    /// Since the session began.
+    pub total: u64,
+    /// In the current burst (since the queue last drained to half).
+    pub burst: u64,
+    /// The topic of the latest drop.
+    pub topic: Option<Arc<str>>,
+}
+
 /// What happened to a pushed message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PushOutcome {
@@ -116,9 +135,20 @@ struct State {
     /// After a reconnect, the whole window must be sent again before new messages.
     resend_pending: bool,
     dropped: u64,
-    /// The client made no room while a publisher waited for it: further overflows
-    /// drop without pausing publishers until it takes something from its queue.
-    stalled: bool,
+    /// Drops since the queue last drained to half (the current burst).
+    burst: u64,
+    /// The topic of the burst's latest drop (for the denial counts).
+    burst_topic: Option<Arc<str>>,
+    /// Drops not yet added to the denial counts.
+    unrecorded: u64,
+    /// The client is behind its publishers or its peers (see [`Mailbox::mark_lagging`]):
+    /// no publisher waits for it, and its overflow is dropped for it alone, until it
+    /// has drained its queue to half.
+    lagging: bool,
+    /// Since when, and when last, the client was seen holding its crowded queue up
+    /// while a peer kept up (see `broker::backpressure`); cleared when it drains to
+    /// a quarter.
+    behind_since: Option<(Instant, Instant)>,
     /// Next durable queue position (persistent sessions).
     next_seq: u64,
     /// At the cap, drop the oldest queued message instead of the new one.
@@ -150,7 +180,11 @@ impl Mailbox {
                 online: false,
                 resend_pending: false,
                 dropped: 0,
-                stalled: false,
+                burst: 0,
+                burst_topic: None,
+                unrecorded: 0,
+                lagging: false,
+                behind_since: None,
                 next_seq: 1,
                 keep_newest: false,
                 evicted: Vec::new(),
@@ -214,6 +248,9 @@ impl Mailbox {
             };
             let Some(oldest) = oldest else {
                 s.dropped += 1;
+                s.burst += 1;
+                s.unrecorded += 1;
+                s.burst_topic = Some(message.topic);
                 return (PushOutcome::DroppedFull, 0);
             };
             s.dropped += 1;
@@ -303,8 +340,9 @@ impl Mailbox {
 
     /// Moves what may be sent now into `out`: the window to resend after a reconnect,
     /// then queued messages while the in-flight window has room. Expired messages are
-    /// discarded on the way.
-    pub fn drain(&self, now: Instant, out: &mut Vec<Outbound>) {
+    /// discarded on the way. Returns the burst of drops that this drain ended (the
+    /// queue is back to half), for the caller to log.
+    pub fn drain(&self, now: Instant, out: &mut Vec<Outbound>) -> Option<BurstOver> {
         let mut s = self.lock();
         let queued_before = s.queue.len();
         if s.resend_pending {
@@ -353,8 +391,19 @@ impl Mailbox {
             });
         }
         let made_room = s.queue.len() < queued_before;
-        if made_room {
-            s.stalled = false;
+        if made_room && (s.queue.len() + s.staged.len()) * 4 <= s.limits.max_messages {
+            s.behind_since = None;
+        }
+        let mut burst_over = None;
+        if made_room && is_half_empty(&s) {
+            // Caught up: publishers may wait for it again, and a burst of drops ends.
+            s.lagging = false;
+            if s.burst > 0 {
+                burst_over = Some(BurstOver {
+                    dropped: std::mem::take(&mut s.burst),
+                    topic: s.burst_topic.clone().unwrap_or_else(|| Arc::from("")),
+                });
+            }
         }
         if s.queue.is_empty() && s.queue.capacity() > 64 {
             // A burst is over: give its memory back.
@@ -364,6 +413,7 @@ impl Mailbox {
         if made_room {
             self.room.notify_waiters();
         }
+        burst_over
     }
 
     /// PUBACK (QoS 1) or PUBCOMP (QoS 2): the message is done. Returns what was in
@@ -402,15 +452,24 @@ impl Mailbox {
     /// At most half the queue's message and byte limits are used (a congested
     /// publisher waits for this; see `connection::wait_for_drain`).
     pub fn half_empty(&self) -> bool {
-        let s = self.lock();
-        (s.queue.len() + s.staged.len()) * 2 <= s.limits.max_messages
-            && s.queued_bytes * 2 <= s.limits.max_bytes
+        is_half_empty(&self.lock())
     }
 
-    /// Whether a publisher may wait for this queue to drain: not for a client that
-    /// already let one wait in vain (it is stuck, or offline), until it drains.
+    /// Whether a publisher may wait for this queue to drain: not for a lagging client
+    /// (see [`Mailbox::mark_lagging`]) until it has drained to half.
     pub fn worth_waiting_for(&self) -> bool {
-        !self.lock().stalled
+        !self.lock().lagging
+    }
+
+    /// Whether the client, not the broker, holds this queue up: its socket does not
+    /// take what it was sent, or its in-flight window is full of messages it has not
+    /// acknowledged yet.
+    pub fn client_behind(&self) -> bool {
+        if self.writer_blocked() {
+            return true;
+        }
+        let s = self.lock();
+        s.inflight.len() >= usize::from(s.limits.max_inflight)
     }
 
     /// Whether the client's socket is not taking what it was sent (see
@@ -424,14 +483,40 @@ impl Mailbox {
         self.writer_blocked.store(blocked, Ordering::Relaxed);
     }
 
-    /// A publisher waited and this client took nothing: see `worth_waiting_for`.
-    pub fn mark_stalled(&self) {
-        self.lock().stalled = true;
+    /// The client is behind (see `broker::backpressure`): nobody waits for it until
+    /// it has drained to half; what does not fit in its queue meanwhile is dropped
+    /// for it alone.
+    /// Returns whether it was not lagging before.
+    pub fn mark_lagging(&self) -> bool {
+        !std::mem::replace(&mut self.lock().lagging, true)
     }
 
-    /// Messages dropped because the queue was full, since the session began.
-    pub fn dropped(&self) -> u64 {
-        self.lock().dropped
+    /// Notes that the client is behind now, and returns for how long it has been:
+    /// since the first such note after its queue last drained to a quarter, unless
+    /// the previous note is older than `forget` (then it starts again).
+    pub fn behind_for(&self, now: Instant, forget: std::time::Duration) -> std::time::Duration {
+        let mut s = self.lock();
+        let since = match s.behind_since {
+            Some((since, last)) if now.saturating_duration_since(last) <= forget => since,
+            _ => now,
+        };
+        s.behind_since = Some((since, now));
+        now.saturating_duration_since(since)
+    }
+
+    /// Drops counted since the last call (for the denial counts).
+    pub fn take_unrecorded_drops(&self) -> u64 {
+        std::mem::take(&mut self.lock().unrecorded)
+    }
+
+    /// Messages dropped because the queue was full.
+    pub fn dropped(&self) -> Drops {
+        let s = self.lock();
+        Drops {
+            total: s.dropped,
+            burst: s.burst,
+            topic: s.burst_topic.clone(),
+        }
     }
 
     /// (queued messages, queued bytes, in flight)
@@ -439,6 +524,11 @@ impl Mailbox {
         let s = self.lock();
         (s.queue.len(), s.queued_bytes, s.inflight.len())
     }
+}
+
+fn is_half_empty(s: &State) -> bool {
+    (s.queue.len() + s.staged.len()) * 2 <= s.limits.max_messages
+        && s.queued_bytes * 2 <= s.limits.max_bytes
 }
 
 fn next_free_id(s: &mut State) -> u16 {
@@ -481,7 +571,58 @@ mod tests {
             mb.push(msg(QoS::AtLeastOnce, b"e")),
             PushOutcome::DroppedFull
         );
-        assert_eq!(mb.dropped(), 1);
+        assert_eq!((mb.dropped().total, mb.dropped().burst), (1, 1));
+    }
+
+    #[test]
+    fn a_lagging_client_is_not_waited_for_until_it_drains_to_half_and_its_burst_ends() {
+        let mb = Mailbox::new(limits(8, 100));
+        mb.set_online(true, limits(8, 100));
+        for _ in 0..8 {
+            mb.push(msg(QoS::AtLeastOnce, b"x"));
+        }
+        assert!(mb.worth_waiting_for());
+        assert!(mb.mark_lagging());
+        assert!(!mb.mark_lagging(), "already lagging");
+        assert!(!mb.worth_waiting_for());
+        for _ in 0..3 {
+            assert_eq!(
+                mb.push(msg(QoS::AtLeastOnce, b"x")),
+                PushOutcome::DroppedFull
+            );
+        }
+        assert_eq!((mb.dropped().total, mb.dropped().burst), (3, 3));
+        assert_eq!(mb.take_unrecorded_drops(), 3);
+        assert_eq!(mb.take_unrecorded_drops(), 0);
+        // Taking some (here: completing nothing, so the window stays at 8) is not
+        // enough while the queue stays more than half full.
+        let mb_small = Mailbox::new(limits(8, 2));
+        mb_small.set_online(true, limits(8, 2));
+        for _ in 0..9 {
+            mb_small.push(msg(QoS::AtLeastOnce, b"x"));
+        }
+        mb_small.mark_lagging();
+        let mut out = Vec::new();
+        assert_eq!(mb_small.drain(Instant::now(), &mut out), None);
+        assert_eq!(out.len(), 2);
+        assert!(!mb_small.worth_waiting_for(), "6 of 8 queued: still behind");
+        assert!(
+            mb_small.client_behind(),
+            "its window is full of unacknowledged"
+        );
+        assert!(
+            !mb.client_behind(),
+            "nothing in flight, the socket takes writes"
+        );
+        // Draining to half ends the burst (reported once) and the lag.
+        let mut out = Vec::new();
+        let over = mb.drain(Instant::now(), &mut out).expect("the burst ends");
+        assert_eq!(over.dropped, 3);
+        assert_eq!(&*over.topic, "t");
+        assert_eq!(out.len(), 8);
+        assert!(mb.worth_waiting_for());
+        assert_eq!((mb.dropped().total, mb.dropped().burst), (3, 0));
+        assert_eq!(mb.drain(Instant::now(), &mut Vec::new()), None);
     }
 
     #[test]

@@ -14,6 +14,7 @@
 //! mailbox and reports the QoS flow's steps back through `flows`. Session life
 //! cycle (attach, takeover, detach, wills, expiry, reload) lives in `sessions`.
 
+pub mod backpressure;
 pub mod connection;
 pub mod denials;
 mod flows;

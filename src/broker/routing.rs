@@ -12,6 +12,7 @@ use std::time::Instant;
 
 use crate::protocol::{QoS, ReasonCode, RetainHandling, SubscriptionOptions, topic};
 
+use super::backpressure;
 use super::denials::DenialKind;
 use super::journal::{self, Batch, Durable, Reservation, stored_message};
 use super::mailbox::{Message, PushOutcome};
@@ -284,9 +285,13 @@ pub(super) fn remove_from_tree(tree: &mut SubscriptionTree, filter: &str, sessio
 }
 
 /// Queues a message for one session; a persistent session's QoS 1/2 message is
-/// journaled at its queue position.
-/// Returns whether the session's queue was full.
-fn push_to(stats: &Stats, session: &Arc<SessionLink>, message: Message, batch: &mut Batch) -> bool {
+/// journaled at its queue position. A drop is counted and logged here.
+fn push_to(
+    stats: &Stats,
+    session: &Arc<SessionLink>,
+    message: Message,
+    batch: &mut Batch,
+) -> PushOutcome {
     let qos = message.qos;
     let journal = session.is_persistent() && qos != QoS::AtMostOnce;
     let stored = journal.then(|| stored_message(&message, Instant::now()));
@@ -306,21 +311,19 @@ fn push_to(stats: &Stats, session: &Arc<SessionLink>, message: Message, batch: &
     {
         batch.queued(session, seq, message);
     }
-    stats.pushed(session, outcome);
-    // Once the queue is crowded, before anything overflows, the publisher waits for
-    // the subscriber to drain, unless this subscriber already let a publisher wait in
-    // vain. For QoS 0 only while the subscriber's socket takes what it is sent: then
-    // the broker is behind (its task needs the CPU the publishers take), and pausing
-    // them keeps it fed. A client that is itself slow loses QoS 0 copies alone.
-    matches!(outcome, PushOutcome::Crowded | PushOutcome::DroppedFull)
-        && (qos != QoS::AtMostOnce || !session.mailbox.writer_blocked())
-        && session.mailbox.worth_waiting_for()
+    match outcome {
+        PushOutcome::DroppedFull => backpressure::dropped(stats, session),
+        // A keep-newest queue (a bridge's) reports its evictions itself.
+        PushOutcome::EvictedOldest => stats.dropped(1),
+        _ => {}
+    }
+    outcome
 }
 
 /// Pushes one message to each matching session: one copy per session for ordinary
 /// subscriptions (highest QoS, every subscription identifier), one per shared group.
-/// Returns a session whose queue overflowed with a QoS 1/2 copy and is worth
-/// waiting for (see `push_to`), if any.
+/// Returns the session the publisher should wait for, if any
+/// ([`backpressure::Crowding`]).
 fn deliver(
     stats: &Stats,
     message: &Message,
@@ -328,7 +331,7 @@ fn deliver(
     matches: Vec<Matched>,
     batch: &mut Batch,
 ) -> Option<Arc<SessionLink>> {
-    let mut congested = None;
+    let mut crowding = backpressure::Crowding::default();
     let mut merged: Vec<(Subscription, QoS, Vec<u32>)> = Vec::with_capacity(matches.len());
     // Index of each session's ordinary delivery in `merged`, to merge overlaps; a
     // single match (the common case) needs no index.
@@ -373,33 +376,8 @@ fn deliver(
             expires_at: message.expires_at,
             seq: 0,
         };
-        if push_to(stats, session, outgoing, batch) && congested.is_none() {
-            congested = Some(Arc::clone(session));
-        }
+        let qos = outgoing.qos;
+        crowding.note(session, qos, push_to(stats, session, outgoing, batch));
     }
-    congested
-}
-
-impl Stats {
-    /// Counts a drop, and logs it: every drop is counted in `$SYS`, and the log gets
-    /// the 1st, 10th, 100th ... drop of each session so a stuck client is visible
-    /// without flooding the journal.
-    fn pushed(&self, session: &SessionLink, outcome: PushOutcome) {
-        if !matches!(
-            outcome,
-            PushOutcome::DroppedFull | PushOutcome::EvictedOldest
-        ) {
-            return;
-        }
-        self.dropped(1);
-        let n = session.mailbox.dropped();
-        if n.is_power_of_two() || n.is_multiple_of(1000) {
-            tracing::warn!(
-                client_id = %session.client_id,
-                identity = %session.owner,
-                dropped = n,
-                "queue full: message dropped for a slow or offline client"
-            );
-        }
-    }
+    crowding.verdict(stats)
 }

@@ -445,6 +445,10 @@ impl Broker {
         for client_id in expired {
             self.remove_session_locked(&mut state, &client_id, &mut batch);
         }
+        // Drops counted since the last second reach the denial counts.
+        for entry in state.sessions.values() {
+            super::backpressure::flush_drops(&self.stats, &entry.link);
+        }
         let durable = batch.submit(room);
         drop(state);
         durable

@@ -68,6 +68,7 @@ pub struct Stats {
     dropped: AtomicU64,
     dropped_too_large: AtomicU64,
     publishers_paused: AtomicU64,
+    subscribers_lagging: AtomicU64,
     subscriptions_refused: AtomicU64,
     /// Every refusal, per identity, kind and topic pattern.
     pub denials: Denials,
@@ -96,6 +97,9 @@ pub struct Snapshot {
     pub refused_by_reason: [u64; RefusalReason::ALL.len()],
     /// Times a publisher waited for a congested QoS 1/2 subscriber (backpressure).
     pub publishers_paused: u64,
+    /// Times a subscriber was found lagging: publishers stopped waiting for it and
+    /// its overflow was dropped for it alone.
+    pub subscribers_lagging: u64,
     pub subscriptions_refused: u64,
     pub denials: u64,
 }
@@ -140,6 +144,10 @@ impl Stats {
         self.publishers_paused.fetch_add(1, Relaxed);
     }
 
+    pub fn subscriber_lagging(&self) {
+        self.subscribers_lagging.fetch_add(1, Relaxed);
+    }
+
     /// A CONNECT was refused (see [`Stats::refused_for`] for the other reasons).
     pub fn refused(&self) {
         self.refused_for(RefusalReason::Connect);
@@ -172,6 +180,7 @@ impl Stats {
             connections_refused: refused_by_reason.iter().sum(),
             refused_by_reason,
             publishers_paused: self.publishers_paused.load(Relaxed),
+            subscribers_lagging: self.subscribers_lagging.load(Relaxed),
             subscriptions_refused: self.subscriptions_refused.load(Relaxed),
             denials: self.denials.total(),
         }

@@ -46,6 +46,10 @@ pub fn sys_topics(broker: &Broker) -> Vec<(&'static str, String)> {
             "$SYS/broker/publishers/paused",
             s.publishers_paused.to_string(),
         ),
+        (
+            "$SYS/broker/subscribers/lagging",
+            s.subscribers_lagging.to_string(),
+        ),
         ("$SYS/broker/bytes/received", s.bytes_received.to_string()),
         ("$SYS/broker/bytes/sent", s.bytes_sent.to_string()),
         ("$SYS/broker/subscriptions/count", subscriptions.to_string()),

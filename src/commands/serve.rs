@@ -93,13 +93,27 @@ fn fixed_mmap_threshold() -> bool {
     false
 }
 
+/// Worker threads: as asked, else one per CPU this process may run on
+/// (`std::thread::available_parallelism` reads the affinity mask and the cgroup
+/// CPU quota, so `taskset -c 0` gives one). Set explicitly, which also keeps
+/// tokio from reading `TOKIO_WORKER_THREADS` (it panics on a bad value).
+fn worker_threads(requested: Option<u16>) -> usize {
+    requested.map_or_else(
+        || std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
+        usize::from,
+    )
+}
+
 pub fn run(global: &GlobalArgs, args: &ServeArgs) -> anyhow::Result<u8> {
     crate::logging::init(args.log_format);
     let large_frees_unmap = fixed_mmap_threshold();
     if !global.manifest.exists() {
         create_starter(global)?;
     }
+    let workers = worker_threads(args.workers);
+    tracing::info!(workers, "worker threads");
     let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
         .enable_all()
         .build()
         .context("starting the async runtime")?;
@@ -114,4 +128,16 @@ pub fn run(global: &GlobalArgs, args: &ServeArgs) -> anyhow::Result<u8> {
         large_frees_unmap,
     }))?;
     Ok(super::EXIT_OK)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::worker_threads;
+
+    #[test]
+    fn workers_are_as_asked_or_one_per_usable_cpu() {
+        assert_eq!(worker_threads(Some(2)), 2);
+        let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+        assert_eq!(worker_threads(None), cpus);
+    }
 }

@@ -41,6 +41,15 @@ pub fn grant_line(policy: Option<&Policy>, entry: &DenialEntry) -> String {
             "broker.limits.max_topic_length / max_topic_levels (the filter is longer or deeper)"
                 .to_string()
         }
+        DenialKind::QueueFull => {
+            let now = identity.map_or(policy.map_or(1000, |p| p.limits.max_queued_messages), |i| {
+                i.max_queued_messages
+            });
+            format!(
+                "{at}.limits.max_queued_messages: {} (if it only falls behind in bursts; a client that is always slower than its publishers needs fixing, not a larger queue)",
+                now.saturating_mul(4)
+            )
+        }
     };
     if policy.is_some() && identity.is_none() {
         format!(
@@ -131,5 +140,11 @@ mod tests {
             "users.ha.limits.max_subscriptions: 20000"
         );
         assert!(grant_line(p, &entry("gone", DenialKind::Will, "a")).contains("no identity gone"));
+        assert!(
+            grant_line(p, &entry("ha", DenialKind::QueueFull, "a/#"))
+                .starts_with("users.ha.limits.max_queued_messages: "),
+            "{}",
+            grant_line(p, &entry("ha", DenialKind::QueueFull, "a/#"))
+        );
     }
 }

@@ -187,6 +187,12 @@ impl Collector for Sources {
         )?;
         counter(
             &mut e,
+            "moat_subscribers_lagging",
+            "Times a subscriber was found slower than its publishers or peers: not waited for, its overflow dropped for it alone.",
+            s.subscribers_lagging,
+        )?;
+        counter(
+            &mut e,
             "moat_subscriptions_refused",
             "SUBSCRIBE filters refused (any reason).",
             s.subscriptions_refused,
@@ -200,7 +206,7 @@ impl Collector for Sources {
             .collect();
         counter_family(
             "moat_denials",
-            "Refusals by the access rules, by kind (`moat denials` lists them by identity and topic).",
+            "Refusals by the access rules, and messages dropped for a full queue (kind queue-full), by kind (`moat denials` lists them by identity and topic).",
             "kind",
         )
         .write(&mut e, &denials)?;

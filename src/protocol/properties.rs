@@ -263,11 +263,48 @@ pub(crate) fn encode<S: Sink>(
     props: &Properties,
     context: Context,
 ) -> Result<(), EncodeError> {
+    // Most packets carry none: one comparison instead of two passes over every
+    // property (the profile's largest item per QoS 1 message, see BENCHMARKS.md).
+    if *props == EMPTY {
+        sink.put_u8(0);
+        return Ok(());
+    }
     let mut counter = Counter::default();
     encode_body(&mut counter, props, context)?;
     sink::put_varint(sink, "property length", counter.0)?;
     encode_body(sink, props, context)
 }
+
+/// No property at all.
+const EMPTY: Properties = Properties {
+    payload_format_indicator: None,
+    message_expiry_interval: None,
+    content_type: None,
+    response_topic: None,
+    correlation_data: None,
+    subscription_identifiers: Vec::new(),
+    session_expiry_interval: None,
+    assigned_client_identifier: None,
+    server_keep_alive: None,
+    authentication_method: None,
+    authentication_data: None,
+    request_problem_information: None,
+    will_delay_interval: None,
+    request_response_information: None,
+    response_information: None,
+    server_reference: None,
+    reason_string: None,
+    receive_maximum: None,
+    topic_alias_maximum: None,
+    topic_alias: None,
+    maximum_qos: None,
+    retain_available: None,
+    user_properties: Vec::new(),
+    maximum_packet_size: None,
+    wildcard_subscription_available: None,
+    subscription_identifiers_available: None,
+    shared_subscription_available: None,
+};
 
 fn encode_body<S: Sink>(
     sink: &mut S,
@@ -275,7 +312,9 @@ fn encode_body<S: Sink>(
     context: Context,
 ) -> Result<(), EncodeError> {
     let byte = |sink: &mut S, id: u8, value: Option<u8>| {
-        if let (Some(value), true) = (value, context.allows(id)) {
+        if let Some(value) = value
+            && context.allows(id)
+        {
             sink.put_u8(id);
             sink.put_u8(value);
         }
@@ -314,7 +353,9 @@ fn encode_body<S: Sink>(
     );
 
     let two = |sink: &mut S, id: u8, value: Option<u16>| {
-        if let (Some(value), true) = (value, context.allows(id)) {
+        if let Some(value) = value
+            && context.allows(id)
+        {
             sink.put_u8(id);
             sink.put_u16(value);
         }
@@ -325,7 +366,9 @@ fn encode_body<S: Sink>(
     two(sink, TOPIC_ALIAS, props.topic_alias);
 
     let four = |sink: &mut S, id: u8, value: Option<u32>| {
-        if let (Some(value), true) = (value, context.allows(id)) {
+        if let Some(value) = value
+            && context.allows(id)
+        {
             sink.put_u8(id);
             sink.put_u32(value);
         }
@@ -361,7 +404,9 @@ fn encode_body<S: Sink>(
         (REASON_STRING, "reason string", &props.reason_string),
     ];
     for (id, field, value) in strings {
-        if let (Some(value), true) = (value, context.allows(id)) {
+        if let Some(value) = value
+            && context.allows(id)
+        {
             sink.put_u8(id);
             sink::put_str(sink, field, value)?;
         }
@@ -380,7 +425,9 @@ fn encode_body<S: Sink>(
         ),
     ];
     for (id, field, value) in binaries {
-        if let (Some(value), true) = (value, context.allows(id)) {
+        if let Some(value) = value
+            && context.allows(id)
+        {
             sink.put_u8(id);
             sink::put_binary(sink, field, value)?;
         }

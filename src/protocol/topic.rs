@@ -30,6 +30,13 @@ pub fn validate_topic_name(topic: &str) -> Result<(), TopicError> {
     if topic.is_empty() {
         return Err(TopicError::Empty);
     }
+    // One pass for what nearly every topic is: printable ASCII without wildcards.
+    if topic
+        .bytes()
+        .all(|b| (0x20..0x7f).contains(&b) && b != b'+' && b != b'#')
+    {
+        return Ok(());
+    }
     check_characters(topic)?;
     if topic.contains(['+', '#']) {
         return Err(TopicError::WildcardInName);

@@ -47,8 +47,7 @@ impl Permissions for IdentityPermissions {
     fn may_publish(&self, client_id: &str, topic: &str) -> bool {
         self.identity
             .acl
-            .may_publish(&self.identity.name, client_id, topic)
-            .allowed
+            .publish_allowed(&self.identity.name, client_id, topic)
     }
 
     fn may_subscribe(&self, client_id: &str, filter: &str) -> bool {
@@ -61,8 +60,7 @@ impl Permissions for IdentityPermissions {
     fn may_receive(&self, client_id: &str, topic: &str) -> bool {
         self.identity
             .acl
-            .may_receive(&self.identity.name, client_id, topic)
-            .allowed
+            .receive_allowed(&self.identity.name, client_id, topic)
     }
 
     fn may_retain(&self) -> bool {

@@ -16,10 +16,9 @@ use crate::protocol::{
     Ack, Codec, Disconnect, Packet, Properties, ProtocolVersion, Publish, QoS, ReasonCode,
 };
 
+use crate::broker::backpressure;
 use crate::broker::journal::{Durable, Reservation, refusal_reason};
 use crate::broker::mailbox::{Message, Outbound};
-use crate::broker::session::SessionLink;
-use crate::broker::stats::Stats;
 
 use super::handler::Handled;
 use super::{Connection, End, Violation};
@@ -29,40 +28,10 @@ pub(super) const READ_CHUNK: usize = 8 * 1024;
 /// Read space an idle connection keeps: most connections are idle most of the time,
 /// and 10 000 of them must fit in a Pi's memory.
 pub(super) const IDLE_READ_CHUNK: usize = 512;
-/// Longest a publisher waits for a full subscriber queue to make progress.
-const BACKPRESSURE_WAIT: Duration = Duration::from_millis(5);
-/// Longest a publisher waits for a draining subscriber in all, per overflow.
-const BACKPRESSURE_LIMIT: Duration = Duration::from_millis(250);
 /// Answers gathered from one read before they are written.
 const REPLY_BATCH: usize = 256;
 /// Write buffers bigger than this are dropped when the connection goes idle.
 const IDLE_BUFFER_KEEP: usize = 16 * 1024;
-
-/// Backpressure for QoS 1/2: a publisher whose message filled a subscriber's queue
-/// past three quarters reads nothing more until that subscriber has drained half its
-/// queue, instead of reading on only for the broker to drop acknowledged messages.
-/// It waits at most `BACKPRESSURE_LIMIT`, in steps of `BACKPRESSURE_WAIT`. A
-/// subscriber that took nothing during the whole wait is marked stalled, and nobody
-/// waits for it again until it drains: a stuck or offline client costs one
-/// publisher one wait, once, and after that only its own copies are dropped.
-/// QoS 0 pauses a publisher only while the subscriber's socket takes what it is
-/// sent: the broker is behind, not the client (see `routing::push_to`).
-async fn wait_for_drain(subscriber: &SessionLink, stats: &Stats) {
-    stats.publisher_paused();
-    let until = Instant::now() + BACKPRESSURE_LIMIT;
-    let mut drained = false;
-    while !subscriber.mailbox.half_empty() && Instant::now() < until {
-        if tokio::time::timeout(BACKPRESSURE_WAIT, subscriber.mailbox.room())
-            .await
-            .is_ok()
-        {
-            drained = true;
-        }
-    }
-    if !drained {
-        subscriber.mailbox.mark_stalled();
-    }
-}
 
 /// How a batched write to the client ended.
 enum Written {
@@ -223,7 +192,7 @@ impl Connection {
                 }
             }
             if let Some(full) = self.congested.take() {
-                Box::pin(wait_for_drain(&full, &self.broker.stats)).await;
+                Box::pin(backpressure::wait_for_drain(&full, &self.broker.stats)).await;
             }
         }
     }
@@ -342,7 +311,9 @@ impl Connection {
         } else {
             Reservation::NONE
         };
-        self.session.mailbox.drain(now, outbound);
+        if let Some(over) = self.session.mailbox.drain(now, outbound) {
+            backpressure::caught_up(&self.broker.stats, &self.session, &over);
+        }
         if persistent {
             self.broker
                 .record_sent(&self.session, outbound, now, room)
@@ -400,7 +371,8 @@ fn outgoing_publish(packet_id: u16, dup: bool, message: Message, now: Instant) -
         dup,
         qos: message.qos,
         retain: message.retain,
-        topic: message.topic.to_string(),
+        // Not `to_string()`: that goes through the formatter.
+        topic: String::from(&*message.topic),
         packet_id,
         payload: message.payload,
         properties,

@@ -449,6 +449,7 @@ impl Connection {
     /// Detaches from the session and publishes the will if the connection ended
     /// without a normal DISCONNECT (or with "disconnect with will").
     pub(super) async fn finish(&mut self, end: End) {
+        crate::broker::backpressure::flush_drops(&self.broker.stats, &self.session);
         let (publish_will, expiry) = match end {
             End::Normal { with_will, expiry } => (with_will, expiry),
             End::Abnormal(_) => (true, None),

@@ -124,7 +124,7 @@ struct Connection {
     /// Topic aliases the client set (v5), bounded by topic_alias_maximum.
     aliases: HashMap<u16, String>,
     /// A subscriber that could not take this client's last message: handle nothing
-    /// more until it drains (see `wait_for_drain`).
+    /// more until it drains (see `backpressure::wait_for_drain`).
     congested: Option<Arc<SessionLink>>,
     /// Answers in the order their packets arrived; an acknowledgement of durable
     /// data waits for its commit before it (and everything after it) is sent.

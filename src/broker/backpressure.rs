@@ -1,0 +1,189 @@
+//! What happens when a subscriber's queue crowds: whether the publisher waits for it
+//! (backpressure, when the broker as a whole is behind) or the subscriber's own
+//! excess is dropped for it alone (it is slower than its publishers or its peers),
+//! and the counting and logging of those drops, once per burst. It decides from
+//! push outcomes and mailbox state only; routing, the wire and the store are not
+//! its business.
+//!
+//! The rule, in order:
+//! 1. A subscriber whose queue is past three quarters while another subscriber of the
+//!    same message still has room, and whose client is what holds it up (its socket
+//!    does not take what it is sent, or its in-flight window is full of messages it
+//!    has not acknowledged), is *behind*. Behind for [`LAG_AFTER`] without draining to
+//!    a quarter of its queue, it is *lagging*: it reads slower than a peer that keeps
+//!    up, so waiting for it would pace everyone to the slowest consumer. Until then
+//!    it is waited for (rule 3): a client that falls behind for a moment (a busy
+//!    machine, a garbage collection) loses nothing.
+//! 2. A subscriber for which a publisher waited a whole pause ([`PAUSE_LIMIT`]) and
+//!    that took nothing meanwhile is lagging too (stuck, or gone).
+//! 3. Otherwise the broker itself is behind (the subscriber's connection could send
+//!    but has not had the CPU yet): the publisher waits for the subscriber to drain
+//!    to half, at most [`PAUSE_LIMIT`] per pause. QoS 0 waits only while the
+//!    subscriber's socket takes what it is sent (else the client is behind).
+//!
+//! A subscriber slower than its publishers with no faster peer (the only one on its
+//! topics) is waited for, a pause at a time: it costs only the publishers of those
+//! topics, and no acknowledged message is dropped for it.
+//!
+//! Nobody waits for a lagging subscriber until it has drained to half; meanwhile
+//! what does not fit in its queue is dropped for it alone: counted in
+//! `$SYS/broker/messages/dropped`, in `moat denials` (kind `queue-full`, per
+//! identity and topic pattern) and logged when the burst starts and when it ends.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::protocol::QoS;
+
+use super::denials::DenialKind;
+use super::mailbox::{BurstOver, PushOutcome};
+use super::session::SessionLink;
+use super::stats::Stats;
+
+/// How long a subscriber may stay behind its peers before it is lagging (rule 1).
+pub const LAG_AFTER: Duration = Duration::from_millis(500);
+/// Longest a publisher waits for one subscriber per pause.
+pub const PAUSE_LIMIT: Duration = Duration::from_millis(250);
+/// How often a waiting publisher looks again (a drain also wakes it).
+const PAUSE_STEP: Duration = Duration::from_millis(5);
+
+/// The recipients of one message whose queues crowded, and whether any had room.
+#[derive(Default)]
+pub struct Crowding {
+    /// Crowded recipients a publisher could wait for (see [`may_wait_for`]).
+    crowded: Vec<Arc<SessionLink>>,
+    any_with_room: bool,
+}
+
+impl Crowding {
+    /// Notes what pushing one message to `session` did.
+    pub fn note(&mut self, session: &Arc<SessionLink>, qos: QoS, outcome: PushOutcome) {
+        match outcome {
+            PushOutcome::Queued => self.any_with_room = true,
+            PushOutcome::Crowded | PushOutcome::DroppedFull | PushOutcome::EvictedOldest => {
+                if may_wait_for(session, qos) {
+                    self.crowded.push(Arc::clone(session));
+                }
+            }
+            PushOutcome::DroppedOffline => {}
+        }
+    }
+
+    /// The subscriber the publisher should wait for, if any. Crowded recipients of a
+    /// message another recipient had room for, whose clients have held them up for
+    /// [`LAG_AFTER`], are marked lagging (rule 1).
+    pub fn verdict(self, stats: &Stats) -> Option<Arc<SessionLink>> {
+        let mut wait_for = None;
+        let now = Instant::now();
+        for session in self.crowded {
+            if self.any_with_room
+                && session.mailbox.client_behind()
+                && session.mailbox.behind_for(now, 2 * LAG_AFTER) >= LAG_AFTER
+            {
+                lagging(
+                    stats,
+                    &session,
+                    "slower than another subscriber of the same messages",
+                );
+            } else if wait_for.is_none() {
+                wait_for = Some(session);
+            }
+        }
+        wait_for
+    }
+}
+
+/// Whether a publisher may wait for `session`'s crowded queue. Not for a lagging
+/// client; for QoS 0 only while its socket takes what it is sent (the broker is
+/// behind, its task short of CPU next to the publishers').
+fn may_wait_for(session: &SessionLink, qos: QoS) -> bool {
+    (qos != QoS::AtMostOnce || !session.mailbox.writer_blocked())
+        && session.mailbox.worth_waiting_for()
+}
+
+fn lagging(stats: &Stats, session: &SessionLink, why: &'static str) {
+    if session.mailbox.mark_lagging() {
+        stats.subscriber_lagging();
+        tracing::info!(
+            client_id = %session.client_id,
+            identity = %session.owner,
+            why,
+            "subscriber is lagging: publishers no longer wait for it until it has drained half its queue"
+        );
+    }
+}
+
+/// Backpressure: the publisher handles nothing more until `subscriber` has drained
+/// half its queue, at most [`PAUSE_LIMIT`] (rule 3). A subscriber that took nothing
+/// during the whole pause is marked lagging (rule 2): it costs each publisher one
+/// pause.
+pub async fn wait_for_drain(subscriber: &SessionLink, stats: &Stats) {
+    stats.publisher_paused();
+    let until = Instant::now() + PAUSE_LIMIT;
+    let mut drained = false;
+    while !subscriber.mailbox.half_empty() && Instant::now() < until {
+        if tokio::time::timeout(PAUSE_STEP, subscriber.mailbox.room())
+            .await
+            .is_ok()
+        {
+            drained = true;
+        }
+    }
+    if !drained && !subscriber.mailbox.half_empty() {
+        lagging(stats, subscriber, "took nothing during a whole pause");
+    }
+}
+
+/// Counts a message dropped because `session`'s queue was full, and logs the first
+/// drop of a burst. The denial counts get the first drop at once and the rest from
+/// [`flush_drops`] (every second, and when the burst or the connection ends), so
+/// a burst costs one lock per drop, not a map update.
+pub fn dropped(stats: &Stats, session: &SessionLink) {
+    stats.dropped(1);
+    let drops = session.mailbox.dropped();
+    if drops.burst == 1 {
+        let (queued, bytes, inflight) = session.mailbox.depth();
+        tracing::warn!(
+            client_id = %session.client_id,
+            identity = %session.owner,
+            queued,
+            queued_bytes = bytes,
+            inflight,
+            dropped_before = drops.total - 1,
+            "queue full: dropping messages for a slow or offline client until it catches up (counted; logged again when it does)"
+        );
+        flush_drops(stats, session);
+    }
+}
+
+/// Adds the drops not yet in the denial counts to them (under the topic pattern of
+/// the latest one).
+pub fn flush_drops(stats: &Stats, session: &SessionLink) {
+    let unrecorded = session.mailbox.take_unrecorded_drops();
+    if unrecorded > 0 {
+        let topic = session.mailbox.dropped().topic;
+        stats.denials.record_n(
+            &session.owner,
+            DenialKind::QueueFull,
+            topic.as_deref().unwrap_or(""),
+            unrecorded,
+        );
+    }
+}
+
+/// The client drained its queue to half after a burst of drops.
+pub fn caught_up(stats: &Stats, session: &SessionLink, over: &BurstOver) {
+    let unrecorded = session.mailbox.take_unrecorded_drops();
+    stats.denials.record_n(
+        &session.owner,
+        DenialKind::QueueFull,
+        &over.topic,
+        unrecorded,
+    );
+    tracing::warn!(
+        client_id = %session.client_id,
+        identity = %session.owner,
+        dropped = over.dropped,
+        "queue drained: the client caught up after messages were dropped for it"
+    );
+}
