@@ -160,7 +160,7 @@ impl BridgeStatus {
             .as_ref()
             .map_or((0, 0, 0), |s| {
                 let (queued, _, in_flight) = s.mailbox.depth();
-                (queued, in_flight, s.mailbox.dropped())
+                (queued, in_flight, s.mailbox.dropped().total)
             });
         let c = self.current();
         BridgeReport {

@@ -672,7 +672,7 @@ mod tests {
         let (outcome, seq) = mb.push_journaled(msg(QoS::AtLeastOnce, b"c"), true);
         assert_eq!((outcome, seq), (PushOutcome::EvictedOldest, 3));
         assert_eq!(mb.take_evicted(), vec![1]);
-        assert_eq!(mb.dropped(), 1);
+        assert_eq!(mb.dropped().total, 1);
         mb.release_staged();
         mb.set_online(true, limits(2, 10));
         let mut out = Vec::new();
