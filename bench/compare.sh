@@ -425,6 +425,9 @@ order_for() { # round -> the brokers, rotated by round
 }
 
 STARTED=$(date +%s)
+# The commit measured: read now, not when the report is written (the checkout may
+# move during a long run).
+MOAT_COMMIT=$(cd "$(dirname "$0")" && git rev-parse --short HEAD 2>/dev/null || echo '?')
 echo "brokers: $BROKERS; mqttv5: $([ $HAVE_MQTTV5 = 1 ] && echo yes || echo no); perf: $HAVE_PERF; work $WORK" >&2
 for MODE in ${MODES//,/ }; do
   place_self "$MODE"
@@ -538,7 +541,7 @@ MACHINE="$CPUS CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed '
 PEER_VERSIONS="$( ("$MOSQUITTO" -h 2>&1 || true) | head -n1)"
 [ -x "$RUMQTTD" ] && PEER_VERSIONS="$PEER_VERSIONS; rumqttd $("$RUMQTTD" --version 2>/dev/null | awk '{print $NF}')"
 [ "$HAVE_MQTTV5" = 1 ] && PEER_VERSIONS="$PEER_VERSIONS; generator mqttv5-cli $("$MQTTV5" --version 2>/dev/null | awk '{print $NF}')"
-HEADER="Measured $(date -u +%Y-%m-%dT%H:%MZ) on $MACHINE; moat $("$MOAT" --version | cut -d' ' -f2) ($(cd "$(dirname "$0")" && git rev-parse --short HEAD 2>/dev/null || echo '?')); $PEER_VERSIONS; load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)."
+HEADER="Measured $(date -u +%Y-%m-%dT%H:%MZ) on $MACHINE; moat $("$MOAT" --version | cut -d' ' -f2) ($MOAT_COMMIT); $PEER_VERSIONS; load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)."
 printf '%s\n\n%s\n' "$HEADER" "$REPORT"
 if [ -n "$OUT" ]; then
   printf '%s\n\n%s\n' "$HEADER" "$REPORT" > "$OUT"
