@@ -1,0 +1,154 @@
+//! Unit tests of the mailbox: caps, ordering, staging, eviction and drops.
+
+use super::*;
+
+fn msg(qos: QoS, payload: &'static [u8]) -> Message {
+    Message::new("t", Bytes::from_static(payload), qos, false)
+}
+
+fn limits(max_messages: usize, max_inflight: u16) -> QueueLimits {
+    QueueLimits {
+        max_messages,
+        max_bytes: 1 << 20,
+        max_inflight,
+    }
+}
+
+#[test]
+fn caps_drop_and_count() {
+    let mb = Mailbox::new(limits(4, 10));
+    mb.set_online(true, limits(4, 10));
+    for payload in [b"a", b"b", b"c"] {
+        assert_eq!(mb.push(msg(QoS::AtLeastOnce, payload)), PushOutcome::Queued);
+    }
+    // The fourth fills it past three quarters: queued, with a warning.
+    assert_eq!(mb.push(msg(QoS::AtLeastOnce, b"d")), PushOutcome::Crowded);
+    assert_eq!(
+        mb.push(msg(QoS::AtLeastOnce, b"e")),
+        PushOutcome::DroppedFull
+    );
+    assert_eq!((mb.dropped().total, mb.dropped().burst), (1, 1));
+}
+
+#[test]
+fn a_lagging_client_is_not_waited_for_until_it_drains_to_half_and_its_burst_ends() {
+    let mb = Mailbox::new(limits(8, 100));
+    mb.set_online(true, limits(8, 100));
+    for _ in 0..8 {
+        mb.push(msg(QoS::AtLeastOnce, b"x"));
+    }
+    assert!(mb.worth_waiting_for());
+    assert!(mb.mark_lagging());
+    assert!(!mb.mark_lagging(), "already lagging");
+    assert!(!mb.worth_waiting_for());
+    for _ in 0..3 {
+        assert_eq!(
+            mb.push(msg(QoS::AtLeastOnce, b"x")),
+            PushOutcome::DroppedFull
+        );
+    }
+    assert_eq!((mb.dropped().total, mb.dropped().burst), (3, 3));
+    assert_eq!(mb.take_unrecorded_drops(), 3);
+    assert_eq!(mb.take_unrecorded_drops(), 0);
+    // Taking some (here: completing nothing, so the window stays at 8) is not
+    // enough while the queue stays more than half full.
+    let mb_small = Mailbox::new(limits(8, 2));
+    mb_small.set_online(true, limits(8, 2));
+    for _ in 0..9 {
+        mb_small.push(msg(QoS::AtLeastOnce, b"x"));
+    }
+    mb_small.mark_lagging();
+    let mut out = Vec::new();
+    assert_eq!(mb_small.drain(Instant::now(), &mut out), None);
+    assert_eq!(out.len(), 2);
+    assert!(!mb_small.worth_waiting_for(), "6 of 8 queued: still behind");
+    assert!(
+        mb_small.client_behind(),
+        "its window is full of unacknowledged"
+    );
+    assert!(
+        !mb.client_behind(),
+        "nothing in flight, the socket takes writes"
+    );
+    // Draining to half ends the burst (reported once) and the lag.
+    let mut out = Vec::new();
+    let over = mb.drain(Instant::now(), &mut out).expect("the burst ends");
+    assert_eq!(over.dropped, 3);
+    assert_eq!(&*over.topic, "t");
+    assert_eq!(out.len(), 8);
+    assert!(mb.worth_waiting_for());
+    assert_eq!((mb.dropped().total, mb.dropped().burst), (3, 0));
+    assert_eq!(mb.drain(Instant::now(), &mut Vec::new()), None);
+}
+
+#[test]
+fn window_limits_inflight_and_resends_after_reconnect() {
+    let mb = Mailbox::new(limits(10, 2));
+    mb.set_online(true, limits(10, 2));
+    for _ in 0..3 {
+        mb.push(msg(QoS::AtLeastOnce, b"x"));
+    }
+    let mut out = Vec::new();
+    mb.drain(Instant::now(), &mut out);
+    assert_eq!(out.len(), 2);
+    mb.set_online(false, limits(10, 2));
+    mb.set_online(true, limits(10, 2));
+    let mut again = Vec::new();
+    mb.drain(Instant::now(), &mut again);
+    assert!(matches!(
+        again[0],
+        Outbound::Publish {
+            dup: true,
+            packet_id: 1,
+            ..
+        }
+    ));
+    assert_eq!(again.len(), 2);
+    assert!(mb.complete(1).is_some());
+    let mut third = Vec::new();
+    mb.drain(Instant::now(), &mut third);
+    assert!(matches!(
+        third[0],
+        Outbound::Publish {
+            dup: false,
+            packet_id: 3,
+            ..
+        }
+    ));
+}
+
+#[test]
+fn keep_newest_evicts_the_oldest_and_reports_its_position() {
+    let mb = Mailbox::new(limits(2, 10));
+    mb.keep_newest();
+    for payload in [b"a", b"b"] {
+        mb.push_journaled(msg(QoS::AtLeastOnce, payload), true);
+        mb.release_staged();
+    }
+    let (outcome, seq) = mb.push_journaled(msg(QoS::AtLeastOnce, b"c"), true);
+    assert_eq!((outcome, seq), (PushOutcome::EvictedOldest, 3));
+    assert_eq!(mb.take_evicted(), vec![1]);
+    assert_eq!(mb.dropped().total, 1);
+    mb.release_staged();
+    mb.set_online(true, limits(2, 10));
+    let mut out = Vec::new();
+    mb.drain(Instant::now(), &mut out);
+    let payloads: Vec<&[u8]> = out
+        .iter()
+        .map(|o| match o {
+            Outbound::Publish { message, .. } => &message.payload[..],
+            Outbound::PubRel { .. } => &[],
+        })
+        .collect();
+    assert_eq!(payloads, [b"b", b"c"]);
+}
+
+#[test]
+fn offline_qos0_is_not_kept() {
+    let mb = Mailbox::new(limits(10, 2));
+    assert_eq!(
+        mb.push(msg(QoS::AtMostOnce, b"x")),
+        PushOutcome::DroppedOffline
+    );
+    assert_eq!(mb.push(msg(QoS::AtLeastOnce, b"x")), PushOutcome::Queued);
+}
