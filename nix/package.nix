@@ -1,4 +1,6 @@
-# The moat binary. Tests: only the library's unit tests run here (`cargo test --lib`);
+# The moat binary (the workspace's root package, its default member: the load
+# generator `moat-bench` is another package and stays out of the image). Tests: only
+# the library's unit tests run here (`cargo test --lib`);
 # the end-to-end tests in tests/ need mosquitto, openssl, nft and network namespaces,
 # which the Nix build sandbox does not have. When cross-compiling, nixpkgs skips the
 # check phase on its own (the build platform cannot run the binaries).
@@ -11,7 +13,7 @@ let
 in
 rustPlatform.buildRustPackage {
   pname = "moat";
-  inherit (cargoToml.package) version;
+  inherit (cargoToml.workspace.package) version;
 
   src = lib.fileset.toSource {
     root = ../.;
@@ -19,6 +21,7 @@ rustPlatform.buildRustPackage {
       ../Cargo.toml
       ../Cargo.lock
       ../src
+      ../crates
       (lib.fileset.maybeMissing ../tests)
       (lib.fileset.maybeMissing ../examples)
       (lib.fileset.maybeMissing ../benches)

@@ -1,12 +1,12 @@
 //! Access control lists: an identity's publish and subscribe grants, each a topic
 //! filter that may hold `%u` (the identity name) or `%c` (the client id) as a whole
 //! level, with the human-readable source of the rule. Deny by default; `#` and `+`
-//! never match `$`-topics (the matching rules live in `crate::protocol::topic`).
+//! never match `$`-topics (the matching rules live in `moat_protocol::topic`).
 //! This module decides; it does not log, count or know about sessions.
 
 use std::borrow::Cow;
 
-use crate::protocol::topic::{
+use moat_protocol::topic::{
     covers, matches, parse_shared, validate_topic_filter, validate_topic_name,
 };
 

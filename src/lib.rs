@@ -26,7 +26,6 @@ pub mod metrics;
 pub mod net;
 pub mod pki;
 pub mod policy;
-pub mod protocol;
 pub mod provision;
 pub mod server;
 pub mod store;

@@ -5,8 +5,7 @@
 
 use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
-use moat::protocol::{Codec, Packet, ProtocolVersion, Role};
-use tokio_util::codec::{Decoder, Encoder};
+use moat_protocol::{Codec, Packet, ProtocolVersion, Role};
 
 const MAX_PACKET_SIZE: u32 = 64 * 1024;
 

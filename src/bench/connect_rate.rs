@@ -81,7 +81,7 @@ pub async fn run(args: &ConnectRateArgs) -> Result<Report, BenchError> {
     let first_error = tally.first_error.lock().ok().and_then(|e| e.clone());
     Ok(Report {
         scenario: "connect-rate",
-        target: target.addr.to_string(),
+        target: target.addr().to_string(),
         tls: target.is_tls(),
         protocol: target.protocol.level(),
         result: Measured::ConnectRate(ConnectRateResult {

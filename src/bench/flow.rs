@@ -15,14 +15,16 @@ use bytes::Bytes;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
-use super::client::{Client, ClientReader, ClientWriter, Target, packet_name, payload_stamp};
+use super::client::{Target, payload_stamp, queue_stamped, subscribe};
 use super::histogram::Samples;
 use super::options::{FanInArgs, FanOutArgs, FlowArgs};
 use super::report::{FlowResult, Measured, Report, SlowSubscriber, Wire};
 use super::system::cpu_secs;
-use super::wire::{WireCount, WireSnapshot};
 use super::{BenchError, joined, run_tag};
-use crate::protocol::{Ack, Packet, Properties, Publish, QoS, ReasonCode};
+use moat_client::{
+    ClientError, Connection, PacketReader, PacketWriter, WireCount, WireSnapshot, packet_name,
+};
+use moat_protocol::{Ack, Packet, Properties, Publish, QoS, ReasonCode};
 
 /// How long a QoS 1/2 publisher waits for the next acknowledgement.
 const ACK_TIMEOUT: Duration = Duration::from_secs(10);
@@ -158,7 +160,7 @@ async fn run_flow(
     .await?;
     let mut subscribed = Vec::with_capacity(subs.len());
     for mut sub in subs {
-        sub.subscribe(&filter, flow.qos).await?;
+        subscribe(&mut sub, &filter, flow.qos).await?;
         subscribed.push(sub);
     }
     // The slow subscriber: same topics, not in the wire counts, its own counter.
@@ -166,7 +168,7 @@ async fn run_flow(
     if let Some(rate) = flow.slow_subscriber {
         let mut slow = connect_all(&sub_target, &format!("bz-{tag}"), 1, subscribers).await?;
         if let Some(mut client) = slow.pop() {
-            client.subscribe(&filter, flow.qos).await?;
+            subscribe(&mut client, &filter, flow.qos).await?;
             slow_sub = Some((client, rate));
         }
     }
@@ -283,7 +285,7 @@ async fn run_flow(
     let dropped = samples.dropped();
     Ok(Report {
         scenario,
-        target: target.addr.to_string(),
+        target: target.addr().to_string(),
         tls: target.is_tls(),
         protocol: target.protocol.level(),
         result: Measured::Flow(FlowResult {
@@ -357,7 +359,7 @@ pub(super) async fn connect_all(
     prefix: &str,
     count: usize,
     index_offset: usize,
-) -> Result<Vec<Client>, BenchError> {
+) -> Result<Vec<Connection>, BenchError> {
     let gate = Arc::new(Semaphore::new(SETUP_PARALLEL));
     let mut tasks = JoinSet::new();
     for i in 0..count {
@@ -372,7 +374,7 @@ pub(super) async fn connect_all(
             target.connect(&id, index_offset + i).await.map(|c| (i, c))
         });
     }
-    let mut clients: Vec<(usize, Client)> = Vec::with_capacity(count);
+    let mut clients: Vec<(usize, Connection)> = Vec::with_capacity(count);
     while let Some(outcome) = tasks.join_next().await {
         clients.push(joined(outcome)?);
     }
@@ -396,8 +398,8 @@ impl Receiver {
     /// the latency samples (none without a clock).
     async fn run(
         self,
-        mut reader: ClientReader,
-        mut writer: ClientWriter,
+        mut reader: PacketReader,
+        mut writer: PacketWriter,
     ) -> Result<Samples, BenchError> {
         let mut samples = Samples::with_capacity(self.samples);
         // The pace counts from the first message, not from setup.
@@ -413,7 +415,7 @@ impl Receiver {
                 return if self.stop.load(Ordering::Relaxed) {
                     Ok(samples)
                 } else {
-                    Err(BenchError::Closed)
+                    Err(ClientError::Closed.into())
                 };
             };
             let mut publishes = 0u64;
@@ -501,7 +503,7 @@ impl Pace {
 }
 
 impl PublishJob {
-    async fn run(self, client: Client) -> Result<(), BenchError> {
+    async fn run(self, client: Connection) -> Result<(), BenchError> {
         let outcome = match self.template.qos {
             QoS::AtMostOnce => self.at_most_once(client).await,
             _ => self.acknowledged(client).await,
@@ -511,7 +513,7 @@ impl PublishJob {
     }
 
     /// QoS 0: batches of PUBLISH as fast as the socket takes them.
-    async fn at_most_once(&self, client: Client) -> Result<(), BenchError> {
+    async fn at_most_once(&self, client: Connection) -> Result<(), BenchError> {
         let (_reader, mut writer) = client.split();
         let packet = Packet::Publish(self.template.clone());
         let size = self.template.payload.len() + self.template.topic.len() + 8;
@@ -529,9 +531,12 @@ impl PublishJob {
             }
             for _ in 0..n {
                 match &self.clock {
-                    Some(clock) => {
-                        writer.queue_stamped(&packet, self.template.payload.len(), clock.now())?
-                    }
+                    Some(clock) => queue_stamped(
+                        &mut writer,
+                        &packet,
+                        self.template.payload.len(),
+                        clock.now(),
+                    )?,
                     None => writer.queue(&packet)?,
                 }
             }
@@ -545,8 +550,8 @@ impl PublishJob {
 
     /// QoS 1/2: keeps `window` messages unacknowledged; stops sending when told and
     /// then waits for the acknowledgements still owed.
-    async fn acknowledged(&self, client: Client) -> Result<(), BenchError> {
-        let window = self.window.min(client.receive_maximum).max(1);
+    async fn acknowledged(&self, client: Connection) -> Result<(), BenchError> {
+        let window = self.window.min(client.receive_maximum()).max(1);
         let (mut reader, mut writer) = client.split();
         let qos = self.template.qos;
         let mut in_flight = vec![false; usize::from(u16::MAX) + 1];
@@ -571,7 +576,7 @@ impl PublishJob {
                 let packet = Packet::Publish(publish.clone());
                 match &self.clock {
                     Some(clock) => {
-                        writer.queue_stamped(&packet, publish.payload.len(), clock.now())?
+                        queue_stamped(&mut writer, &packet, publish.payload.len(), clock.now())?
                     }
                     None => writer.queue(&packet)?,
                 }
@@ -596,9 +601,9 @@ impl PublishJob {
             }
             let first = tokio::time::timeout(ACK_TIMEOUT, reader.recv())
                 .await
-                .map_err(|_| BenchError::Timeout("acknowledgements"))??;
+                .map_err(|_| ClientError::Timeout("acknowledgements"))??;
             let Some(mut packet) = first else {
-                return Err(BenchError::Closed);
+                return Err(ClientError::Closed.into());
             };
             let mut acked = 0u64;
             loop {
@@ -606,13 +611,14 @@ impl PublishJob {
                     (Packet::PubAck(ack), QoS::AtLeastOnce)
                     | (Packet::PubComp(ack), QoS::ExactlyOnce) => {
                         if ack.reason.is_error() {
-                            return Err(BenchError::Refused(ack.reason));
+                            return Err(ClientError::Rejected(ack.reason).into());
                         }
                         let slot = &mut in_flight[usize::from(ack.packet_id)];
                         if !*slot {
-                            return Err(BenchError::Unexpected(
+                            return Err(ClientError::Unexpected(
                                 "acknowledgement of an unknown packet id",
-                            ));
+                            )
+                            .into());
                         }
                         *slot = false;
                         open -= 1;
@@ -620,16 +626,18 @@ impl PublishJob {
                     }
                     (Packet::PubRec(ack), QoS::ExactlyOnce) => {
                         if ack.reason.is_error() {
-                            return Err(BenchError::Refused(ack.reason));
+                            return Err(ClientError::Rejected(ack.reason).into());
                         }
                         writer.queue(&Packet::PubRel(Ack::new(
                             ack.packet_id,
                             ReasonCode::Success,
                         )))?;
                     }
-                    (Packet::Disconnect(d), _) => return Err(BenchError::Disconnected(d.reason)),
+                    (Packet::Disconnect(d), _) => {
+                        return Err(ClientError::Disconnected(d.reason).into());
+                    }
                     (Packet::PingResp, _) => {}
-                    (other, _) => return Err(BenchError::Unexpected(packet_name(other))),
+                    (other, _) => return Err(ClientError::Unexpected(packet_name(other)).into()),
                 }
                 match reader.try_recv()? {
                     Some(next) => packet = next,

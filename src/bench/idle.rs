@@ -79,7 +79,7 @@ pub async fn run(args: &IdleArgs) -> Result<Report, BenchError> {
     };
     Ok(Report {
         scenario: "idle",
-        target: target.addr.to_string(),
+        target: target.addr().to_string(),
         tls: target.is_tls(),
         protocol: target.protocol.level(),
         result: Measured::Idle(IdleResult {

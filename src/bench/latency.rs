@@ -9,13 +9,14 @@ use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use super::client::{ClientReader, ClientWriter, Target, packet_name, payload_stamp};
+use super::client::{Target, payload_stamp, subscribe};
 use super::flow::connect_all;
 use super::histogram::Samples;
 use super::options::LatencyArgs;
 use super::report::{LatencyResult, Measured, Report};
 use super::{BenchError, joined, run_tag};
-use crate::protocol::{Ack, Packet, Properties, Publish, QoS, ReasonCode};
+use moat_client::{ClientError, Connection, PacketReader, PacketWriter, packet_name};
+use moat_protocol::{Ack, Packet, Properties, Publish, QoS, ReasonCode};
 
 const ACK_TIMEOUT: Duration = Duration::from_secs(10);
 const POLL: Duration = Duration::from_millis(50);
@@ -35,7 +36,7 @@ pub async fn run(args: &LatencyArgs) -> Result<Report, BenchError> {
     let (Some(mut subscriber), Some(publisher)) = (subscriber.pop(), publisher.pop()) else {
         return Err(BenchError::Task("no client".into()));
     };
-    subscriber.subscribe(&topic, args.qos).await?;
+    subscribe(&mut subscriber, &topic, args.qos).await?;
 
     let base = Instant::now();
     let window_start = base + args.warmup;
@@ -54,7 +55,7 @@ pub async fn run(args: &LatencyArgs) -> Result<Report, BenchError> {
         Arc::clone(&stop),
     ));
 
-    let window = MAX_IN_FLIGHT.min(publisher.receive_maximum).max(1);
+    let window = MAX_IN_FLIGHT.min(publisher.receive_maximum()).max(1);
     let send = Sender {
         qos: args.qos,
         topic,
@@ -70,7 +71,7 @@ pub async fn run(args: &LatencyArgs) -> Result<Report, BenchError> {
     let (samples, received) = joined(sub_task.await)?;
     Ok(Report {
         scenario: "latency",
-        target: target.addr.to_string(),
+        target: target.addr().to_string(),
         tls: target.is_tls(),
         protocol: target.protocol.level(),
         result: Measured::Latency(LatencyResult {
@@ -99,7 +100,7 @@ impl Sender {
     /// sent and the number sent inside the window.
     async fn run(
         &self,
-        client: super::client::Client,
+        client: Connection,
         window_start: Instant,
         end: Instant,
     ) -> Result<(u64, u64), BenchError> {
@@ -120,7 +121,7 @@ impl Sender {
                     } else {
                         next_id = if next_id == u16::MAX { 1 } else { next_id + 1 };
                         if in_flight[usize::from(next_id)] {
-                            return Err(BenchError::Unexpected("packet id still in flight"));
+                            return Err(ClientError::Unexpected("packet id still in flight").into());
                         }
                         in_flight[usize::from(next_id)] = true;
                         open += 1;
@@ -149,7 +150,7 @@ impl Sender {
                     due += self.period;
                 }
                 packet = reader.recv() => {
-                    let packet = packet?.ok_or(BenchError::Closed)?;
+                    let packet = packet?.ok_or(ClientError::Closed)?;
                     self.on_ack(packet, &mut in_flight, &mut open, &mut writer)?;
                     while let Some(packet) = reader.try_recv()? {
                         self.on_ack(packet, &mut in_flight, &mut open, &mut writer)?;
@@ -161,8 +162,8 @@ impl Sender {
         while open > 0 {
             let packet = tokio::time::timeout(ACK_TIMEOUT, reader.recv())
                 .await
-                .map_err(|_| BenchError::Timeout("acknowledgements"))??
-                .ok_or(BenchError::Closed)?;
+                .map_err(|_| ClientError::Timeout("acknowledgements"))??
+                .ok_or(ClientError::Closed)?;
             self.on_ack(packet, &mut in_flight, &mut open, &mut writer)?;
             writer.flush().await?;
         }
@@ -174,38 +175,37 @@ impl Sender {
         packet: Packet,
         in_flight: &mut [bool],
         open: &mut u16,
-        writer: &mut ClientWriter,
+        writer: &mut PacketWriter,
     ) -> Result<(), BenchError> {
         match (packet, self.qos) {
             (Packet::PubAck(ack), QoS::AtLeastOnce) | (Packet::PubComp(ack), QoS::ExactlyOnce) => {
                 let slot = &mut in_flight[usize::from(ack.packet_id)];
                 if ack.reason.is_error() {
-                    return Err(BenchError::Refused(ack.reason));
+                    return Err(ClientError::Rejected(ack.reason).into());
                 }
                 if !*slot {
-                    return Err(BenchError::Unexpected(
-                        "acknowledgement of an unknown packet id",
-                    ));
+                    return Err(
+                        ClientError::Unexpected("acknowledgement of an unknown packet id").into(),
+                    );
                 }
                 *slot = false;
                 *open -= 1;
                 Ok(())
             }
-            (Packet::PubRec(ack), QoS::ExactlyOnce) => writer.queue(&Packet::PubRel(Ack::new(
-                ack.packet_id,
-                ReasonCode::Success,
-            ))),
-            (Packet::Disconnect(d), _) => Err(BenchError::Disconnected(d.reason)),
+            (Packet::PubRec(ack), QoS::ExactlyOnce) => Ok(writer.queue(&Packet::PubRel(
+                Ack::new(ack.packet_id, ReasonCode::Success),
+            ))?),
+            (Packet::Disconnect(d), _) => Err(ClientError::Disconnected(d.reason).into()),
             (Packet::PingResp, _) => Ok(()),
-            (other, _) => Err(BenchError::Unexpected(packet_name(&other))),
+            (other, _) => Err(ClientError::Unexpected(packet_name(&other)).into()),
         }
     }
 }
 
 /// The subscriber: records the latency of every message sent inside the window.
 async fn measure(
-    mut reader: ClientReader,
-    mut writer: ClientWriter,
+    mut reader: PacketReader,
+    mut writer: PacketWriter,
     base: Instant,
     window_from: Duration,
     window_len: Duration,
@@ -223,7 +223,7 @@ async fn measure(
             Ok(packet) => packet?,
         };
         let Some(packet) = packet else {
-            return Err(BenchError::Closed);
+            return Err(ClientError::Closed.into());
         };
         let now = Instant::now().duration_since(base).as_nanos() as u64;
         if let Some(p) = writer.answer(packet)? {

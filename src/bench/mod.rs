@@ -14,11 +14,11 @@ mod latency;
 pub mod options;
 pub mod report;
 pub mod system;
-pub mod wire;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::protocol::{DecodeError, EncodeError, ReasonCode};
+use moat_client::ClientError;
+use moat_protocol::ReasonCode;
 
 pub use options::{BenchCli, Scenario, parse};
 pub use report::Report;
@@ -27,24 +27,10 @@ pub use report::Report;
 pub enum BenchError {
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
-    #[error("TLS: {0}")]
-    Tls(String),
-    #[error("bad packet from the broker: {0}")]
-    Decode(#[from] DecodeError),
-    #[error("encoding a packet: {0}")]
-    Encode(#[from] EncodeError),
-    #[error("the broker refused: {0:?}")]
-    Refused(ReasonCode),
+    #[error(transparent)]
+    Client(#[from] ClientError),
     #[error("the broker granted a lower QoS than asked: {0:?}")]
     Downgraded(ReasonCode),
-    #[error("the broker sent an unexpected {0}")]
-    Unexpected(&'static str),
-    #[error("the broker closed the connection")]
-    Closed,
-    #[error("the broker disconnected us: {0:?}")]
-    Disconnected(ReasonCode),
-    #[error("timed out waiting for {0}")]
-    Timeout(&'static str),
     #[error("broker memory: {0}")]
     Memory(String),
     #[error("CPU time: {0}")]

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::protocol::{ProtocolVersion, QoS};
+use moat_protocol::{ProtocolVersion, QoS};
 
 /// Longest measured window a run may ask for: subscribers send nothing while they
 /// receive, so a run must end well within 1.5 x the 300 s keep-alive we announce.

@@ -14,9 +14,8 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
-use tokio_util::codec::{Decoder, Encoder};
 
-use crate::protocol::{
+use moat_protocol::{
     Codec, ConnAck, Connect, Packet, Properties, ProtocolVersion, ReasonCode, Role,
 };
 

@@ -26,7 +26,7 @@ use tokio::task::JoinHandle;
 
 use crate::broker::Broker;
 use crate::broker::session::Kick;
-use crate::protocol::ReasonCode;
+use moat_protocol::ReasonCode;
 
 /// How long a reload waits for a changed or removed bridge to close.
 const RELOAD_STOP_LIMIT: Duration = Duration::from_secs(3);

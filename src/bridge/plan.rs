@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use crate::manifest::Manifest;
 use crate::manifest::bridge::{BridgeSpec, Direction};
-use crate::protocol::topic;
+use moat_protocol::topic;
 
 /// Default remote port with TLS (and without, to loopback).
 pub const DEFAULT_TLS_PORT: u16 = 8883;

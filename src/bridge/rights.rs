@@ -5,7 +5,7 @@
 //! them, and no mapping may name one).
 
 use crate::broker::Permissions;
-use crate::protocol::topic;
+use moat_protocol::topic;
 
 use super::plan::BridgePlan;
 

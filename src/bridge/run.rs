@@ -18,7 +18,7 @@ use crate::broker::journal::{self, Reservation};
 use crate::broker::mailbox::{Message, Outbound, QueueLimits};
 use crate::broker::session::{Kick, SessionLink};
 use crate::broker::{AttachRequest, Broker, Incoming, Permissions, may_publish_message};
-use crate::protocol::{
+use moat_protocol::{
     Ack, Disconnect, Packet, Properties, Publish, QoS, ReasonCode, RetainHandling, Subscribe,
     SubscribeFilter, SubscriptionOptions,
 };

@@ -16,7 +16,7 @@ use crate::broker::journal::Reservation;
 use crate::broker::mailbox::Message;
 use crate::broker::session::SessionLink;
 use crate::broker::{Broker, Incoming};
-use crate::protocol::QoS;
+use moat_protocol::QoS;
 
 /// The file's name in the state directory.
 pub const BRIDGES_FILE: &str = "bridges.json";

@@ -33,7 +33,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::protocol::QoS;
+use moat_protocol::QoS;
 
 use super::denials::DenialKind;
 use super::mailbox::{BurstOver, PushOutcome};

@@ -108,7 +108,7 @@ pub struct Denials {
 /// keep the ecosystem and the device or service (`frigate/front_door/#`,
 /// `tele/plug-1/#`) without one key per entity.
 pub fn pattern_of(topic: &str) -> String {
-    let inner = crate::protocol::topic::parse_shared(topic)
+    let inner = moat_protocol::topic::parse_shared(topic)
         .ok()
         .flatten()
         .map_or(topic, |(_, inner)| inner);

@@ -8,7 +8,7 @@
 
 use std::time::Instant;
 
-use crate::protocol::QoS;
+use moat_protocol::QoS;
 
 use super::Broker;
 use super::journal::{self, Batch, Durable, Reservation};

@@ -14,12 +14,12 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use crate::protocol::properties::{from_blob, to_blob};
-use crate::protocol::{Properties, QoS, ReasonCode, RetainHandling, SubscriptionOptions};
 use crate::store::{
     Commit, InflightOut, Op, QueuedMessage, Slot, Store, StoreError, StoredInflightIn,
     StoredInflightOut, StoredMessage, StoredRetained, StoredSession, StoredSubscription,
 };
+use moat_protocol::{Properties, QoS, ReasonCode, RetainHandling, SubscriptionOptions};
+use moat_protocol::{properties_from_blob, properties_to_blob};
 
 use super::mailbox::{InFlight, Message};
 use super::session::SessionLink;
@@ -326,7 +326,7 @@ pub fn acknowledged(session: &SessionLink, packet_id: u16, entry: &InFlight) -> 
 
 /// A broker message as a stored record; `$SYS` never gets here.
 pub fn stored_message(message: &Message, now: Instant) -> StoredMessage {
-    let properties = to_blob(&message.properties).unwrap_or_else(|e| {
+    let properties = properties_to_blob(&message.properties).unwrap_or_else(|e| {
         // Properties came through our own decoder, so they always encode.
         tracing::warn!(error = %e, "message properties not stored");
         Vec::new()
@@ -349,7 +349,7 @@ pub fn restored_message(stored: StoredMessage, seq: u64, now: Instant) -> Messag
     let properties = if stored.properties.is_empty() {
         Properties::default()
     } else {
-        from_blob(&stored.properties).unwrap_or_else(|e| {
+        properties_from_blob(&stored.properties).unwrap_or_else(|e| {
             tracing::warn!(error = %e, topic = %stored.topic, "stored properties unreadable; dropped");
             Properties::default()
         })

@@ -12,7 +12,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use tokio::sync::Notify;
 
-use crate::protocol::{Properties, QoS};
+use moat_protocol::{Properties, QoS};
 
 /// One message on its way to one subscriber. Topic, payload and properties are
 /// shared between every subscriber of a message: one copy per message, not per queue.

@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 
-use crate::protocol::ReasonCode;
+use moat_protocol::ReasonCode;
 
 use journal::Journal;
 pub use permissions::{

@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use crate::protocol::{Connect, ReasonCode};
+use moat_protocol::{Connect, ReasonCode};
 
 /// Rights of one authenticated identity. Implemented by the policy layer; swapped
 /// on reload.

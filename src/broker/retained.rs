@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::protocol::topic;
+use moat_protocol::topic;
 
 use super::mailbox::Message;
 
@@ -124,8 +124,8 @@ impl RetainedStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::QoS;
     use bytes::Bytes;
+    use moat_protocol::QoS;
 
     fn retained(topic: &str, publisher: &str, payload: &'static [u8]) -> Retained {
         Retained {

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::protocol::{QoS, ReasonCode, RetainHandling, SubscriptionOptions, topic};
+use moat_protocol::{QoS, ReasonCode, RetainHandling, SubscriptionOptions, topic};
 
 use super::backpressure;
 use super::denials::DenialKind;

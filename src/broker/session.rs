@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use tokio::sync::Notify;
 
-use crate::protocol::ReasonCode;
+use moat_protocol::ReasonCode;
 
 use super::mailbox::Mailbox;
 use super::permissions::Permissions;

@@ -9,8 +9,8 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::protocol::ReasonCode;
 use crate::store::{Snapshot, StoredInflightIn};
+use moat_protocol::ReasonCode;
 
 use super::journal::{self, Batch, Durable, Reservation, restored_message};
 use super::mailbox::{InFlight, Mailbox, Message, QueueLimits};

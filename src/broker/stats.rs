@@ -5,7 +5,7 @@
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 
-use crate::protocol::QoS;
+use moat_protocol::QoS;
 
 use super::denials::Denials;
 

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::protocol::SubscriptionOptions;
+use moat_protocol::SubscriptionOptions;
 
 use super::session::SessionLink;
 
@@ -254,7 +254,7 @@ mod tests {
     use super::*;
     use crate::broker::mailbox::{Mailbox, QueueLimits};
     use crate::broker::permissions::Permissions;
-    use crate::protocol::{QoS, RetainHandling, topic};
+    use moat_protocol::{QoS, RetainHandling, topic};
 
     struct NoRights;
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use crate::protocol::QoS;
+use moat_protocol::QoS;
 
 use super::journal::Reservation;
 use super::mailbox::Message;

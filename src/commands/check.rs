@@ -10,7 +10,7 @@ use crate::acl::{Decision, Grant};
 use crate::cli::{CheckArgs, GlobalArgs};
 use crate::manifest::{ManifestError, load};
 use crate::policy::{Identity, Policy};
-use crate::protocol::topic::{validate_topic_filter, validate_topic_name};
+use moat_protocol::topic::{validate_topic_filter, validate_topic_name};
 
 pub fn run(global: &GlobalArgs, args: &CheckArgs) -> anyhow::Result<u8> {
     let path = &global.manifest;

@@ -12,25 +12,24 @@
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::BytesMut;
+use moat_client::{
+    ClientCertificate, ClientError, ConnectOptions, Connection, Endpoint, Roots, TlsConfig,
+    TlsOptions,
+};
+use moat_protocol::{
+    Packet, Properties, Publish, QoS, RetainHandling, Subscribe, SubscribeFilter,
+    SubscriptionOptions,
+};
+use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::time::Instant;
-use tokio_util::codec::{Decoder, Encoder};
 
 use super::Finding;
 use super::grants::{READ_ALL_ROLES, matches_everything};
 use crate::pki;
 use crate::policy::Policy;
-use crate::protocol::{
-    Codec, Connect, Packet, Properties, ProtocolVersion, Publish, QoS, RetainHandling, Role,
-    Subscribe, SubscribeFilter, SubscriptionOptions,
-};
 
 const CHECK: &str = "probe";
 const CLIENT_ID: &str = "moat-doctor-probe";
@@ -38,32 +37,6 @@ const CLIENT_ID: &str = "moat-doctor-probe";
 const PROBE_DEADLINE: Duration = Duration::from_secs(10);
 /// How long to watch for deliveries after subscribing.
 const WATCH: Duration = Duration::from_millis(1500);
-/// Largest packet the probe accepts from the broker.
-const MAX_INCOMING: u32 = 1024 * 1024;
-
-#[derive(Debug, thiserror::Error)]
-pub enum ProbeError {
-    #[error("cannot connect to {addr}: {source}")]
-    Connect {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
-    #[error("TLS with {addr} failed: {source}")]
-    Tls {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
-    #[error("TLS configuration: {0}")]
-    Config(String),
-    #[error("timed out after {0:?}")]
-    Timeout(Duration),
-    #[error("connection error: {0}")]
-    Io(#[from] std::io::Error),
-    #[error("the broker sent a packet the codec refused: {0}")]
-    Decode(String),
-    #[error("cannot encode: {0}")]
-    Encode(String),
-}
 
 /// Where to probe: `--probe HOST:PORT`, or the manifest's TLS listener reached over
 /// loopback (the wildcard address becomes the loopback of its family).
@@ -86,105 +59,39 @@ pub fn target(policy: &Policy, requested: Option<&str>) -> Result<SocketAddr, St
     Ok(SocketAddr::new(ip, listen.port()))
 }
 
-/// One MQTT connection over any stream, with the crate's codec.
-struct Mqtt<S> {
-    stream: S,
-    codec: Codec,
-    buffer: BytesMut,
-}
-
-impl<S: AsyncRead + AsyncWrite + Unpin> Mqtt<S> {
-    fn new(stream: S) -> Self {
-        let mut codec = Codec::new(Role::Client, MAX_INCOMING);
-        codec.set_version(ProtocolVersion::V5);
-        Mqtt {
-            stream,
-            codec,
-            buffer: BytesMut::with_capacity(4096),
-        }
-    }
-
-    async fn send(&mut self, packet: &Packet) -> Result<(), ProbeError> {
-        let mut out = BytesMut::new();
-        self.codec
-            .encode(packet, &mut out)
-            .map_err(|e| ProbeError::Encode(e.to_string()))?;
-        self.stream.write_all(&out).await?;
-        self.stream.flush().await?;
-        Ok(())
-    }
-
-    /// The next packet, `None` when the broker closed the connection or `until` passed.
-    async fn recv(&mut self, until: Instant) -> Result<Option<Packet>, ProbeError> {
-        loop {
-            if let Some(packet) = self
-                .codec
-                .decode(&mut self.buffer)
-                .map_err(|e| ProbeError::Decode(e.to_string()))?
-            {
-                return Ok(Some(packet));
-            }
-            match tokio::time::timeout_at(until, self.stream.read_buf(&mut self.buffer)).await {
-                Err(_) => return Ok(None),
-                Ok(Ok(0)) => return Ok(None),
-                Ok(Ok(_)) => {}
-                // A reset after a refusal is a close, as far as the probe cares.
-                Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionReset => return Ok(None),
-                Ok(Err(e)) => return Err(e.into()),
-            }
-        }
-    }
-}
-
-fn connect_packet() -> Packet {
-    Packet::Connect(Box::new(Connect {
-        protocol: ProtocolVersion::V5,
-        clean_start: true,
-        keep_alive: 30,
-        client_id: CLIENT_ID.to_owned(),
-        will: None,
-        username: None,
-        password: None,
-        properties: Properties::default(),
-    }))
-}
-
-fn read_ca(state_dir: &Path) -> Result<CertificateDer<'static>, ProbeError> {
+fn read_ca(state_dir: &Path) -> Result<CertificateDer<'static>, ClientError> {
     let path = state_dir.join(pki::CA_CERT);
     CertificateDer::from_pem_file(&path)
-        .map_err(|e| ProbeError::Config(format!("{}: {e}", path.display())))
+        .map_err(|e| ClientError::TlsConfig(format!("{}: {e}", path.display())))
 }
 
-type ClientCert = (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>);
-
-async fn open_tls(
+/// The probe's login: TLS to `addr` checked against moat's CA (by IP address, which
+/// moat's server certificate carries), MQTT 5, a clean session of its own.
+fn options(
     addr: SocketAddr,
     ca: CertificateDer<'static>,
-    client_cert: Option<ClientCert>,
-) -> Result<tokio_rustls::client::TlsStream<TcpStream>, ProbeError> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(ca)
-        .map_err(|e| ProbeError::Config(e.to_string()))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| ProbeError::Config(e.to_string()))?
-        .with_root_certificates(roots);
-    let config = match client_cert {
-        Some((chain, key)) => builder
-            .with_client_auth_cert(chain, key)
-            .map_err(|e| ProbeError::Config(e.to_string()))?,
-        None => builder.with_no_client_auth(),
-    };
-    let tcp = TcpStream::connect(addr)
-        .await
-        .map_err(|source| ProbeError::Connect { addr, source })?;
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    connector
-        .connect(ServerName::IpAddress(addr.ip().into()), tcp)
-        .await
-        .map_err(|source| ProbeError::Tls { addr, source })
+    client_cert: Option<ClientCertificate>,
+) -> Result<ConnectOptions, ClientError> {
+    let mut tls = TlsOptions::new(Roots::Certificates(vec![ca]), addr.ip().to_string());
+    tls.client_certificate = client_cert;
+    let endpoint = Endpoint::tcp(addr).with_tls(TlsConfig::new(tls)?);
+    let mut options = ConnectOptions::new(endpoint, CLIENT_ID);
+    options.keep_alive = 30;
+    options.connect_timeout = PROBE_DEADLINE;
+    Ok(options)
+}
+
+/// The next packet, `None` when the broker closed the connection or `until` passed.
+async fn recv_until(
+    connection: &mut Connection,
+    until: Instant,
+) -> Result<Option<Packet>, ClientError> {
+    match tokio::time::timeout_at(until, connection.recv()).await {
+        Err(_) => Ok(None),
+        // A reset after a refusal is a close, as far as the probe cares.
+        Ok(Err(ClientError::Io(e))) if e.kind() == std::io::ErrorKind::ConnectionReset => Ok(None),
+        Ok(other) => other,
+    }
 }
 
 /// What the broker did with an anonymous CONNECT.
@@ -199,21 +106,17 @@ pub enum AnonymousOutcome {
 async fn anonymous(
     addr: SocketAddr,
     ca: CertificateDer<'static>,
-) -> Result<AnonymousOutcome, ProbeError> {
-    let until = Instant::now() + PROBE_DEADLINE;
-    let tls = tokio::time::timeout_at(until, open_tls(addr, ca, None))
-        .await
-        .map_err(|_| ProbeError::Timeout(PROBE_DEADLINE))??;
-    let mut mqtt = Mqtt::new(tls);
-    mqtt.send(&connect_packet()).await?;
-    Ok(match mqtt.recv(until).await {
-        Ok(Some(Packet::ConnAck(ack))) if ack.reason.is_error() => {
-            AnonymousOutcome::Refused(format!("{:?}", ack.reason))
+) -> Result<AnonymousOutcome, ClientError> {
+    Ok(match Connection::open(&options(addr, ca, None)?).await {
+        Ok(connection) => {
+            let _ = connection.disconnect().await;
+            AnonymousOutcome::Accepted
         }
-        Ok(Some(Packet::ConnAck(_))) => AnonymousOutcome::Accepted,
-        Ok(Some(Packet::Disconnect(d))) => AnonymousOutcome::Refused(format!("{:?}", d.reason)),
-        Ok(Some(other)) => AnonymousOutcome::Unexpected(format!("{other:?}")),
-        Ok(None) | Err(ProbeError::Io(_)) => AnonymousOutcome::Closed,
+        Err(ClientError::Refused(reason) | ClientError::Disconnected(reason)) => {
+            AnonymousOutcome::Refused(format!("{reason:?}"))
+        }
+        Err(ClientError::Unexpected(what)) => AnonymousOutcome::Unexpected(what.to_owned()),
+        Err(ClientError::Closed | ClientError::Io(_)) => AnonymousOutcome::Closed,
         Err(e) => return Err(e),
     })
 }
@@ -232,19 +135,21 @@ pub struct LowPrivilegeOutcome {
 async fn low_privilege(
     addr: SocketAddr,
     ca: CertificateDer<'static>,
-    cert: ClientCert,
-) -> Result<LowPrivilegeOutcome, ProbeError> {
+    cert: ClientCertificate,
+) -> Result<LowPrivilegeOutcome, ClientError> {
     let until = Instant::now() + PROBE_DEADLINE;
-    let tls = tokio::time::timeout_at(until, open_tls(addr, ca, Some(cert)))
-        .await
-        .map_err(|_| ProbeError::Timeout(PROBE_DEADLINE))??;
-    let mut mqtt = Mqtt::new(tls);
     let mut outcome = LowPrivilegeOutcome::default();
-    mqtt.send(&connect_packet()).await?;
-    match mqtt.recv(until).await? {
-        Some(Packet::ConnAck(ack)) if !ack.reason.is_error() => outcome.connected = true,
-        _ => return Ok(outcome),
-    }
+    let mut mqtt = match Connection::open(&options(addr, ca, Some(cert))?).await {
+        Ok(connection) => connection,
+        Err(ClientError::Refused(_) | ClientError::Disconnected(_) | ClientError::Closed) => {
+            return Ok(outcome);
+        }
+        Err(ClientError::Io(e)) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+            return Ok(outcome);
+        }
+        Err(e) => return Err(e),
+    };
+    outcome.connected = true;
     let options = SubscriptionOptions {
         qos: QoS::AtMostOnce,
         no_local: false,
@@ -272,7 +177,7 @@ async fn low_privilege(
     }))
     .await?;
     let watch_until = (Instant::now() + WATCH).min(until);
-    while let Some(packet) = mqtt.recv(watch_until).await? {
+    while let Some(packet) = recv_until(&mut mqtt, watch_until).await? {
         match packet {
             Packet::SubAck(ack) if ack.packet_id == 1 => {
                 let granted = |i: usize| ack.reasons.get(i).is_some_and(|r| !r.is_error());
@@ -289,24 +194,16 @@ async fn low_privilege(
             _ => {}
         }
     }
-    let _ = mqtt
-        .send(&Packet::Disconnect(crate::protocol::Disconnect {
-            reason: crate::protocol::ReasonCode::Success,
-            properties: Properties::default(),
-        }))
-        .await;
+    let _ = mqtt.disconnect().await;
     Ok(outcome)
 }
 
 /// A certificate device with a bundle in the state directory: (name, read-all role?).
-fn probe_device(policy: &Policy, state_dir: &Path) -> Option<(String, bool, ClientCert)> {
+fn probe_device(policy: &Policy, state_dir: &Path) -> Option<(String, bool, ClientCertificate)> {
     for name in policy.certificate_devices() {
         let dir = pki::device_bundle_dir(state_dir, name);
-        let chain: Result<Vec<_>, _> = match CertificateDer::pem_file_iter(dir.join("cert.pem")) {
-            Ok(iter) => iter.collect(),
-            Err(_) => continue,
-        };
-        let (Ok(chain), Ok(key)) = (chain, PrivateKeyDer::from_pem_file(dir.join("key.pem")))
+        let Ok(cert) =
+            ClientCertificate::from_pem_files(&dir.join("cert.pem"), &dir.join("key.pem"))
         else {
             continue;
         };
@@ -317,13 +214,13 @@ fn probe_device(policy: &Policy, state_dir: &Path) -> Option<(String, bool, Clie
                     .iter()
                     .any(|g| matches_everything(&g.pattern))
         });
-        return Some((name.to_owned(), reads_all, (chain, key)));
+        return Some((name.to_owned(), reads_all, cert));
     }
     None
 }
 
 /// Judges the anonymous probe.
-pub fn judge_anonymous(addr: SocketAddr, result: Result<AnonymousOutcome, ProbeError>) -> Finding {
+pub fn judge_anonymous(addr: SocketAddr, result: Result<AnonymousOutcome, ClientError>) -> Finding {
     match result {
         Ok(AnonymousOutcome::Accepted) => Finding::fail(
             CHECK,
@@ -345,7 +242,7 @@ pub fn judge_anonymous(addr: SocketAddr, result: Result<AnonymousOutcome, ProbeE
             format!("{addr} answered an anonymous CONNECT with {what}"),
             "check that moat serves that address",
         ),
-        Err(e @ ProbeError::Connect { .. }) => Finding::warn(
+        Err(e @ ClientError::Connect { .. }) => Finding::warn(
             CHECK,
             format!("no broker to probe: {e}"),
             "start the broker (`moat serve`), or point `--probe HOST:PORT` at it",
@@ -362,7 +259,7 @@ pub fn judge_anonymous(addr: SocketAddr, result: Result<AnonymousOutcome, ProbeE
 pub fn judge_low_privilege(
     device: &str,
     reads_all: bool,
-    result: Result<LowPrivilegeOutcome, ProbeError>,
+    result: Result<LowPrivilegeOutcome, ClientError>,
 ) -> Vec<Finding> {
     let outcome = match result {
         Ok(o) if o.connected => o,

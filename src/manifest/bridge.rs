@@ -12,7 +12,7 @@ use serde::Deserialize;
 
 use super::schema::{ByteSize, Manifest, Seconds, Spanned};
 use super::validate::{Finding, Severity, check_name};
-use crate::protocol::topic::{parse_shared, validate_topic_filter};
+use moat_protocol::topic::{parse_shared, validate_topic_filter};
 
 /// One bridge under `bridges:`, keyed by its name.
 #[derive(Debug, Clone, Deserialize)]

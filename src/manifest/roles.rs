@@ -177,7 +177,7 @@ pub fn preset(name: &str) -> Option<&'static Preset> {
 mod tests {
     use super::*;
     use crate::acl::{Acl, Grant};
-    use crate::protocol::topic::{covers, matches, validate_topic_filter};
+    use moat_protocol::topic::{covers, matches, validate_topic_filter};
 
     /// The topics a tool uses with its default settings, `{n}` standing for the
     /// identity name. Sources are in `docs/manifest.md`, one per role.

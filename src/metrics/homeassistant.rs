@@ -18,7 +18,7 @@ use crate::broker::mailbox::Message;
 use crate::broker::sys::SYS_INTERVAL;
 use crate::broker::{Broker, Incoming};
 use crate::policy::Policy;
-use crate::protocol::QoS;
+use moat_protocol::QoS;
 
 use super::collect::Sources;
 

@@ -13,7 +13,7 @@ use crate::broker::permissions::AdmitFuture;
 use crate::broker::{Admission, ClientLimits, Gatekeeper, ListenerKind, PeerInfo, Permissions};
 use crate::net::admission::canonical_ip;
 use crate::policy::{Credential, Identity, Policy};
-use crate::protocol::{Connect, ReasonCode};
+use moat_protocol::{Connect, ReasonCode};
 
 /// The policy in force plus the argon2 hashes of `password_file` identities.
 pub struct ActivePolicy {

@@ -10,9 +10,8 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio_util::codec::{Decoder, Encoder};
 
-use crate::protocol::{
+use moat_protocol::{
     Codec, ConnAck, Connect, DecodeError, Packet, Properties, ProtocolVersion, ReasonCode, Role,
     text,
 };

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use crate::protocol::{Packet, ProtocolVersion, ReasonCode, Will};
+use moat_protocol::{Packet, ProtocolVersion, ReasonCode, Will};
 
 use super::journal::Durable;
 use super::permissions::{Gatekeeper, PeerInfo};

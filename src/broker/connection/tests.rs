@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 use tokio::task::JoinHandle;
-use tokio_util::codec::{Decoder, Encoder};
 
 use crate::broker::denials::DenialKind;
 use crate::broker::journal::{Journal, Reservation};
@@ -20,11 +19,11 @@ use crate::broker::permissions::{
     Admission, AdmitFuture, ClientLimits, Gatekeeper, ListenerKind, PeerInfo, Permissions,
 };
 use crate::broker::{Broker, BrokerConfig};
-use crate::protocol::{
+use crate::store::{Durability, InflightOut, Snapshot, Store};
+use moat_protocol::{
     Ack, Codec, ConnAck, Connect, Packet, Properties, ProtocolVersion, Publish, QoS, ReasonCode,
     RetainHandling, Role, Subscribe, SubscribeFilter, SubscriptionOptions, Unsubscribe, Will,
 };
-use crate::store::{Durability, InflightOut, Snapshot, Store};
 
 /// How long any single answer may take before a test fails.
 const ANSWER: Duration = Duration::from_secs(5);
@@ -294,7 +293,7 @@ async fn connect_is_answered_with_what_the_broker_grants() {
     client.send(Packet::PingReq).await;
     assert_eq!(client.expect().await, Packet::PingResp);
     client
-        .send(Packet::Disconnect(crate::protocol::Disconnect {
+        .send(Packet::Disconnect(moat_protocol::Disconnect {
             reason: ReasonCode::Success,
             properties: Properties::default(),
         }))

@@ -6,7 +6,7 @@ use std::net::IpAddr;
 
 use super::MAX_NAME_LEN;
 use crate::auth::{HashKind, VerifyError, check_stored_hash};
-use crate::protocol::topic::{parse_shared, validate_topic_filter};
+use moat_protocol::topic::{parse_shared, validate_topic_filter};
 
 /// Recognises a password hash, or says why it is refused. The well-formedness and
 /// cost ceilings are login's own (`auth::check_stored_hash`), so `moat check`

@@ -3,7 +3,6 @@
 //! packet type in both versions.
 
 use bytes::{Bytes, BytesMut};
-use tokio_util::codec::{Decoder, Encoder};
 
 use super::*;
 

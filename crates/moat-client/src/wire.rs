@@ -1,8 +1,8 @@
 //! What a broker makes a client read: a byte stream wrapper (under TLS, over TCP) that
 //! counts the bytes and read calls a connection receives and, for TLS, the records
 //! (RFC 8446 section 5.1: a 5-byte header whose last two bytes are the length). The
-//! counts are shared by every connection of one group (the subscribers of a run); it
-//! neither buffers nor changes a byte.
+//! counts are shared by every connection of one group (a load generator's
+//! subscribers, say); it neither buffers nor changes a byte.
 
 use std::io;
 use std::pin::Pin;
@@ -75,7 +75,7 @@ impl RecordSplitter {
 }
 
 /// A stream whose reads are counted into a shared [`WireCount`].
-pub struct Counted<S> {
+pub(crate) struct Counted<S> {
     inner: S,
     count: Arc<WireCount>,
     records: Option<RecordSplitter>,
@@ -83,7 +83,7 @@ pub struct Counted<S> {
 
 impl<S> Counted<S> {
     /// `tls`: the stream carries TLS records (count them too).
-    pub fn new(inner: S, count: Arc<WireCount>, tls: bool) -> Counted<S> {
+    pub(crate) fn new(inner: S, count: Arc<WireCount>, tls: bool) -> Counted<S> {
         Counted {
             inner,
             count,

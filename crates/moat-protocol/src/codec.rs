@@ -4,7 +4,6 @@
 //! negotiated version and the CONNECT state; it knows nothing of sessions or sockets.
 
 use bytes::{Buf, BytesMut};
-use tokio_util::codec::{Decoder, Encoder};
 
 use super::decode;
 use super::encode;
@@ -48,7 +47,9 @@ impl Role {
     }
 }
 
-/// A `tokio_util` codec for one MQTT connection.
+/// The codec of one MQTT connection. `decode` and `encode` have the shape of
+/// `tokio_util`'s `Decoder` and `Encoder` without depending on them: this crate does
+/// no I/O and pulls in no runtime (see the crate docs).
 #[derive(Debug)]
 pub struct Codec {
     role: Role,
@@ -115,13 +116,10 @@ impl Codec {
             _ => Ok(()),
         }
     }
-}
 
-impl Decoder for Codec {
-    type Item = Packet;
-    type Error = DecodeError;
-
-    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Packet>, DecodeError> {
+    /// The next whole packet in `src` (consumed from it), `None` until one is there.
+    /// Checks each fixed header as soon as it arrives.
+    pub fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Packet>, DecodeError> {
         let Some(&first_byte) = src.first() else {
             return Ok(None);
         };
@@ -158,15 +156,11 @@ impl Decoder for Codec {
         let version = self.version.ok_or(DecodeError::VersionUnknown)?;
         decode::packet(packet_type, flags, body, version, self.role).map(Some)
     }
-}
-
-impl Encoder<&Packet> for Codec {
-    type Error = EncodeError;
 
     /// Encodes for the negotiated version; before one is known (a CONNECT refused for
     /// its protocol level) in the 3.1.1 format every client understands. A CONNECT is
     /// encoded in its own `protocol` version, which a client codec then adopts.
-    fn encode(&mut self, packet: &Packet, dst: &mut BytesMut) -> Result<(), EncodeError> {
+    pub fn encode(&mut self, packet: &Packet, dst: &mut BytesMut) -> Result<(), EncodeError> {
         let version = match packet {
             Packet::Connect(connect) => {
                 if self.role == Role::Client {
@@ -177,13 +171,5 @@ impl Encoder<&Packet> for Codec {
             _ => self.version.unwrap_or(ProtocolVersion::V311),
         };
         encode::encode(packet, version, self.role, self.max_outgoing, dst)
-    }
-}
-
-impl Encoder<Packet> for Codec {
-    type Error = EncodeError;
-
-    fn encode(&mut self, packet: Packet, dst: &mut BytesMut) -> Result<(), EncodeError> {
-        Encoder::<&Packet>::encode(self, &packet, dst)
     }
 }

@@ -6,7 +6,6 @@
 use bytes::{Bytes, BytesMut};
 use proptest::prelude::*;
 use proptest::sample::select;
-use tokio_util::codec::{Decoder, Encoder};
 
 use super::codec_tests::{connect_bytes, connected_server};
 use super::decode::reason_allowed;
