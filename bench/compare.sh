@@ -76,7 +76,7 @@ for tool in "$MOSQUITTO" mosquitto_passwd mosquitto_sub mosquitto_pub jq python3
 done
 BENCH_SRC="$(dirname "$MOAT_SRC")/moat-bench"
 for bin in "$MOAT_SRC" "$BENCH_SRC"; do
-  [ -x "$bin" ] || { echo "no binary at $bin (cargo build --release)" >&2; exit 2; }
+  [ -x "$bin" ] || { echo "no binary at $bin (cargo build --release -p moat -p moat-bench)" >&2; exit 2; }
 done
 if [ -z "$BROKERS" ]; then
   BROKERS="moat,mosquitto"

@@ -1,14 +1,16 @@
 //! moat: a locked-down MQTT broker appliance for smart homes.
 //!
-//! The library holds every layer; `main.rs` only dispatches the CLI. Layers point
-//! down: `protocol` knows nothing of sessions or sockets, `broker` nothing of TLS or
-//! sockets, `manifest` nothing of the runtime.
+//! The workspace's root package: the broker and the CLI (`main.rs` only dispatches).
+//! The wire protocol is the `moat-protocol` crate, the one MQTT client (for
+//! `doctor --probe`) is `moat-client`, and the load generator is the `moat-bench`
+//! package, kept out of this binary. Layers point down: `broker` knows nothing of TLS
+//! or sockets, `manifest` nothing of the runtime, `store` nothing of MQTT; this crate
+//! must not re-implement what those crates own (framing, a client).
 #![forbid(unsafe_code)]
 
 pub mod acl;
 pub mod auth;
 pub mod backup;
-pub mod bench;
 pub mod bridge;
 pub mod broker;
 pub mod cli;

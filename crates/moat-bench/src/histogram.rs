@@ -18,14 +18,14 @@ pub struct Percentiles {
 
 /// Collects samples up to a fixed capacity; later samples are counted as dropped.
 #[derive(Debug)]
-pub struct Samples {
+pub(crate) struct Samples {
     values: Vec<u64>,
     capacity: usize,
     dropped: u64,
 }
 
 impl Samples {
-    pub fn with_capacity(capacity: usize) -> Samples {
+    pub(crate) fn with_capacity(capacity: usize) -> Samples {
         Samples {
             values: Vec::with_capacity(capacity.min(1 << 20)),
             capacity,
@@ -33,7 +33,7 @@ impl Samples {
         }
     }
 
-    pub fn record(&mut self, micros: u64) {
+    pub(crate) fn record(&mut self, micros: u64) {
         if self.values.len() < self.capacity {
             self.values.push(micros);
         } else {
@@ -41,18 +41,18 @@ impl Samples {
         }
     }
 
-    pub fn dropped(&self) -> u64 {
+    pub(crate) fn dropped(&self) -> u64 {
         self.dropped
     }
 
     /// Adds another task's samples (their own bound already applied).
-    pub fn absorb(&mut self, other: Samples) {
+    pub(crate) fn absorb(&mut self, other: Samples) {
         self.values.extend(other.values);
         self.dropped += other.dropped;
     }
 
     /// Nearest-rank percentiles; all zero without samples.
-    pub fn percentiles(mut self) -> Percentiles {
+    pub(crate) fn percentiles(mut self) -> Percentiles {
         if self.values.is_empty() {
             return Percentiles::default();
         }

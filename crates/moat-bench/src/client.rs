@@ -24,7 +24,7 @@ use super::options::{CommonArgs, Protocol};
 /// Keep-alive announced in CONNECT: the longest moat accepts; runs are shorter.
 const KEEP_ALIVE_SECS: u16 = 300;
 /// Deadline for TCP + TLS + CONNACK and for SUBACK.
-pub const SETUP_TIMEOUT: Duration = Duration::from_secs(15);
+pub(crate) const SETUP_TIMEOUT: Duration = Duration::from_secs(15);
 /// How often a login refused with "server busy" is retried.
 const BUSY_RETRIES: u32 = 40;
 /// How long a persistent benchmark session outlives its connection (v5).
@@ -32,7 +32,7 @@ const PERSISTENT_SESSION_SECS: u32 = 60;
 
 /// The broker a scenario drives and how every connection logs in.
 #[derive(Clone)]
-pub struct Target {
+pub(crate) struct Target {
     endpoint: Endpoint,
     username: Option<String>,
     password: Option<Bytes>,
@@ -43,7 +43,7 @@ pub struct Target {
 }
 
 impl Target {
-    pub fn from_args(args: &CommonArgs) -> Result<Target, BenchError> {
+    pub(crate) fn from_args(args: &CommonArgs) -> Result<Target, BenchError> {
         let mut endpoint = Endpoint::tcp(SocketAddr::new(args.host, args.port));
         if let Some(path) = &args.cafile {
             let mut tls = TlsOptions::new(Roots::CaFile(path.clone()), args.server_name.clone());
@@ -63,7 +63,7 @@ impl Target {
     /// The same broker, logging in with sessions that outlive the connection (v5
     /// session expiry, 3.1.1 clean session off): a broker must then keep every
     /// QoS 1/2 message for them until acknowledged, which moat makes durable.
-    pub fn persistent(&self) -> Target {
+    pub(crate) fn persistent(&self) -> Target {
         Target {
             persistent: true,
             ..self.clone()
@@ -72,18 +72,18 @@ impl Target {
 
     /// The same broker; every connection opened through it adds what it reads from
     /// the socket (bytes, read calls, TLS records) to `count`.
-    pub fn counting(&self, count: Arc<WireCount>) -> Target {
+    pub(crate) fn counting(&self, count: Arc<WireCount>) -> Target {
         Target {
             endpoint: self.endpoint.clone().with_read_count(count),
             ..self.clone()
         }
     }
 
-    pub fn is_tls(&self) -> bool {
+    pub(crate) fn is_tls(&self) -> bool {
         self.endpoint.is_tls()
     }
 
-    pub fn addr(&self) -> SocketAddr {
+    pub(crate) fn addr(&self) -> SocketAddr {
         self.endpoint.addr()
     }
 
@@ -111,7 +111,11 @@ impl Target {
     /// success. A broker that answers "server busy" (moat while its bounded
     /// password-hashing pool is full) is asked again a bounded number of times, as a
     /// real client would.
-    pub async fn connect(&self, client_id: &str, index: usize) -> Result<Connection, BenchError> {
+    pub(crate) async fn connect(
+        &self,
+        client_id: &str,
+        index: usize,
+    ) -> Result<Connection, BenchError> {
         let options = self.options(client_id, index);
         let mut attempt = 0u32;
         loop {
@@ -127,14 +131,14 @@ impl Target {
 
     /// One login and goodbye, so a broker's credential cache is warm before a run
     /// (the first login of an identity costs moat a full argon2 verification).
-    pub async fn warm_up(&self) -> Result<(), BenchError> {
+    pub(crate) async fn warm_up(&self) -> Result<(), BenchError> {
         let connection = self.connect("bench-warm-up", 0).await?;
         Ok(connection.disconnect().await?)
     }
 }
 
 /// Subscribes to one filter and checks that the broker granted the QoS asked for.
-pub async fn subscribe(
+pub(crate) async fn subscribe(
     connection: &mut Connection,
     filter: &str,
     qos: QoS,
@@ -160,7 +164,7 @@ pub async fn subscribe(
 /// Queues a PUBLISH whose payload (`payload_len` bytes, at least 8, the last thing
 /// encoded) starts with `stamp`, big-endian: one encoding of a template per message
 /// instead of a new payload and packet.
-pub fn queue_stamped(
+pub(crate) fn queue_stamped(
     writer: &mut PacketWriter,
     packet: &Packet,
     payload_len: usize,
@@ -176,7 +180,7 @@ pub fn queue_stamped(
 }
 
 /// The send time a generator put in the first 8 bytes of a payload.
-pub fn payload_stamp(publish: &Publish) -> Result<u64, BenchError> {
+pub(crate) fn payload_stamp(publish: &Publish) -> Result<u64, BenchError> {
     publish
         .payload
         .get(..8)

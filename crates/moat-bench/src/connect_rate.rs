@@ -25,7 +25,7 @@ struct Tally {
     first_error: Mutex<Option<String>>,
 }
 
-pub async fn run(args: &ConnectRateArgs) -> Result<Report, BenchError> {
+pub(crate) async fn run(args: &ConnectRateArgs) -> Result<Report, BenchError> {
     let target = Target::from_args(&args.common)?;
     let tag = run_tag();
     target.warm_up().await?;

@@ -11,11 +11,11 @@ use moat_protocol::{ProtocolVersion, QoS};
 
 /// Longest measured window a run may ask for: subscribers send nothing while they
 /// receive, so a run must end well within 1.5 x the 300 s keep-alive we announce.
-pub const MAX_RUN: Duration = Duration::from_secs(240);
+pub(crate) const MAX_RUN: Duration = Duration::from_secs(240);
 /// Largest payload a run may ask for (the broker's default packet cap is 1 MiB).
-pub const MAX_PAYLOAD: usize = 512 * 1024;
+pub(crate) const MAX_PAYLOAD: usize = 512 * 1024;
 /// Most clients one scenario may open.
-pub const MAX_CLIENTS: usize = 20_000;
+pub(crate) const MAX_CLIENTS: usize = 20_000;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -332,7 +332,7 @@ fn parse_qos(text: &str) -> Result<QoS, String> {
 }
 
 /// `64`, `1KiB`, `1k`, `2MiB`.
-pub fn parse_size(text: &str) -> Result<usize, String> {
+pub(crate) fn parse_size(text: &str) -> Result<usize, String> {
     let text = text.trim();
     let split = text
         .find(|c: char| !c.is_ascii_digit())
@@ -353,7 +353,7 @@ pub fn parse_size(text: &str) -> Result<usize, String> {
 }
 
 /// `10s`, `500ms`, `2m`, or a bare number of seconds.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let split = text
         .find(|c: char| !c.is_ascii_digit())

@@ -15,7 +15,7 @@ use super::report::{IdleResult, Measured, Report};
 use super::system::rss_kib;
 use super::{BenchError, joined, run_tag};
 
-pub async fn run(args: &IdleArgs) -> Result<Report, BenchError> {
+pub(crate) async fn run(args: &IdleArgs) -> Result<Report, BenchError> {
     let target = Target::from_args(&args.common)?;
     let tag = run_tag();
     target.warm_up().await?;

@@ -25,7 +25,7 @@ const DRAIN: Duration = Duration::from_secs(2);
 /// Unacknowledged publications the publisher allows before it sends late.
 const MAX_IN_FLIGHT: u16 = 20;
 
-pub async fn run(args: &LatencyArgs) -> Result<Report, BenchError> {
+pub(crate) async fn run(args: &LatencyArgs) -> Result<Report, BenchError> {
     let target = Target::from_args(&args.common)?;
     let tag = run_tag();
     target.warm_up().await?;

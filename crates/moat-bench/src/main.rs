@@ -1,18 +1,21 @@
-//! `moat-bench`: the load generator (`moat::bench`) as its own executable. It is
-//! kept out of the `moat` binary on purpose: an idle broker's resident memory is
-//! mostly its own code pages, and the appliance never runs a load generator.
+//! `moat-bench`: the load generator (the `moat_bench` library) as its own executable.
+//! It is kept out of the `moat` binary on purpose: an idle broker's resident memory is
+//! mostly its own code pages, and the appliance never runs a load generator. Exit
+//! codes follow `moat`'s: 0 success, 1 a failed run, 2 bad usage.
 #![forbid(unsafe_code)]
 
 use std::process::ExitCode;
 
-use moat::commands::{EXIT_FINDING, EXIT_OK, EXIT_USAGE};
+const EXIT_OK: u8 = 0;
+const EXIT_FINDING: u8 = 1;
+const EXIT_USAGE: u8 = 2;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args_os()
         .skip(1)
         .map(|arg| arg.to_string_lossy().into_owned())
         .collect();
-    let cli = match moat::bench::parse(&args) {
+    let cli = match moat_bench::parse(&args) {
         Ok(cli) => cli,
         Err(err) => {
             let usage = err.use_stderr();
@@ -20,7 +23,7 @@ fn main() -> ExitCode {
             return ExitCode::from(if usage { EXIT_USAGE } else { EXIT_OK });
         }
     };
-    let report = match moat::bench::run(&cli) {
+    let report = match moat_bench::run(&cli) {
         Ok(report) => report,
         Err(err) => {
             eprintln!("moat-bench: error: {err}");

@@ -2,25 +2,31 @@
 //! port, TLS with a CA file, username and password, MQTT 3.1.1 or 5) and reports
 //! fan-in and fan-out throughput, end-to-end latency percentiles at a fixed offered
 //! rate, connection setup rate and the broker's memory per idle connection. Every run
-//! is bounded in time and in count. It is a client only: it uses the protocol codec
-//! in the client role and knows nothing of the broker's internals.
+//! is bounded in time and in count.
+//!
+//! It owns the scenarios, their measurements and the report. It must not touch the
+//! broker: it is a client only, speaking through `moat-client` over a socket, and
+//! reading the broker's CPU time and memory from `/proc` by pid. Its own executable
+//! (`src/main.rs`) keeps it out of the `moat` binary the appliance runs. The library
+//! facade (`parse`, `run`, `Report`) is what the executable and the smoke test use.
+#![forbid(unsafe_code)]
 
-pub mod client;
+mod client;
 mod connect_rate;
 mod flow;
-pub mod histogram;
+mod histogram;
 mod idle;
 mod latency;
-pub mod options;
-pub mod report;
-pub mod system;
+mod options;
+mod report;
+mod system;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use moat_client::ClientError;
 use moat_protocol::ReasonCode;
 
-pub use options::{BenchCli, Scenario, parse};
+pub use options::{BenchCli, CommonArgs, Scenario, parse};
 pub use report::Report;
 
 #[derive(Debug, thiserror::Error)]

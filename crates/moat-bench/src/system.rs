@@ -5,7 +5,7 @@
 use super::BenchError;
 
 /// Raises the soft RLIMIT_NOFILE to the hard limit; returns the new soft limit.
-pub fn raise_open_files_limit() -> Result<u64, BenchError> {
+pub(crate) fn raise_open_files_limit() -> Result<u64, BenchError> {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
     let (soft, hard) =
         getrlimit(Resource::RLIMIT_NOFILE).map_err(|e| BenchError::Io(std::io::Error::from(e)))?;
@@ -17,7 +17,7 @@ pub fn raise_open_files_limit() -> Result<u64, BenchError> {
 }
 
 /// VmRSS of process `pid` in KiB.
-pub fn rss_kib(pid: u32) -> Result<u64, BenchError> {
+pub(crate) fn rss_kib(pid: u32) -> Result<u64, BenchError> {
     let path = format!("/proc/{pid}/status");
     let status =
         std::fs::read_to_string(&path).map_err(|e| BenchError::Memory(format!("{path}: {e}")))?;
@@ -33,7 +33,7 @@ fn parse_vm_rss(status: &str) -> Option<u64> {
 
 /// CPU time (user + system, all threads) process `pid` has used so far, in seconds:
 /// fields 14 and 15 of `/proc/<pid>/stat` (proc(5)), in clock ticks.
-pub fn cpu_secs(pid: u32) -> Result<f64, BenchError> {
+pub(crate) fn cpu_secs(pid: u32) -> Result<f64, BenchError> {
     let path = format!("/proc/{pid}/stat");
     let stat =
         std::fs::read_to_string(&path).map_err(|e| BenchError::Cpu(format!("{path}: {e}")))?;
