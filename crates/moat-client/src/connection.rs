@@ -55,6 +55,15 @@ impl Connection {
 
     async fn login(options: &ConnectOptions) -> Result<Connection, ClientError> {
         let stream = options.endpoint.open().await?;
+        Connection::login_over(stream, options).await
+    }
+
+    /// CONNECT and CONNACK over a stream already open (the endpoint in `options` is
+    /// not used); unbounded in time.
+    pub(crate) async fn login_over(
+        stream: Box<dyn Stream>,
+        options: &ConnectOptions,
+    ) -> Result<Connection, ClientError> {
         let (read, write) = tokio::io::split(stream);
         let codec = || {
             let mut codec = Codec::new(Role::Client, options.max_incoming_packet);

@@ -46,6 +46,12 @@ pub struct Client {
 }
 
 /// Messages the broker delivers, in order, already acknowledged.
+///
+/// Read it from a task of its own, or drop it: when it holds `INCOMING_QUEUE` (256)
+/// unread messages the driver stops reading the socket, so a task that awaits
+/// [`Client::publish`] on the same connection before reading here can wait for an
+/// acknowledgement that sits behind the unread messages. Dropped, messages are still
+/// acknowledged and discarded.
 pub struct Incoming {
     messages: mpsc::Receiver<Publish>,
     ended: Arc<Mutex<Option<ClientError>>>,
@@ -69,9 +75,17 @@ impl Incoming {
 
 impl Client {
     /// Connects and logs in (see [`Connection::open`]), then starts the driver task
-    /// on the current tokio runtime.
+    /// on the current tokio runtime (so it must be called inside one). The driver
+    /// ends, failing whatever still waits with [`ClientError::Stopped`], when the
+    /// broker closes or misbehaves, on [`Client::disconnect`], or when every handle
+    /// is dropped (it then sends DISCONNECT itself).
     pub async fn connect(options: &ConnectOptions) -> Result<(Client, Incoming), ClientError> {
         let connection = Connection::open(options).await?;
+        Ok(Client::start(connection, options.keep_alive))
+    }
+
+    /// Starts the driver on a logged-in connection.
+    fn start(connection: Connection, keep_alive: u16) -> (Client, Incoming) {
         let connack = Arc::new(connection.connack().clone());
         let receive_maximum = usize::from(connection.receive_maximum().max(1));
         let (reader, writer) = connection.split();
@@ -79,10 +93,7 @@ impl Client {
         let (message_tx, message_rx) = mpsc::channel(INCOMING_QUEUE);
         let ended = Arc::new(Mutex::new(None));
         // MQTT 5: the broker may shorten the keep-alive (Server Keep Alive).
-        let keep_alive = connack
-            .properties
-            .server_keep_alive
-            .unwrap_or(options.keep_alive);
+        let keep_alive = connack.properties.server_keep_alive.unwrap_or(keep_alive);
         let driver = Driver {
             reader,
             writer,
@@ -103,7 +114,7 @@ impl Client {
                 *ended = Some(why);
             }
         });
-        Ok((
+        (
             Client {
                 commands: command_tx,
                 connack,
@@ -112,7 +123,7 @@ impl Client {
                 messages: message_rx,
                 ended,
             },
-        ))
+        )
     }
 
     /// The broker's CONNACK (session present, its MQTT 5 limits).
@@ -478,3 +489,6 @@ impl Driver {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
