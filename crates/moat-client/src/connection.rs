@@ -83,11 +83,17 @@ impl Connection {
         writer.queue(&Packet::Connect(Box::new(options.connect_packet())))?;
         writer.flush().await?;
         match reader.recv().await? {
-            Some(Packet::ConnAck(ack)) if !ack.reason.is_error() => Ok(Connection {
-                reader,
-                writer,
-                connack: ack,
-            }),
+            Some(Packet::ConnAck(ack)) if !ack.reason.is_error() => {
+                // MQTT 5: never send the broker more than it said it takes.
+                writer
+                    .codec
+                    .set_max_outgoing_packet_size(ack.properties.maximum_packet_size);
+                Ok(Connection {
+                    reader,
+                    writer,
+                    connack: ack,
+                })
+            }
             Some(Packet::ConnAck(ack)) => Err(ClientError::Refused(ack.reason)),
             Some(Packet::Disconnect(d)) => Err(ClientError::Disconnected(d.reason)),
             Some(other) => Err(ClientError::Unexpected(packet_name(&other))),

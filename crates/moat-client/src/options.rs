@@ -31,6 +31,13 @@ pub struct ConnectOptions {
     pub connect_timeout: Duration,
     /// Largest packet accepted from the broker; a larger one is a decode error.
     pub max_incoming_packet: u32,
+    /// MQTT 5: announce `max_incoming_packet` as the Maximum Packet Size, so the
+    /// broker drops a larger message for us instead of sending it (off by default:
+    /// a load generator should change nothing the broker does).
+    pub announce_max_packet: bool,
+    /// MQTT 5 Receive Maximum: QoS 1/2 messages the broker may have unacknowledged
+    /// towards us (`None`: the protocol's 65 535).
+    pub receive_maximum: Option<u16>,
 }
 
 impl ConnectOptions {
@@ -47,6 +54,8 @@ impl ConnectOptions {
             will: None,
             connect_timeout: Duration::from_secs(15),
             max_incoming_packet: 1024 * 1024,
+            announce_max_packet: false,
+            receive_maximum: None,
         }
     }
 
@@ -71,6 +80,9 @@ impl ConnectOptions {
             password: self.password.clone(),
             properties: Properties {
                 session_expiry_interval: self.session_expiry.filter(|_| v5),
+                maximum_packet_size: (v5 && self.announce_max_packet)
+                    .then_some(self.max_incoming_packet),
+                receive_maximum: self.receive_maximum.filter(|_| v5),
                 ..Properties::default()
             },
         }
