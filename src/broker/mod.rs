@@ -49,8 +49,10 @@ pub use sessions::{AttachRequest, Attached};
 use stats::Stats;
 use subscriptions::SubscriptionTree;
 
-/// Broker-wide limits (from the manifest; swapped on reload).
-#[derive(Debug, Clone)]
+/// Broker-wide limits, swapped on reload. The defaults here are the documented
+/// defaults; the policy compiles `broker.limits` into one of these
+/// (`policy::Limits::broker`) and the server hands it over as is.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BrokerConfig {
     pub max_packet_size_before_auth: u32,
     pub connect_timeout: Duration,

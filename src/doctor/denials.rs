@@ -8,7 +8,7 @@ use std::path::Path;
 
 use super::Finding;
 use crate::broker::denials::{DenialEntry, DenialKind};
-use crate::policy::Policy;
+use crate::policy::{Limits, Policy};
 use crate::server::denials_file::{self, ReadError};
 
 const CHECK: &str = "denials";
@@ -22,6 +22,8 @@ pub fn grant_line(policy: Option<&Policy>, entry: &DenialEntry) -> String {
     });
     let at = format!("{section}.{}", entry.identity);
     let pattern = &entry.pattern;
+    // Without a manifest, the limits a client had were the defaults.
+    let defaults = Limits::default();
     let line = match entry.kind {
         DenialKind::Publish | DenialKind::Will => format!("{at}.publish: [\"{pattern}\"]"),
         DenialKind::Subscribe | DenialKind::Receive => {
@@ -29,9 +31,10 @@ pub fn grant_line(policy: Option<&Policy>, entry: &DenialEntry) -> String {
         }
         DenialKind::Retain => format!("{at}.retain: true"),
         DenialKind::SubscribeQuota => {
-            let now = identity.map_or(policy.map_or(256, |p| p.limits.max_subscriptions), |i| {
-                i.max_subscriptions
+            let broker_wide = policy.map_or(defaults.broker.max_subscriptions, |p| {
+                p.limits.broker.max_subscriptions
             });
+            let now = identity.map_or(broker_wide, |i| i.max_subscriptions);
             format!(
                 "{at}.limits.max_subscriptions: {}",
                 now.saturating_mul(2).max(1000)
@@ -42,9 +45,10 @@ pub fn grant_line(policy: Option<&Policy>, entry: &DenialEntry) -> String {
                 .to_string()
         }
         DenialKind::QueueFull => {
-            let now = identity.map_or(policy.map_or(1000, |p| p.limits.max_queued_messages), |i| {
-                i.max_queued_messages
+            let broker_wide = policy.map_or(defaults.max_queued_messages, |p| {
+                p.limits.max_queued_messages
             });
+            let now = identity.map_or(broker_wide, |i| i.max_queued_messages);
             format!(
                 "{at}.limits.max_queued_messages: {} (if it only falls behind in bursts; a client that is always slower than its publishers needs fixing, not a larger queue)",
                 now.saturating_mul(4)

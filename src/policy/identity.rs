@@ -238,9 +238,11 @@ pub(super) fn compile_identity(
             .min(limits.max_packet_size),
         max_retained_messages: resolved
             .retained_messages
-            .unwrap_or(limits.max_retained_messages)
-            .min(limits.max_retained_messages),
-        max_subscriptions: resolved.subscriptions.unwrap_or(limits.max_subscriptions),
+            .unwrap_or(limits.broker.max_retained_messages)
+            .min(limits.broker.max_retained_messages),
+        max_subscriptions: resolved
+            .subscriptions
+            .unwrap_or(limits.broker.max_subscriptions),
         roles: role_names,
     }
 }

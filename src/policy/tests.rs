@@ -1,4 +1,5 @@
 use super::*;
+use crate::broker::BrokerConfig;
 use crate::manifest::{LoadOptions, parse_str};
 
 const HASH: &str =
@@ -32,6 +33,70 @@ fn the_documented_limit_defaults_are_the_defaults() {
         "users:\n  ha:\n    role: observer\n    password_hash: \"{HASH}\"\n"
     ));
     assert_eq!(compile(&yaml).limits, Limits::default(), "{yaml}");
+}
+
+/// Every `broker.limits` key lands in its own field, and the broker-core ones in
+/// the `BrokerConfig` the server hands the broker as is.
+#[test]
+fn every_limit_reaches_its_field() {
+    let p = compile(&format!(
+        "version: 1
+broker:
+  limits:
+    max_connections: 101
+    max_connections_per_ip: 11
+    max_packet_size: 512KiB
+    max_packet_size_before_auth: 3KiB
+    connect_timeout: 7s
+    max_keepalive: 61
+    max_inflight: 9
+    max_queued_messages: 77
+    max_queued_bytes: 5KiB
+    max_subscriptions: 13
+    max_user_properties: 4
+    max_user_property_bytes: 2KiB
+    max_client_id_length: 33
+    max_topic_length: 99
+    max_topic_levels: 6
+    max_retained_messages: 55
+    max_retained_bytes: 6KiB
+    auth_concurrency: 3
+    auth_queue: 5
+    max_sessions_per_identity: 8
+users:
+  ha:
+    role: observer
+    password_hash: \"{HASH}\"
+"
+    ));
+    let defaults = BrokerConfig::default();
+    let expected = Limits {
+        broker: BrokerConfig {
+            max_packet_size_before_auth: 3 * 1024,
+            connect_timeout: Duration::from_secs(7),
+            max_keepalive: 61,
+            max_inflight: 9,
+            max_subscriptions: 13,
+            max_user_properties: 4,
+            max_user_property_bytes: 2 * 1024,
+            max_client_id_length: 33,
+            max_topic_length: 99,
+            max_topic_levels: 6,
+            max_retained_messages: 55,
+            max_retained_bytes: 6 * 1024,
+            max_sessions_per_identity: 8,
+            topic_alias_maximum: defaults.topic_alias_maximum,
+            max_session_expiry: defaults.max_session_expiry,
+        },
+        max_connections: 101,
+        max_connections_per_ip: 11,
+        max_packet_size: 512 * 1024,
+        max_queued_messages: 77,
+        max_queued_bytes: 5 * 1024,
+        auth_concurrency: 3,
+        auth_queue: 5,
+    };
+    assert_eq!(p.limits, expected);
 }
 
 #[test]
@@ -118,7 +183,7 @@ devices:
 "
     ));
     assert_eq!(p.limits.max_packet_size, 256 * 1024);
-    assert_eq!(p.limits.connect_timeout, Duration::from_secs(5));
+    assert_eq!(p.limits.broker.connect_timeout, Duration::from_secs(5));
     assert_eq!(p.listen_plain(), Some("0.0.0.0:1884".parse().unwrap()));
     assert_eq!(
         p.persistence.durability,

@@ -11,7 +11,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use crate::auth::{AuthConfig, Authenticator};
 use crate::broker::journal::Journal;
 use crate::broker::mailbox::QueueLimits;
-use crate::broker::{Broker, BrokerConfig, ListenerKind, sys};
+use crate::broker::{Broker, ListenerKind, sys};
 use crate::net::syn_filter::SynFilter;
 use crate::net::{AdmissionControl, AdmissionSettings, Listener, TlsSettings, serve_listener};
 use crate::pki;
@@ -95,26 +95,6 @@ fn load(manifest: &Path, state: &Path) -> Result<Loaded, ServeError> {
     })
 }
 
-fn broker_config(policy: &Policy) -> BrokerConfig {
-    let l = &policy.limits;
-    BrokerConfig {
-        max_packet_size_before_auth: l.max_packet_size_before_auth,
-        connect_timeout: l.connect_timeout,
-        max_keepalive: l.max_keepalive,
-        max_inflight: l.max_inflight,
-        max_subscriptions: l.max_subscriptions,
-        max_user_properties: l.max_user_properties,
-        max_user_property_bytes: l.max_user_property_bytes,
-        max_client_id_length: l.max_client_id_length,
-        max_topic_length: l.max_topic_length,
-        max_topic_levels: l.max_topic_levels,
-        max_retained_messages: l.max_retained_messages,
-        max_retained_bytes: l.max_retained_bytes,
-        max_sessions_per_identity: l.max_sessions_per_identity,
-        ..BrokerConfig::default()
-    }
-}
-
 fn admission_settings(policy: &Policy) -> AdmissionSettings {
     AdmissionSettings {
         networks: policy.networks.clone(),
@@ -153,7 +133,7 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
     let policy = &loaded.active.policy;
     let store = open_store(policy, &options.state)?;
     let broker = Broker::with_journal(
-        broker_config(policy),
+        policy.limits.broker.clone(),
         Journal::new(Some(Arc::clone(&store))),
     );
     broker.set_resolver(resolver_for(policy));
@@ -161,7 +141,7 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
     let restore_limits = QueueLimits {
         max_messages: policy.limits.max_queued_messages,
         max_bytes: policy.limits.max_queued_bytes,
-        max_inflight: policy.limits.max_inflight,
+        max_inflight: policy.limits.broker.max_inflight,
     };
     let room = broker.journal().reserve().await;
     broker.restore(snapshot, restore_limits, room).await?;
@@ -262,7 +242,7 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
                 match load(&options.manifest, &options.state) {
                     Ok(loaded) => {
                         let new_policy = &loaded.active.policy;
-                        broker.set_config(broker_config(new_policy));
+                        broker.set_config(new_policy.limits.broker.clone());
                         admission.update(admission_settings(new_policy));
                         if new_policy.networks != active.load().policy.networks {
                             for filter in &syn_filters {
