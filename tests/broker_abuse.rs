@@ -26,8 +26,9 @@ fn plain_pub(moat: &Moat, topic: &str, payload: &str) -> bool {
         .success()
 }
 
+/// A subscriber, returned once its SUBACK has arrived.
 fn plain_sub(moat: &Moat, topic: &str, id: &str) -> Sub {
-    moat.sub_plain("alice", &["-t", topic, "-i", id])
+    moat.sub_plain_subscribed("alice", &["-t", topic, "-i", id])
 }
 
 #[test]
@@ -38,7 +39,6 @@ fn connection_flood_past_the_cap_is_refused_while_clients_keep_publishing() {
         "  limits: { max_connections: 40, max_connections_per_ip: 30 }\n",
     );
     let sub = plain_sub(&moat, "home/flood", "flood-watcher");
-    std::thread::sleep(Duration::from_millis(300));
     let port = moat.plain_port.unwrap();
     // Hold 60 idle TCP connections: the per-IP cap (30) refuses the rest.
     // Open them all first, then give the broker time to close the refused ones, so a
@@ -62,12 +62,12 @@ fn connection_flood_past_the_cap_is_refused_while_clients_keep_publishing() {
     // The already-connected subscriber still receives. (A new publisher would be
     // refused by the per-IP cap, which is the point; free a few slots first.)
     held.truncate(20);
-    std::thread::sleep(Duration::from_millis(200));
-    assert!(
-        plain_pub(&moat, "home/flood", "still-flowing"),
-        "{}",
-        moat.log()
-    );
+    // The broker frees the slots when it sees the closes: retry, bounded, until it has.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !plain_pub(&moat, "home/flood", "still-flowing") {
+        assert!(Instant::now() < deadline, "no slot freed\n{}", moat.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
     assert!(sub.wait_for("still-flowing", Duration::from_secs(5)));
     assert!(moat.log().contains("TooManyFromAddress"));
 }
@@ -101,7 +101,6 @@ fn subscriber_that_never_reads_stays_within_its_queue_cap() {
     sub.extend(body);
     stuck.write_all(&sub).unwrap();
     let healthy = plain_sub(&moat, "home/big", "healthy");
-    std::thread::sleep(Duration::from_millis(300));
     let before = moat.rss_kib();
     // 2000 messages of 4 KiB = 8 MiB offered to a client that reads nothing.
     let payload = "x".repeat(4096);

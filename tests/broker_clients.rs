@@ -152,29 +152,24 @@ fn client_certificate_device() {
 fn will_is_published_when_a_client_vanishes() {
     let moat = Moat::start(BODY);
     let sub = Sub::start_subscribed(&pub_args(&moat, "bob", "mqttv311", &["-t", "will/#", "-v"]));
-    let mut holder = Command::new("mosquitto_sub")
-        .args(pub_args(
-            &moat,
-            "alice",
-            "mqttv311",
-            &[
-                "-t",
-                "home/x",
-                "--will-topic",
-                "will/alice",
-                "--will-payload",
-                "gone",
-                "-k",
-                "5",
-            ],
-        ))
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(500));
-    // SIGKILL: no DISCONNECT is sent, so the will fires.
-    holder.kill().unwrap();
-    holder.wait().unwrap();
+    let holder = Sub::start_subscribed(&pub_args(
+        &moat,
+        "alice",
+        "mqttv311",
+        &[
+            "-t",
+            "home/x",
+            "--will-topic",
+            "will/alice",
+            "--will-payload",
+            "gone",
+            "-k",
+            "5",
+        ],
+    ));
+    // SIGKILL (once the SUBACK proves it connected): no DISCONNECT is sent, so the
+    // will fires.
+    holder.stop();
     assert!(
         sub.wait_for("will/alice gone", Duration::from_secs(5)),
         "will not delivered\n{}",
@@ -360,13 +355,12 @@ fn mosquitto_clients_over_mqtt_3_1() {
         String::from_utf8_lossy(&out.stderr),
         moat.log()
     );
-    let sub = Sub::start(&pub_args(
+    let sub = Sub::start_subscribed(&pub_args(
         &moat,
         "bob",
         "mqttv31",
         &["-t", "home/live31", "-q", "2"],
     ));
-    std::thread::sleep(Duration::from_millis(500));
     publish(
         &moat,
         "alice",
@@ -406,13 +400,12 @@ fn client_ids_with_topic_characters_get_no_client_grant() {
     subscribe: ["clients/#"]
 "##,
     );
-    let sub = Sub::start(&pub_args(
+    let sub = Sub::start_subscribed(&pub_args(
         &moat,
         "alice",
         "mqttv5",
         &["-t", "clients/#", "-v"],
     ));
-    std::thread::sleep(Duration::from_millis(500));
     publish(
         &moat,
         "alice",

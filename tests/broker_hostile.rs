@@ -120,9 +120,9 @@ struct Control {
 
 impl Control {
     fn start(moat: &Moat) -> Control {
-        let sub = moat.sub_plain("plug", &["-t", "home/control", "-i", "control-sub"]);
+        // Ready when each is: the SUBACK has arrived, the CONNACK has been read.
+        let sub = moat.sub_plain_subscribed("plug", &["-t", "home/control", "-i", "control-sub"]);
         let publisher = connected(moat, 5, "control-pub");
-        std::thread::sleep(Duration::from_millis(300));
         Control {
             sub,
             publisher,

@@ -66,14 +66,8 @@ fn removed_user_is_disconnected_within_a_second() {
     let moat = Moat::start(BODY);
     let mut args = moat.tls_args("bob");
     args.extend(["-t", "home/#"].map(String::from));
-    let mut bob = Command::new("mosquitto_sub")
-        .args(&args)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(500));
-    assert!(bob.try_wait().unwrap().is_none(), "bob connected");
+    // Returns once bob's SUBACK has arrived: he is connected and subscribed.
+    let bob = Sub::start_subscribed(&args);
     rewrite(&moat, "  bob:\n", "  bobby:\n");
     let started = Instant::now();
     moat.signal("HUP");
@@ -83,8 +77,7 @@ fn removed_user_is_disconnected_within_a_second() {
     let took = started.elapsed();
     assert!(took < Duration::from_secs(1), "reload took {took:?}");
     assert!(moat.log().contains("sessions_removed=1"), "{}", moat.log());
-    let _ = bob.kill();
-    let _ = bob.wait();
+    bob.stop();
     let out = run_bounded(
         Command::new("mosquitto_sub")
             .args(&args)
@@ -99,8 +92,7 @@ fn narrowed_rule_drops_the_subscription() {
     let moat = Moat::start(BODY);
     let mut args = moat.tls_args("bob");
     args.extend(["-t", "home/#", "-V", "mqttv311"].map(String::from));
-    let bob = Sub::start(&args);
-    std::thread::sleep(Duration::from_millis(500));
+    let bob = Sub::start_subscribed(&args);
     publish(&moat, "before");
     assert!(bob.wait_for("before", Duration::from_secs(5)));
     // bob's only grant becomes home/kitchen/#: his home/# subscription is no longer covered.

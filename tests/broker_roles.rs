@@ -62,11 +62,10 @@ fn home_assistant_subscribes_thousands_of_topics_and_commands_anything() {
     password_hash: \"{HASH}\"
 ",
     );
-    let watch = Sub::start(&with_extra(
+    let watch = Sub::start_subscribed(&with_extra(
         moat.tls_args("watch"),
         &["-v", "-t", "frigate/#", "-t", "zwave/#", "-t", "valetudo/#"],
     ));
-    std::thread::sleep(Duration::from_millis(500));
     let out = moat.python_tls(HA_SCRIPT, &["2000"], Duration::from_secs(150));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -209,8 +208,7 @@ devices:
     password_hash: \"{HASH}\"
 ",
     );
-    let watch = Sub::start(&with_extra(moat.tls_args("watch"), &["-v", "-t", "#"]));
-    std::thread::sleep(Duration::from_millis(500));
+    let watch = Sub::start_subscribed(&with_extra(moat.tls_args("watch"), &["-v", "-t", "#"]));
     for p in PROFILES {
         let out = moat.python_tls(
             DEVICE_SCRIPT,

@@ -286,6 +286,12 @@ impl Moat {
         Sub::start(&with_extra(self.plain_args(user), extra))
     }
 
+    /// A background `mosquitto_sub` over the plaintext listener as `user`, returned
+    /// once the broker has acknowledged the subscription (see `Sub::start_subscribed`).
+    pub fn sub_plain_subscribed(&self, user: &str, extra: &[&str]) -> Sub {
+        Sub::start_subscribed(&with_extra(self.plain_args(user), extra))
+    }
+
     /// Runs a Python script over TLS, bounded by `limit`; the script gets the TLS port,
     /// the CA file, the test password and then `extra` as `sys.argv[1..]`.
     pub fn python_tls(&self, script: &str, extra: &[&str], limit: Duration) -> Output {
