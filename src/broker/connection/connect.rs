@@ -381,7 +381,8 @@ where
         session_present,
         "connected"
     );
-    let will = connect.will.take();
+    // Boxed: most connections have none, and this struct lives as long as they do.
+    let will = connect.will.take().map(Box::new);
     Some(Connection {
         version,
         session,

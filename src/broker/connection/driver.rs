@@ -9,7 +9,7 @@
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 use moat_protocol::{
     Ack, Codec, Disconnect, Packet, Properties, ProtocolVersion, Publish, QoS, ReasonCode,
@@ -24,9 +24,10 @@ use super::{Connection, End, Violation};
 
 /// Read buffer growth step; the codec bounds the total by the maximum packet size.
 pub(super) const READ_CHUNK: usize = 8 * 1024;
-/// Read space an idle connection keeps: most connections are idle most of the time,
-/// and 10 000 of them must fit in a Pi's memory.
-pub(super) const IDLE_READ_CHUNK: usize = 512;
+/// What an idle connection reads at once, into the stack: most connections are idle
+/// most of the time, and 10 000 of them must fit in a Pi's memory, so none keeps a
+/// read buffer while it waits.
+pub(super) const IDLE_READ_CHUNK: usize = 1024;
 /// Answers gathered from one read before they are written.
 const REPLY_BATCH: usize = 256;
 /// Write buffers bigger than this are dropped when the connection goes idle.
@@ -48,6 +49,27 @@ async fn poll_once<F: Future>(mut future: std::pin::Pin<&mut F>) -> Option<F::Ou
     .await
 }
 
+/// Reads what `stream` has, at most `limit` bytes, and appends it to `rbuf`;
+/// `Ok(0)` at its end. The read goes into a buffer on the stack that exists only
+/// for the duration of one poll, so a connection waiting for input holds no read
+/// buffer (`net::tls_stream` does the same for TLS records).
+fn read_some<'a, S>(
+    stream: &'a mut S,
+    rbuf: &'a mut BytesMut,
+    limit: usize,
+) -> impl Future<Output = std::io::Result<usize>> + 'a
+where
+    S: AsyncRead + Unpin,
+{
+    std::future::poll_fn(move |cx| {
+        let mut chunk = [std::mem::MaybeUninit::<u8>::uninit(); READ_CHUNK];
+        let mut read = ReadBuf::uninit(&mut chunk[..limit.min(READ_CHUNK)]);
+        std::task::ready!(std::pin::Pin::new(&mut *stream).poll_read(cx, &mut read))?;
+        rbuf.extend_from_slice(read.filled());
+        std::task::Poll::Ready(Ok(read.filled().len()))
+    })
+}
+
 impl Connection {
     /// Runs the established connection until it ends, and says why.
     pub(super) async fn run<S>(
@@ -60,8 +82,8 @@ impl Connection {
         S: AsyncRead + AsyncWrite + Unpin + Send,
     {
         let mut wbuf = BytesMut::new();
-        // Grow the read space only while reads fill it.
-        let mut read_chunk = IDLE_READ_CHUNK;
+        // Read up to READ_CHUNK at once only while reads fill what they could take.
+        let mut busy = false;
         let mut outbound = Vec::new();
         // 1.5 times the keepalive (MQTT-3.1.2-24).
         let grace = self.keep_alive + self.keep_alive / 2;
@@ -117,19 +139,20 @@ impl Connection {
                 }
             }
             if !buffered {
-                if rbuf.is_empty() && rbuf.capacity() > read_chunk {
+                // An idle connection waits with no read buffer at all (it reads
+                // into the stack, see `read_some`); a busy one keeps its buffer.
+                if rbuf.is_empty() && (!busy || rbuf.capacity() > READ_CHUNK) {
                     *rbuf = BytesMut::new();
                 }
-                rbuf.reserve(read_chunk);
-                let space = rbuf.capacity() - rbuf.len();
+                let space = if busy { READ_CHUNK } else { IDLE_READ_CHUNK };
                 let deadline = last_heard + grace;
                 tokio::select! {
                     reason = self.kick.kicked() => return Box::pin(self.kicked(stream, codec, reason)).await,
-                    read = stream.read_buf(rbuf) => match read {
+                    read = read_some(stream, rbuf, space) => match read {
                         Ok(0) => return End::Abnormal("connection closed without DISCONNECT".into()),
                         Ok(n) => {
                             last_heard = Instant::now();
-                            read_chunk = if n >= space { READ_CHUNK } else { IDLE_READ_CHUNK };
+                            busy = n >= space;
                             buffered = true;
                         }
                         Err(e) => return End::Abnormal(format!("read failed: {e}")),
@@ -149,30 +172,19 @@ impl Connection {
             // nothing new until it is handled).
             buffered = false;
             loop {
-                match codec.decode(rbuf) {
-                    Ok(Some(packet)) => {
-                        let handled = match self.try_handle(packet) {
-                            Handled::Done(result) => result,
-                            Handled::QueueFull(packet) => {
-                                Box::pin(self.handle_when_reserved(*packet)).await
-                            }
-                        };
-                        match handled {
-                            Ok(None) => {}
-                            Ok(Some(end)) => return end,
-                            Err(Violation(reason, why)) => {
-                                self.flush_replies(codec, &mut wbuf).await;
-                                return Box::pin(
-                                    self.violation(stream, codec, &mut wbuf, reason, why),
-                                )
-                                .await;
-                            }
-                        }
-                    }
+                // Nothing is awaited while the decode result is alive: it is as
+                // big as a packet, and would be kept in every connection's task.
+                let decoded = match codec.decode(rbuf) {
+                    Ok(Some(packet)) => Ok(self.try_handle(packet)),
                     Ok(None) => break,
-                    Err(e) => {
-                        let reason = e.reason_code();
-                        let why = e.to_string();
+                    Err(e) => Err((e.reason_code(), e.to_string())),
+                };
+                let handled = match decoded {
+                    Ok(Handled::Done(result)) => result,
+                    Ok(Handled::QueueFull(packet)) => {
+                        Box::pin(self.handle_when_reserved(*packet)).await
+                    }
+                    Err((reason, why)) => {
                         tracing::info!(client_id = %self.session.client_id, error = %why, "malformed packet");
                         self.flush_replies(codec, &mut wbuf).await;
                         return Box::pin(self.violation(
@@ -183,6 +195,15 @@ impl Connection {
                             "malformed packet",
                         ))
                         .await;
+                    }
+                };
+                match handled {
+                    Ok(None) => {}
+                    Ok(Some(end)) => return end,
+                    Err(Violation(reason, why)) => {
+                        self.flush_replies(codec, &mut wbuf).await;
+                        return Box::pin(self.violation(stream, codec, &mut wbuf, reason, why))
+                            .await;
                     }
                 }
                 if self.replies.len() >= REPLY_BATCH || self.congested.is_some() {
@@ -305,8 +326,10 @@ impl Connection {
     ) {
         let now = Instant::now();
         let persistent = self.session.is_persistent();
+        // The journal's futures are boxed: only persistent sessions wait on them,
+        // and inline they would size every connection's task.
         let room = if persistent {
-            self.broker.journal().reserve().await
+            Box::pin(self.broker.journal().reserve()).await
         } else {
             Reservation::NONE
         };
@@ -314,10 +337,12 @@ impl Connection {
             backpressure::caught_up(&self.broker.stats, &self.session, &over);
         }
         if persistent {
-            self.broker
-                .record_sent(&self.session, outbound, now, room)
-                .settle("in-flight state")
-                .await;
+            Box::pin(
+                self.broker
+                    .record_sent(&self.session, outbound, now, room)
+                    .settle("in-flight state"),
+            )
+            .await;
         }
         let mut sent = [0u64; 3];
         let mut bytes = 0usize;

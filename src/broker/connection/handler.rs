@@ -455,6 +455,7 @@ impl Connection {
             End::Abnormal(_) => (true, None),
         };
         let will = self.will.take().filter(|_| publish_will).and_then(|will| {
+            let will = *will;
             // Rights may have changed since CONNECT (reload): the same check as any
             // PUBLISH, retain right included.
             let permissions = self.session.permissions();

@@ -119,7 +119,7 @@ struct Connection {
     connection_id: u64,
     kick: Arc<Kick>,
     keep_alive: Duration,
-    will: Option<Will>,
+    will: Option<Box<Will>>,
     expiry_on_connect: u32,
     /// Topic aliases the client set (v5), bounded by topic_alias_maximum.
     aliases: HashMap<u16, String>,

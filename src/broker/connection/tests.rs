@@ -667,3 +667,27 @@ async fn a_will_is_checked_again_when_due_retain_right_included() {
         .collect();
     assert_eq!(kinds, vec![DenialKind::Retain]);
 }
+
+/// What an idle connection's task holds is mostly this future (920 bytes over a
+/// duplex stream when this was written, from 1 328): it must not grow back
+/// (BENCHMARKS.md, "Idle memory per connection").
+#[tokio::test]
+async fn the_connection_future_stays_small() {
+    let (broker, _store) = memory_broker();
+    let (_client, server_side) = tokio::io::duplex(64);
+    let peer = PeerInfo {
+        addr: SocketAddr::from(([127, 0, 0, 1], 40000)),
+        listener: ListenerKind::Plain,
+        certificate_name: None,
+    };
+    let future = super::run(
+        server_side,
+        peer,
+        broker,
+        Arc::new(AdmitAll),
+        Instant::now() + Duration::from_secs(10),
+        (),
+    );
+    let size = std::mem::size_of_val(&future);
+    assert!(size <= 1024, "the connection's future is {size} bytes");
+}
