@@ -8,7 +8,7 @@ mod common;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::{Moat, PASSWORD, free_ports, password_hash};
+use common::{Moat, PASSWORD, start_all_transports};
 use moat_client::{
     Client, ClientError, ConnectOptions, DEFAULT_WEBSOCKET_PATH, Endpoint, Roots, TlsConfig,
     TlsOptions, Transport,
@@ -25,29 +25,14 @@ struct Listeners {
 }
 
 fn start() -> Listeners {
-    let [tls, plain, ws, wss] = free_ports();
-    let dir = tempfile::tempdir().unwrap();
-    let hash = password_hash();
-    let manifest = format!(
-        r#"version: 1
-broker:
-  hostnames: [moat.test]
-  listen:
-    tls: {{ address: "127.0.0.1", port: {tls} }}
-    plain: {{ address: "127.0.0.1", port: {plain} }}
-    ws: {{ address: "127.0.0.1", port: {ws} }}
-    wss: {{ address: "127.0.0.1", port: {wss} }}
-  networks: [loopback]
-users:
-  bridge:
+    let (moat, [plain, ws, wss]) = start_all_transports(
+        r#"  bridge:
     password_hash: "{hash}"
     plaintext: true
     publish: ["ct/#"]
     subscribe: ["ct/#"]
-"#
+"#,
     );
-    std::fs::write(dir.path().join("moat.yaml"), manifest).unwrap();
-    let moat = Moat::start_in(dir, tls, Some(plain));
     Listeners {
         moat,
         plain,

@@ -12,24 +12,11 @@ use std::net::TcpStream;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{Moat, PASSWORD, free_ports, password_hash, run_bounded};
+use common::{Moat, PASSWORD, run_bounded, start_all_transports};
 
 fn start() -> (Moat, u16, u16) {
-    let [tls, plain, ws, wss] = free_ports();
-    let dir = tempfile::tempdir().unwrap();
-    let hash = password_hash();
-    let manifest = format!(
-        r#"version: 1
-broker:
-  hostnames: [moat.test]
-  listen:
-    tls: {{ address: "127.0.0.1", port: {tls} }}
-    plain: {{ address: "127.0.0.1", port: {plain} }}
-    ws: {{ address: "127.0.0.1", port: {ws} }}
-    wss: {{ address: "127.0.0.1", port: {wss} }}
-  networks: [loopback]
-users:
-  dashboard:
+    let (moat, [_, ws, wss]) = start_all_transports(
+        r#"  dashboard:
     password_hash: "{hash}"
     subscribe: ["ws/#"]
     publish: ["ws/js"]
@@ -40,10 +27,8 @@ users:
   tlsonly:
     password_hash: "{hash}"
     publish: ["ws/#"]
-"#
+"#,
     );
-    std::fs::write(dir.path().join("moat.yaml"), manifest).unwrap();
-    let moat = Moat::start_in(dir, tls, Some(plain));
     (moat, ws, wss)
 }
 

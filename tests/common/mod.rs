@@ -477,3 +477,27 @@ pub fn wait_for_text(text: &Mutex<String>, needle: &str, limit: Duration) -> boo
 pub fn path_str(p: &Path) -> String {
     p.display().to_string()
 }
+
+/// A moat with all four MQTT listeners on free loopback ports (TLS, plain, WebSocket,
+/// WebSocket over TLS) and the given `users:` block (`{hash}` is replaced by the
+/// test password's hash). Returns the broker and its `[plain, ws, wss]` ports.
+pub fn start_all_transports(users: &str) -> (Moat, [u16; 3]) {
+    let [tls, plain, ws, wss] = free_ports();
+    let dir = tempfile::tempdir().unwrap();
+    let users = users.replace("{hash}", &password_hash());
+    let manifest = format!(
+        r#"version: 1
+broker:
+  hostnames: [moat.test]
+  listen:
+    tls: {{ address: "127.0.0.1", port: {tls} }}
+    plain: {{ address: "127.0.0.1", port: {plain} }}
+    ws: {{ address: "127.0.0.1", port: {ws} }}
+    wss: {{ address: "127.0.0.1", port: {wss} }}
+  networks: [loopback]
+users:
+{users}"#
+    );
+    std::fs::write(dir.path().join("moat.yaml"), manifest).unwrap();
+    (Moat::start_in(dir, tls, Some(plain)), [plain, ws, wss])
+}
