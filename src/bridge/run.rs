@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use tokio::time::MissedTickBehavior;
 
 use crate::broker::journal::{self, Reservation};
-use crate::broker::mailbox::{Message, Outbound, QueueLimits};
+use crate::broker::mailbox::{Message, Outbound, QueueLimits, SubscriptionIds, shared_properties};
 use crate::broker::session::{Kick, SessionLink};
 use crate::broker::{AttachRequest, Broker, Incoming, Permissions, may_publish_message};
 use moat_protocol::{
@@ -360,7 +360,11 @@ impl Local {
                 self.drop_message(packet_id, &message, "no out mapping matches");
                 continue;
             };
-            let mut properties = message.properties.forwarded();
+            let mut properties = message
+                .properties
+                .as_deref()
+                .map(Properties::forwarded)
+                .unwrap_or_default();
             if let Some(expires_at) = message.expires_at {
                 let left = expires_at.saturating_duration_since(now).as_secs().max(1);
                 properties.message_expiry_interval = Some(u32::try_from(left).unwrap_or(u32::MAX));
@@ -477,8 +481,8 @@ impl Local {
             payload: publish.payload.clone(),
             qos: publish.qos,
             retain,
-            properties: Arc::new(publish.properties.forwarded()),
-            subscription_ids: Vec::new(),
+            properties: shared_properties(publish.properties.forwarded()),
+            subscription_ids: SubscriptionIds::None,
             expires_at: publish
                 .properties
                 .message_expiry_interval

@@ -21,7 +21,7 @@ use crate::store::{
 use moat_protocol::{Properties, QoS, ReasonCode, RetainHandling, SubscriptionOptions};
 use moat_protocol::{properties_from_blob, properties_to_blob};
 
-use super::mailbox::{InFlight, Message};
+use super::mailbox::{InFlight, Message, SubscriptionIds, shared_properties};
 use super::session::SessionLink;
 
 /// The durable store, if persistence is on.
@@ -326,7 +326,9 @@ pub fn acknowledged(session: &SessionLink, packet_id: u16, entry: &InFlight) -> 
 
 /// A broker message as a stored record; `$SYS` never gets here.
 pub fn stored_message(message: &Message, now: Instant) -> StoredMessage {
-    let properties = properties_to_blob(&message.properties).unwrap_or_else(|e| {
+    let none = Properties::default();
+    let properties = message.properties.as_deref().unwrap_or(&none);
+    let properties = properties_to_blob(properties).unwrap_or_else(|e| {
         // Properties came through our own decoder, so they always encode.
         tracing::warn!(error = %e, "message properties not stored");
         Vec::new()
@@ -359,8 +361,8 @@ pub fn restored_message(stored: StoredMessage, seq: u64, now: Instant) -> Messag
         payload: stored.payload,
         qos: QoS::from_u8(stored.qos).unwrap_or(QoS::AtLeastOnce),
         retain: stored.retain,
-        properties: Arc::new(properties),
-        subscription_ids: Vec::new(),
+        properties: shared_properties(properties),
+        subscription_ids: SubscriptionIds::None,
         expires_at: stored
             .expires_in_secs
             .map(|secs| now + Duration::from_secs(u64::from(secs))),
@@ -417,11 +419,11 @@ mod tests {
             payload: Bytes::from_static(b"p"),
             qos: QoS::ExactlyOnce,
             retain: true,
-            properties: Arc::new(Properties {
+            properties: Some(Arc::new(Properties {
                 content_type: Some("x".into()),
                 ..Properties::default()
-            }),
-            subscription_ids: Vec::new(),
+            })),
+            subscription_ids: SubscriptionIds::None,
             expires_at: Some(now + Duration::from_secs(30)),
             seq: 7,
         };

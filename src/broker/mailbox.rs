@@ -9,51 +9,12 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use bytes::Bytes;
 use tokio::sync::Notify;
 
-use moat_protocol::{Properties, QoS};
+use moat_protocol::QoS;
 
-/// One message on its way to one subscriber. Topic, payload and properties are
-/// shared between every subscriber of a message: one copy per message, not per queue.
-#[derive(Clone, Debug)]
-pub struct Message {
-    pub topic: Arc<str>,
-    pub payload: Bytes,
-    pub qos: QoS,
-    pub retain: bool,
-    /// Pass-through properties (content type, correlation data, user properties ...).
-    pub properties: Arc<Properties>,
-    pub subscription_ids: Vec<u32>,
-    pub expires_at: Option<Instant>,
-    /// Position in a persistent session's durable queue; 0 when not journaled.
-    pub seq: u64,
-}
-
-impl Message {
-    /// A message without properties, expiry or queue position.
-    pub fn new(topic: &str, payload: Bytes, qos: QoS, retain: bool) -> Message {
-        Message {
-            topic: Arc::from(topic),
-            payload,
-            qos,
-            retain,
-            properties: Arc::new(Properties::default()),
-            subscription_ids: Vec::new(),
-            expires_at: None,
-            seq: 0,
-        }
-    }
-
-    /// Bytes this message counts against a queue's byte cap.
-    pub fn cost(&self) -> usize {
-        self.topic.len() + self.payload.len() + 64
-    }
-
-    pub fn is_expired(&self, now: Instant) -> bool {
-        self.expires_at.is_some_and(|t| t <= now)
-    }
-}
+mod message;
+pub use message::{Message, SubscriptionIds, shared_properties};
 
 /// A burst of drops that ended: the client drained its queue to half.
 #[derive(Debug, Clone, PartialEq, Eq)]

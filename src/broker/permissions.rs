@@ -16,6 +16,14 @@ pub trait Permissions: Send + Sync {
     fn may_subscribe(&self, client_id: &str, filter: &str) -> bool;
     /// May a message on `topic` be delivered to this client? (re-checked on delivery)
     fn may_receive(&self, client_id: &str, topic: &str) -> bool;
+    /// May every message a subscription to `filter` (as subscribed: with any
+    /// `$share/<group>/` prefix, stripped once as `may_subscribe` does) can match be
+    /// delivered to this client? Then deliveries through it skip
+    /// [`Permissions::may_receive`] while these rights are in force. `false`, the
+    /// default, keeps the check on every delivery.
+    fn may_receive_all(&self, _client_id: &str, _filter: &str) -> bool {
+        false
+    }
     /// May this client set the retain flag?
     fn may_retain(&self) -> bool;
     /// How many retained messages this identity may hold.

@@ -15,7 +15,7 @@ use moat_protocol::{QoS, ReasonCode, RetainHandling, SubscriptionOptions, topic}
 use super::backpressure;
 use super::denials::DenialKind;
 use super::journal::{self, Batch, Durable, Reservation, stored_message};
-use super::mailbox::{Message, PushOutcome};
+use super::mailbox::{Message, PushOutcome, SubscriptionIds};
 use super::permissions::may_publish_message;
 use super::retained::{RetainQuota, RetainRefused, Retained};
 use super::session::SessionLink;
@@ -96,7 +96,7 @@ impl Broker {
                 .unwrap_or_else(|| Arc::from("$broker"));
             let retained = Retained {
                 message: Message {
-                    subscription_ids: Vec::new(),
+                    subscription_ids: SubscriptionIds::None,
                     seq: 0,
                     ..message.clone()
                 },
@@ -200,7 +200,7 @@ impl Broker {
                 let mut message = r.message;
                 message.qos = message.qos.min(options.qos);
                 message.retain = true;
-                message.subscription_ids = identifier.into_iter().collect();
+                message.subscription_ids = identifier.into();
                 // A subscriber's own retained burst: its queue cap applies, no one to slow down.
                 let _ = push_to(&self.stats, session, message, batch);
             }
@@ -272,6 +272,7 @@ pub(super) fn insert_into_tree(
             session: Arc::clone(session),
             options,
             identifier,
+            receive_cover: session.receive_cover(filter),
         },
     );
     group.is_some()
@@ -320,6 +321,14 @@ fn push_to(
     outcome
 }
 
+/// One delivery of a message: to one session (its overlapping subscriptions merged)
+/// or to one member of a shared group.
+struct Delivery {
+    subscription: Subscription,
+    qos: QoS,
+    ids: SubscriptionIds,
+}
+
 /// Pushes one message to each matching session: one copy per session for ordinary
 /// subscriptions (highest QoS, every subscription identifier), one per shared group.
 /// Returns the session the publisher should wait for, if any
@@ -332,11 +341,11 @@ fn deliver(
     batch: &mut Batch,
 ) -> Option<Arc<SessionLink>> {
     let mut crowding = backpressure::Crowding::default();
-    let mut merged: Vec<(Subscription, QoS, Vec<u32>)> = Vec::with_capacity(matches.len());
-    // Index of each session's ordinary delivery in `merged`, to merge overlaps; a
-    // single match (the common case) needs no index.
+    let mut deliveries: Vec<Delivery> = Vec::with_capacity(matches.len());
+    // Index of each session's ordinary delivery in `deliveries`, to merge overlaps;
+    // a single match (the common case) needs no index.
     let may_overlap = matches.len() > 1;
-    let mut ordinary: HashMap<u64, usize> = HashMap::new();
+    let mut ordinary: HashMap<u64, usize, SessionIds> = HashMap::default();
     for m in matches {
         let sub = m.subscription;
         if sub.options.no_local && !m.shared && Some(sub.session.id) == from_session {
@@ -344,23 +353,29 @@ fn deliver(
         }
         if !m.shared && may_overlap {
             if let Some(&i) = ordinary.get(&sub.session.id) {
-                let (_, qos, ids) = &mut merged[i];
-                *qos = (*qos).max(sub.options.qos);
-                ids.extend(sub.identifier);
+                let delivery = &mut deliveries[i];
+                delivery.qos = delivery.qos.max(sub.options.qos);
+                delivery.ids.extend(sub.identifier);
                 continue;
             }
-            ordinary.insert(sub.session.id, merged.len());
+            ordinary.insert(sub.session.id, deliveries.len());
         }
-        let ids = sub.identifier.into_iter().collect();
-        let qos = sub.options.qos;
-        merged.push((sub, qos, ids));
+        deliveries.push(Delivery {
+            qos: sub.options.qos,
+            ids: sub.identifier.into(),
+            subscription: sub,
+        });
     }
-    for (sub, qos, ids) in merged {
+    for Delivery {
+        subscription: sub,
+        qos,
+        ids,
+    } in deliveries
+    {
         let session = &sub.session;
-        if !session
-            .permissions()
-            .may_receive(&session.client_id, &message.topic)
-        {
+        // Each delivery of one message has the same topic, so the overlapping
+        // subscriptions merged into `sub` cover it if the first one does.
+        if !session.may_receive(sub.receive_cover, &message.topic) {
             stats
                 .denials
                 .record(&session.owner, DenialKind::Receive, &message.topic);
@@ -371,7 +386,7 @@ fn deliver(
             payload: message.payload.clone(),
             qos: message.qos.min(qos),
             retain: message.retain && sub.options.retain_as_published,
-            properties: Arc::clone(&message.properties),
+            properties: message.properties.clone(),
             subscription_ids: ids,
             expires_at: message.expires_at,
             seq: 0,
@@ -380,4 +395,33 @@ fn deliver(
         crowding.note(session, qos, push_to(stats, session, outgoing, batch));
     }
     crowding.verdict(stats)
+}
+
+/// Hashes the broker's own session ids (a counter, never chosen by a peer) with one
+/// multiplication instead of SipHash: the fan-out index is built per message.
+#[derive(Default, Clone, Copy)]
+struct SessionIds;
+
+impl std::hash::BuildHasher for SessionIds {
+    type Hasher = SessionIdHasher;
+    fn build_hasher(&self) -> SessionIdHasher {
+        SessionIdHasher(0)
+    }
+}
+
+struct SessionIdHasher(u64);
+
+impl std::hash::Hasher for SessionIdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
+            self.write_u64(u64::from(byte));
+        }
+    }
+    fn write_u64(&mut self, id: u64) {
+        // Fibonacci hashing spreads sequential ids over the high bits the table uses.
+        self.0 = (self.0 ^ id).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
 }

@@ -4,7 +4,7 @@
 //! the broker state.
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use tokio::sync::Notify;
@@ -23,6 +23,8 @@ pub struct SessionLink {
     pub owner: Arc<str>,
     pub mailbox: Mailbox,
     permissions: RwLock<Arc<dyn Permissions>>,
+    /// Counts the rights installed so far (see [`SessionLink::receive_cover`]).
+    rights_generation: AtomicU64,
     /// Whether the session outlives its connection (and so is journaled).
     persistent: AtomicBool,
     /// QoS 2 packet ids received and acknowledged with PUBREC, awaiting PUBREL. Part
@@ -44,6 +46,7 @@ impl SessionLink {
             owner,
             mailbox,
             permissions: RwLock::new(permissions),
+            rights_generation: AtomicU64::new(0),
             persistent: AtomicBool::new(false),
             inbound_qos2: Mutex::new(HashSet::new()),
         }
@@ -84,7 +87,30 @@ impl SessionLink {
     }
 
     pub fn set_permissions(&self, permissions: Arc<dyn Permissions>) {
-        *self.permissions.write().unwrap_or_else(|e| e.into_inner()) = permissions;
+        let mut current = self.permissions.write().unwrap_or_else(|e| e.into_inner());
+        *current = permissions;
+        // Under the write lock: a reader of both sees them agree.
+        self.rights_generation.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Decided once per subscription, at SUBSCRIBE: `Some(generation)` when the
+    /// current rights let this client receive every topic `filter` can match, so a
+    /// delivery through it needs no receive check while those rights are in force
+    /// ([`SessionLink::may_receive`]). Any new rights (a reload, a resumed session)
+    /// end the cover.
+    pub fn receive_cover(&self, filter: &str) -> Option<u64> {
+        let permissions = self.permissions.read().unwrap_or_else(|e| e.into_inner());
+        permissions
+            .may_receive_all(&self.client_id, filter)
+            .then(|| self.rights_generation.load(Ordering::Relaxed))
+    }
+
+    /// Whether a message on `topic` may be delivered through a subscription with
+    /// `cover` ([`SessionLink::receive_cover`]): without a check while the rights that
+    /// granted the cover are in force, else the full one.
+    pub fn may_receive(&self, cover: Option<u64>, topic: &str) -> bool {
+        cover.is_some_and(|generation| generation == self.rights_generation.load(Ordering::Relaxed))
+            || self.permissions().may_receive(&self.client_id, topic)
     }
 }
 
@@ -120,5 +146,75 @@ impl Kick {
             }
             self.notify.notified().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::broker::mailbox::QueueLimits;
+
+    /// May receive, and subscribe to, what starts with `prefix`.
+    struct Under(&'static str);
+
+    impl Permissions for Under {
+        fn may_publish(&self, _: &str, _: &str) -> bool {
+            false
+        }
+        fn may_subscribe(&self, _: &str, filter: &str) -> bool {
+            filter.starts_with(self.0)
+        }
+        fn may_receive(&self, _: &str, topic: &str) -> bool {
+            topic.starts_with(self.0)
+        }
+        fn may_receive_all(&self, _: &str, filter: &str) -> bool {
+            filter.starts_with(self.0)
+        }
+        fn may_retain(&self) -> bool {
+            false
+        }
+    }
+
+    fn link(rights: Under) -> SessionLink {
+        let limits = QueueLimits {
+            max_messages: 1,
+            max_bytes: 1024,
+            max_inflight: 1,
+        };
+        SessionLink::new(
+            1,
+            Arc::from("c"),
+            Arc::from("o"),
+            Mailbox::new(limits),
+            Arc::new(rights),
+        )
+    }
+
+    #[test]
+    fn a_receive_cover_is_given_only_for_a_wholly_granted_filter() {
+        let link = link(Under("a/"));
+        assert!(link.receive_cover("a/#").is_some());
+        assert_eq!(link.receive_cover("#"), None);
+        // Without a cover every delivery is checked.
+        assert!(link.may_receive(None, "a/x"));
+        assert!(!link.may_receive(None, "b/x"));
+    }
+
+    #[test]
+    fn new_rights_end_every_cover_given_before_them() {
+        let link = link(Under("a/"));
+        let cover = link.receive_cover("a/#");
+        assert!(link.may_receive(cover, "a/x"));
+        // A reload (or a resumed session) installs rights that no longer grant a/.
+        link.set_permissions(Arc::new(Under("b/")));
+        assert!(
+            !link.may_receive(cover, "a/x"),
+            "a revoked right must stop deliveries through an old cover"
+        );
+        assert_eq!(link.receive_cover("a/#"), None);
+        // A cover under the new rights holds for them.
+        let cover = link.receive_cover("b/#");
+        assert!(cover.is_some());
+        assert!(link.may_receive(cover, "b/y"));
     }
 }

@@ -16,6 +16,9 @@ pub struct Subscription {
     pub session: Arc<SessionLink>,
     pub options: SubscriptionOptions,
     pub identifier: Option<u32>,
+    /// The rights generation under which every topic of the filter may be received
+    /// ([`SessionLink::receive_cover`]); `None`: check each delivery.
+    pub receive_cover: Option<u64>,
 }
 
 #[derive(Default)]
@@ -294,6 +297,7 @@ mod tests {
                 retain_handling: RetainHandling::SendAtSubscribe,
             },
             identifier: None,
+            receive_cover: None,
         }
     }
 

@@ -63,6 +63,12 @@ impl Permissions for IdentityPermissions {
             .receive_allowed(&self.identity.name, client_id, topic)
     }
 
+    /// A subscribe grant that covers the filter matches every topic the filter
+    /// matches (`topic::covers`), which is the receive check's own test.
+    fn may_receive_all(&self, client_id: &str, filter: &str) -> bool {
+        self.may_subscribe(client_id, filter)
+    }
+
     fn may_retain(&self) -> bool {
         self.identity.may_retain
     }

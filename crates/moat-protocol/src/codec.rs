@@ -9,7 +9,7 @@ use super::decode;
 use super::encode;
 use super::error::{DecodeError, EncodeError};
 use super::header::{self, PacketType};
-use super::packet::{Packet, ProtocolVersion};
+use super::packet::{Packet, ProtocolVersion, PublishRef};
 use super::reader::Reader;
 use super::varint;
 
@@ -171,5 +171,17 @@ impl Codec {
             _ => self.version.unwrap_or(ProtocolVersion::V311),
         };
         encode::encode(packet, version, self.role, self.max_outgoing, dst)
+    }
+
+    /// Encodes a PUBLISH from borrowed parts for the negotiated version, like
+    /// [`Codec::encode`] does a [`Packet::Publish`] (the same bytes), and refuses it
+    /// too if it exceeds the peer's Maximum Packet Size.
+    pub fn encode_publish(
+        &mut self,
+        publish: &PublishRef<'_>,
+        dst: &mut BytesMut,
+    ) -> Result<(), EncodeError> {
+        let version = self.version.unwrap_or(ProtocolVersion::V311);
+        encode::encode_publish(publish, version, self.role, self.max_outgoing, dst)
     }
 }

@@ -3,6 +3,8 @@
 //! a reason code and a property length (some clients reject the short forms). Packets
 //! larger than the peer's Maximum Packet Size are refused, after first trying without
 //! the Reason String and User Properties, which MQTT 5 says to drop in that case.
+//! A PUBLISH can also be written from borrowed parts ([`PublishRef`]), through the
+//! same code as a [`Publish`]: the broker encodes each delivery that way.
 
 use bytes::BytesMut;
 
@@ -10,7 +12,7 @@ use super::codec::Role;
 use super::error::EncodeError;
 use super::header::PacketType;
 use super::packet::*;
-use super::properties::{self, Context};
+use super::properties::{self, Context, PerDelivery};
 use super::reason::ReasonCode;
 use super::sink::{self, Counter, Sink};
 use super::varint::{self, MAX_VARINT};
@@ -34,43 +36,141 @@ pub(crate) fn encode(
     max_size: Option<u32>,
     dst: &mut BytesMut,
 ) -> Result<(), EncodeError> {
+    let framed = Framed::Packet(packet);
+    let remaining = measure(framed, version, role)?;
+    if let Err(too_large) = check_max(remaining, max_size) {
+        return match without_optional_properties(packet) {
+            Some(smaller) => encode(&smaller, version, role, max_size, dst),
+            None => Err(too_large),
+        };
+    }
+    write(framed, version, role, remaining, dst)
+}
+
+/// Appends one PUBLISH built from borrowed parts, refusing it if it exceeds
+/// `max_size` bytes. The same wire code as a [`Publish`] in [`encode`].
+pub(crate) fn encode_publish(
+    publish: &PublishRef<'_>,
+    version: ProtocolVersion,
+    role: Role,
+    max_size: Option<u32>,
+    dst: &mut BytesMut,
+) -> Result<(), EncodeError> {
+    let framed = Framed::Publish(publish);
+    let remaining = measure(framed, version, role)?;
+    check_max(remaining, max_size)?;
+    write(framed, version, role, remaining, dst)
+}
+
+/// What is framed: a packet, or a PUBLISH from borrowed parts.
+#[derive(Clone, Copy)]
+enum Framed<'a> {
+    Packet(&'a Packet),
+    Publish(&'a PublishRef<'a>),
+}
+
+impl Framed<'_> {
+    fn first_byte(self) -> u8 {
+        match self {
+            Framed::Packet(packet) => first_byte(packet),
+            Framed::Publish(publish) => publish_first_byte(publish),
+        }
+    }
+
+    fn body<S: Sink>(
+        self,
+        sink: &mut S,
+        version: ProtocolVersion,
+        role: Role,
+    ) -> Result<(), EncodeError> {
+        match self {
+            Framed::Packet(packet) => body(sink, packet, version, role),
+            Framed::Publish(publish) => publish_body(sink, publish, version, role),
+        }
+    }
+}
+
+/// The remaining length of `packet` (its bytes after the fixed header), refused
+/// beyond what the remaining-length field can say.
+fn measure(packet: Framed<'_>, version: ProtocolVersion, role: Role) -> Result<usize, EncodeError> {
     let mut counter = Counter::default();
-    body(&mut counter, packet, version, role)?;
+    packet.body(&mut counter, version, role)?;
     let remaining = counter.0;
-    let total = (1 + varint::len(u32::try_from(remaining).unwrap_or(u32::MAX)) + remaining) as u64;
     if remaining > MAX_VARINT as usize {
         return Err(EncodeError::TooLarge {
-            size: total,
+            size: total_len(remaining),
             max: MAX_VARINT,
         });
     }
-    if let Some(max) = max_size
-        && total > u64::from(max)
-    {
-        return match without_optional_properties(packet) {
-            Some(smaller) => encode(&smaller, version, role, max_size, dst),
-            None => Err(EncodeError::TooLarge { size: total, max }),
-        };
+    Ok(remaining)
+}
+
+fn total_len(remaining: usize) -> u64 {
+    (1 + varint::len(u32::try_from(remaining).unwrap_or(u32::MAX)) + remaining) as u64
+}
+
+/// The peer's Maximum Packet Size counts the whole packet (MQTT-3.1.2-24).
+fn check_max(remaining: usize, max_size: Option<u32>) -> Result<(), EncodeError> {
+    let total = total_len(remaining);
+    match max_size {
+        Some(max) if total > u64::from(max) => Err(EncodeError::TooLarge { size: total, max }),
+        _ => Ok(()),
     }
-    dst.reserve(total as usize);
-    Sink::put_u8(dst, first_byte(packet));
+}
+
+fn write(
+    packet: Framed<'_>,
+    version: ProtocolVersion,
+    role: Role,
+    remaining: usize,
+    dst: &mut BytesMut,
+) -> Result<(), EncodeError> {
+    dst.reserve(total_len(remaining) as usize);
+    Sink::put_u8(dst, packet.first_byte());
     sink::put_varint(dst, "remaining length", remaining)?;
-    body(dst, packet, version, role)
+    packet.body(dst, version, role)
+}
+
+fn publish_first_byte(publish: &PublishRef<'_>) -> u8 {
+    let mut byte = (PacketType::Publish as u8) << 4;
+    byte |= (publish.qos as u8) << 1;
+    if publish.dup {
+        byte |= 0b1000;
+    }
+    if publish.retain {
+        byte |= 0b0001;
+    }
+    byte
+}
+
+fn publish_body<S: Sink>(
+    sink: &mut S,
+    publish: &PublishRef<'_>,
+    version: ProtocolVersion,
+    role: Role,
+) -> Result<(), EncodeError> {
+    sink::put_str(sink, "topic", publish.topic)?;
+    if publish.qos != QoS::AtMostOnce {
+        sink.put_u16(publish.packet_id);
+    }
+    if version.is_v5() {
+        let context = Context::Publish {
+            to_client: role == Role::Server,
+        };
+        let per_delivery = PerDelivery {
+            subscription_identifiers: publish.subscription_identifiers,
+            message_expiry_interval: publish.message_expiry_interval,
+        };
+        properties::encode_with(sink, publish.properties, per_delivery, context)?;
+    }
+    // The payload is copied once, straight into the output buffer.
+    sink.put_slice(publish.payload);
+    Ok(())
 }
 
 fn first_byte(packet: &Packet) -> u8 {
     let packet_type = match packet {
-        Packet::Publish(publish) => {
-            let mut byte = (PacketType::Publish as u8) << 4;
-            byte |= (publish.qos as u8) << 1;
-            if publish.dup {
-                byte |= 0b1000;
-            }
-            if publish.retain {
-                byte |= 0b0001;
-            }
-            return byte;
-        }
+        Packet::Publish(publish) => return publish_first_byte(&PublishRef::from(publish)),
         Packet::Connect(_) => PacketType::Connect,
         Packet::ConnAck(_) => PacketType::ConnAck,
         Packet::PubAck(_) => PacketType::PubAck,
@@ -135,21 +235,7 @@ fn body<S: Sink>(
                 Ok(())
             }
         }
-        Packet::Publish(publish) => {
-            sink::put_str(sink, "topic", &publish.topic)?;
-            if publish.qos != QoS::AtMostOnce {
-                sink.put_u16(publish.packet_id);
-            }
-            if v5 {
-                let context = Context::Publish {
-                    to_client: role == Role::Server,
-                };
-                properties::encode(sink, &publish.properties, context)?;
-            }
-            // The payload is copied once, straight into the output buffer.
-            sink.put_slice(&publish.payload);
-            Ok(())
-        }
+        Packet::Publish(publish) => publish_body(sink, &PublishRef::from(publish), version, role),
         Packet::PubAck(ack) | Packet::PubRec(ack) | Packet::PubRel(ack) | Packet::PubComp(ack) => {
             sink.put_u16(ack.packet_id);
             reason_and_properties(sink, version, ack.reason, &ack.properties, Context::Ack)

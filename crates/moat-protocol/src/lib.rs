@@ -26,14 +26,16 @@ mod varint;
 mod codec_tests;
 #[cfg(test)]
 mod proptests;
+#[cfg(test)]
+mod publish_ref_tests;
 
 pub use codec::{Codec, MAX_PACKET_SIZE_BEFORE_CONNECT, Role};
 pub use encode::encoded_len;
 pub use error::{DecodeError, EncodeError};
 pub use packet::{
-    Ack, Auth, ConnAck, Connect, Disconnect, Packet, Properties, ProtocolVersion, Publish, QoS,
-    RetainHandling, SubAck, Subscribe, SubscribeFilter, SubscriptionOptions, UnsubAck, Unsubscribe,
-    Will,
+    Ack, Auth, ConnAck, Connect, Disconnect, Packet, Properties, ProtocolVersion, Publish,
+    PublishRef, QoS, RetainHandling, SubAck, Subscribe, SubscribeFilter, SubscriptionOptions,
+    UnsubAck, Unsubscribe, Will,
 };
 pub use properties::{
     MAX_USER_PROPERTIES, MAX_USER_PROPERTY_BYTES, properties_from_blob, properties_to_blob,

@@ -135,6 +135,41 @@ pub struct Publish {
     pub properties: Properties,
 }
 
+/// A PUBLISH to encode from borrowed parts ([`crate::Codec::encode_publish`]): a
+/// broker writes each delivery of a message straight from the one copy every
+/// subscriber shares, with what differs per delivery given apart.
+#[derive(Debug, Clone, Copy)]
+pub struct PublishRef<'a> {
+    pub dup: bool,
+    pub qos: QoS,
+    pub retain: bool,
+    pub topic: &'a str,
+    /// Zero for QoS 0; never zero for QoS 1 and 2.
+    pub packet_id: u16,
+    pub payload: &'a [u8],
+    /// `None` when the message carries no property. Its Subscription Identifiers
+    /// and Message Expiry Interval are not written: the two fields below are.
+    pub properties: Option<&'a Properties>,
+    pub subscription_identifiers: &'a [u32],
+    pub message_expiry_interval: Option<u32>,
+}
+
+impl<'a> From<&'a Publish> for PublishRef<'a> {
+    fn from(publish: &'a Publish) -> PublishRef<'a> {
+        PublishRef {
+            dup: publish.dup,
+            qos: publish.qos,
+            retain: publish.retain,
+            topic: &publish.topic,
+            packet_id: publish.packet_id,
+            payload: &publish.payload,
+            properties: Some(&publish.properties),
+            subscription_identifiers: &publish.properties.subscription_identifiers,
+            message_expiry_interval: publish.properties.message_expiry_interval,
+        }
+    }
+}
+
 /// PUBACK, PUBREC, PUBREL and PUBCOMP share one shape.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Ack {

@@ -756,6 +756,32 @@ proptest! {
         prop_assert_eq!(decoded, vec![packet]);
     }
 
+    /// A delivery written from borrowed parts (the shared set holds neither
+    /// Subscription Identifiers nor expiry; those come apart) is the same bytes as
+    /// the owned PUBLISH that carries them, and decodes back to it.
+    #[test]
+    fn publish_from_borrowed_parts_is_the_owned_encoding(
+        (version, packet, stale_ids) in version_with_full_acks()
+            .prop_flat_map(|v| (Just(v), publish(v, true), any::<bool>()))
+    ) {
+        let Packet::Publish(publish) = &packet else { unreachable!() };
+        let mut shared = publish.properties.clone();
+        // What the shared set says for the per-delivery fields must not matter.
+        shared.subscription_identifiers = if stale_ids { vec![99] } else { Vec::new() };
+        shared.message_expiry_interval = stale_ids.then_some(5);
+        let empty = shared == Properties::default();
+        let borrowed = PublishRef {
+            properties: (!empty).then_some(&shared),
+            ..PublishRef::from(publish)
+        };
+        let mut codec = encoder(Role::Server, version);
+        let mut wire = BytesMut::new();
+        codec.encode_publish(&borrowed, &mut wire).unwrap();
+        prop_assert_eq!(&wire[..], &encode(&mut encoder(Role::Server, version), &packet)[..]);
+        let decoded = decode_stream(&mut encoder(Role::Client, version), &wire).unwrap();
+        prop_assert_eq!(decoded, vec![packet]);
+    }
+
     #[test]
     fn connect_round_trips(
         (version, packet) in version().prop_flat_map(|v| (Just(v), connect(v)))

@@ -12,7 +12,7 @@ use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 use moat_protocol::{
-    Ack, Codec, Disconnect, Packet, Properties, ProtocolVersion, Publish, QoS, ReasonCode,
+    Ack, Codec, Disconnect, Packet, Properties, ProtocolVersion, PublishRef, QoS, ReasonCode,
 };
 
 use crate::broker::backpressure;
@@ -355,8 +355,8 @@ impl Connection {
                 } => {
                     let qos = message.qos;
                     bytes += message.payload.len();
-                    let packet = Packet::Publish(outgoing_publish(packet_id, dup, message, now));
-                    if let Err(e) = codec.encode(&packet, wbuf) {
+                    let publish = outgoing_publish(packet_id, dup, &message, now);
+                    if let Err(e) = codec.encode_publish(&publish, wbuf) {
                         // Too large for the client: drop it (MQTT-3.1.2-25), and free
                         // its slot in the window.
                         tracing::debug!(client_id = %self.session.client_id, error = %e, "message not delivered");
@@ -382,23 +382,22 @@ impl Connection {
     }
 }
 
-/// Builds the PUBLISH for one subscriber, with the remaining expiry and its
-/// subscription identifiers.
-fn outgoing_publish(packet_id: u16, dup: bool, message: Message, now: Instant) -> Publish {
-    let mut properties = (*message.properties).clone();
-    properties.subscription_identifiers = message.subscription_ids;
-    if let Some(expires_at) = message.expires_at {
+/// The PUBLISH for one subscriber, borrowed from the message every subscriber
+/// shares: its QoS, flags, subscription identifiers and remaining expiry.
+fn outgoing_publish(packet_id: u16, dup: bool, message: &Message, now: Instant) -> PublishRef<'_> {
+    let message_expiry_interval = message.expires_at.map(|expires_at| {
         let left = expires_at.saturating_duration_since(now).as_secs();
-        properties.message_expiry_interval = Some(u32::try_from(left.max(1)).unwrap_or(u32::MAX));
-    }
-    Publish {
+        u32::try_from(left.max(1)).unwrap_or(u32::MAX)
+    });
+    PublishRef {
         dup,
         qos: message.qos,
         retain: message.retain,
-        // Not `to_string()`: that goes through the formatter.
-        topic: String::from(&*message.topic),
+        topic: &message.topic,
         packet_id,
-        payload: message.payload,
-        properties,
+        payload: &message.payload,
+        properties: message.properties.as_deref(),
+        subscription_identifiers: message.subscription_ids.as_slice(),
+        message_expiry_interval,
     }
 }

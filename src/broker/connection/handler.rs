@@ -18,7 +18,7 @@ use moat_protocol::{
 
 use crate::broker::denials::DenialKind;
 use crate::broker::journal::{Durable, QueueFull, Reservation};
-use crate::broker::mailbox::Message;
+use crate::broker::mailbox::{Message, SubscriptionIds, shared_properties};
 use crate::broker::permissions::{PublishDenied, may_publish_message};
 use crate::broker::stats::Stats;
 use crate::broker::{BrokerConfig, Incoming};
@@ -434,7 +434,7 @@ impl Connection {
                 qos,
                 retain,
                 properties: passthrough_properties(properties),
-                subscription_ids: Vec::new(),
+                subscription_ids: SubscriptionIds::None,
                 expires_at: properties
                     .message_expiry_interval
                     .map(|secs| published_at + Duration::from_secs(u64::from(secs))),
@@ -499,6 +499,6 @@ impl Connection {
 }
 
 /// The properties a message carries from publisher to subscribers (MQTT 5 §3.3.2.3).
-fn passthrough_properties(p: &Properties) -> Arc<Properties> {
-    Arc::new(p.forwarded())
+fn passthrough_properties(p: &Properties) -> Option<Arc<Properties>> {
+    shared_properties(p.forwarded())
 }

@@ -1,5 +1,7 @@
 //! Unit tests of the mailbox: caps, ordering, staging, eviction and drops.
 
+use bytes::Bytes;
+
 use super::*;
 
 fn msg(qos: QoS, payload: &'static [u8]) -> Message {

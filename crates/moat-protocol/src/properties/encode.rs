@@ -1,8 +1,32 @@
 //! Writing a property set: the length (counted by a first pass; an empty set is one
 //! zero byte), then the properties the packet's context allows, in identifier order.
+//! A delivery's PUBLISH writes the message's shared set with its own Subscription
+//! Identifiers and remaining expiry ([`PerDelivery`]), without copying the set.
 
 use super::*;
 use crate::sink::{self, Counter, Sink};
+
+/// The two PUBLISH properties that differ per delivery of one message: they are
+/// written from here, and the same fields of the property set are ignored.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct PerDelivery<'a> {
+    pub subscription_identifiers: &'a [u32],
+    pub message_expiry_interval: Option<u32>,
+}
+
+impl<'a> PerDelivery<'a> {
+    /// The set's own values: what a packet that is not a delivery carries.
+    pub(crate) fn of(props: &'a Properties) -> PerDelivery<'a> {
+        PerDelivery {
+            subscription_identifiers: &props.subscription_identifiers,
+            message_expiry_interval: props.message_expiry_interval,
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.subscription_identifiers.is_empty() && self.message_expiry_interval.is_none()
+    }
+}
 
 /// Writes the property length and the properties `context` allows.
 pub(crate) fn encode<S: Sink>(
@@ -10,17 +34,36 @@ pub(crate) fn encode<S: Sink>(
     props: &Properties,
     context: Context,
 ) -> Result<(), EncodeError> {
-    // Most packets carry none: one comparison instead of two passes over every
-    // property (the profile's largest item per QoS 1 message, see BENCHMARKS.md).
-    if *props == EMPTY {
-        sink.put_u8(0);
-        return Ok(());
-    }
-    let mut counter = Counter::default();
-    encode_body(&mut counter, props, context)?;
-    sink::put_varint(sink, "property length", counter.0)?;
-    encode_body(sink, props, context)
+    encode_with(sink, Some(props), PerDelivery::of(props), context)
 }
+
+/// [`encode`] for a set that may be absent (`None`: no property but `per`'s), with
+/// the per-delivery values taken from `per`.
+pub(crate) fn encode_with<S: Sink>(
+    sink: &mut S,
+    props: Option<&Properties>,
+    per: PerDelivery<'_>,
+    context: Context,
+) -> Result<(), EncodeError> {
+    // Most packets carry none: one zero byte, without two passes over every
+    // property (the profile's largest item per QoS 1 message, see BENCHMARKS.md).
+    // An absent set costs nothing; a present one is compared once.
+    let props = match props {
+        Some(props) if *props != EMPTY => props,
+        _ if per.is_empty() => {
+            sink.put_u8(0);
+            return Ok(());
+        }
+        _ => &EMPTY_SET,
+    };
+    let mut counter = Counter::default();
+    encode_body(&mut counter, props, per, context)?;
+    sink::put_varint(sink, "property length", counter.0)?;
+    encode_body(sink, props, per, context)
+}
+
+/// [`EMPTY`] with an address, for a delivery whose message carries no property.
+static EMPTY_SET: Properties = EMPTY;
 
 /// No property at all.
 const EMPTY: Properties = Properties {
@@ -56,6 +99,7 @@ const EMPTY: Properties = Properties {
 fn encode_body<S: Sink>(
     sink: &mut S,
     props: &Properties,
+    per: PerDelivery<'_>,
     context: Context,
 ) -> Result<(), EncodeError> {
     let byte = |sink: &mut S, id: u8, value: Option<u8>| {
@@ -120,7 +164,7 @@ fn encode_body<S: Sink>(
             sink.put_u32(value);
         }
     };
-    four(sink, MESSAGE_EXPIRY_INTERVAL, props.message_expiry_interval);
+    four(sink, MESSAGE_EXPIRY_INTERVAL, per.message_expiry_interval);
     four(sink, SESSION_EXPIRY_INTERVAL, props.session_expiry_interval);
     four(sink, WILL_DELAY_INTERVAL, props.will_delay_interval);
     four(sink, MAXIMUM_PACKET_SIZE, props.maximum_packet_size);
@@ -187,7 +231,7 @@ fn encode_body<S: Sink>(
         } else {
             usize::MAX
         };
-        for &id in props.subscription_identifiers.iter().take(limit) {
+        for &id in per.subscription_identifiers.iter().take(limit) {
             if id == 0 || id > MAX_VARINT {
                 return Err(EncodeError::FieldTooLong {
                     field: "subscription identifier",

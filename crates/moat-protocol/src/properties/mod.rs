@@ -17,7 +17,7 @@ use crate::reader::Reader;
 use crate::varint::MAX_VARINT;
 
 pub(crate) use decode::decode;
-pub(crate) use encode::encode;
+pub(crate) use encode::{PerDelivery, encode, encode_with};
 #[cfg(test)]
 pub(crate) use tests::restrict;
 
