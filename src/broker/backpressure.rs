@@ -10,25 +10,37 @@
 //!    same message still has room, and whose client is what holds it up (its socket
 //!    does not take what it is sent, or its in-flight window is full of messages it
 //!    has not acknowledged), is *behind*. Behind for [`LAG_AFTER`] without draining to
-//!    a quarter of its queue, it is *lagging*: it reads slower than a peer that keeps
-//!    up, so waiting for it would pace everyone to the slowest consumer. Until then
-//!    it is waited for (rule 3): a client that falls behind for a moment (a busy
-//!    machine, a garbage collection) loses nothing.
-//! 2. A subscriber for which a publisher waited a whole pause ([`PAUSE_LIMIT`]) and
-//!    that took nothing meanwhile is lagging too (stuck, or gone).
-//! 3. Otherwise the broker itself is behind (the subscriber's connection could send
+//!    a quarter of its queue, it is *lagging*, and *known slow* from then on: it reads
+//!    slower than a peer that keeps up, so waiting for it would pace everyone to the
+//!    slowest consumer. Until then it is waited for (rule 4): a client that falls
+//!    behind for a moment (a busy machine, a garbage collection) loses nothing.
+//! 2. A known-slow subscriber whose queue crowds again is lagging at once, without
+//!    being waited for first, when another subscriber of the same message is not
+//!    known slow (has room, or is crowded but trusted: then the publisher waits for
+//!    that one). It stays known slow until it has drained its queue completely and
+//!    then not crowded for [`KEEP_UP_FOR`] (twice as long each further time it is
+//!    found slow, up to [`KEEP_UP_MAX`]). So what one slow subscriber costs a
+//!    publisher is bounded in total, not per drain: the pauses before it is found
+//!    slow (about [`LAG_AFTER`] and one [`PAUSE_LIMIT`]), once per time it is found.
+//! 3. A subscriber for which a publisher waited a whole pause ([`PAUSE_LIMIT`]) and
+//!    that took nothing meanwhile is lagging and known slow too (stuck, or gone).
+//! 4. Otherwise the broker itself is behind (the subscriber's connection could send
 //!    but has not had the CPU yet): the publisher waits for the subscriber to drain
 //!    to half, at most [`PAUSE_LIMIT`] per pause. QoS 0 waits only while the
 //!    subscriber's socket takes what it is sent (else the client is behind).
 //!
 //! A subscriber slower than its publishers with no faster peer (the only one on its
-//! topics) is waited for, a pause at a time: it costs only the publishers of those
-//! topics, and no acknowledged message is dropped for it.
+//! topics, or every other one known slow too) is waited for, a pause at a time,
+//! known slow or not: it costs only the publishers of those topics, and no
+//! acknowledged message is dropped for it.
 //!
 //! Nobody waits for a lagging subscriber until it has drained to half; meanwhile
 //! what does not fit in its queue is dropped for it alone: counted in
 //! `$SYS/broker/messages/dropped`, in `moat denials` (kind `queue-full`, per
-//! identity and topic pattern) and logged when the burst starts and when it ends.
+//! identity and topic pattern) and logged when the burst starts and when it ends
+//! (with the pauses it has cost publishers). Being found slow is counted once per
+//! finding in `$SYS/broker/subscribers/lagging` and logged; being trusted again is
+//! logged.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -36,7 +48,8 @@ use std::time::{Duration, Instant};
 use moat_protocol::QoS;
 
 use super::denials::DenialKind;
-use super::mailbox::{BurstOver, PushOutcome};
+use super::mailbox::{BurstOver, PushOutcome, Standing};
+pub use super::mailbox::{KEEP_UP_FOR, KEEP_UP_MAX};
 use super::session::SessionLink;
 use super::stats::Stats;
 
@@ -50,33 +63,60 @@ const PAUSE_STEP: Duration = Duration::from_millis(5);
 /// The recipients of one message whose queues crowded, and whether any had room.
 #[derive(Default)]
 pub struct Crowding {
-    /// Crowded recipients a publisher could wait for (see [`may_wait_for`]).
-    crowded: Vec<Arc<SessionLink>>,
+    /// Crowded recipients a publisher could wait for (see [`may_wait_for`]), each
+    /// with whether it is known slow.
+    crowded: Vec<(Arc<SessionLink>, bool)>,
     any_with_room: bool,
+    /// When the first crowded queue was noted: one clock read per crowded message.
+    now: Option<Instant>,
 }
 
 impl Crowding {
+    /// A verdict as of `now` (tests pass their own clock).
+    #[cfg(test)]
+    fn at(now: Instant) -> Crowding {
+        Crowding {
+            now: Some(now),
+            ..Crowding::default()
+        }
+    }
+
     /// Notes what pushing one message to `session` did.
     pub fn note(&mut self, session: &Arc<SessionLink>, qos: QoS, outcome: PushOutcome) {
         match outcome {
             PushOutcome::Queued => self.any_with_room = true,
             PushOutcome::Crowded | PushOutcome::DroppedFull | PushOutcome::EvictedOldest => {
-                if may_wait_for(session, qos) {
-                    self.crowded.push(Arc::clone(session));
+                let now = *self.now.get_or_insert_with(Instant::now);
+                let standing = session.mailbox.crowded(now);
+                if standing.trusted_again {
+                    tracing::info!(
+                        client_id = %session.client_id,
+                        identity = %session.owner,
+                        "subscriber kept up: no longer known slow, publishers wait for it again while it is behind for a moment"
+                    );
+                }
+                if may_wait_for(&standing, session, qos) {
+                    self.crowded
+                        .push((Arc::clone(session), standing.known_slow));
                 }
             }
             PushOutcome::DroppedOffline => {}
         }
     }
 
-    /// The subscriber the publisher should wait for, if any. Crowded recipients of a
-    /// message another recipient had room for, whose clients have held them up for
-    /// [`LAG_AFTER`], are marked lagging (rule 1).
+    /// The subscriber the publisher should wait for, if any. Crowded recipients that
+    /// are slower than another recipient of the message are marked lagging: known
+    /// slow ones at once (rule 2), others once their clients have held them up for
+    /// [`LAG_AFTER`] (rule 1).
     pub fn verdict(self, stats: &Stats) -> Option<Arc<SessionLink>> {
+        let now = self.now?;
+        let trusted_peer = self.any_with_room || self.crowded.iter().any(|(_, slow)| !slow);
         let mut wait_for = None;
-        let now = Instant::now();
-        for session in self.crowded {
-            if self.any_with_room
+        for (session, known_slow) in self.crowded {
+            if known_slow && trusted_peer {
+                // Counted and logged when it was found slow; its drops are, per burst.
+                session.mailbox.mark_lagging();
+            } else if self.any_with_room
                 && session.mailbox.client_behind()
                 && session.mailbox.behind_for(now, 2 * LAG_AFTER) >= LAG_AFTER
             {
@@ -96,29 +136,33 @@ impl Crowding {
 /// Whether a publisher may wait for `session`'s crowded queue. Not for a lagging
 /// client; for QoS 0 only while its socket takes what it is sent (the broker is
 /// behind, its task short of CPU next to the publishers').
-fn may_wait_for(session: &SessionLink, qos: QoS) -> bool {
-    (qos != QoS::AtMostOnce || !session.mailbox.writer_blocked())
-        && session.mailbox.worth_waiting_for()
+fn may_wait_for(standing: &Standing, session: &SessionLink, qos: QoS) -> bool {
+    !standing.lagging && (qos != QoS::AtMostOnce || !session.mailbox.writer_blocked())
 }
 
+/// Marks `session` lagging; counts and logs it when it was not known slow before.
 fn lagging(stats: &Stats, session: &SessionLink, why: &'static str) {
     if session.mailbox.mark_lagging() {
         stats.subscriber_lagging();
+        let record = session.mailbox.lag_report();
         tracing::info!(
             client_id = %session.client_id,
             identity = %session.owner,
             why,
-            "subscriber is lagging: publishers no longer wait for it until it has drained half its queue"
+            publisher_pauses = record.publisher_pauses,
+            keep_up_secs = record.keep_up_for.as_secs(),
+            "subscriber is lagging: known slow from now on, publishers no longer wait for it while a faster subscriber gets the same messages, until it has drained its queue and kept up for keep_up_secs"
         );
     }
 }
 
 /// Backpressure: the publisher handles nothing more until `subscriber` has drained
-/// half its queue, at most [`PAUSE_LIMIT`] (rule 3). A subscriber that took nothing
-/// during the whole pause is marked lagging (rule 2): it costs each publisher one
-/// pause.
+/// half its queue, at most [`PAUSE_LIMIT`] (rule 4). A subscriber that took nothing
+/// during the whole pause is marked lagging (rule 3): it costs each publisher one
+/// pause. The pause is counted in the stats and in the subscriber's record.
 pub async fn wait_for_drain(subscriber: &SessionLink, stats: &Stats) {
     stats.publisher_paused();
+    subscriber.mailbox.publisher_paused();
     let until = Instant::now() + PAUSE_LIMIT;
     let mut drained = false;
     while !subscriber.mailbox.half_empty() && Instant::now() < until {
@@ -184,6 +228,10 @@ pub fn caught_up(stats: &Stats, session: &SessionLink, over: &BurstOver) {
         client_id = %session.client_id,
         identity = %session.owner,
         dropped = over.dropped,
+        publisher_pauses = session.mailbox.lag_report().publisher_pauses,
         "queue drained: the client caught up after messages were dropped for it"
     );
 }
+
+#[cfg(test)]
+mod tests;

@@ -13,7 +13,10 @@ use tokio::sync::Notify;
 
 use moat_protocol::QoS;
 
+mod lag;
 mod message;
+use lag::Lag;
+pub use lag::{KEEP_UP_FOR, KEEP_UP_MAX, LagReport, Standing};
 pub use message::{Message, SubscriptionIds, shared_properties};
 
 /// A burst of drops that ended: the client drained its queue to half.
@@ -102,14 +105,8 @@ struct State {
     burst_topic: Option<Arc<str>>,
     /// Drops not yet added to the denial counts.
     unrecorded: u64,
-    /// The client is behind its publishers or its peers (see [`Mailbox::mark_lagging`]):
-    /// no publisher waits for it, and its overflow is dropped for it alone, until it
-    /// has drained its queue to half.
-    lagging: bool,
-    /// Since when, and when last, the client was seen holding its crowded queue up
-    /// while a peer kept up (see `broker::backpressure`); cleared when it drains to
-    /// a quarter.
-    behind_since: Option<(Instant, Instant)>,
+    /// Whether the client keeps up: behind, lagging, known slow (see the `lag` module).
+    lag: Lag,
     /// Next durable queue position (persistent sessions).
     next_seq: u64,
     /// At the cap, drop the oldest queued message instead of the new one.
@@ -144,8 +141,7 @@ impl Mailbox {
                 burst: 0,
                 burst_topic: None,
                 unrecorded: 0,
-                lagging: false,
-                behind_since: None,
+                lag: Lag::default(),
                 next_seq: 1,
                 keep_newest: false,
                 evicted: Vec::new(),
@@ -352,14 +348,13 @@ impl Mailbox {
             });
         }
         let made_room = s.queue.len() < queued_before;
-        if made_room && (s.queue.len() + s.staged.len()) * 4 <= s.limits.max_messages {
-            s.behind_since = None;
-        }
+        let half_empty = is_half_empty(&s);
         let mut burst_over = None;
-        if made_room && is_half_empty(&s) {
-            // Caught up: publishers may wait for it again, and a burst of drops ends.
-            s.lagging = false;
-            if s.burst > 0 {
+        if made_room {
+            let (queued, max) = (s.queue.len() + s.staged.len(), s.limits.max_messages);
+            s.lag.made_room(now, queued, max, half_empty);
+            if half_empty && s.burst > 0 {
+                // Caught up: a burst of drops ends.
                 burst_over = Some(BurstOver {
                     dropped: std::mem::take(&mut s.burst),
                     topic: s.burst_topic.clone().unwrap_or_else(|| Arc::from("")),
@@ -416,10 +411,11 @@ impl Mailbox {
         is_half_empty(&self.lock())
     }
 
-    /// Whether a publisher may wait for this queue to drain: not for a lagging client
-    /// (see [`Mailbox::mark_lagging`]) until it has drained to half.
-    pub fn worth_waiting_for(&self) -> bool {
-        !self.lock().lagging
+    /// Notes that this queue crowded at `now` (past three quarters, or full), and
+    /// returns whether its client is lagging (nobody waits for it until it has drained
+    /// to half, see [`Mailbox::mark_lagging`]) or known slow (see [`Standing`]).
+    pub fn crowded(&self, now: Instant) -> Standing {
+        self.lock().lag.crowded(now)
     }
 
     /// Whether the client, not the broker, holds this queue up: its socket does not
@@ -446,23 +442,28 @@ impl Mailbox {
 
     /// The client is behind (see `broker::backpressure`): nobody waits for it until
     /// it has drained to half; what does not fit in its queue meanwhile is dropped
-    /// for it alone.
-    /// Returns whether it was not lagging before.
+    /// for it alone. It is known slow until it has kept up for a while (see the
+    /// `lag` module).
+    /// Returns whether it was not known slow before.
     pub fn mark_lagging(&self) -> bool {
-        !std::mem::replace(&mut self.lock().lagging, true)
+        self.lock().lag.mark()
     }
 
     /// Notes that the client is behind now, and returns for how long it has been:
     /// since the first such note after its queue last drained to a quarter, unless
     /// the previous note is older than `forget` (then it starts again).
     pub fn behind_for(&self, now: Instant, forget: std::time::Duration) -> std::time::Duration {
-        let mut s = self.lock();
-        let since = match s.behind_since {
-            Some((since, last)) if now.saturating_duration_since(last) <= forget => since,
-            _ => now,
-        };
-        s.behind_since = Some((since, now));
-        now.saturating_duration_since(since)
+        self.lock().lag.behind_for(now, forget)
+    }
+
+    /// A publisher waited for this queue to drain.
+    pub fn publisher_paused(&self) {
+        self.lock().lag.publisher_paused();
+    }
+
+    /// Pauses it cost publishers, and the proof of keeping up it owes (for logs).
+    pub fn lag_report(&self) -> LagReport {
+        self.lock().lag.report()
     }
 
     /// Drops counted since the last call (for the denial counts).

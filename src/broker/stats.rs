@@ -97,8 +97,10 @@ pub struct Snapshot {
     pub refused_by_reason: [u64; RefusalReason::ALL.len()],
     /// Times a publisher waited for a congested QoS 1/2 subscriber (backpressure).
     pub publishers_paused: u64,
-    /// Times a subscriber was found lagging: publishers stopped waiting for it and
-    /// its overflow was dropped for it alone.
+    /// Times a subscriber was found slow (lagging, and known slow until it has kept
+    /// up for a while): publishers stopped waiting for it while a faster subscriber
+    /// got the same messages, and its overflow was dropped for it alone. A known-slow
+    /// subscriber lagging again is not counted again.
     pub subscribers_lagging: u64,
     pub subscriptions_refused: u64,
     pub denials: u64,

@@ -188,7 +188,7 @@ impl Collector for Sources {
         counter(
             &mut e,
             "moat_subscribers_lagging",
-            "Times a subscriber was found slower than its publishers or peers: not waited for, its overflow dropped for it alone.",
+            "Times a subscriber was found slower than its publishers or peers: known slow until it keeps up, not waited for, its overflow dropped for it alone.",
             s.subscribers_lagging,
         )?;
         counter(

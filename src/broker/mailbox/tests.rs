@@ -3,6 +3,7 @@
 use bytes::Bytes;
 
 use super::*;
+use std::time::Duration;
 
 fn msg(qos: QoS, payload: &'static [u8]) -> Message {
     Message::new("t", Bytes::from_static(payload), qos, false)
@@ -39,10 +40,10 @@ fn a_lagging_client_is_not_waited_for_until_it_drains_to_half_and_its_burst_ends
     for _ in 0..8 {
         mb.push(msg(QoS::AtLeastOnce, b"x"));
     }
-    assert!(mb.worth_waiting_for());
+    assert!(!mb.crowded(Instant::now()).lagging);
     assert!(mb.mark_lagging());
-    assert!(!mb.mark_lagging(), "already lagging");
-    assert!(!mb.worth_waiting_for());
+    assert!(!mb.mark_lagging(), "already known slow");
+    assert!(mb.crowded(Instant::now()).lagging);
     for _ in 0..3 {
         assert_eq!(
             mb.push(msg(QoS::AtLeastOnce, b"x")),
@@ -63,7 +64,10 @@ fn a_lagging_client_is_not_waited_for_until_it_drains_to_half_and_its_burst_ends
     let mut out = Vec::new();
     assert_eq!(mb_small.drain(Instant::now(), &mut out), None);
     assert_eq!(out.len(), 2);
-    assert!(!mb_small.worth_waiting_for(), "6 of 8 queued: still behind");
+    assert!(
+        mb_small.crowded(Instant::now()).lagging,
+        "6 of 8 queued: still behind"
+    );
     assert!(
         mb_small.client_behind(),
         "its window is full of unacknowledged"
@@ -78,9 +82,49 @@ fn a_lagging_client_is_not_waited_for_until_it_drains_to_half_and_its_burst_ends
     assert_eq!(over.dropped, 3);
     assert_eq!(&*over.topic, "t");
     assert_eq!(out.len(), 8);
-    assert!(mb.worth_waiting_for());
+    let standing = mb.crowded(Instant::now());
+    assert!(
+        !standing.lagging,
+        "drained to half: publishers may wait again"
+    );
+    assert!(standing.known_slow, "until it has kept up for a while");
     assert_eq!((mb.dropped().total, mb.dropped().burst), (3, 0));
     assert_eq!(mb.drain(Instant::now(), &mut Vec::new()), None);
+}
+
+#[test]
+fn a_known_slow_client_is_trusted_again_once_it_drains_completely_and_keeps_up() {
+    let t0 = Instant::now();
+    let mb = Mailbox::new(limits(8, 4));
+    mb.set_online(true, limits(8, 4));
+    for _ in 0..8 {
+        mb.push(msg(QoS::AtLeastOnce, b"x"));
+    }
+    assert!(mb.mark_lagging());
+    // Half drained (4 in flight, 4 queued): no longer lagging, still known slow,
+    // and its proof of keeping up has not begun.
+    let mut out = Vec::new();
+    mb.drain(t0, &mut out);
+    assert_eq!(out.len(), 4);
+    let standing = mb.crowded(t0 + KEEP_UP_FOR);
+    assert!(!standing.lagging && standing.known_slow && !standing.trusted_again);
+    // Acknowledged and drained completely at t1: the proof begins. Messages that
+    // do not crowd its queue meanwhile do not stop it.
+    for packet_id in 1..=4 {
+        assert!(mb.complete(packet_id).is_some());
+    }
+    let t1 = t0 + KEEP_UP_FOR + Duration::from_secs(1);
+    mb.drain(t1, &mut Vec::new());
+    assert_eq!(mb.depth().0, 0);
+    for _ in 0..3 {
+        assert_eq!(mb.push(msg(QoS::AtLeastOnce, b"y")), PushOutcome::Queued);
+    }
+    let standing = mb.crowded(t1 + KEEP_UP_FOR);
+    assert!(standing.trusted_again && !standing.known_slow);
+    assert_eq!(mb.lag_report().keep_up_for, KEEP_UP_FOR);
+    // Found slow again: the next proof is twice as long.
+    assert!(mb.mark_lagging(), "found again: counted and logged again");
+    assert_eq!(mb.lag_report().keep_up_for, 2 * KEEP_UP_FOR);
 }
 
 #[test]
