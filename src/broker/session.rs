@@ -107,7 +107,8 @@ impl SessionLink {
 
     /// Whether a message on `topic` may be delivered through a subscription with
     /// `cover` ([`SessionLink::receive_cover`]): without a check while the rights that
-    /// granted the cover are in force, else the full one.
+    /// granted the cover are in force, else the full one. Rights are swapped and
+    /// messages routed under the broker's lock, which orders the two.
     pub fn may_receive(&self, cover: Option<u64>, topic: &str) -> bool {
         cover.is_some_and(|generation| generation == self.rights_generation.load(Ordering::Relaxed))
             || self.permissions().may_receive(&self.client_id, topic)
