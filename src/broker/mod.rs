@@ -19,11 +19,13 @@ pub mod connection;
 pub mod denials;
 mod flows;
 pub mod journal;
+pub mod keepalive;
 pub mod mailbox;
 pub mod permissions;
 pub mod retained;
 mod routing;
 pub mod session;
+mod session_filters;
 mod sessions;
 pub mod stats;
 pub mod subscriptions;
@@ -38,6 +40,7 @@ use arc_swap::ArcSwap;
 use moat_protocol::ReasonCode;
 
 use journal::Journal;
+use keepalive::Keepalive;
 pub use permissions::{
     Admission, ClientLimits, Gatekeeper, ListenerKind, PeerInfo, Permissions, PublishDenied,
     may_publish_message,
@@ -45,6 +48,7 @@ pub use permissions::{
 use retained::RetainedStore;
 pub use routing::{Incoming, Routed};
 use session::{Kick, SessionLink};
+use session_filters::SessionFilters;
 pub use sessions::{AttachRequest, Attached};
 use stats::Stats;
 use subscriptions::SubscriptionTree;
@@ -102,7 +106,7 @@ struct SessionEntry {
     link: Arc<SessionLink>,
     /// The session's filters (the tree holds options and identifiers), so they can
     /// be dropped on reload or expiry.
-    subscriptions: HashSet<String>,
+    subscriptions: SessionFilters,
     /// The live connection, if any: its id and its kill switch.
     connection: Option<(u64, Arc<Kick>)>,
     expiry: Duration,
@@ -127,6 +131,21 @@ struct State {
     retained: RetainedStore,
     pending_wills: Vec<PendingWill>,
     next_id: u64,
+    /// One copy of each identity's name for all its sessions (a home has a few
+    /// identities and many sessions).
+    owners: HashSet<Arc<str>>,
+}
+
+impl State {
+    /// The shared copy of an identity's name.
+    fn owner(&mut self, name: &str) -> Arc<str> {
+        if let Some(owner) = self.owners.get(name) {
+            return Arc::clone(owner);
+        }
+        let owner: Arc<str> = Arc::from(name);
+        self.owners.insert(Arc::clone(&owner));
+        owner
+    }
 }
 
 /// Finds the current rights of an identity by name (for stored state whose owner
@@ -139,6 +158,7 @@ pub struct Broker {
     pub stats: Stats,
     started: Instant,
     journal: Journal,
+    keepalive: Arc<Keepalive>,
     resolver: RwLock<Option<Resolver>>,
 }
 
@@ -154,8 +174,14 @@ impl Broker {
             stats: Stats::default(),
             started: Instant::now(),
             journal,
+            keepalive: Arc::default(),
             resolver: RwLock::new(None),
         })
+    }
+
+    /// The keepalive deadlines of live connections.
+    pub fn keepalive(&self) -> &Arc<Keepalive> {
+        &self.keepalive
     }
 
     pub fn journal(&self) -> &Journal {

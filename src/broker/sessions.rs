@@ -5,7 +5,7 @@
 //! housekeeping (expired sessions, delayed wills that are due). Routing and
 //! subscriptions are `routing`'s; durable records are built by the `journal`.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -18,7 +18,7 @@ use super::permissions::Permissions;
 use super::retained::{RetainQuota, Retained};
 use super::routing::{insert_into_tree, remove_from_tree};
 use super::session::{Kick, SessionLink};
-use super::{Broker, Incoming, PendingWill, Resolver, SessionEntry, State};
+use super::{Broker, Incoming, PendingWill, Resolver, SessionEntry, SessionFilters, State};
 
 /// A connection asking for its session.
 pub struct AttachRequest<'a> {
@@ -98,7 +98,7 @@ impl Broker {
             let link = Arc::new(SessionLink::new(
                 state.next_id,
                 Arc::from(s.client_id.as_str()),
-                Arc::from(s.owner.as_str()),
+                state.owner(&s.owner),
                 Mailbox::new(limits),
                 permissions,
             ));
@@ -115,7 +115,7 @@ impl Broker {
                 Arc::clone(&link.client_id),
                 SessionEntry {
                     link: Arc::clone(&link),
-                    subscriptions: HashSet::new(),
+                    subscriptions: SessionFilters::default(),
                     connection: None,
                     expiry,
                     expires_at: expires_at.or(Some(now + config.max_session_expiry)),
@@ -239,7 +239,7 @@ impl Broker {
                 let link = Arc::new(SessionLink::new(
                     state.next_id,
                     Arc::from(client_id),
-                    Arc::from(owner),
+                    state.owner(owner),
                     Mailbox::new(limits),
                     permissions,
                 ));
@@ -247,7 +247,7 @@ impl Broker {
                     Arc::clone(&link.client_id),
                     SessionEntry {
                         link: Arc::clone(&link),
-                        subscriptions: HashSet::new(),
+                        subscriptions: SessionFilters::default(),
                         connection: Some((connection_id, kick)),
                         expiry,
                         expires_at: None,
@@ -419,6 +419,8 @@ impl Broker {
             }
             self.remove_session_locked(&mut state, client_id, &mut batch);
         }
+        // Names of identities that no longer exist are not kept.
+        state.owners.retain(|owner| resolver(owner).is_some());
         let durable = batch.submit(room);
         drop(state);
         (removed_sessions.len(), dropped.len(), durable)

@@ -4,7 +4,7 @@
 //! publish check, attaches the session (durably, before CONNACK promises it) and
 //! answers CONNACK with what the broker grants. Nothing after CONNACK.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,9 +16,9 @@ use moat_protocol::{
     text,
 };
 
-use super::Connection;
 use super::driver::{IDLE_READ_CHUNK, READ_CHUNK};
 use super::handler::{check_topic_limits, will_refused};
+use super::{Connection, TopicAliases};
 use crate::broker::mailbox::QueueLimits;
 use crate::broker::permissions::{
     Admission, Gatekeeper, PeerInfo, PublishDenied, may_publish_message,
@@ -388,10 +388,12 @@ where
         session,
         connection_id,
         kick,
-        keep_alive: Duration::from_secs(u64::from(keep_alive)),
+        // 1.5 times the keepalive (MQTT-3.1.2-24).
+        keepalive_grace: Duration::from_millis(u64::from(keep_alive) * 1500),
+        peer: peer.addr,
         will,
         expiry_on_connect: connect.properties.session_expiry_interval.unwrap_or(0),
-        aliases: HashMap::new(),
+        aliases: TopicAliases::default(),
         replies: VecDeque::new(),
         congested: None,
         config: broker.config(),

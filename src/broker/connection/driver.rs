@@ -1,7 +1,7 @@
 //! The I/O loop of an established connection: reads and decodes packets and hands
-//! them to the handler, keeps the keepalive deadline, obeys a kick (takeover,
-//! reload, shutdown), pauses a publisher while a subscriber it filled drains
-//! (backpressure), and writes the answers in arrival order (each once what it
+//! them to the handler, tells the broker's keepalive sweeper when the client was
+//! last heard from, obeys a kick (takeover, reload, shutdown, keepalive), pauses a
+//! publisher while a subscriber it filled drains (backpressure), and writes the answers in arrival order (each once what it
 //! acknowledges is durable) together with what the session's mailbox holds, in
 //! as few writes as it can. It closes with the right reason code on a malformed
 //! packet or a protocol violation. What a packet means is the handler's.
@@ -37,7 +37,6 @@ const IDLE_BUFFER_KEEP: usize = 16 * 1024;
 enum Written {
     Done(std::io::Result<()>),
     Kicked(ReasonCode),
-    Stalled,
 }
 
 /// Polls `future` once: its output if it is ready now, `None` if it would wait.
@@ -71,148 +70,158 @@ where
 }
 
 impl Connection {
-    /// Runs the established connection until it ends, and says why.
-    pub(super) async fn run<S>(
-        &mut self,
-        stream: &mut S,
-        codec: &mut Codec,
-        rbuf: &mut BytesMut,
-    ) -> End
+    /// Runs the established connection until it ends, and says why. A plain `fn`
+    /// around an `async move` block: an `async fn` would keep its four arguments
+    /// twice in every connection's task (rust-lang/rust#62958).
+    #[expect(
+        clippy::manual_async_fn,
+        reason = "an async fn stores its arguments twice"
+    )]
+    pub(super) fn run<'a, S>(
+        &'a mut self,
+        stream: &'a mut S,
+        codec: &'a mut Codec,
+        rbuf: &'a mut BytesMut,
+    ) -> impl Future<Output = End> + Send + 'a
     where
         S: AsyncRead + AsyncWrite + Unpin + Send,
     {
-        let mut wbuf = BytesMut::new();
-        // Read up to READ_CHUNK at once only while reads fill what they could take.
-        let mut busy = false;
-        let mut outbound = Vec::new();
-        // 1.5 times the keepalive (MQTT-3.1.2-24).
-        let grace = self.keep_alive + self.keep_alive / 2;
-        let mut last_heard = Instant::now();
-        // `rbuf` may hold packets not yet handled.
-        let mut buffered = !rbuf.is_empty();
-        loop {
-            // Answer what was read, then drain the mailbox, in one write.
-            if self.flush_replies(codec, &mut wbuf).await {
-                let _ = stream.write_all(&wbuf).await;
-                return End::Abnormal(
+        async move {
+            let mut wbuf = BytesMut::new();
+            // Read up to READ_CHUNK at once only while reads fill what they could take.
+            let mut busy = false;
+            let mut outbound = Vec::new();
+            // The broker's one keepalive sweeper kicks the connection when the client
+            // has been silent for its grace (no timer in this task).
+            self.broker
+                .keepalive()
+                .watch(&self.kick, Instant::now(), self.keepalive_grace);
+            // `rbuf` may hold packets not yet handled.
+            let mut buffered = !rbuf.is_empty();
+            loop {
+                // Answer what was read, then drain the mailbox, in one write.
+                if self.flush_replies(codec, &mut wbuf).await {
+                    let _ = stream.write_all(&wbuf).await;
+                    return End::Abnormal(
                     "durable write refused: an MQTT 3.1.1 client cannot be told, so the connection closes unacknowledged".into(),
                 );
-            }
-            self.fill_from_mailbox(codec, &mut outbound, &mut wbuf)
-                .await;
-            if !wbuf.is_empty() {
-                let deadline = last_heard + grace;
-                let written = {
-                    let mut write = std::pin::pin!(async {
-                        stream.write_all(&wbuf).await?;
-                        stream.flush().await
-                    });
-                    match poll_once(write.as_mut()).await {
-                        Some(result) => Written::Done(result),
-                        None => {
-                            // The socket does not take it all now: the client is
-                            // behind, which publishers of QoS 0 need not wait for.
-                            self.session.mailbox.set_writer_blocked(true);
-                            let written = tokio::select! {
-                                result = &mut write => Written::Done(result),
-                                reason = self.kick.kicked() => Written::Kicked(reason),
-                                _ = tokio::time::sleep_until(deadline.into()) => Written::Stalled,
-                            };
-                            self.session.mailbox.set_writer_blocked(false);
-                            written
+                }
+                self.fill_from_mailbox(codec, &mut outbound, &mut wbuf)
+                    .await;
+                if !wbuf.is_empty() {
+                    let written = {
+                        let mut write = std::pin::pin!(async {
+                            stream.write_all(&wbuf).await?;
+                            stream.flush().await
+                        });
+                        match poll_once(write.as_mut()).await {
+                            Some(result) => Written::Done(result),
+                            None => {
+                                // The socket does not take it all now: the client is
+                                // behind, which publishers of QoS 0 need not wait for.
+                                self.session.mailbox.set_writer_blocked(true);
+                                let written = tokio::select! {
+                                    result = &mut write => Written::Done(result),
+                                    reason = self.kick.kicked() => Written::Kicked(reason),
+                                };
+                                self.session.mailbox.set_writer_blocked(false);
+                                written
+                            }
+                        }
+                    };
+                    match written {
+                        Written::Done(Ok(())) => {}
+                        Written::Done(Err(e)) => {
+                            return End::Abnormal(format!("write failed: {e}"));
+                        }
+                        Written::Kicked(ReasonCode::KeepAliveTimeout) => {
+                            return End::Abnormal("client stopped reading (keepalive)".into());
+                        }
+                        Written::Kicked(reason) => {
+                            return Box::pin(self.kicked(stream, codec, reason)).await;
                         }
                     }
-                };
-                match written {
-                    Written::Done(Ok(())) => {}
-                    Written::Done(Err(e)) => return End::Abnormal(format!("write failed: {e}")),
-                    Written::Kicked(reason) => {
-                        return Box::pin(self.kicked(stream, codec, reason)).await;
-                    }
-                    Written::Stalled => {
-                        return End::Abnormal("client stopped reading (keepalive)".into());
+                    wbuf.clear();
+                    if wbuf.capacity() > IDLE_BUFFER_KEEP {
+                        wbuf = BytesMut::new();
                     }
                 }
-                wbuf.clear();
-                if wbuf.capacity() > IDLE_BUFFER_KEEP {
-                    wbuf = BytesMut::new();
-                }
-            }
-            if !buffered {
-                // An idle connection waits with no read buffer at all (it reads
-                // into the stack, see `read_some`); a busy one keeps its buffer.
-                if rbuf.is_empty() && (!busy || rbuf.capacity() > READ_CHUNK) {
-                    *rbuf = BytesMut::new();
-                }
-                let space = if busy { READ_CHUNK } else { IDLE_READ_CHUNK };
-                let deadline = last_heard + grace;
-                tokio::select! {
-                    reason = self.kick.kicked() => return Box::pin(self.kicked(stream, codec, reason)).await,
-                    read = read_some(stream, rbuf, space) => match read {
-                        Ok(0) => return End::Abnormal("connection closed without DISCONNECT".into()),
-                        Ok(n) => {
-                            last_heard = Instant::now();
-                            busy = n >= space;
-                            buffered = true;
+                if !buffered {
+                    // An idle connection waits with no read buffer at all (it reads
+                    // into the stack, see `read_some`); a busy one keeps its buffer.
+                    if rbuf.is_empty() && (!busy || rbuf.capacity() > READ_CHUNK) {
+                        *rbuf = BytesMut::new();
+                    }
+                    // The kick's bare `Notified`, not `Kick::kicked` (24 bytes more in
+                    // every idle task): a kick sets its reason before it notifies.
+                    tokio::select! {
+                        () = self.kick.notified() => {
+                            if let Some(reason) = self.kick.reason() {
+                                return Box::pin(self.kicked(stream, codec, reason)).await;
+                            }
                         }
-                        Err(e) => return End::Abnormal(format!("read failed: {e}")),
-                    },
-                    _ = self.session.mailbox.ready() => {}
-                    _ = tokio::time::sleep_until(deadline.into()) => {
-                        let _ = Box::pin(self.send_disconnect(stream, codec, ReasonCode::KeepAliveTimeout, None)).await;
-                        return End::Abnormal("keepalive timeout".into());
+                        read = read_some(stream, rbuf, if busy { READ_CHUNK } else { IDLE_READ_CHUNK }) => match read {
+                            Ok(0) => return End::Abnormal("connection closed without DISCONNECT".into()),
+                            Ok(n) => {
+                                self.broker.keepalive().heard(&self.kick, Instant::now(), self.keepalive_grace);
+                                busy = n >= if busy { READ_CHUNK } else { IDLE_READ_CHUNK };
+                                buffered = true;
+                            }
+                            Err(e) => return End::Abnormal(format!("read failed: {e}")),
+                        },
+                        _ = self.session.mailbox.ready() => {}
                     }
                 }
-            }
-            if !buffered {
-                continue;
-            }
-            // Handle what was read until a batch of answers is due or a subscriber's
-            // queue overflowed; the rest stays buffered for the next turn (which reads
-            // nothing new until it is handled).
-            buffered = false;
-            loop {
-                // Nothing is awaited while the decode result is alive: it is as
-                // big as a packet, and would be kept in every connection's task.
-                let decoded = match codec.decode(rbuf) {
-                    Ok(Some(packet)) => Ok(self.try_handle(packet)),
-                    Ok(None) => break,
-                    Err(e) => Err((e.reason_code(), e.to_string())),
-                };
-                let handled = match decoded {
-                    Ok(Handled::Done(result)) => result,
-                    Ok(Handled::QueueFull(packet)) => {
-                        Box::pin(self.handle_when_reserved(*packet)).await
-                    }
-                    Err((reason, why)) => {
-                        tracing::info!(client_id = %self.session.client_id, error = %why, "malformed packet");
-                        self.flush_replies(codec, &mut wbuf).await;
-                        return Box::pin(self.violation(
-                            stream,
-                            codec,
-                            &mut wbuf,
-                            reason,
-                            "malformed packet",
-                        ))
-                        .await;
-                    }
-                };
-                match handled {
-                    Ok(None) => {}
-                    Ok(Some(end)) => return end,
-                    Err(Violation(reason, why)) => {
-                        self.flush_replies(codec, &mut wbuf).await;
-                        return Box::pin(self.violation(stream, codec, &mut wbuf, reason, why))
+                if !buffered {
+                    continue;
+                }
+                // Handle what was read until a batch of answers is due or a subscriber's
+                // queue overflowed; the rest stays buffered for the next turn (which reads
+                // nothing new until it is handled).
+                buffered = false;
+                loop {
+                    // Nothing is awaited while the decode result is alive: it is as
+                    // big as a packet, and would be kept in every connection's task.
+                    let decoded = match codec.decode(rbuf) {
+                        Ok(Some(packet)) => Ok(self.try_handle(packet)),
+                        Ok(None) => break,
+                        Err(e) => Err((e.reason_code(), e.to_string())),
+                    };
+                    let handled = match decoded {
+                        Ok(Handled::Done(result)) => result,
+                        Ok(Handled::QueueFull(packet)) => {
+                            Box::pin(self.handle_when_reserved(*packet)).await
+                        }
+                        Err((reason, why)) => {
+                            tracing::info!(client_id = %self.session.client_id, error = %why, "malformed packet");
+                            self.flush_replies(codec, &mut wbuf).await;
+                            return Box::pin(self.violation(
+                                stream,
+                                codec,
+                                &mut wbuf,
+                                reason,
+                                "malformed packet",
+                            ))
                             .await;
+                        }
+                    };
+                    match handled {
+                        Ok(None) => {}
+                        Ok(Some(end)) => return end,
+                        Err(Violation(reason, why)) => {
+                            self.flush_replies(codec, &mut wbuf).await;
+                            return Box::pin(self.violation(stream, codec, &mut wbuf, reason, why))
+                                .await;
+                        }
+                    }
+                    if self.replies.len() >= REPLY_BATCH || self.congested.is_some() {
+                        buffered = true;
+                        break;
                     }
                 }
-                if self.replies.len() >= REPLY_BATCH || self.congested.is_some() {
-                    buffered = true;
-                    break;
+                if let Some(full) = self.congested.take() {
+                    Box::pin(backpressure::wait_for_drain(&full, &self.broker.stats)).await;
                 }
-            }
-            if let Some(full) = self.congested.take() {
-                Box::pin(backpressure::wait_for_drain(&full, &self.broker.stats)).await;
             }
         }
     }
@@ -222,6 +231,9 @@ impl Connection {
         S: AsyncWrite + Unpin,
     {
         let _ = self.send_disconnect(stream, codec, reason, None).await;
+        if reason == ReasonCode::KeepAliveTimeout {
+            return End::Abnormal("keepalive timeout".into());
+        }
         End::Abnormal(format!("closed by the broker: {reason:?}"))
     }
 
