@@ -14,8 +14,58 @@ pub const KEEP_UP_FOR: Duration = Duration::from_secs(10);
 /// The longest proof of keeping up asked of a client found slow again and again.
 pub const KEEP_UP_MAX: Duration = Duration::from_secs(640);
 
+/// A client's record, allocated the first time its queue crowds: most clients
+/// never fill theirs, and the record would take 64 bytes in every mailbox.
 #[derive(Debug, Default)]
-pub(super) struct Lag {
+pub(super) struct Lag(Option<Box<Record>>);
+
+impl Lag {
+    fn record(&mut self) -> &mut Record {
+        self.0.get_or_insert_default()
+    }
+
+    /// See [`Record::mark`].
+    pub fn mark(&mut self) -> bool {
+        self.record().mark()
+    }
+
+    /// See [`Record::crowded`].
+    pub fn crowded(&mut self, now: Instant) -> Standing {
+        self.record().crowded(now)
+    }
+
+    /// See [`Record::made_room`]; nothing to note for a client never crowded.
+    pub fn made_room(
+        &mut self,
+        now: Instant,
+        queued: usize,
+        max_messages: usize,
+        half_empty: bool,
+    ) {
+        if let Some(record) = self.0.as_mut() {
+            record.made_room(now, queued, max_messages, half_empty);
+        }
+    }
+
+    /// See [`Record::behind_for`].
+    pub fn behind_for(&mut self, now: Instant, forget: Duration) -> Duration {
+        self.record().behind_for(now, forget)
+    }
+
+    pub fn publisher_paused(&mut self) {
+        self.record().publisher_paused();
+    }
+
+    pub fn report(&self) -> LagReport {
+        match &self.0 {
+            Some(record) => record.report(),
+            None => Record::default().report(),
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Record {
     lagging: bool,
     /// Since when, and when last, the client was seen holding its crowded queue up
     /// while a peer kept up; cleared when it drains to a quarter.
@@ -55,7 +105,7 @@ pub struct LagReport {
     pub keep_up_for: Duration,
 }
 
-impl Lag {
+impl Record {
     /// Found lagging: it is also known slow from now on. Returns whether it was not
     /// known slow before (so it is counted and logged once, not once per burst).
     pub fn mark(&mut self) -> bool {
@@ -239,5 +289,17 @@ mod tests {
         lag.publisher_paused();
         assert_eq!(lag.report().publisher_pauses, 2);
         assert_eq!(lag.report().keep_up_for, KEEP_UP_FOR);
+    }
+
+    #[test]
+    fn a_mailbox_holds_one_pointer_until_its_queue_first_crowds() {
+        eprintln!("record: {} bytes", std::mem::size_of::<Record>());
+        assert_eq!(std::mem::size_of::<Lag>(), std::mem::size_of::<usize>());
+        let mut lag = Lag::default();
+        lag.made_room(Instant::now(), 0, MAX, true);
+        assert!(lag.0.is_none(), "draining alone allocates nothing");
+        assert_eq!(lag.report().publisher_pauses, 0);
+        lag.crowded(Instant::now());
+        assert!(lag.0.is_some());
     }
 }
