@@ -180,3 +180,27 @@ fn a_subscriber_that_kept_up_is_trusted_again_and_gets_its_grace_again() {
     assert_eq!(stats.snapshot().subscribers_lagging, 1, "found slow again");
     assert_eq!(slow.mailbox.lag_report().keep_up_for, 2 * KEEP_UP_FOR);
 }
+
+/// Rule 3 judges the client, not the broker: a pause in which a subscriber took
+/// nothing makes it lagging only when its client held it up. One whose window had
+/// room (its connection task simply did not run) is not marked slow.
+#[tokio::test]
+async fn a_whole_pause_without_progress_marks_only_a_client_that_holds_its_queue_up() {
+    let stats = Stats::default();
+    // A queue of 4 and a window of 100: filled, nothing sent, nothing in flight.
+    let starved = subscriber(1, 4, 100);
+    while push(&starved) == PushOutcome::Queued {}
+    assert!(!starved.mailbox.client_behind());
+    wait_for_drain(&starved, &stats).await;
+    assert_eq!(stats.snapshot().subscribers_lagging, 0);
+    assert!(!starved.mailbox.crowded(Instant::now()).lagging);
+
+    // The same with a window of 2 that its client has not acknowledged: held up.
+    let stuck = subscriber(2, 4, 2);
+    while push(&stuck) == PushOutcome::Queued {}
+    stuck.mailbox.drain(Instant::now(), &mut Vec::new());
+    while push(&stuck) == PushOutcome::Queued {}
+    assert!(stuck.mailbox.client_behind());
+    wait_for_drain(&stuck, &stats).await;
+    assert_eq!(stats.snapshot().subscribers_lagging, 1);
+}
