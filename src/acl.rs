@@ -6,9 +6,8 @@
 
 use std::borrow::Cow;
 
-use moat_protocol::topic::{
-    covers, matches, parse_shared, validate_topic_filter, validate_topic_name,
-};
+use moat_protocol::TopicName;
+use moat_protocol::topic::{covers, matches, parse_shared, validate_topic_filter};
 
 /// One grant: a filter pattern and where it came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -116,20 +115,25 @@ impl Acl {
     /// May `username` (connected as `client_id`) publish to `topic`? A topic name with
     /// wildcards or U+0000 is never allowed.
     pub fn may_publish(&self, username: &str, client_id: &str, topic: &str) -> Decision {
-        self.publish_grant(username, client_id, topic)
+        TopicName::new(topic)
+            .ok()
+            .and_then(|topic| self.publish_grant(username, client_id, topic))
             .map_or_else(Decision::deny, Decision::allow)
     }
 
-    /// [`Acl::may_publish`] without naming the rule: nothing allocated, for the
-    /// broker's per-message check.
-    pub fn publish_allowed(&self, username: &str, client_id: &str, topic: &str) -> bool {
+    /// [`Acl::may_publish`] for a topic name checked already, without naming the
+    /// rule: nothing allocated, for the broker's per-message check.
+    pub fn publish_allowed(&self, username: &str, client_id: &str, topic: TopicName<'_>) -> bool {
         self.publish_grant(username, client_id, topic).is_some()
     }
 
-    fn publish_grant(&self, username: &str, client_id: &str, topic: &str) -> Option<&Grant> {
-        if validate_topic_name(topic).is_err() {
-            return None;
-        }
+    fn publish_grant(
+        &self,
+        username: &str,
+        client_id: &str,
+        topic: TopicName<'_>,
+    ) -> Option<&Grant> {
+        let topic = topic.as_str();
         first_grant(&self.publish, username, client_id, |f| matches(f, topic))
     }
 
@@ -161,7 +165,7 @@ impl Acl {
     }
 
     fn receive_grant(&self, username: &str, client_id: &str, topic: &str) -> Option<&Grant> {
-        if validate_topic_name(topic).is_err() {
+        if TopicName::new(topic).is_err() {
             return None;
         }
         first_grant(&self.subscribe, username, client_id, |f| matches(f, topic))
@@ -274,6 +278,22 @@ mod tests {
         assert!(!a.may_subscribe("u", "c", "sensors/+/+").allowed);
         assert!(!a.may_subscribe("u", "c", "#").allowed);
         assert!(!a.may_subscribe("u", "c", "sensors/kitchen/temp/x").allowed);
+    }
+
+    #[test]
+    fn the_broker_check_agrees_with_the_named_decision() {
+        let a = acl(&["tele/%u/#", "a/+/c", "#"], &[]);
+        let b = acl(&["tele/%u/#", "a/+/c"], &[]);
+        for topic in ["tele/u/x", "tele/v/x", "a/b/c", "a/b", "x", "$SYS/x"] {
+            let name = TopicName::new(topic).unwrap();
+            for acl in [&a, &b] {
+                assert_eq!(
+                    acl.publish_allowed("u", "c", name),
+                    acl.may_publish("u", "c", topic).allowed,
+                    "{topic}"
+                );
+            }
+        }
     }
 
     #[test]

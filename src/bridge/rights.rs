@@ -5,7 +5,7 @@
 //! them, and no mapping may name one).
 
 use crate::broker::Permissions;
-use moat_protocol::topic;
+use moat_protocol::{TopicName, topic};
 
 use super::plan::BridgePlan;
 
@@ -32,7 +32,8 @@ impl BridgeRights {
 }
 
 impl Permissions for BridgeRights {
-    fn may_publish(&self, _client_id: &str, topic_name: &str) -> bool {
+    fn may_publish(&self, _client_id: &str, topic_name: TopicName<'_>) -> bool {
+        let topic_name = topic_name.as_str();
         self.publish.iter().any(|f| topic::matches(f, topic_name))
     }
 
@@ -61,6 +62,10 @@ mod tests {
     use crate::bridge::plan::{mapping, sample};
     use crate::manifest::bridge::Direction;
 
+    fn name(topic: &str) -> TopicName<'_> {
+        TopicName::new(topic).unwrap()
+    }
+
     #[test]
     fn rights_are_exactly_the_mappings() {
         let r = BridgeRights::new(&sample(vec![
@@ -71,9 +76,9 @@ mod tests {
         assert!(r.may_receive("c", "sensors/kitchen"));
         assert!(!r.may_subscribe("c", "#"));
         assert!(!r.may_receive("c", "cmd/x"));
-        assert!(r.may_publish("c", "remote/cmd/light"));
-        assert!(!r.may_publish("c", "cmd/light"));
-        assert!(!r.may_publish("c", "sensors/kitchen"));
+        assert!(r.may_publish("c", name("remote/cmd/light")));
+        assert!(!r.may_publish("c", name("cmd/light")));
+        assert!(!r.may_publish("c", name("sensors/kitchen")));
         assert!(!r.may_receive("c", "$SYS/broker/uptime"));
     }
 }

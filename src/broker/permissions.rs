@@ -5,13 +5,13 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use moat_protocol::{Connect, ReasonCode};
+use moat_protocol::{Connect, ReasonCode, TopicName};
 
 /// Rights of one authenticated identity. Implemented by the policy layer; swapped
 /// on reload.
 pub trait Permissions: Send + Sync {
-    /// May this client publish to `topic`?
-    fn may_publish(&self, client_id: &str, topic: &str) -> bool;
+    /// May this client publish to `topic`? (Checked already: the topic is valid.)
+    fn may_publish(&self, client_id: &str, topic: TopicName<'_>) -> bool;
     /// May this client subscribe to `filter` (with any `$share/<group>/` prefix)?
     fn may_subscribe(&self, client_id: &str, filter: &str) -> bool;
     /// May a message on `topic` be delivered to this client? (re-checked on delivery)
@@ -48,14 +48,27 @@ pub enum PublishDenied {
 
 /// The one check for a message a client sends: a PUBLISH, and its will both at
 /// CONNECT and when it is published (rights may have changed by a reload). Clients
-/// never publish to `$` topics; a grant must match; retained needs the retain right.
+/// never publish to `$` topics or to an invalid topic name; a grant must match;
+/// retained needs the retain right.
 pub fn may_publish_message(
     permissions: &dyn Permissions,
     client_id: &str,
     topic: &str,
     retain: bool,
 ) -> Result<(), PublishDenied> {
-    if topic.starts_with('$') || !permissions.may_publish(client_id, topic) {
+    let topic = TopicName::new(topic).map_err(|_| PublishDenied::Topic)?;
+    may_publish_topic(permissions, client_id, topic, retain)
+}
+
+/// [`may_publish_message`] for a topic name checked already: a PUBLISH's, whose
+/// [`TopicName`] the handler makes once for its limits, this check and routing.
+pub fn may_publish_topic(
+    permissions: &dyn Permissions,
+    client_id: &str,
+    topic: TopicName<'_>,
+    retain: bool,
+) -> Result<(), PublishDenied> {
+    if topic.is_dollar() || !permissions.may_publish(client_id, topic) {
         return Err(PublishDenied::Topic);
     }
     if retain && !permissions.may_retain() {
@@ -115,8 +128,8 @@ mod tests {
     }
 
     impl Permissions for Rights {
-        fn may_publish(&self, _: &str, topic: &str) -> bool {
-            topic.starts_with("a/") || topic.starts_with("$a/")
+        fn may_publish(&self, _: &str, topic: TopicName<'_>) -> bool {
+            topic.as_str().starts_with("a/") || topic.as_str().starts_with("$a/")
         }
         fn may_subscribe(&self, _: &str, _: &str) -> bool {
             false
@@ -148,5 +161,13 @@ mod tests {
             may_publish_message(&keeps, "c", "$a/x", false),
             Err(PublishDenied::Topic)
         );
+        // Nor to a topic name the codec would refuse, whatever the grants say.
+        for invalid in ["a/+", "a/#", "", "a/\0", "a/\n"] {
+            assert_eq!(
+                may_publish_message(&keeps, "c", invalid, false),
+                Err(PublishDenied::Topic),
+                "{invalid:?}"
+            );
+        }
     }
 }

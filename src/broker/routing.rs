@@ -83,13 +83,13 @@ impl Broker {
         incoming: Incoming,
         batch: &mut Batch,
     ) -> Routed {
-        let config = self.config();
         let mut routed = Routed::default();
         let message = incoming.message;
         if incoming.publisher.is_some() {
             self.stats.received(message.qos, message.payload.len());
         }
         if message.retain {
+            let config = self.config();
             let publisher = incoming
                 .publisher
                 .clone()
@@ -116,8 +116,8 @@ impl Broker {
                 Ok(()) => {}
             }
         }
-        let mut matches = Vec::new();
-        state.tree.collect(&message.topic, &mut matches);
+        let State { tree, matches, .. } = state;
+        tree.collect(&message.topic, matches);
         routed.matched = matches.len();
         routed.congested = deliver(&self.stats, &message, incoming.from_session, matches, batch);
         routed
@@ -332,12 +332,12 @@ struct Delivery {
 /// Pushes one message to each matching session: one copy per session for ordinary
 /// subscriptions (highest QoS, every subscription identifier), one per shared group.
 /// Returns the session the publisher should wait for, if any
-/// ([`backpressure::Crowding`]).
+/// ([`backpressure::Crowding`]). Leaves `matches` empty (its buffer is reused).
 fn deliver(
     stats: &Stats,
     message: &Message,
     from_session: Option<u64>,
-    matches: Vec<Matched>,
+    matches: &mut Vec<Matched>,
     batch: &mut Batch,
 ) -> Option<Arc<SessionLink>> {
     let mut crowding = backpressure::Crowding::default();
@@ -349,7 +349,7 @@ fn deliver(
     let index_size = if may_overlap { matches.len() } else { 0 };
     let mut ordinary: HashMap<u64, usize, SessionIds> =
         HashMap::with_capacity_and_hasher(index_size, SessionIds);
-    for m in matches {
+    for m in matches.drain(..) {
         let sub = m.subscription;
         if sub.options.no_local && !m.shared && Some(sub.session.id) == from_session {
             continue;

@@ -188,7 +188,7 @@ mod tests {
     struct Under(&'static str);
 
     impl Permissions for Under {
-        fn may_publish(&self, _: &str, _: &str) -> bool {
+        fn may_publish(&self, _: &str, _: moat_protocol::TopicName<'_>) -> bool {
             false
         }
         fn may_subscribe(&self, _: &str, filter: &str) -> bool {

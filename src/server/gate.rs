@@ -13,7 +13,7 @@ use crate::broker::permissions::AdmitFuture;
 use crate::broker::{Admission, ClientLimits, Gatekeeper, ListenerKind, PeerInfo, Permissions};
 use crate::net::admission::canonical_ip;
 use crate::policy::{Credential, Identity, Policy};
-use moat_protocol::{Connect, ReasonCode};
+use moat_protocol::{Connect, ReasonCode, TopicName};
 
 /// The policy in force plus the argon2 hashes of `password_file` identities.
 pub struct ActivePolicy {
@@ -44,7 +44,7 @@ pub fn permissions_of(identity: &Arc<Identity>) -> Arc<dyn Permissions> {
 }
 
 impl Permissions for IdentityPermissions {
-    fn may_publish(&self, client_id: &str, topic: &str) -> bool {
+    fn may_publish(&self, client_id: &str, topic: TopicName<'_>) -> bool {
         self.identity
             .acl
             .publish_allowed(&self.identity.name, client_id, topic)

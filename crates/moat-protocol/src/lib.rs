@@ -8,6 +8,7 @@
 //! drive it). Modules are private; this facade is the whole API.
 #![forbid(unsafe_code)]
 
+mod ascii;
 mod codec;
 mod decode;
 mod encode;
@@ -41,4 +42,5 @@ pub use properties::{
     MAX_USER_PROPERTIES, MAX_USER_PROPERTY_BYTES, properties_from_blob, properties_to_blob,
 };
 pub use reason::ReasonCode;
+pub use topic::TopicName;
 pub use varint::MAX_VARINT;

@@ -11,6 +11,8 @@
 //! Mosquitto does for control characters: no smart-home client sends them, and a
 //! newline in a topic is a forged log line waiting to happen.
 
+use super::ascii;
+
 /// Whether `c` may not appear in an MQTT string.
 pub fn is_disallowed(c: char) -> bool {
     let code = u32::from(c);
@@ -22,7 +24,7 @@ pub fn is_disallowed(c: char) -> bool {
 /// The first character of `text` that an MQTT string may not hold, if any.
 pub fn first_disallowed(text: &str) -> Option<char> {
     // Fast path: printable ASCII, which nearly every topic is.
-    if text.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+    if ascii::is_printable(text.as_bytes()) {
         return None;
     }
     text.chars().find(|&c| is_disallowed(c))

@@ -2,7 +2,7 @@
 //! prefixes, and whether one filter covers another. Pure string rules from the MQTT
 //! specification (§4.7, §4.8.2); size limits are the broker's business, not this one's.
 
-use super::text;
+use super::{ascii, text};
 
 /// Why a topic name or filter was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -27,21 +27,57 @@ pub enum TopicError {
 /// character or non-character. (The codec refuses those characters in every string
 /// already; the check here covers topics that come from elsewhere, e.g. a manifest.)
 pub fn validate_topic_name(topic: &str) -> Result<(), TopicError> {
-    if topic.is_empty() {
-        return Err(TopicError::Empty);
+    TopicName::new(topic).map(|_| ())
+}
+
+/// A topic name that passed the checks of [`validate_topic_name`], with its number
+/// of levels, both found in one pass. A broker makes one per message, so its limits,
+/// ACL checks and matching neither validate nor count the topic again; only
+/// [`TopicName::new`] makes one, so holding one proves the check was made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TopicName<'a> {
+    name: &'a str,
+    levels: usize,
+}
+
+impl<'a> TopicName<'a> {
+    /// Checks `name` as [`validate_topic_name`] does and counts its levels.
+    pub fn new(name: &'a str) -> Result<TopicName<'a>, TopicError> {
+        if name.is_empty() {
+            return Err(TopicError::Empty);
+        }
+        // One pass for what nearly every topic is: printable ASCII without wildcards.
+        let separators = match ascii::printable_without_counting(name.as_bytes(), b'+', b'#', b'/')
+        {
+            Some(separators) => separators,
+            None => {
+                check_characters(name)?;
+                if name.contains(['+', '#']) {
+                    return Err(TopicError::WildcardInName);
+                }
+                name.bytes().filter(|&b| b == b'/').count()
+            }
+        };
+        Ok(TopicName {
+            name,
+            levels: separators + 1,
+        })
     }
-    // One pass for what nearly every topic is: printable ASCII without wildcards.
-    if topic
-        .bytes()
-        .all(|b| (0x20..0x7f).contains(&b) && b != b'+' && b != b'#')
-    {
-        return Ok(());
+
+    pub fn as_str(&self) -> &'a str {
+        self.name
     }
-    check_characters(topic)?;
-    if topic.contains(['+', '#']) {
-        return Err(TopicError::WildcardInName);
+
+    /// Levels, separated by `/` (`a//b` has three, `/` two).
+    pub fn levels(&self) -> usize {
+        self.levels
     }
-    Ok(())
+
+    /// Whether it starts with `$`, which clients never publish to and wildcards in
+    /// the first level never match (MQTT-4.7.2-1).
+    pub fn is_dollar(&self) -> bool {
+        self.name.starts_with('$')
+    }
 }
 
 /// A topic filter a SUBSCRIBE may carry (including a `$share/<group>/` prefix).
@@ -92,22 +128,49 @@ pub fn parse_shared(filter: &str) -> Result<Option<(&str, &str)>, TopicError> {
 }
 
 /// Whether a (non-shared, valid) filter matches a topic name. Wildcards in the first
-/// level never match a topic that starts with `$` (MQTT-4.7.2-1).
+/// level never match a topic that starts with `$` (MQTT-4.7.2-1). Walks both byte by
+/// byte, one level at a time: it runs for every grant of every ACL check.
 pub fn matches(filter: &str, topic: &str) -> bool {
-    if topic.starts_with('$') && filter.starts_with(['+', '#']) {
+    let (filter, topic) = (filter.as_bytes(), topic.as_bytes());
+    if topic.first() == Some(&b'$') && matches!(filter.first(), Some(b'+' | b'#')) {
         return false;
     }
-    let mut topic_levels = topic.split('/');
-    for level in filter.split('/') {
-        if level == "#" {
-            return true;
+    // `f` and `t` start a level each, in step.
+    let (mut f, mut t) = (0, 0);
+    loop {
+        let level_end = |at: usize| filter.get(at).is_none_or(|&b| b == b'/');
+        match filter.get(f) {
+            Some(b'#') if level_end(f + 1) => return true,
+            Some(b'+') if level_end(f + 1) => {
+                f += 1;
+                while t < topic.len() && topic[t] != b'/' {
+                    t += 1;
+                }
+            }
+            _ => {
+                while f < filter.len() && filter[f] != b'/' {
+                    if topic.get(t) != Some(&filter[f]) {
+                        return false;
+                    }
+                    f += 1;
+                    t += 1;
+                }
+                if t < topic.len() && topic[t] != b'/' {
+                    return false;
+                }
+            }
         }
-        match topic_levels.next() {
-            Some(t) if level == "+" || level == t => {}
-            _ => return false,
+        // Both at the end of a level.
+        match (f == filter.len(), t == topic.len()) {
+            (true, topic_done) => return topic_done,
+            // "a/#" matches "a" too.
+            (false, true) => return filter.get(f + 1) == Some(&b'#') && level_end(f + 2),
+            (false, false) => {
+                f += 1;
+                t += 1;
+            }
         }
     }
-    topic_levels.next().is_none()
 }
 
 /// Whether every topic that `requested` matches is also matched by `grant` (both
@@ -209,6 +272,76 @@ mod tests {
         assert_eq!(parse_shared("a/b"), Ok(None));
     }
 
+    /// The level-by-level definition [`matches`] must agree with.
+    fn matches_by_levels(filter: &str, topic: &str) -> bool {
+        if topic.starts_with('$') && filter.starts_with(['+', '#']) {
+            return false;
+        }
+        let mut topic_levels = topic.split('/');
+        for level in filter.split('/') {
+            if level == "#" {
+                return true;
+            }
+            match topic_levels.next() {
+                Some(t) if level == "+" || level == t => {}
+                _ => return false,
+            }
+        }
+        topic_levels.next().is_none()
+    }
+
+    proptest::proptest! {
+        /// Every filter and topic made of a few levels (empty ones, `$`, wildcards,
+        /// prefixes of each other) is matched as the level-by-level definition says.
+        #[test]
+        fn matches_agrees_with_the_level_by_level_definition(
+            filter in proptest::collection::vec(
+                proptest::sample::select(vec!["a", "ab", "b", "", "$S", "+", "#", "a+", "#b"]), 1..6),
+            topic in proptest::collection::vec(
+                proptest::sample::select(vec!["a", "ab", "b", "", "$S", "+", "#"]), 1..6),
+        ) {
+            let (filter, topic) = (filter.join("/"), topic.join("/"));
+            proptest::prop_assert_eq!(
+                matches(&filter, &topic), matches_by_levels(&filter, &topic),
+                "{:?} {:?}", filter, topic);
+        }
+
+        /// A topic name's level count is its number of `/`-separated parts, and it
+        /// is accepted exactly when the character and wildcard rules accept it.
+        #[test]
+        fn topic_names_are_checked_and_counted_in_one_pass(
+            name in "[a-c/+#$ \\x00-\\x1f\\x7f-\\u{a0}é\\u{fdd0}\\u{fffe}]{0,20}",
+        ) {
+            let expected = if name.is_empty() {
+                Err(TopicError::Empty)
+            } else if let Some(c) = text::first_disallowed(&name) {
+                Err(if c == '\0' { TopicError::NullCharacter } else { TopicError::DisallowedCharacter(c) })
+            } else if name.contains(['+', '#']) {
+                Err(TopicError::WildcardInName)
+            } else {
+                Ok(name.split('/').count())
+            };
+            proptest::prop_assert_eq!(TopicName::new(&name).map(|t| t.levels()), expected);
+        }
+    }
+
+    #[test]
+    fn topic_name_levels_and_dollar() {
+        let name = TopicName::new("a//b").unwrap();
+        assert_eq!(
+            (name.as_str(), name.levels(), name.is_dollar()),
+            ("a//b", 3, false)
+        );
+        assert_eq!(TopicName::new("/").unwrap().levels(), 2);
+        assert_eq!(TopicName::new("état/x").unwrap().levels(), 2);
+        assert!(TopicName::new("$SYS/x").unwrap().is_dollar());
+        assert_eq!(TopicName::new("a/é+"), Err(TopicError::WildcardInName));
+        assert_eq!(
+            TopicName::new("longer than eight/#"),
+            Err(TopicError::WildcardInName)
+        );
+    }
+
     #[test]
     fn matching() {
         assert!(matches("a/+/c", "a/b/c"));
@@ -222,6 +355,13 @@ mod tests {
         assert!(!matches("#", "$SYS/broker/uptime"));
         assert!(!matches("+/broker/uptime", "$SYS/broker/uptime"));
         assert!(matches("$SYS/#", "$SYS/broker/uptime"));
+        assert!(matches("a/+", "a/"));
+        assert!(matches("+/+", "/"));
+        assert!(!matches("a/+", "a"));
+        assert!(!matches("ab", "a"));
+        assert!(!matches("a", "ab"));
+        assert!(matches("a/#", "a/"));
+        assert!(!matches("a/b/#", "a"));
     }
 
     #[test]

@@ -10,7 +10,7 @@ use crate::broker::permissions::Permissions;
 struct Everything;
 
 impl Permissions for Everything {
-    fn may_publish(&self, _: &str, _: &str) -> bool {
+    fn may_publish(&self, _: &str, _: moat_protocol::TopicName<'_>) -> bool {
         true
     }
     fn may_subscribe(&self, _: &str, _: &str) -> bool {

@@ -13,7 +13,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use moat_protocol::{
     Codec, ConnAck, Connect, DecodeError, Packet, Properties, ProtocolVersion, ReasonCode, Role,
-    text,
+    TopicName, text,
 };
 
 use super::driver::{IDLE_READ_CHUNK, READ_CHUNK};
@@ -21,7 +21,7 @@ use super::handler::{check_topic_limits, will_refused};
 use super::{Connection, TopicAliases};
 use crate::broker::mailbox::QueueLimits;
 use crate::broker::permissions::{
-    Admission, Gatekeeper, PeerInfo, PublishDenied, may_publish_message,
+    Admission, Gatekeeper, PeerInfo, PublishDenied, may_publish_topic,
 };
 use crate::broker::session::Kick;
 use crate::broker::stats::RefusalReason;
@@ -260,10 +260,11 @@ where
         limits,
     } = admission;
     if let Some(will) = &connect.will {
-        let checked = check_topic_limits(&will.topic, config)
+        let checked = TopicName::new(&will.topic)
             .map_err(|_| PublishDenied::Topic)
-            .and_then(|()| {
-                may_publish_message(&*permissions, &connect.client_id, &will.topic, will.retain)
+            .and_then(|topic| {
+                check_topic_limits(topic, config).map_err(|_| PublishDenied::Topic)?;
+                may_publish_topic(&*permissions, &connect.client_id, topic, will.retain)
             });
         if let Err(denied) = checked {
             will_refused(

@@ -13,13 +13,15 @@ use std::time::{Duration, Instant};
 
 use moat_protocol::{
     Ack, Packet, Properties, ProtocolVersion, Publish, QoS, ReasonCode, SubAck, Subscribe,
-    UnsubAck, Unsubscribe, Will, topic,
+    TopicName, UnsubAck, Unsubscribe, Will, topic,
 };
 
 use crate::broker::denials::DenialKind;
 use crate::broker::journal::{Durable, QueueFull, Reservation};
 use crate::broker::mailbox::{Message, SubscriptionIds, shared_properties};
-use crate::broker::permissions::{PublishDenied, may_publish_message};
+use crate::broker::permissions::{
+    Permissions, PublishDenied, may_publish_message, may_publish_topic,
+};
 use crate::broker::stats::Stats;
 use crate::broker::{BrokerConfig, Incoming};
 
@@ -53,8 +55,11 @@ pub(super) fn will_refused(
 }
 
 /// Checks a topic name against the broker's size limits.
-pub(super) fn check_topic_limits(topic: &str, config: &BrokerConfig) -> Result<(), ReasonCode> {
-    if topic.len() > config.max_topic_length || topic.split('/').count() > config.max_topic_levels {
+pub(super) fn check_topic_limits(
+    topic: TopicName<'_>,
+    config: &BrokerConfig,
+) -> Result<(), ReasonCode> {
+    if topic.as_str().len() > config.max_topic_length || topic.levels() > config.max_topic_levels {
         return Err(ReasonCode::TopicNameInvalid);
     }
     Ok(())
@@ -208,7 +213,10 @@ impl Connection {
         if publish.topic.is_empty() {
             return Err(Violation(ReasonCode::TopicNameInvalid, "empty topic"));
         }
-        check_topic_limits(&publish.topic, &self.config)
+        // Checked and counted once here for the limits, the ACL and routing.
+        let topic = TopicName::new(&publish.topic)
+            .map_err(|_| Violation(ReasonCode::TopicNameInvalid, "invalid topic name"))?;
+        check_topic_limits(topic, &self.config)
             .map_err(|r| Violation(r, "topic too long or too deep"))?;
         check_user_properties(&publish.properties, &self.config)
             .map_err(|r| Violation(r, "too many user properties"))?;
@@ -230,7 +238,7 @@ impl Connection {
 
         let permissions = self.session.permissions();
         let client_id = &self.session.client_id;
-        let checked = may_publish_message(&*permissions, client_id, &publish.topic, publish.retain);
+        let checked = may_publish_topic(&*permissions, client_id, topic, publish.retain);
         let (reason, durable) = if let Err(denied) = checked {
             let kind = match denied {
                 PublishDenied::Topic => DenialKind::Publish,
@@ -257,12 +265,13 @@ impl Connection {
             (ReasonCode::NotAuthorized, Durable::default())
         } else {
             let incoming = self.incoming(
+                &*permissions,
                 &publish.topic,
                 publish.payload,
                 publish.qos,
                 publish.retain,
                 &publish.properties,
-                Instant::now(),
+                Duration::ZERO,
             );
             let (routed, durable) = if publish.qos == QoS::ExactlyOnce {
                 self.broker
@@ -416,16 +425,21 @@ impl Connection {
         );
     }
 
-    /// A message this client publishes (or its will), ready for the router;
-    /// `published_at` starts its expiry clock.
+    /// A message this client publishes (or its will), ready for the router; its
+    /// expiry clock starts `delay` from now.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the parts of a PUBLISH or a will"
+    )]
     fn incoming(
         &self,
+        permissions: &dyn Permissions,
         topic: &str,
         payload: bytes::Bytes,
         qos: QoS,
         retain: bool,
         properties: &Properties,
-        published_at: Instant,
+        delay: Duration,
     ) -> Incoming {
         Incoming {
             message: Message {
@@ -435,14 +449,15 @@ impl Connection {
                 retain,
                 properties: passthrough_properties(properties),
                 subscription_ids: SubscriptionIds::None,
+                // The clock is read only for a message that expires.
                 expires_at: properties
                     .message_expiry_interval
-                    .map(|secs| published_at + Duration::from_secs(u64::from(secs))),
+                    .map(|secs| Instant::now() + delay + Duration::from_secs(u64::from(secs))),
                 seq: 0,
             },
             publisher: Some(Arc::clone(&self.session.owner)),
             from_session: Some(self.session.id),
-            retained_quota: self.session.permissions().retained_quota(),
+            retained_quota: permissions.retained_quota(),
         }
     }
 
@@ -480,12 +495,13 @@ impl Connection {
                 Duration::from_secs(u64::from(will.properties.will_delay_interval.unwrap_or(0)));
             // A delayed will's expiry counts from when it is published.
             let incoming = self.incoming(
+                &*permissions,
                 &will.topic,
                 will.payload,
                 will.qos,
                 will.retain,
                 &will.properties,
-                Instant::now() + delay,
+                delay,
             );
             Some((incoming, delay))
         });

@@ -32,8 +32,8 @@ const ANSWER: Duration = Duration::from_secs(5);
 struct UnderA;
 
 impl Permissions for UnderA {
-    fn may_publish(&self, _: &str, topic: &str) -> bool {
-        topic.starts_with("a/")
+    fn may_publish(&self, _: &str, topic: moat_protocol::TopicName<'_>) -> bool {
+        topic.as_str().starts_with("a/")
     }
     fn may_subscribe(&self, _: &str, filter: &str) -> bool {
         filter.starts_with("a/")
@@ -50,7 +50,7 @@ impl Permissions for UnderA {
 struct UnderANoRetain;
 
 impl Permissions for UnderANoRetain {
-    fn may_publish(&self, client_id: &str, topic: &str) -> bool {
+    fn may_publish(&self, client_id: &str, topic: moat_protocol::TopicName<'_>) -> bool {
         UnderA.may_publish(client_id, topic)
     }
     fn may_subscribe(&self, client_id: &str, filter: &str) -> bool {
