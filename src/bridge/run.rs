@@ -375,7 +375,7 @@ impl Local {
                 // A retained message sent at subscribe time carries the flag
                 // whatever the subscription said: the mapping decides here.
                 retain: message.retain && mapping.retain,
-                topic: remote_topic,
+                topic: remote_topic.into(),
                 packet_id,
                 payload: message.payload.clone(),
                 properties,

@@ -170,7 +170,7 @@ async fn low_privilege(
         dup: false,
         qos: QoS::AtLeastOnce,
         retain: false,
-        topic: "$SYS/moat-doctor-probe".to_owned(),
+        topic: "$SYS/moat-doctor-probe".into(),
         packet_id: 2,
         payload: bytes::Bytes::from_static(b"probe"),
         properties: Properties::default(),
@@ -188,7 +188,7 @@ async fn low_privilege(
                 outcome.sys_publish_accepted = !ack.reason.is_error();
             }
             Packet::Publish(p) if p.topic.starts_with('$') && outcome.dollar_topics.len() < 8 => {
-                outcome.dollar_topics.push(p.topic);
+                outcome.dollar_topics.push(p.topic.to_string());
             }
             Packet::Disconnect(_) => break,
             _ => {}

@@ -136,7 +136,7 @@ impl Sender {
                         dup: false,
                         qos: self.qos,
                         retain: false,
-                        topic: self.topic.clone(),
+                        topic: self.topic.as_str().into(),
                         packet_id,
                         payload: Bytes::copy_from_slice(&buffer),
                         properties: Properties::default(),

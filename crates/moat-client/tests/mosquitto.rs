@@ -205,7 +205,7 @@ async fn publishes_at_every_qos_over_every_transport() {
                 .unwrap();
             assert!(!reason.is_error());
             let message = next_message(&mut incoming).await;
-            assert_eq!(message.topic, format!("{topic}/{}", qos as u8));
+            assert_eq!(&*message.topic, format!("{topic}/{}", qos as u8));
             assert_eq!(message.payload, payload.as_bytes());
             assert_eq!(message.qos, qos);
         }

@@ -9,61 +9,84 @@ const ONES: u64 = 0x0101_0101_0101_0101;
 const HIGHS: u64 = ONES * 0x80;
 const LOWS: u64 = !HIGHS;
 
-/// 0x80 in every byte of `word` that is zero, 0 elsewhere.
-fn zero_bytes(word: u64) -> u64 {
-    // (b & 0x7f) + 0x7f sets the high bit unless the low seven bits are zero; `| b`
-    // adds it back for 0x80. The sum never exceeds 0xfe: no carry into the next byte.
-    !(((word & LOWS).wrapping_add(LOWS)) | word) & HIGHS
-}
-
-/// 0x80 in every byte of `word` that is not printable ASCII (0x20..=0x7e).
+/// 0x80 in every byte of `word` that is not printable ASCII (0x20..=0x7e); nonzero
+/// exactly when one is not.
 fn unprintable_bytes(word: u64) -> u64 {
-    let non_ascii = word & HIGHS;
-    // (b | 0x80) - 0x20 keeps its high bit for b & 0x7f >= 0x20 (no borrow leaves the byte).
+    // (b | 0x80) - 0x20 keeps its high bit for b & 0x7f >= 0x20 (no borrow leaves a byte).
     let control = !((word | HIGHS).wrapping_sub(ONES * 0x20)) & HIGHS;
-    // (b & 0x7f) + 1 reaches 0x80 only for 0x7f (DEL).
-    let delete = (word & LOWS).wrapping_add(ONES) & HIGHS;
-    non_ascii | control | delete
+    // b + 1 reaches 0x80 only for 0x7f (DEL); a carry out of a byte needs a non-ASCII
+    // byte, which `word & HIGHS` reports anyway.
+    let delete = word.wrapping_add(ONES) & HIGHS;
+    (word & HIGHS) | control | delete
 }
 
-fn words(bytes: &[u8]) -> (impl Iterator<Item = u64> + '_, &[u8]) {
+/// 0x80 in every byte of `word` that is zero, for a word of ASCII bytes (the only
+/// words whose other masks are used): b + 0x7f sets the high bit unless b is zero,
+/// and never carries.
+fn zero_bytes(word: u64) -> u64 {
+    !(word.wrapping_add(LOWS) | word) & HIGHS
+}
+
+/// How many bytes a mask of [`zero_bytes`] marks.
+fn marked(mask: u64) -> usize {
+    // One per marked byte, summed into the top byte (at most 8: no overflow).
+    ((mask >> 7).wrapping_mul(ONES) >> 56) as usize
+}
+
+fn word(bytes: &[u8]) -> u64 {
+    let mut word = [0u8; 8];
+    word.copy_from_slice(bytes);
+    u64::from_le_bytes(word)
+}
+
+/// Runs `scan` over `bytes` eight at a time, with a mask of the bytes it must
+/// judge (all of them, but for a last word that overlaps the one before it);
+/// `None` for a string too short for one word.
+fn words(bytes: &[u8], mut scan: impl FnMut(u64, u64) -> bool) -> Option<bool> {
+    if bytes.len() < 8 {
+        return None;
+    }
     let chunks = bytes.chunks_exact(8);
-    let tail = chunks.remainder();
-    let words = chunks.map(|chunk| {
-        let mut word = [0u8; 8];
-        word.copy_from_slice(chunk);
-        u64::from_le_bytes(word)
-    });
-    (words, tail)
+    let tail = chunks.remainder().len();
+    for chunk in chunks {
+        if !scan(word(chunk), !0) {
+            return Some(false);
+        }
+    }
+    if tail > 0 {
+        // The last eight bytes, of which only the last `tail` are new.
+        let last = word(&bytes[bytes.len() - 8..]);
+        return Some(scan(last, !0 << (8 * (8 - tail))));
+    }
+    Some(true)
 }
 
 /// Whether every byte is printable ASCII (0x20..=0x7e).
 pub(crate) fn is_printable(bytes: &[u8]) -> bool {
-    let (mut words, tail) = words(bytes);
-    words.all(|word| unprintable_bytes(word) == 0) && tail.iter().all(|b| (0x20..0x7f).contains(b))
+    words(bytes, |word, judged| unprintable_bytes(word) & judged == 0)
+        .unwrap_or_else(|| bytes.iter().all(|b| (0x20..0x7f).contains(b)))
 }
 
-/// If every byte is printable ASCII other than `a` and `b`: how many bytes equal
-/// `counted`. `None` as soon as one byte is not.
-pub(crate) fn printable_without_counting(bytes: &[u8], a: u8, b: u8, counted: u8) -> Option<usize> {
-    let (words, tail) = words(bytes);
-    let mut count = 0;
-    for word in words {
-        let refused = unprintable_bytes(word)
-            | zero_bytes(word ^ (ONES * u64::from(a)))
-            | zero_bytes(word ^ (ONES * u64::from(b)));
-        if refused != 0 {
-            return None;
+/// If every byte is printable ASCII and none is a wildcard (`+`, `#`): how many
+/// are `/`, i.e. a topic name's level separators. `None` as soon as one byte is not.
+pub(crate) fn topic_name_separators(bytes: &[u8]) -> Option<usize> {
+    let mut separators = 0;
+    let all = words(bytes, |word, judged| {
+        // '#' (0x23) and '+' (0x2b) differ in bit 3 only.
+        let wildcards = zero_bytes((word | (ONES * 0x08)) ^ (ONES * u64::from(b'+')));
+        if (unprintable_bytes(word) | wildcards) & judged != 0 {
+            return false;
         }
-        count += zero_bytes(word ^ (ONES * u64::from(counted))).count_ones() as usize;
-    }
-    for &byte in tail {
-        if !(0x20..0x7f).contains(&byte) || byte == a || byte == b {
-            return None;
-        }
-        count += usize::from(byte == counted);
-    }
-    Some(count)
+        separators += marked(zero_bytes(word ^ (ONES * u64::from(b'/'))) & judged);
+        true
+    })
+    .unwrap_or_else(|| {
+        bytes.iter().all(|&b| {
+            separators += usize::from(b == b'/');
+            (0x20..0x7f).contains(&b) && b != b'+' && b != b'#'
+        })
+    });
+    all.then_some(separators)
 }
 
 #[cfg(test)]
@@ -91,7 +114,7 @@ mod tests {
                     let expected = (printable(byte) && byte != b'+' && byte != b'#')
                         .then_some(usize::from(byte == b'/'));
                     assert_eq!(
-                        printable_without_counting(&text, b'+', b'#', b'/'),
+                        topic_name_separators(&text),
                         expected,
                         "{byte:#x} at {position}/{len}"
                     );
@@ -100,15 +123,34 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        /// Any mix of bytes (mostly printable, with `/`, wildcards and high bytes),
+        /// any length: both scans agree with the byte-by-byte rule, and no `/` of an
+        /// overlapping last word is counted twice.
+        #[test]
+        fn scans_agree_with_the_scalar_rule(
+            text in proptest::collection::vec(
+                proptest::prop_oneof![
+                    4 => proptest::sample::select(b"ab/ ~".to_vec()),
+                    1 => proptest::num::u8::ANY,
+                ],
+                0..40,
+            ),
+        ) {
+            let all_printable = text.iter().all(|&b| printable(b));
+            proptest::prop_assert_eq!(is_printable(&text), all_printable);
+            let expected = (all_printable && !text.contains(&b'+') && !text.contains(&b'#'))
+                .then(|| text.iter().filter(|&&b| b == b'/').count());
+            proptest::prop_assert_eq!(topic_name_separators(&text), expected);
+        }
+    }
+
     #[test]
     fn counts_every_occurrence_in_words_and_tail() {
         let text = b"a/b//c/d/e/f/g/h/i/j/";
-        assert_eq!(printable_without_counting(text, b'+', b'#', b'/'), Some(11));
-        assert_eq!(printable_without_counting(b"", b'+', b'#', b'/'), Some(0));
-        assert_eq!(
-            printable_without_counting(b"////////", b'+', b'#', b'/'),
-            Some(8)
-        );
+        assert_eq!(topic_name_separators(text), Some(11));
+        assert_eq!(topic_name_separators(b""), Some(0));
+        assert_eq!(topic_name_separators(b"////////"), Some(8));
         assert!(is_printable(b""));
         // A high byte next to a low one: no borrow or carry between bytes.
         assert!(!is_printable(&[

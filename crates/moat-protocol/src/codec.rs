@@ -3,14 +3,15 @@
 //! reserving room for the body, then decodes the body strictly. It tracks the
 //! negotiated version and the CONNECT state; it knows nothing of sessions or sockets.
 
-use bytes::{Buf, BytesMut};
+use bytes::{Buf, BufMut, BytesMut};
 
 use super::decode;
 use super::encode;
 use super::error::{DecodeError, EncodeError};
 use super::header::{self, PacketType};
-use super::packet::{Packet, ProtocolVersion, PublishRef};
+use super::packet::{AckKind, Packet, ProtocolVersion, PublishRef};
 use super::reader::Reader;
+use super::reason::ReasonCode;
 use super::varint;
 
 /// The largest packet a server accepts before CONNECT has been authenticated.
@@ -183,5 +184,44 @@ impl Codec {
     ) -> Result<(), EncodeError> {
         let version = self.version.unwrap_or(ProtocolVersion::V311);
         encode::encode_publish(publish, version, self.role, self.max_outgoing, dst)
+    }
+
+    /// Encodes a PUBACK, PUBREC, PUBREL or PUBCOMP without properties: the bytes
+    /// [`Codec::encode`] writes for `kind.packet(Ack::new(packet_id, reason))`
+    /// (v5: the reason code and an empty property set, never the short form),
+    /// without building that packet.
+    pub fn encode_ack(
+        &mut self,
+        kind: AckKind,
+        packet_id: u16,
+        reason: ReasonCode,
+        dst: &mut BytesMut,
+    ) -> Result<(), EncodeError> {
+        let v5 = self.version.unwrap_or(ProtocolVersion::V311).is_v5();
+        let remaining: u8 = if v5 { 4 } else { 2 };
+        let total = u32::from(remaining) + 2;
+        if let Some(max) = self.max_outgoing
+            && total > max
+        {
+            return Err(EncodeError::TooLarge {
+                size: u64::from(total),
+                max,
+            });
+        }
+        let packet_type = match kind {
+            AckKind::PubAck => PacketType::PubAck,
+            AckKind::PubRec => PacketType::PubRec,
+            AckKind::PubRel => PacketType::PubRel,
+            AckKind::PubComp => PacketType::PubComp,
+        };
+        dst.reserve(total as usize);
+        dst.put_u8(packet_type.first_byte());
+        dst.put_u8(remaining);
+        dst.put_u16(packet_id);
+        if v5 {
+            dst.put_u8(reason as u8);
+            dst.put_u8(0); // property length
+        }
+        Ok(())
     }
 }

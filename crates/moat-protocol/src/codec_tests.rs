@@ -605,7 +605,7 @@ fn an_empty_topic_needs_a_v5_topic_alias() {
         panic!("not a PUBLISH");
     };
     assert_eq!(
-        (publish.topic.as_str(), publish.properties.topic_alias),
+        (&*publish.topic, publish.properties.topic_alias),
         ("", Some(7))
     );
     let err = after_connect(
@@ -971,7 +971,7 @@ fn reason_string_and_user_properties_are_dropped_to_fit() {
 fn strings_too_long_for_their_prefix_are_refused() {
     let mut codec = client(ProtocolVersion::V311);
     let mut publish = sample_publish(1);
-    publish.topic = "a".repeat(70_000);
+    publish.topic = "a".repeat(70_000).into();
     let mut buf = BytesMut::new();
     let err = codec
         .encode(&Packet::Publish(publish), &mut buf)
@@ -1537,6 +1537,55 @@ fn c1_controls_and_non_characters_are_refused_but_other_unicode_is_not() {
         .unwrap() else {
             panic!("not a PUBLISH");
         };
-        assert_eq!(p.topic, good);
+        assert_eq!(&*p.topic, good);
     }
+}
+
+#[test]
+fn acks_encoded_without_a_packet_are_the_bytes_of_the_packet() {
+    let kinds = [
+        AckKind::PubAck,
+        AckKind::PubRec,
+        AckKind::PubRel,
+        AckKind::PubComp,
+    ];
+    let reasons = [
+        ReasonCode::Success,
+        ReasonCode::NoMatchingSubscribers,
+        ReasonCode::NotAuthorized,
+        ReasonCode::PacketIdentifierNotFound,
+    ];
+    for version in [
+        ProtocolVersion::V31,
+        ProtocolVersion::V311,
+        ProtocolVersion::V5,
+    ] {
+        for role in [Role::Server, Role::Client] {
+            for kind in kinds {
+                for reason in reasons {
+                    for packet_id in [1, 0x1234, u16::MAX] {
+                        let mut codec = Codec::new(role, MIB);
+                        codec.set_version(version);
+                        let packet = kind.packet(Ack::new(packet_id, reason));
+                        let expected = encode_with(&mut codec, &packet);
+                        let mut fast = BytesMut::from(&b"before"[..]);
+                        codec
+                            .encode_ack(kind, packet_id, reason, &mut fast)
+                            .unwrap();
+                        assert_eq!(&fast[..6], b"before");
+                        assert_eq!(&fast[6..], &expected[..], "{version:?} {kind:?} {reason:?}");
+                    }
+                }
+            }
+        }
+    }
+    // A peer's Maximum Packet Size applies as to any packet.
+    let mut codec = client(ProtocolVersion::V5);
+    codec.set_max_outgoing_packet_size(Some(5));
+    let mut buf = BytesMut::new();
+    assert!(matches!(
+        codec.encode_ack(AckKind::PubAck, 1, ReasonCode::Success, &mut buf),
+        Err(EncodeError::TooLarge { size: 6, max: 5 })
+    ));
+    assert!(buf.is_empty());
 }

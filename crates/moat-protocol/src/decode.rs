@@ -246,7 +246,7 @@ fn publish(
     if dup && qos == QoS::AtMostOnce {
         return Err(DecodeError::DupWithQoS0); // MQTT-3.3.1-2
     }
-    let topic = reader.string()?;
+    let topic = reader.shared_string()?;
     let packet_id = match qos {
         QoS::AtMostOnce => 0,
         QoS::AtLeastOnce | QoS::ExactlyOnce => reader.packet_id()?,

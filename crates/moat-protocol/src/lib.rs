@@ -34,7 +34,7 @@ pub use codec::{Codec, MAX_PACKET_SIZE_BEFORE_CONNECT, Role};
 pub use encode::encoded_len;
 pub use error::{DecodeError, EncodeError};
 pub use packet::{
-    Ack, Auth, ConnAck, Connect, Disconnect, Packet, Properties, ProtocolVersion, Publish,
+    Ack, AckKind, Auth, ConnAck, Connect, Disconnect, Packet, Properties, ProtocolVersion, Publish,
     PublishRef, QoS, RetainHandling, SubAck, Subscribe, SubscribeFilter, SubscriptionOptions,
     UnsubAck, Unsubscribe, Will,
 };

@@ -1,6 +1,8 @@
 //! Decoded MQTT packets, shared by both protocol versions. Fields that exist only in
 //! MQTT 5 (properties, most reason codes) are ignored when encoding for 3.1.1.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 
 use super::reason::ReasonCode;
@@ -127,8 +129,9 @@ pub struct Publish {
     pub dup: bool,
     pub qos: QoS,
     pub retain: bool,
-    /// Empty only when a v5 topic alias stands for it.
-    pub topic: String,
+    /// Empty only when a v5 topic alias stands for it. Shared: a broker's message
+    /// keeps the decoded topic as it is (one copy from the wire).
+    pub topic: Arc<str>,
     /// Zero for QoS 0; never zero for QoS 1 and 2.
     pub packet_id: u16,
     pub payload: Bytes,
@@ -184,6 +187,29 @@ impl Ack {
             packet_id,
             reason,
             properties: Properties::default(),
+        }
+    }
+}
+
+/// Which of the four packets of [`Ack`]'s shape: a broker answers every QoS 1/2
+/// message with one and encodes it without building a [`Packet`]
+/// ([`crate::Codec::encode_ack`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AckKind {
+    PubAck,
+    PubRec,
+    PubRel,
+    PubComp,
+}
+
+impl AckKind {
+    /// The packet of this kind that carries `ack`.
+    pub fn packet(self, ack: Ack) -> Packet {
+        match self {
+            AckKind::PubAck => Packet::PubAck(ack),
+            AckKind::PubRec => Packet::PubRec(ack),
+            AckKind::PubRel => Packet::PubRel(ack),
+            AckKind::PubComp => Packet::PubComp(ack),
         }
     }
 }

@@ -2,6 +2,8 @@
 //! bounds-checked against the body, so a length a peer declares can never reach past
 //! the packet or cause an allocation larger than the packet itself.
 
+use std::sync::Arc;
+
 use bytes::{Buf, Bytes};
 
 use super::error::DecodeError;
@@ -71,12 +73,14 @@ impl Reader {
     /// surrogates and overlong forms. Every string of every packet is read here.
     pub(crate) fn string(&mut self) -> Result<String, DecodeError> {
         let bytes = self.binary()?;
-        let text = std::str::from_utf8(&bytes).map_err(|_| DecodeError::InvalidUtf8)?;
-        match text::first_disallowed(text) {
-            None => Ok(text.to_owned()),
-            Some('\0') => Err(DecodeError::NullCharacter),
-            Some(c) => Err(DecodeError::DisallowedCharacter(c)),
-        }
+        checked_text(&bytes).map(str::to_owned)
+    }
+
+    /// [`Reader::string`] copied once, straight into the shared string a broker
+    /// keeps (a PUBLISH's topic becomes its message's).
+    pub(crate) fn shared_string(&mut self) -> Result<Arc<str>, DecodeError> {
+        let bytes = self.binary()?;
+        checked_text(&bytes).map(Arc::from)
     }
 
     /// A packet identifier, which must not be zero (MQTT-2.2.1-3).
@@ -85,6 +89,16 @@ impl Reader {
             0 => Err(DecodeError::ZeroPacketId),
             id => Ok(id),
         }
+    }
+}
+
+/// The string rules of [`Reader::string`] on one field's bytes.
+fn checked_text(bytes: &[u8]) -> Result<&str, DecodeError> {
+    let text = std::str::from_utf8(bytes).map_err(|_| DecodeError::InvalidUtf8)?;
+    match text::first_disallowed(text) {
+        None => Ok(text),
+        Some('\0') => Err(DecodeError::NullCharacter),
+        Some(c) => Err(DecodeError::DisallowedCharacter(c)),
     }
 }
 
@@ -139,6 +153,13 @@ mod tests {
         let mut wire = (fine.len() as u16).to_be_bytes().to_vec();
         wire.extend_from_slice(fine.as_bytes());
         assert_eq!(reader(&wire).string().unwrap(), fine);
+        assert_eq!(&*reader(&wire).shared_string().unwrap(), fine);
+        let mut wire = vec![0, 3];
+        wire.extend_from_slice(b"a\nb");
+        assert!(matches!(
+            reader(&wire).shared_string(),
+            Err(DecodeError::DisallowedCharacter('\n'))
+        ));
     }
 
     #[test]

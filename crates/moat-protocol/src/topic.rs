@@ -47,8 +47,7 @@ impl<'a> TopicName<'a> {
             return Err(TopicError::Empty);
         }
         // One pass for what nearly every topic is: printable ASCII without wildcards.
-        let separators = match ascii::printable_without_counting(name.as_bytes(), b'+', b'#', b'/')
-        {
+        let separators = match ascii::topic_name_separators(name.as_bytes()) {
             Some(separators) => separators,
             None => {
                 check_characters(name)?;

@@ -12,7 +12,8 @@ use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 use moat_protocol::{
-    Ack, Codec, Disconnect, Packet, Properties, ProtocolVersion, PublishRef, QoS, ReasonCode,
+    Ack, AckKind, Codec, Disconnect, Packet, Properties, ProtocolVersion, PublishRef, QoS,
+    ReasonCode,
 };
 
 use crate::broker::backpressure;
@@ -20,7 +21,7 @@ use crate::broker::journal::{Durable, Reservation, refusal_reason};
 use crate::broker::mailbox::{Message, Outbound};
 
 use super::handler::Handled;
-use super::{Connection, End, Violation};
+use super::{Connection, End, Reply, Violation};
 
 /// Read buffer growth step; the codec bounds the total by the maximum packet size.
 pub(super) const READ_CHUNK: usize = 8 * 1024;
@@ -285,12 +286,30 @@ impl Connection {
 
     /// Sends `packet` in its turn.
     pub(super) fn reply(&mut self, packet: Packet) {
-        self.replies.push_back((Durable::default(), packet));
+        self.reply_after(Durable::default(), packet);
     }
 
     /// Sends `packet` in its turn, once what it acknowledges is durable.
     pub(super) fn reply_after(&mut self, durable: Durable, packet: Packet) {
-        self.replies.push_back((durable, packet));
+        self.replies
+            .push_back((durable, Reply::Packet(Box::new(packet))));
+    }
+
+    /// Sends a PUBACK, PUBREC, PUBREL or PUBCOMP (without properties) in its turn.
+    pub(super) fn ack(&mut self, kind: AckKind, packet_id: u16, reason: ReasonCode) {
+        self.ack_after(Durable::default(), kind, packet_id, reason);
+    }
+
+    /// [`Connection::ack`] once what it acknowledges is durable.
+    pub(super) fn ack_after(
+        &mut self,
+        durable: Durable,
+        kind: AckKind,
+        packet_id: u16,
+        reason: ReasonCode,
+    ) {
+        self.replies
+            .push_back((durable, Reply::Ack(kind, packet_id, reason)));
     }
 
     /// Encodes the answers in order, waiting for each one's commit. A failed commit
@@ -308,20 +327,26 @@ impl Connection {
                 None => return withheld,
                 Some((durable, _)) => durable.await.err(),
             };
-            let Some((_, mut packet)) = self.replies.pop_front() else {
+            let Some((_, mut reply)) = self.replies.pop_front() else {
                 return withheld;
             };
             if let Some(e) = refused {
                 tracing::warn!(client_id = %self.session.client_id, error = %e, "durable write refused");
-                if let Packet::PubAck(ack) | Packet::PubRec(ack) = &mut packet {
+                if let Reply::Ack(AckKind::PubAck | AckKind::PubRec, _, reason) = &mut reply {
                     if self.version == ProtocolVersion::V311 {
                         withheld = true;
                         continue;
                     }
-                    ack.reason = refusal_reason(&e);
+                    *reason = refusal_reason(&e);
                 }
             }
-            if let Err(e) = codec.encode(&packet, wbuf) {
+            let encoded = match reply {
+                Reply::Ack(kind, packet_id, reason) => {
+                    codec.encode_ack(kind, packet_id, reason, wbuf)
+                }
+                Reply::Packet(packet) => codec.encode(&packet, wbuf),
+            };
+            if let Err(e) = encoded {
                 tracing::debug!(client_id = %self.session.client_id, error = %e, "packet not sent");
             }
         }

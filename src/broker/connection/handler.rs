@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use moat_protocol::{
-    Ack, Packet, Properties, ProtocolVersion, Publish, QoS, ReasonCode, SubAck, Subscribe,
+    AckKind, Packet, Properties, ProtocolVersion, Publish, QoS, ReasonCode, SubAck, Subscribe,
     TopicName, UnsubAck, Unsubscribe, Will, topic,
 };
 
@@ -137,14 +137,17 @@ impl Connection {
                 self.broker.acknowledge(session, ack.packet_id, room);
             }
             Packet::PubRec(ack) => match self.broker.release(session, ack.packet_id, room) {
-                Some(released) => self.reply_after(
+                Some(released) => self.ack_after(
                     released,
-                    Packet::PubRel(Ack::new(ack.packet_id, ReasonCode::Success)),
+                    AckKind::PubRel,
+                    ack.packet_id,
+                    ReasonCode::Success,
                 ),
-                None => self.reply(Packet::PubRel(Ack::new(
+                None => self.ack(
+                    AckKind::PubRel,
                     ack.packet_id,
                     ReasonCode::PacketIdentifierNotFound,
-                ))),
+                ),
             },
             Packet::PubRel(ack) => {
                 let reason = if self.broker.complete(session, ack.packet_id, room) {
@@ -152,7 +155,7 @@ impl Connection {
                 } else {
                     ReasonCode::PacketIdentifierNotFound
                 };
-                self.reply(Packet::PubComp(Ack::new(ack.packet_id, reason)));
+                self.ack(AckKind::PubComp, ack.packet_id, reason);
             }
             Packet::Subscribe(subscribe) => self.on_subscribe(subscribe, room)?,
             Packet::Unsubscribe(unsubscribe) => self.on_unsubscribe(unsubscribe, room),
@@ -224,7 +227,7 @@ impl Connection {
         let packet_id = publish.packet_id;
         if publish.qos == QoS::ExactlyOnce && self.session.has_inbound_qos2(packet_id) {
             // A resend of a message we already have: acknowledge, do not route twice.
-            self.reply(Packet::PubRec(Ack::new(packet_id, ReasonCode::Success)));
+            self.ack(AckKind::PubRec, packet_id, ReasonCode::Success);
             return Ok(());
         }
         if publish.qos == QoS::ExactlyOnce
@@ -266,7 +269,7 @@ impl Connection {
         } else {
             let incoming = self.incoming(
                 &*permissions,
-                &publish.topic,
+                publish.topic,
                 publish.payload,
                 publish.qos,
                 publish.retain,
@@ -293,12 +296,8 @@ impl Connection {
         };
         match publish.qos {
             QoS::AtMostOnce => {}
-            QoS::AtLeastOnce => {
-                self.reply_after(durable, Packet::PubAck(Ack::new(packet_id, reason)))
-            }
-            QoS::ExactlyOnce => {
-                self.reply_after(durable, Packet::PubRec(Ack::new(packet_id, reason)))
-            }
+            QoS::AtLeastOnce => self.ack_after(durable, AckKind::PubAck, packet_id, reason),
+            QoS::ExactlyOnce => self.ack_after(durable, AckKind::PubRec, packet_id, reason),
         }
         Ok(())
     }
@@ -434,7 +433,7 @@ impl Connection {
     fn incoming(
         &self,
         permissions: &dyn Permissions,
-        topic: &str,
+        topic: Arc<str>,
         payload: bytes::Bytes,
         qos: QoS,
         retain: bool,
@@ -443,7 +442,7 @@ impl Connection {
     ) -> Incoming {
         Incoming {
             message: Message {
-                topic: Arc::from(topic),
+                topic,
                 payload,
                 qos,
                 retain,
@@ -496,7 +495,7 @@ impl Connection {
             // A delayed will's expiry counts from when it is published.
             let incoming = self.incoming(
                 &*permissions,
-                &will.topic,
+                Arc::from(will.topic.as_str()),
                 will.payload,
                 will.qos,
                 will.retain,

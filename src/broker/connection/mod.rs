@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use moat_protocol::{Packet, ProtocolVersion, ReasonCode, Will};
+use moat_protocol::{AckKind, Packet, ProtocolVersion, ReasonCode, Will};
 
 use super::journal::Durable;
 use super::permissions::{Gatekeeper, PeerInfo};
@@ -134,7 +134,7 @@ struct Connection {
     congested: Option<Arc<SessionLink>>,
     /// Answers in the order their packets arrived; an acknowledgement of durable
     /// data waits for its commit before it (and everything after it) is sent.
-    replies: VecDeque<(Durable, Packet)>,
+    replies: VecDeque<(Durable, Reply)>,
     config: Arc<BrokerConfig>,
     broker: Arc<Broker>,
 }
@@ -146,16 +146,25 @@ struct Connection {
     clippy::box_collection,
     reason = "one pointer in every connection instead of an empty 48-byte map"
 )]
-struct TopicAliases(Option<Box<HashMap<u16, String>>>);
+struct TopicAliases(Option<Box<HashMap<u16, Arc<str>>>>);
 
 impl TopicAliases {
-    fn get(&self, alias: &u16) -> Option<&String> {
+    fn get(&self, alias: &u16) -> Option<&Arc<str>> {
         self.0.as_ref()?.get(alias)
     }
 
-    fn insert(&mut self, alias: u16, topic: String) {
+    fn insert(&mut self, alias: u16, topic: Arc<str>) {
         self.0.get_or_insert_default().insert(alias, topic);
     }
+}
+
+/// An answer waiting for its turn. Nearly every one is an acknowledgement, kept
+/// as the three values it is made of and encoded without building a packet (a
+/// QoS 1/2 message costs one); the rare other answers are boxed, so the queue's
+/// entries stay small.
+enum Reply {
+    Ack(AckKind, u16, ReasonCode),
+    Packet(Box<Packet>),
 }
 
 /// A protocol violation: close with this v5 reason.

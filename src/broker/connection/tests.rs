@@ -239,7 +239,7 @@ fn publish(topic: &str, qos: QoS, packet_id: u16, payload: &'static [u8]) -> Pac
         dup: false,
         qos,
         retain: false,
-        topic: topic.to_owned(),
+        topic: topic.into(),
         packet_id,
         payload: Bytes::from_static(payload),
         properties: Properties::default(),
@@ -322,7 +322,7 @@ async fn qos_0_1_and_2_make_their_round_trips() {
         .send(publish("a/0", QoS::AtMostOnce, 0, b"zero"))
         .await;
     let got = received(subscriber.expect().await);
-    assert_eq!((got.topic.as_str(), got.qos), ("a/0", QoS::AtMostOnce));
+    assert_eq!((&*got.topic, got.qos), ("a/0", QoS::AtMostOnce));
     assert_eq!(&got.payload[..], b"zero");
 
     assert_eq!(
@@ -332,7 +332,7 @@ async fn qos_0_1_and_2_make_their_round_trips() {
         Packet::PubAck(Ack::new(7, ReasonCode::Success))
     );
     let got = received(subscriber.expect().await);
-    assert_eq!((got.topic.as_str(), got.qos), ("a/1", QoS::AtLeastOnce));
+    assert_eq!((&*got.topic, got.qos), ("a/1", QoS::AtLeastOnce));
     subscriber
         .send(Packet::PubAck(Ack::new(got.packet_id, ReasonCode::Success)))
         .await;
@@ -365,7 +365,7 @@ async fn qos_0_1_and_2_make_their_round_trips() {
     );
 
     let got = received(subscriber.expect().await);
-    assert_eq!((got.topic.as_str(), got.qos), ("a/2", QoS::ExactlyOnce));
+    assert_eq!((&*got.topic, got.qos), ("a/2", QoS::ExactlyOnce));
     assert_eq!(
         subscriber
             .ask(Packet::PubRec(Ack::new(got.packet_id, ReasonCode::Success)))
@@ -630,7 +630,7 @@ async fn a_will_is_published_when_the_client_vanishes_and_refused_when_not_allow
     // The stream closes without DISCONNECT: the will goes out.
     leaving.vanish().await;
     let got = received(watcher.expect().await);
-    assert_eq!(got.topic, "a/will");
+    assert_eq!(&*got.topic, "a/will");
     assert_eq!(&got.payload[..], b"gone");
 }
 

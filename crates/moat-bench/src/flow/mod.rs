@@ -236,7 +236,7 @@ async fn run_flow(
             dup: false,
             qos: flow.qos,
             retain: false,
-            topic: topic_of(i),
+            topic: topic_of(i).into(),
             packet_id: 0,
             payload: payload.clone(),
             properties: Properties::default(),

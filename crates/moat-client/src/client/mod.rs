@@ -158,7 +158,7 @@ impl Client {
             dup: false,
             qos,
             retain,
-            topic: topic.into(),
+            topic: topic.into().into(),
             packet_id: 0,
             payload: payload.into(),
             properties: Properties::default(),

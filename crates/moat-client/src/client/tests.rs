@@ -98,8 +98,8 @@ async fn a_resent_qos2_message_is_delivered_once() {
     // After the release the id is free again: a new message with it is new.
     broker.send(publish("b", QoS::ExactlyOnce, 9, false)).await;
     assert!(matches!(broker.recv().await, Packet::PubRec(_)));
-    assert_eq!(incoming.recv().await.unwrap().topic, "a");
-    assert_eq!(incoming.recv().await.unwrap().topic, "b");
+    assert_eq!(&*incoming.recv().await.unwrap().topic, "a");
+    assert_eq!(&*incoming.recv().await.unwrap().topic, "b");
     assert!(incoming.messages.try_recv().is_err(), "delivered twice");
 }
 

@@ -8,6 +8,10 @@ use crate::topic;
 /// Reads a property length and the properties it covers.
 pub(crate) fn decode(reader: &mut Reader, context: Context) -> Result<Properties, DecodeError> {
     let len = reader.varint()?;
+    if len == 0 {
+        // Nearly every packet: no properties, nothing to check.
+        return Ok(Properties::default());
+    }
     let mut body = Reader::new(reader.take(len as usize)?);
     let mut props = Properties::default();
     // One bit per identifier seen; every identifier is below 64.
