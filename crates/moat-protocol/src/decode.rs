@@ -93,7 +93,10 @@ pub(crate) fn connect(
     })
 }
 
-/// Any packet but CONNECT.
+/// Any packet but CONNECT. The functions a PUBLISH and an acknowledgement go
+/// through are inlined into it and it into `Codec::decode`: a packet is a few
+/// hundred bytes (its `Properties`), copied once per function it is returned from.
+#[inline(always)]
 pub(crate) fn packet(
     packet_type: PacketType,
     flags: u8,
@@ -141,6 +144,7 @@ fn qos(value: u8) -> Result<QoS, DecodeError> {
     QoS::from_u8(value).ok_or(DecodeError::InvalidQoS(value))
 }
 
+#[inline(always)]
 fn v5_properties(
     reader: &mut Reader,
     version: ProtocolVersion,
@@ -234,6 +238,7 @@ fn connack(reader: &mut Reader, version: ProtocolVersion) -> Result<ConnAck, Dec
     })
 }
 
+#[inline(always)]
 fn publish(
     flags: u8,
     reader: &mut Reader,
@@ -280,6 +285,7 @@ fn publish(
 
 /// PUBACK, PUBREC, PUBREL, PUBCOMP. In v5 the reason code and the properties may be
 /// left out (remaining length 2 or 3), meaning Success and none.
+#[inline(always)]
 fn ack(
     packet_type: PacketType,
     reader: &mut Reader,
@@ -295,6 +301,7 @@ fn ack(
 }
 
 /// The optional reason code and properties that end acks, DISCONNECT and AUTH.
+#[inline(always)]
 fn reason_and_properties(
     packet_type: PacketType,
     reader: &mut Reader,
