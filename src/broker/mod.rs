@@ -5,8 +5,9 @@
 //! [`Gatekeeper`].
 //!
 //! A PUBLISH, followed through the modules: `connection::driver` reads it,
-//! `connection::handler` checks it (`may_publish_message`, the one publish
-//! permission check) and asks `routing` to route it; `routing` matches it in
+//! `connection::handler` checks it (its topic once, as a `TopicName`, for the
+//! limits and `may_publish_topic`, the one publish permission check) and asks
+//! `routing` to route it; `routing` matches it in
 //! `subscriptions`, pushes a copy into each subscriber's `mailbox`, updates
 //! `retained`, and records what must survive a crash through the `journal` (the
 //! only place store operations are built). The publisher's acknowledgement waits

@@ -1,7 +1,7 @@
 //! The packet handler: what each packet of an established connection means, the
-//! MQTT state machine. PUBLISH (topic aliases, size limits, the one publish
-//! permission check `may_publish_message`, routing, the QoS 1/2 flows and their
-//! acknowledgements), SUBSCRIBE and UNSUBSCRIBE (with the audit trail of every
+//! MQTT state machine. PUBLISH (topic aliases, the topic checked once as a
+//! `TopicName` for the size limits and the one publish permission check
+//! `may_publish_topic`, routing, the QoS 1/2 flows and their acknowledgements), SUBSCRIBE and UNSUBSCRIBE (with the audit trail of every
 //! refusal), DISCONNECT, and at the end the will. Every durable change is asked of
 //! the broker (publish, subscribe, acknowledge, release, complete, detach), which
 //! records it through its journal; this file builds no store operation and does
