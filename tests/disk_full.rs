@@ -30,8 +30,8 @@ const TMPFS_SIZE: &str = "2m";
 /// paho-mqtt v5 clients, one mode per run: `persist` leaves a persistent session
 /// subscribed to `disk/#`; `publish TOPIC START COUNT RETAIN` publishes numbered QoS 1
 /// messages, one at a time, printing each PUBACK's reason code and stopping at the
-/// first refusal; `publish311` publishes one QoS 1 message over MQTT 3.1.1 and says
-/// whether it was acknowledged or the connection closed; `live` checks that a QoS 0 message reaches an online subscriber;
+/// first refusal; `publish311` (`publish31`) publishes one QoS 1 message over MQTT 3.1.1
+/// (3.1) and says whether it was acknowledged or the connection closed; `live` checks that a QoS 0 message reaches an online subscriber;
 /// `collect` resumes the persistent session and prints what it receives, then the
 /// retained messages under `state/#`.
 const CLIENTS: &str = r##"
@@ -88,9 +88,11 @@ elif mode == "publish":
         if acks[info.mid] >= 0x80:
             break
     done(c)
-elif mode == "publish311":
-    # MQTT 3.1.1 has no negative PUBACK: a refused message must not be acknowledged.
-    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="writer-311", protocol=mqtt.MQTTv311)
+elif mode in ("publish311", "publish31"):
+    # MQTT 3.1.1 and 3.1 have no negative PUBACK: a refused message must not be acknowledged.
+    version = mode[len("publish"):]
+    protocol = mqtt.MQTTv311 if version == "311" else mqtt.MQTTv31
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="writer-" + version, protocol=protocol)
     c.username_pw_set("writer", password)
     c.tls_set(ca_certs=ca)
     acked, closed = threading.Event(), threading.Event()
@@ -103,7 +105,7 @@ elif mode == "publish311":
     while not (acked.is_set() or closed.is_set()) and time.time() < deadline:
         time.sleep(0.02)
     c.loop_stop()
-    print("v311", "acked" if acked.is_set() else "closed" if closed.is_set() else "nothing")
+    print("v" + version, "acked" if acked.is_set() else "closed" if closed.is_set() else "nothing")
 elif mode == "live":
     got = threading.Event()
     sub = client("live-sub")
@@ -335,13 +337,11 @@ fn fill_publish_free_restart(durability: &str) -> Option<Outcome> {
         log.contains("durable write refused"),
         "no refusal log line:\n{log}"
     );
-    // A 3.1.1 client cannot be told 0x97: no PUBACK, the connection closes instead.
-    assert_eq!(
-        clients(&moat, &["publish311"]).trim(),
-        "v311 closed",
-        "{}",
-        moat.log()
-    );
+    // A 3.1.1 or 3.1 client cannot be told 0x97: no PUBACK, the connection closes
+    // instead.
+    for (mode, expected) in [("publish311", "v311 closed"), ("publish31", "v31 closed")] {
+        assert_eq!(clients(&moat, &[mode]).trim(), expected, "{}", moat.log());
+    }
     // QoS 0 between online clients needs no disk and is still served.
     assert_eq!(clients(&moat, &["live"]).trim(), "live delivered");
 

@@ -314,8 +314,8 @@ impl Connection {
 
     /// Encodes the answers in order, waiting for each one's commit. A failed commit
     /// (disk full) turns a v5 acknowledgement into the refusal it has become. MQTT
-    /// 3.1.1 has no negative PUBACK/PUBREC, and a plain one would claim the message is
-    /// safe: that acknowledgement is withheld and `true` returned, so the caller
+    /// 3.1.1 and 3.1 have no negative PUBACK/PUBREC, and a plain one would claim the
+    /// message is safe: that acknowledgement is withheld and `true` returned, so the caller
     /// closes the connection and the client sends the message again later
     /// (MQTT-4.4.0-1).
     async fn flush_replies(&mut self, codec: &mut Codec, wbuf: &mut BytesMut) -> bool {
@@ -333,7 +333,7 @@ impl Connection {
             if let Some(e) = refused {
                 tracing::warn!(client_id = %self.session.client_id, error = %e, "durable write refused");
                 if let Reply::Ack(AckKind::PubAck | AckKind::PubRec, _, reason) = &mut reply {
-                    if self.version == ProtocolVersion::V311 {
+                    if self.version != ProtocolVersion::V5 {
                         withheld = true;
                         continue;
                     }
