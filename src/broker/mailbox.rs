@@ -87,10 +87,6 @@ pub struct QueueLimits {
 
 struct State {
     queue: VecDeque<Message>,
-    /// Journaled messages whose store operation is not submitted yet: counted
-    /// against the caps but invisible to `drain`, so the client's acknowledgement
-    /// (a store operation of its own) can never overtake their Enqueue.
-    staged: Vec<Message>,
     queued_bytes: usize,
     inflight: VecDeque<(u16, InFlight)>,
     next_packet_id: u16,
@@ -98,6 +94,20 @@ struct State {
     online: bool,
     /// After a reconnect, the whole window must be sent again before new messages.
     resend_pending: bool,
+    /// What most sessions never use, allocated at first use (see [`Rare`]).
+    rare: Option<Box<Rare>>,
+}
+
+/// The parts of a mailbox that only a queue that overflowed, a persistent session,
+/// a bridge or a waiting publisher needs: inline, they took ~130 bytes in every
+/// idle session (issue 16). Allocated the first time one of them is needed, and
+/// kept for the session.
+#[derive(Default)]
+struct Rare {
+    /// Journaled messages whose store operation is not submitted yet: counted
+    /// against the caps but invisible to `drain`, so the client's acknowledgement
+    /// (a store operation of its own) can never overtake their Enqueue.
+    staged: Vec<Message>,
     dropped: u64,
     /// Drops since the queue last drained to half (the current burst).
     burst: u64,
@@ -107,19 +117,31 @@ struct State {
     unrecorded: u64,
     /// Whether the client keeps up: behind, lagging, known slow (see the `lag` module).
     lag: Lag,
-    /// Next durable queue position (persistent sessions).
-    next_seq: u64,
+    /// The last durable queue position given (persistent sessions).
+    last_seq: u64,
     /// At the cap, drop the oldest queued message instead of the new one.
     keep_newest: bool,
     /// Durable queue positions of evicted messages, for the caller to delete.
     evicted: Vec<u64>,
+    /// Woken when draining makes room (publisher backpressure); created by the
+    /// first publisher that waits, shared with it so it can wait outside the lock.
+    room: Option<Arc<Notify>>,
+}
+
+impl State {
+    fn rare(&mut self) -> &mut Rare {
+        self.rare.get_or_insert_default()
+    }
+
+    /// Journaled messages waiting for their store operations (see [`Rare::staged`]).
+    fn staged_len(&self) -> usize {
+        self.rare.as_ref().map_or(0, |rare| rare.staged.len())
+    }
 }
 
 pub struct Mailbox {
     state: Mutex<State>,
     notify: Notify,
-    /// Woken when draining makes room in a full queue (publisher backpressure).
-    room: Notify,
     /// The client's connection is waiting for its socket to take what it was sent:
     /// the client, not the broker, is behind.
     writer_blocked: AtomicBool,
@@ -130,24 +152,15 @@ impl Mailbox {
         Mailbox {
             state: Mutex::new(State {
                 queue: VecDeque::new(),
-                staged: Vec::new(),
                 queued_bytes: 0,
                 inflight: VecDeque::new(),
                 next_packet_id: 1,
                 limits,
                 online: false,
                 resend_pending: false,
-                dropped: 0,
-                burst: 0,
-                burst_topic: None,
-                unrecorded: 0,
-                lag: Lag::default(),
-                next_seq: 1,
-                keep_newest: false,
-                evicted: Vec::new(),
+                rare: None,
             }),
             notify: Notify::new(),
-            room: Notify::new(),
             writer_blocked: AtomicBool::new(false),
         }
     }
@@ -195,33 +208,35 @@ impl Mailbox {
             return (PushOutcome::DroppedOffline, 0);
         }
         let cost = message.cost();
-        let mut count = s.queue.len() + s.staged.len();
+        let mut count = s.queue.len() + s.staged_len();
         let mut evicted = false;
         while count >= s.limits.max_messages || s.queued_bytes + cost > s.limits.max_bytes {
-            let oldest = if s.keep_newest {
+            let s = &mut *s;
+            let rare = s.rare.get_or_insert_default();
+            rare.dropped += 1;
+            let oldest = if rare.keep_newest {
                 s.queue.pop_front()
             } else {
                 None
             };
             let Some(oldest) = oldest else {
-                s.dropped += 1;
-                s.burst += 1;
-                s.unrecorded += 1;
-                s.burst_topic = Some(message.topic);
+                rare.burst += 1;
+                rare.unrecorded += 1;
+                rare.burst_topic = Some(message.topic);
                 return (PushOutcome::DroppedFull, 0);
             };
-            s.dropped += 1;
             s.queued_bytes -= oldest.cost();
             count -= 1;
             evicted = true;
             if oldest.seq != 0 {
-                s.evicted.push(oldest.seq);
+                rare.evicted.push(oldest.seq);
             }
         }
         let journal = journal && message.qos != QoS::AtMostOnce;
         if journal {
-            message.seq = s.next_seq;
-            s.next_seq += 1;
+            let rare = s.rare();
+            rare.last_seq += 1;
+            message.seq = rare.last_seq;
         }
         let seq = message.seq;
         s.queued_bytes += cost;
@@ -235,8 +250,8 @@ impl Mailbox {
             PushOutcome::Queued
         };
         // Behind a staged message, everything waits too: order is kept.
-        if journal || !s.staged.is_empty() {
-            s.staged.push(message);
+        if journal || s.staged_len() > 0 {
+            s.rare().staged.push(message);
             return (outcome, seq);
         }
         s.queue.push_back(message);
@@ -251,22 +266,26 @@ impl Mailbox {
     /// At the cap, drop the oldest queued message rather than the new one (a bridge's
     /// queue: what is newest matters most to whoever reads it later).
     pub fn keep_newest(&self) {
-        self.lock().keep_newest = true;
+        self.lock().rare().keep_newest = true;
     }
 
     /// Durable queue positions of messages evicted since the last call.
     pub fn take_evicted(&self) -> Vec<u64> {
-        std::mem::take(&mut self.lock().evicted)
+        match self.lock().rare.as_mut() {
+            Some(rare) => std::mem::take(&mut rare.evicted),
+            None => Vec::new(),
+        }
     }
 
     /// Makes staged messages visible once their store operations are submitted.
     pub fn release_staged(&self) {
         let mut s = self.lock();
-        if s.staged.is_empty() {
+        let state = &mut *s;
+        let Some(rare) = state.rare.as_mut().filter(|rare| !rare.staged.is_empty()) else {
             return;
-        }
-        let staged = std::mem::take(&mut s.staged);
-        s.queue.extend(staged);
+        };
+        let staged = std::mem::take(&mut rare.staged);
+        state.queue.extend(staged);
         let online = s.online;
         drop(s);
         if online {
@@ -278,19 +297,23 @@ impl Mailbox {
     /// order) and its in-flight window (resent first on the next connection).
     pub fn restore(&self, queued: Vec<Message>, inflight: Vec<(u16, InFlight)>) {
         let mut s = self.lock();
-        s.next_seq = queued.iter().map(|m| m.seq).max().unwrap_or(0) + 1;
+        let last_seq = queued.iter().map(|m| m.seq).max().unwrap_or(0);
+        if last_seq > 0 {
+            s.rare().last_seq = last_seq;
+        }
         s.queued_bytes = queued.iter().map(Message::cost).sum();
         s.queue = queued.into();
         s.resend_pending = !inflight.is_empty();
         s.inflight = inflight.into();
     }
 
-    /// Waits until there may be something to send.
     /// Waits until the client has taken messages from the queue.
     pub async fn room(&self) {
-        self.room.notified().await
+        let room = Arc::clone(self.lock().rare().room.get_or_insert_default());
+        room.notified().await
     }
 
+    /// Waits until there may be something to send.
     pub async fn ready(&self) {
         self.notify.notified().await
     }
@@ -350,15 +373,21 @@ impl Mailbox {
         let made_room = s.queue.len() < queued_before;
         let half_empty = is_half_empty(&s);
         let mut burst_over = None;
+        // Nothing to note, and nobody to wake, for a mailbox that never needed its
+        // rare parts (the common case): no more work than before they were boxed.
+        let mut room = None;
         if made_room {
-            let (queued, max) = (s.queue.len() + s.staged.len(), s.limits.max_messages);
-            s.lag.made_room(now, queued, max, half_empty);
-            if half_empty && s.burst > 0 {
-                // Caught up: a burst of drops ends.
-                burst_over = Some(BurstOver {
-                    dropped: std::mem::take(&mut s.burst),
-                    topic: s.burst_topic.clone().unwrap_or_else(|| Arc::from("")),
-                });
+            let (queued, max) = (s.queue.len() + s.staged_len(), s.limits.max_messages);
+            if let Some(rare) = s.rare.as_mut() {
+                rare.lag.made_room(now, queued, max, half_empty);
+                if half_empty && rare.burst > 0 {
+                    // Caught up: a burst of drops ends.
+                    burst_over = Some(BurstOver {
+                        dropped: std::mem::take(&mut rare.burst),
+                        topic: rare.burst_topic.clone().unwrap_or_else(|| Arc::from("")),
+                    });
+                }
+                room = rare.room.clone();
             }
         }
         if s.queue.is_empty() && s.queue.capacity() > 64 {
@@ -366,8 +395,8 @@ impl Mailbox {
             s.queue.shrink_to_fit();
         }
         drop(s);
-        if made_room {
-            self.room.notify_waiters();
+        if let Some(room) = room {
+            room.notify_waiters();
         }
         burst_over
     }
@@ -415,7 +444,7 @@ impl Mailbox {
     /// returns whether its client is lagging (nobody waits for it until it has drained
     /// to half, see [`Mailbox::mark_lagging`]) or known slow (see [`Standing`]).
     pub fn crowded(&self, now: Instant) -> Standing {
-        self.lock().lag.crowded(now)
+        self.lock().rare().lag.crowded(now)
     }
 
     /// Whether the client, not the broker, holds this queue up: its socket does not
@@ -446,38 +475,50 @@ impl Mailbox {
     /// `lag` module).
     /// Returns whether it was not known slow before.
     pub fn mark_lagging(&self) -> bool {
-        self.lock().lag.mark()
+        self.lock().rare().lag.mark()
     }
 
     /// Notes that the client is behind now, and returns for how long it has been:
     /// since the first such note after its queue last drained to a quarter, unless
     /// the previous note is older than `forget` (then it starts again).
     pub fn behind_for(&self, now: Instant, forget: std::time::Duration) -> std::time::Duration {
-        self.lock().lag.behind_for(now, forget)
+        self.lock().rare().lag.behind_for(now, forget)
     }
 
     /// A publisher waited for this queue to drain.
     pub fn publisher_paused(&self) {
-        self.lock().lag.publisher_paused();
+        self.lock().rare().lag.publisher_paused();
     }
 
     /// Pauses it cost publishers, and the proof of keeping up it owes (for logs).
     pub fn lag_report(&self) -> LagReport {
-        self.lock().lag.report()
+        match &self.lock().rare {
+            Some(rare) => rare.lag.report(),
+            None => Lag::default().report(),
+        }
     }
 
     /// Drops counted since the last call (for the denial counts).
     pub fn take_unrecorded_drops(&self) -> u64 {
-        std::mem::take(&mut self.lock().unrecorded)
+        match self.lock().rare.as_mut() {
+            Some(rare) => std::mem::take(&mut rare.unrecorded),
+            None => 0,
+        }
     }
 
     /// Messages dropped because the queue was full.
     pub fn dropped(&self) -> Drops {
-        let s = self.lock();
-        Drops {
-            total: s.dropped,
-            burst: s.burst,
-            topic: s.burst_topic.clone(),
+        match &self.lock().rare {
+            Some(rare) => Drops {
+                total: rare.dropped,
+                burst: rare.burst,
+                topic: rare.burst_topic.clone(),
+            },
+            None => Drops {
+                total: 0,
+                burst: 0,
+                topic: None,
+            },
         }
     }
 
@@ -489,7 +530,7 @@ impl Mailbox {
 }
 
 fn is_half_empty(s: &State) -> bool {
-    (s.queue.len() + s.staged.len()) * 2 <= s.limits.max_messages
+    (s.queue.len() + s.staged_len()) * 2 <= s.limits.max_messages
         && s.queued_bytes * 2 <= s.limits.max_bytes
 }
 

@@ -198,3 +198,54 @@ fn offline_qos0_is_not_kept() {
     );
     assert_eq!(mb.push(msg(QoS::AtLeastOnce, b"x")), PushOutcome::Queued);
 }
+
+#[test]
+fn an_idle_mailbox_keeps_its_rare_parts_out_of_line() {
+    // Issue 16: one mailbox per idle session. Drop bookkeeping, staging, eviction
+    // and the publishers' wake-up are boxed until first used (288 bytes inline
+    // before, 160 after on x86_64).
+    let size = std::mem::size_of::<Mailbox>();
+    assert!(size <= 160, "Mailbox is {size} bytes");
+    let mb = Mailbox::new(limits(4, 10));
+    mb.set_online(true, limits(4, 10));
+    assert_eq!(mb.push(msg(QoS::AtLeastOnce, b"a")), PushOutcome::Queued);
+    let mut out = Vec::new();
+    mb.drain(Instant::now(), &mut out);
+    assert_eq!(out.len(), 1);
+    assert_eq!(mb.dropped().total, 0);
+    assert!(mb.take_evicted().is_empty());
+    assert!(mb.lock().rare.is_none(), "nothing rare happened");
+    for payload in [b"b", b"c", b"d", b"e", b"f"] {
+        mb.push(msg(QoS::AtMostOnce, payload));
+    }
+    assert!(mb.lock().rare.is_some(), "a drop needs its bookkeeping");
+    assert_eq!(mb.dropped().total, 1);
+}
+
+#[tokio::test]
+async fn a_waiting_publisher_is_woken_when_the_client_takes_messages() {
+    let mb = Arc::new(Mailbox::new(limits(4, 10)));
+    mb.set_online(true, limits(4, 10));
+    for payload in [b"a", b"b", b"c", b"d"] {
+        mb.push(msg(QoS::AtLeastOnce, payload));
+    }
+    let waiter = tokio::spawn({
+        let mb = Arc::clone(&mb);
+        async move { mb.room().await }
+    });
+    // The waiter creates the mailbox's wake-up on its first poll.
+    for _ in 0..100 {
+        if mb.lock().rare.as_ref().is_some_and(|r| r.room.is_some()) {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    assert!(mb.lock().rare.as_ref().is_some_and(|r| r.room.is_some()));
+    let mut out = Vec::new();
+    mb.drain(Instant::now(), &mut out);
+    assert_eq!(out.len(), 4);
+    tokio::time::timeout(Duration::from_secs(5), waiter)
+        .await
+        .expect("the waiting publisher was woken")
+        .expect("the waiter finished");
+}
