@@ -50,7 +50,7 @@ use std::time::{Duration, Instant};
 use moat_protocol::QoS;
 
 use super::denials::DenialKind;
-use super::mailbox::{BurstOver, PushOutcome, Standing};
+use super::mailbox::{BurstOver, DropCount, PushOutcome, Standing};
 pub use super::mailbox::{KEEP_UP_FOR, KEEP_UP_MAX};
 use super::session::SessionLink;
 use super::stats::Stats;
@@ -189,8 +189,16 @@ pub async fn wait_for_drain(subscriber: &SessionLink, stats: &Stats) {
 /// [`flush_drops`] (every second, and when the burst or the connection ends), so
 /// a burst costs one lock per drop, not a map update.
 pub fn dropped(stats: &Stats, session: &SessionLink) {
+    counted(stats, session, session.mailbox.drop_count());
+}
+
+/// Like [`dropped`], for a drop the mailbox has counted already, `drops` its
+/// counters right after it ([`Mailbox::drop_if_full_and_lagging`]: a lagging
+/// client's copy dropped under one lock).
+///
+/// [`Mailbox::drop_if_full_and_lagging`]: super::mailbox::Mailbox::drop_if_full_and_lagging
+pub fn counted(stats: &Stats, session: &SessionLink, drops: DropCount) {
     stats.dropped(1);
-    let drops = session.mailbox.dropped();
     if drops.burst == 1 {
         let (queued, bytes, inflight) = session.mailbox.depth();
         tracing::warn!(

@@ -38,6 +38,15 @@ pub struct Drops {
     pub topic: Option<Arc<str>>,
 }
 
+/// A queue's drop counters right after a drop (see [`Mailbox::drop_count`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DropCount {
+    /// Since the session began.
+    pub total: u64,
+    /// In the current burst (since the queue last drained to half).
+    pub burst: u64,
+}
+
 /// What happened to a pushed message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PushOutcome {
@@ -145,6 +154,10 @@ pub struct Mailbox {
     /// The client's connection is waiting for its socket to take what it was sent:
     /// the client, not the broker, is behind.
     writer_blocked: AtomicBool,
+    /// A push was dropped while the client was lagging: the next copies for it are
+    /// likely dropped too, so [`Mailbox::drop_if_full_and_lagging`] looks under the
+    /// lock. Set and cleared by drops and drains; a hint only, checked under the lock.
+    full_and_lagging: AtomicBool,
 }
 
 impl Mailbox {
@@ -162,6 +175,7 @@ impl Mailbox {
             }),
             notify: Notify::new(),
             writer_blocked: AtomicBool::new(false),
+            full_and_lagging: AtomicBool::new(false),
         }
     }
 
@@ -213,18 +227,19 @@ impl Mailbox {
         while count >= s.limits.max_messages || s.queued_bytes + cost > s.limits.max_bytes {
             let s = &mut *s;
             let rare = s.rare.get_or_insert_default();
-            rare.dropped += 1;
             let oldest = if rare.keep_newest {
                 s.queue.pop_front()
             } else {
                 None
             };
             let Some(oldest) = oldest else {
-                rare.burst += 1;
-                rare.unrecorded += 1;
-                rare.burst_topic = Some(message.topic);
+                count_drop(rare, message.topic);
+                if rare.lag.is_lagging() {
+                    self.full_and_lagging.store(true, Ordering::Relaxed);
+                }
                 return (PushOutcome::DroppedFull, 0);
             };
+            rare.dropped += 1;
             s.queued_bytes -= oldest.cost();
             count -= 1;
             evicted = true;
@@ -261,6 +276,37 @@ impl Mailbox {
             self.notify.notify_one();
         }
         (outcome, seq)
+    }
+
+    /// Drops a copy of a message (`cost` as [`Message::cost`], `qos` as it would be
+    /// delivered) for a lagging client whose queue is full, without the copy being
+    /// built: counted as [`Mailbox::push`] counts a drop, under one lock. `None`
+    /// when the copy must go through `push` (the client is not lagging, its queue has
+    /// room, it keeps the newest, or it is offline and the copy is QoS 0). Only a
+    /// queue whose previous push was dropped while lagging is looked at: a delivery
+    /// to any other costs one relaxed load.
+    pub fn drop_if_full_and_lagging(
+        &self,
+        topic: &Arc<str>,
+        cost: usize,
+        qos: QoS,
+    ) -> Option<DropCount> {
+        if !self.full_and_lagging.load(Ordering::Relaxed) {
+            return None;
+        }
+        let mut s = self.lock();
+        let full = s.queue.len() + s.staged_len() >= s.limits.max_messages
+            || s.queued_bytes + cost > s.limits.max_bytes;
+        let kept = s.online || qos != QoS::AtMostOnce;
+        let lagging = s
+            .rare
+            .as_mut()
+            .filter(|rare| full && kept && rare.lag.is_lagging() && !rare.keep_newest);
+        let Some(rare) = lagging else {
+            self.full_and_lagging.store(false, Ordering::Relaxed);
+            return None;
+        };
+        Some(count_drop(rare, Arc::clone(topic)))
     }
 
     /// At the cap, drop the oldest queued message rather than the new one (a bridge's
@@ -395,6 +441,9 @@ impl Mailbox {
             s.queue.shrink_to_fit();
         }
         drop(s);
+        if made_room {
+            self.full_and_lagging.store(false, Ordering::Relaxed);
+        }
         if let Some(room) = room {
             room.notify_waiters();
         }
@@ -522,10 +571,34 @@ impl Mailbox {
         }
     }
 
+    /// The drop counters alone (no topic to clone).
+    pub fn drop_count(&self) -> DropCount {
+        match &self.lock().rare {
+            Some(rare) => DropCount {
+                total: rare.dropped,
+                burst: rare.burst,
+            },
+            None => DropCount { total: 0, burst: 0 },
+        }
+    }
+
     /// (queued messages, queued bytes, in flight)
     pub fn depth(&self) -> (usize, usize, usize) {
         let s = self.lock();
         (s.queue.len(), s.queued_bytes, s.inflight.len())
+    }
+}
+
+/// Counts a message dropped because the queue was full (for `$SYS`, the current
+/// burst and the denial counts).
+fn count_drop(rare: &mut Rare, topic: Arc<str>) -> DropCount {
+    rare.dropped += 1;
+    rare.burst += 1;
+    rare.unrecorded += 1;
+    rare.burst_topic = Some(topic);
+    DropCount {
+        total: rare.dropped,
+        burst: rare.burst,
     }
 }
 

@@ -384,17 +384,27 @@ fn deliver(
                 .record(&session.owner, DenialKind::Receive, &message.topic);
             continue;
         }
+        let qos = message.qos.min(qos);
+        // A lagging client's full queue: nobody waits for it (see `backpressure`), so
+        // its copy is counted as dropped before it is built.
+        if let Some(drops) =
+            session
+                .mailbox
+                .drop_if_full_and_lagging(&message.topic, message.cost(), qos)
+        {
+            backpressure::counted(stats, session, drops);
+            continue;
+        }
         let outgoing = Message {
             topic: Arc::clone(&message.topic),
             payload: message.payload.clone(),
-            qos: message.qos.min(qos),
+            qos,
             retain: message.retain && sub.options.retain_as_published,
             properties: message.properties.clone(),
             subscription_ids: ids,
             expires_at: message.expires_at,
             seq: 0,
         };
-        let qos = outgoing.qos;
         crowding.note(session, qos, push_to(stats, session, outgoing, batch));
     }
     crowding.verdict(stats)

@@ -204,3 +204,62 @@ async fn a_whole_pause_without_progress_marks_only_a_client_that_holds_its_queue
     wait_for_drain(&stuck, &stats).await;
     assert_eq!(stats.snapshot().subscribers_lagging, 1);
 }
+
+#[test]
+fn a_lagging_clients_copies_dropped_before_they_are_built_are_counted_as_pushed_ones() {
+    let stats = Stats::default();
+    let (pushed, skipped) = (subscriber(1, 2, 1), subscriber(2, 2, 1));
+    let topic: Arc<str> = Arc::from("home/cellar/temperature");
+    let message = || Message::new(&topic, Bytes::from_static(b"x"), QoS::AtLeastOnce, false);
+    let mut built_for_skipped = 0;
+    for session in [&pushed, &skipped] {
+        session.mailbox.mark_lagging();
+        for _ in 0..6 {
+            if session.id == 2 {
+                let early = session.mailbox.drop_if_full_and_lagging(
+                    &topic,
+                    message().cost(),
+                    QoS::AtLeastOnce,
+                );
+                if let Some(drops) = early {
+                    counted(&stats, session, drops);
+                    continue;
+                }
+                built_for_skipped += 1;
+            }
+            if session.mailbox.push(message()) == PushOutcome::DroppedFull {
+                dropped(&stats, session);
+            }
+        }
+    }
+    // Two fill the queue, the third is dropped by `push`; the rest never built.
+    assert_eq!(built_for_skipped, 3);
+    assert_eq!(stats.snapshot().dropped, 8);
+    for session in [&pushed, &skipped] {
+        let drops = session.mailbox.dropped();
+        assert_eq!((drops.total, drops.burst), (4, 4));
+        assert_eq!(drops.topic.as_deref(), Some(&*topic));
+        flush_drops(&stats, session);
+    }
+    let denials = stats.denials.snapshot();
+    let counts: Vec<_> = denials
+        .entries
+        .iter()
+        .map(|e| (e.identity.as_str(), e.kind, e.pattern.as_str(), e.count))
+        .collect();
+    assert_eq!(
+        counts,
+        [
+            ("client-1", DenialKind::QueueFull, "home/cellar/#", 4),
+            ("client-2", DenialKind::QueueFull, "home/cellar/#", 4),
+        ]
+    );
+    // Once it drains, nothing is dropped early: the next copy is built and queued.
+    take_all(&skipped, Instant::now());
+    let early =
+        skipped
+            .mailbox
+            .drop_if_full_and_lagging(&topic, message().cost(), QoS::AtLeastOnce);
+    assert_eq!(early, None);
+    assert_eq!(push(&skipped), PushOutcome::Queued);
+}

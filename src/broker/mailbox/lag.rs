@@ -29,6 +29,12 @@ impl Lag {
         self.record().mark()
     }
 
+    /// Whether nobody waits for the client now (see [`Record::mark`]); allocates
+    /// nothing.
+    pub fn is_lagging(&self) -> bool {
+        self.0.as_ref().is_some_and(|record| record.lagging)
+    }
+
     /// See [`Record::crowded`].
     pub fn crowded(&mut self, now: Instant) -> Standing {
         self.record().crowded(now)
