@@ -248,4 +248,4 @@ pub fn caught_up(stats: &Stats, session: &SessionLink, over: &BurstOver) {
 }
 
 #[cfg(test)]
-mod tests;
+pub(super) mod tests;

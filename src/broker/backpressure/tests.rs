@@ -24,8 +24,9 @@ impl Permissions for Everything {
     }
 }
 
-/// A subscriber of `queue` messages with an in-flight window of `window`, online.
-fn subscriber(id: u64, queue: usize, window: u16) -> Arc<SessionLink> {
+/// A subscriber of `queue` messages with an in-flight window of `window`, online
+/// (routing's tests use it too).
+pub(in crate::broker) fn subscriber(id: u64, queue: usize, window: u16) -> Arc<SessionLink> {
     let limits = QueueLimits {
         max_messages: queue,
         max_bytes: 1 << 20,
