@@ -12,8 +12,7 @@ use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 use moat_protocol::{
-    Ack, AckKind, Codec, Disconnect, Packet, Properties, ProtocolVersion, PublishRef, QoS,
-    ReasonCode,
+    AckKind, Codec, Disconnect, Packet, Properties, ProtocolVersion, PublishRef, QoS, ReasonCode,
 };
 
 use crate::broker::backpressure;
@@ -406,8 +405,9 @@ impl Connection {
                     sent[qos as usize] += 1;
                 }
                 Outbound::PubRel { packet_id } => {
-                    let packet = Packet::PubRel(Ack::new(packet_id, ReasonCode::Success));
-                    if let Err(e) = codec.encode(&packet, wbuf) {
+                    let encoded =
+                        codec.encode_ack(AckKind::PubRel, packet_id, ReasonCode::Success, wbuf);
+                    if let Err(e) = encoded {
                         tracing::debug!(client_id = %self.session.client_id, error = %e, "PUBREL not sent");
                     }
                 }
