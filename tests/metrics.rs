@@ -186,8 +186,17 @@ fn counters_move_by_exactly_what_the_clients_did() {
     }
     let (moat, port) = start();
     // The harness's readiness probe (a bare TCP connect to the TLS port) must be over
-    // before the baseline, or its refusal could land in the middle.
-    let before = scrape_when_idle(port);
+    // before the baseline, or its refusal could land in the middle: wait (bounded)
+    // until the broker has accepted it, not only until nothing is open (on a busy
+    // machine it can still sit in the listen backlog, counted after the baseline).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let before = loop {
+        let now = scrape_when_idle(port);
+        if value(&now, "moat_connections_accepted_total{}") >= 1.0 || Instant::now() > deadline {
+            break now;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
 
     let watcher = common::Sub::start_subscribed(&with_extra(
         moat.plain_args("watcher"),
