@@ -27,12 +27,13 @@ pub mod retained;
 mod routing;
 pub mod session;
 mod session_filters;
+mod session_table;
 mod sessions;
 pub mod stats;
 pub mod subscriptions;
 pub mod sys;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
@@ -48,8 +49,7 @@ pub use permissions::{
 };
 use retained::RetainedStore;
 pub use routing::{Incoming, Routed};
-use session::{Kick, SessionLink};
-use session_filters::SessionFilters;
+use session_table::{SessionEntry, SessionTable};
 pub use sessions::{AttachRequest, Attached};
 use stats::Stats;
 use subscriptions::SubscriptionTree;
@@ -101,20 +101,6 @@ impl Default for BrokerConfig {
     }
 }
 
-/// The broker's bookkeeping of one session, beside what the router sees of it
-/// ([`SessionLink`]).
-struct SessionEntry {
-    link: Arc<SessionLink>,
-    /// The session's filters (the tree holds options and identifiers), so they can
-    /// be dropped on reload or expiry.
-    subscriptions: SessionFilters,
-    /// The live connection, if any: its id and its kill switch.
-    connection: Option<(u64, Arc<Kick>)>,
-    expiry: Duration,
-    /// When an offline session ends.
-    expires_at: Option<Instant>,
-}
-
 /// A will waiting for its delay to pass.
 struct PendingWill {
     session_id: u64,
@@ -127,7 +113,7 @@ struct PendingWill {
 /// the same lock, so the store changes in the order memory does.
 #[derive(Default)]
 struct State {
-    sessions: HashMap<Arc<str>, SessionEntry>,
+    sessions: SessionTable,
     tree: SubscriptionTree,
     retained: RetainedStore,
     pending_wills: Vec<PendingWill>,

@@ -160,7 +160,7 @@ impl Broker {
         options: SubscriptionOptions,
         identifier: Option<u32>,
     ) -> Result<(), ReasonCode> {
-        let Some(entry) = state.sessions.get_mut(&*session.client_id) else {
+        let Some(entry) = state.sessions.get_mut(&session.client_id) else {
             return Err(ReasonCode::UnspecifiedError);
         };
         let existed = entry.subscriptions.contains(filter);
@@ -234,7 +234,7 @@ impl Broker {
         let existed = filters
             .iter()
             .map(|filter| {
-                let Some(entry) = sessions.get_mut(&*session.client_id) else {
+                let Some(entry) = sessions.get_mut(&session.client_id) else {
                     return false;
                 };
                 if !entry.subscriptions.remove(filter.as_str()) {

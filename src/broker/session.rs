@@ -184,6 +184,14 @@ mod tests {
     use super::*;
     use crate::broker::mailbox::QueueLimits;
 
+    #[test]
+    fn an_idle_session_link_fits_a_272_byte_allocation() {
+        // One per session, behind an `Arc` (16 bytes of counts): 248 bytes keep the
+        // allocation in glibc's 272-byte chunk on x86_64 (issue 16, idle memory).
+        let size = std::mem::size_of::<SessionLink>();
+        assert!(size <= 248, "SessionLink is {size} bytes");
+    }
+
     /// May receive, and subscribe to, what starts with `prefix`.
     struct Under(&'static str);
 

@@ -18,7 +18,7 @@ use super::permissions::Permissions;
 use super::retained::{RetainQuota, Retained};
 use super::routing::{insert_into_tree, remove_from_tree};
 use super::session::{Kick, SessionLink};
-use super::{Broker, Incoming, PendingWill, Resolver, SessionEntry, SessionFilters, State};
+use super::{Broker, Incoming, PendingWill, Resolver, SessionEntry, State};
 
 /// A connection asking for its session.
 pub struct AttachRequest<'a> {
@@ -111,16 +111,12 @@ impl Broker {
             let expires_at = restored
                 .expires_in_secs
                 .map(|secs| now + Duration::from_secs(u64::from(secs)));
-            state.sessions.insert(
-                Arc::clone(&link.client_id),
-                SessionEntry {
-                    link: Arc::clone(&link),
-                    subscriptions: SessionFilters::default(),
-                    connection: None,
-                    expiry,
-                    expires_at: expires_at.or(Some(now + config.max_session_expiry)),
-                },
-            );
+            state.sessions.insert(SessionEntry::new(
+                Arc::clone(&link),
+                None,
+                expiry,
+                expires_at.or(Some(now + config.max_session_expiry)),
+            ));
             links.insert(s.client_id, link);
         }
         for StoredInflightIn {
@@ -218,7 +214,7 @@ impl Broker {
                 } else {
                     session_present = true;
                     entry.connection = Some((connection_id, Arc::clone(&kick)));
-                    entry.expiry = expiry;
+                    entry.set_expiry(expiry);
                     entry.expires_at = None;
                     entry.link.set_permissions(Arc::clone(&permissions));
                     Some(Arc::clone(&entry.link))
@@ -243,16 +239,12 @@ impl Broker {
                     Mailbox::new(limits),
                     permissions,
                 ));
-                state.sessions.insert(
-                    Arc::clone(&link.client_id),
-                    SessionEntry {
-                        link: Arc::clone(&link),
-                        subscriptions: SessionFilters::default(),
-                        connection: Some((connection_id, kick)),
-                        expiry,
-                        expires_at: None,
-                    },
-                );
+                state.sessions.insert(SessionEntry::new(
+                    Arc::clone(&link),
+                    Some((connection_id, kick)),
+                    expiry,
+                    None,
+                ));
                 link
             }
         };
@@ -295,16 +287,13 @@ impl Broker {
         let config = self.config();
         let mut state = self.lock();
         let mut batch = Batch::default();
-        let current = state
-            .sessions
-            .get(&*session.client_id)
-            .is_some_and(|entry| {
-                entry.link.id == session.id
-                    && entry
-                        .connection
-                        .as_ref()
-                        .is_some_and(|(id, _)| *id == connection_id)
-            });
+        let current = state.sessions.get(&session.client_id).is_some_and(|entry| {
+            entry.link.id == session.id
+                && entry
+                    .connection
+                    .as_ref()
+                    .is_some_and(|(id, _)| *id == connection_id)
+        });
         if !current {
             // Taken over (or removed): the new owner of the session decides.
             if let Some((incoming, _)) = will {
@@ -314,14 +303,14 @@ impl Broker {
             drop(state);
             return durable;
         }
-        let Some(entry) = state.sessions.get_mut(&*session.client_id) else {
+        let Some(entry) = state.sessions.get_mut(&session.client_id) else {
             return Durable::default();
         };
         entry.connection = None;
         if let Some(expiry) = expiry {
-            entry.expiry = expiry.min(config.max_session_expiry);
+            entry.set_expiry(expiry.min(config.max_session_expiry));
         }
-        let session_expiry = entry.expiry;
+        let session_expiry = entry.expiry();
         let session_ends = session_expiry.is_zero();
         if session_ends {
             self.remove_session_locked(&mut state, &session.client_id, &mut batch);
@@ -385,7 +374,8 @@ impl Broker {
         let mut batch = Batch::default();
         let mut removed_sessions = Vec::new();
         let mut dropped: Vec<(String, Arc<SessionLink>)> = Vec::new();
-        for (client_id, entry) in state.sessions.iter_mut() {
+        for entry in state.sessions.values_mut() {
+            let client_id = &entry.link.client_id;
             match resolver(&entry.link.owner) {
                 None => {
                     if let Some((_, kick)) = entry.connection.take() {
@@ -440,9 +430,9 @@ impl Broker {
         }
         let expired: Vec<Arc<str>> = state
             .sessions
-            .iter()
-            .filter(|(_, e)| e.connection.is_none() && e.expires_at.is_some_and(|t| t <= now))
-            .map(|(k, _)| Arc::clone(k))
+            .values()
+            .filter(|e| e.connection.is_none() && e.expires_at.is_some_and(|t| t <= now))
+            .map(|e| Arc::clone(&e.link.client_id))
             .collect();
         for client_id in expired {
             self.remove_session_locked(&mut state, &client_id, &mut batch);
