@@ -73,6 +73,16 @@ pub enum InFlight {
     Released,
 }
 
+/// A client's acknowledgement of an outbound QoS 1/2 message, as
+/// [`Mailbox::settle`] applies it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Settle {
+    /// PUBACK, PUBCOMP, or a PUBREC that refuses the message: as [`Mailbox::complete`].
+    Complete(u16),
+    /// A PUBREC that accepts it: as [`Mailbox::received`].
+    Received(u16),
+}
+
 /// Something the connection must send now.
 #[derive(Debug)]
 pub enum Outbound {
@@ -459,6 +469,37 @@ impl Mailbox {
         drop(s);
         self.notify.notify_one();
         Some(entry)
+    }
+
+    /// Applies the client's acknowledgements `steps` in their order under one lock,
+    /// each as [`Mailbox::complete`] or [`Mailbox::received`] would, and sets
+    /// `found[i]` to whether the packet id of `steps[i]` was in flight when its turn
+    /// came (`found` is at least as long as `steps`). Unlike `complete` it wakes
+    /// nobody: it is for the client's own connection, which drains the mailbox
+    /// before it next waits, so the window's room is used without a wake-up.
+    pub fn settle(&self, steps: &[Settle], found: &mut [bool]) {
+        let mut s = self.lock();
+        for (step, found) in steps.iter().zip(found.iter_mut()) {
+            *found = match *step {
+                Settle::Complete(packet_id) => {
+                    // The message is dropped under the lock: dropping it is reference
+                    // counting, unless this was its last copy.
+                    match s.inflight.iter().position(|(id, _)| *id == packet_id) {
+                        Some(position) => s.inflight.remove(position).is_some(),
+                        None => false,
+                    }
+                }
+                Settle::Received(packet_id) => {
+                    match s.inflight.iter_mut().find(|(id, _)| *id == packet_id) {
+                        Some((_, entry)) => {
+                            *entry = InFlight::Released;
+                            true
+                        }
+                        None => false,
+                    }
+                }
+            };
+        }
     }
 
     /// PUBREC: the client has the QoS 2 message; from now on only PUBREL is resent.
