@@ -464,8 +464,7 @@ impl Mailbox {
     /// flight under that id, `None` for an unknown packet id.
     pub fn complete(&self, packet_id: u16) -> Option<InFlight> {
         let mut s = self.lock();
-        let position = s.inflight.iter().position(|(id, _)| *id == packet_id)?;
-        let (_, entry) = s.inflight.remove(position)?;
+        let entry = take_inflight(&mut s, packet_id)?;
         drop(s);
         self.notify.notify_one();
         Some(entry)
@@ -481,14 +480,9 @@ impl Mailbox {
         let mut s = self.lock();
         for (step, found) in steps.iter().zip(found.iter_mut()) {
             *found = match *step {
-                Settle::Complete(packet_id) => {
-                    // The message is dropped under the lock: dropping it is reference
-                    // counting, unless this was its last copy.
-                    match s.inflight.iter().position(|(id, _)| *id == packet_id) {
-                        Some(position) => s.inflight.remove(position).is_some(),
-                        None => false,
-                    }
-                }
+                // The message is dropped under the lock: dropping it is reference
+                // counting, unless this was its last copy.
+                Settle::Complete(packet_id) => take_inflight(&mut s, packet_id).is_some(),
                 Settle::Received(packet_id) => {
                     match s.inflight.iter_mut().find(|(id, _)| *id == packet_id) {
                         Some((_, entry)) => {
@@ -646,6 +640,17 @@ fn count_drop(rare: &mut Rare, topic: Arc<str>) -> DropCount {
 fn is_half_empty(s: &State) -> bool {
     (s.queue.len() + s.staged_len()) * 2 <= s.limits.max_messages
         && s.queued_bytes * 2 <= s.limits.max_bytes
+}
+
+/// Removes `packet_id` from the window. Clients mostly acknowledge in the order
+/// they were sent, so the oldest entry is looked at first: taking it is a
+/// `pop_front`, where `VecDeque::remove` costs ~100 instructions even at 0.
+fn take_inflight(s: &mut State, packet_id: u16) -> Option<InFlight> {
+    if s.inflight.front().is_some_and(|(id, _)| *id == packet_id) {
+        return s.inflight.pop_front().map(|(_, entry)| entry);
+    }
+    let position = s.inflight.iter().position(|(id, _)| *id == packet_id)?;
+    s.inflight.remove(position).map(|(_, entry)| entry)
 }
 
 fn next_free_id(s: &mut State) -> u16 {
