@@ -12,7 +12,7 @@ use moat_protocol::QoS;
 
 use super::Broker;
 use super::journal::{self, Batch, Durable, Reservation};
-use super::mailbox::Outbound;
+use super::mailbox::{Outbound, Settle};
 use super::session::SessionLink;
 
 impl Broker {
@@ -26,6 +26,23 @@ impl Broker {
         if let Some(op) = journal::acknowledged(session, packet_id, &entry) {
             drop(room.record(|| op));
         }
+    }
+
+    /// Acknowledgements of outbound messages from a client whose acknowledgements
+    /// record nothing (a session that is not persistent, or persistence off), in
+    /// their order under one mailbox lock: each step what [`Broker::acknowledge`]
+    /// (`Settle::Complete`) or [`Broker::release`] (`Settle::Received`) does
+    /// then, `found[i]` whether step i's packet id was in flight. The caller
+    /// drains the mailbox next (see [`Mailbox::settle`](super::mailbox::Mailbox::settle)).
+    pub fn settle_unrecorded(&self, session: &SessionLink, steps: &[Settle], found: &mut [bool]) {
+        debug_assert!(!self.acknowledgements_recorded(session));
+        session.mailbox.settle(steps, found);
+    }
+
+    /// Whether `session`'s acknowledgements are store operations (a persistent
+    /// session, persistence on): each then needs room reserved in the journal.
+    pub fn acknowledgements_recorded(&self, session: &SessionLink) -> bool {
+        self.journal().is_enabled() && session.is_persistent()
     }
 
     /// PUBREC for an outbound QoS 2 message: `None` if its packet id is not in

@@ -158,6 +158,62 @@ impl Codec {
         decode::packet(packet_type, flags, body, version, self.role).map(Some)
     }
 
+    /// The next packet in `src`, consumed from it, if it is a whole PUBACK, PUBREC,
+    /// PUBREL or PUBCOMP without properties that [`Codec::decode`] accepts: its kind,
+    /// packet id and reason code, what `decode` would return as a packet, without
+    /// building one (a `Packet` carries a `Properties` of 27 fields that would be
+    /// built, copied and dropped for every acknowledgement). `None`, with nothing
+    /// consumed, for anything else, an incomplete or invalid acknowledgement
+    /// included: `decode` then takes it, and refuses it as it always did.
+    #[inline]
+    pub fn decode_ack(&mut self, src: &mut BytesMut) -> Option<(AckKind, u16, ReasonCode)> {
+        let (&first_byte, rest) = src.split_first()?;
+        let kind = match first_byte {
+            0x40 => AckKind::PubAck,
+            0x50 => AckKind::PubRec,
+            0x62 => AckKind::PubRel,
+            0x70 => AckKind::PubComp,
+            _ => return None,
+        };
+        // Both roles receive acknowledgements; a server only after CONNECT.
+        let version = self.version?;
+        if self.role == Role::Server && !self.connect_received {
+            return None;
+        }
+        // A one-byte remaining length: 2 (packet id), in v5 3 (+ reason code) or 4
+        // (+ an empty property set). Anything longer carries properties.
+        let remaining = *rest.first()?;
+        let longest = if version.is_v5() { 4 } else { 2 };
+        if !(2..=longest).contains(&remaining) {
+            return None;
+        }
+        let total = 2 + usize::from(remaining);
+        if src.len() < total || total as u64 > u64::from(self.max_incoming) {
+            return None;
+        }
+        let packet_id = u16::from_be_bytes([src[2], src[3]]);
+        if packet_id == 0 || (remaining == 4 && src[5] != 0) {
+            return None;
+        }
+        let reason = if remaining == 2 {
+            ReasonCode::Success
+        } else {
+            let code = src[4];
+            let packet_type = match kind {
+                AckKind::PubAck => PacketType::PubAck,
+                AckKind::PubRec => PacketType::PubRec,
+                AckKind::PubRel => PacketType::PubRel,
+                AckKind::PubComp => PacketType::PubComp,
+            };
+            if !decode::reason_allowed(packet_type, code) {
+                return None;
+            }
+            ReasonCode::from_u8(code)?
+        };
+        src.advance(total);
+        Some((kind, packet_id, reason))
+    }
+
     /// Encodes for the negotiated version; before one is known (a CONNECT refused for
     /// its protocol level) in the 3.1.1 format every client understands. A CONNECT is
     /// encoded in its own `protocol` version, which a client codec then adopts.

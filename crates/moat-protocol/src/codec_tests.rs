@@ -1589,3 +1589,107 @@ fn acks_encoded_without_a_packet_are_the_bytes_of_the_packet() {
     ));
     assert!(buf.is_empty());
 }
+
+/// `decode_ack` against `decode` over acknowledgements and near misses: every
+/// version and role, first bytes with good and bad flags, remaining lengths 0..=6,
+/// zero and non-zero packet ids, every reason byte, empty and non-empty property
+/// sets, a trailing byte, every prefix. Where it answers, it answers what `decode`
+/// returns and consumes the same bytes; where it does not, it consumes nothing.
+#[test]
+fn acks_decoded_without_a_packet_are_what_decode_returns() {
+    let first_bytes = [0x40, 0x50, 0x62, 0x70, 0x41, 0x52, 0x60, 0x72, 0x30, 0xe0];
+    let mut fast_hits = 0;
+    for version in [
+        ProtocolVersion::V31,
+        ProtocolVersion::V311,
+        ProtocolVersion::V5,
+    ] {
+        for role in [Role::Server, Role::Client] {
+            let fresh = || match role {
+                Role::Server => connected_server(version),
+                Role::Client => client(version),
+            };
+            let mut fast_codec = fresh();
+            let mut codec = fresh();
+            for first_byte in first_bytes {
+                for remaining in 0u8..=6 {
+                    for packet_id in [0u16, 1, 0xabcd] {
+                        for code in 0u8..=255 {
+                            for props in [0u8, 1] {
+                                let mut body = packet_id.to_be_bytes().to_vec();
+                                body.extend_from_slice(&[code, props, 0x1f, 0]);
+                                body.resize(usize::from(remaining), 0);
+                                let mut wire = vec![first_byte, remaining];
+                                wire.extend_from_slice(&body);
+                                wire.push(0xff); // the next packet's first byte
+                                let mut fast = BytesMut::from(&wire[..]);
+                                let mut slow = fast.clone();
+                                let got = fast_codec.decode_ack(&mut fast);
+                                let expected = codec.decode(&mut slow);
+                                let Some((kind, id, reason)) = got else {
+                                    assert_eq!(&fast[..], &wire[..], "{wire:02x?}");
+                                    continue;
+                                };
+                                fast_hits += 1;
+                                let packet = expected.expect("decode accepts it").expect("whole");
+                                assert_eq!(
+                                    packet,
+                                    kind.packet(Ack::new(id, reason)),
+                                    "{wire:02x?}"
+                                );
+                                assert_eq!(fast, slow, "{wire:02x?}");
+                            }
+                        }
+                    }
+                }
+            }
+            // What a client's codec encodes for an acknowledgement without
+            // properties is always taken by the fast path, and no prefix of it is.
+            for kind in [
+                AckKind::PubAck,
+                AckKind::PubRec,
+                AckKind::PubRel,
+                AckKind::PubComp,
+            ] {
+                let mut other_side = match role {
+                    Role::Server => client(version),
+                    Role::Client => connected_server(version),
+                };
+                let reason = match kind {
+                    AckKind::PubAck | AckKind::PubRec => ReasonCode::NoMatchingSubscribers,
+                    AckKind::PubRel | AckKind::PubComp => ReasonCode::PacketIdentifierNotFound,
+                };
+                for reason in [ReasonCode::Success, reason] {
+                    let wire = encode_with(&mut other_side, &kind.packet(Ack::new(7, reason)));
+                    for cut in 0..wire.len() {
+                        let mut part = BytesMut::from(&wire[..cut]);
+                        assert_eq!(fast_codec.decode_ack(&mut part), None);
+                        assert_eq!(part.len(), cut);
+                    }
+                    let reason = if is_v5(version) {
+                        reason
+                    } else {
+                        ReasonCode::Success
+                    };
+                    let mut whole = BytesMut::from(&wire[..]);
+                    assert_eq!(
+                        fast_codec.decode_ack(&mut whole),
+                        Some((kind, 7, reason)),
+                        "{version:?} {role:?} {wire:02x?}"
+                    );
+                    assert!(whole.is_empty());
+                }
+            }
+        }
+    }
+    assert!(fast_hits > 0);
+    // Not before CONNECT, nor over the size limit: `decode` refuses those.
+    let mut codec = Codec::new(Role::Server, MIB);
+    let mut wire = BytesMut::from(&[0x40, 2, 0, 1][..]);
+    assert_eq!(codec.decode_ack(&mut wire), None);
+    assert_eq!(wire.len(), 4);
+    let mut codec = connected_server(ProtocolVersion::V5);
+    codec.set_max_incoming_packet_size(3);
+    assert_eq!(codec.decode_ack(&mut wire), None);
+    assert!(codec.decode(&mut wire).is_err());
+}

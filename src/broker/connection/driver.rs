@@ -180,6 +180,12 @@ impl Connection {
                 // nothing new until it is handled).
                 buffered = false;
                 loop {
+                    // The subscriber's acknowledgements first, together (see `acks`).
+                    self.settle_acks(codec, rbuf, REPLY_BATCH);
+                    if self.replies.len() >= REPLY_BATCH {
+                        buffered = true;
+                        break;
+                    }
                     // Nothing is awaited while the decode result is alive: it is as
                     // big as a packet, and would be kept in every connection's task.
                     let decoded = match codec.decode(rbuf) {

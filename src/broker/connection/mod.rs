@@ -7,6 +7,9 @@
 //! - `driver`: the I/O loop: reads and decodes packets, keepalive, kicks,
 //!   backpressure, answers in arrival order (each after its commit), and what the
 //!   session's mailbox holds, batched into as few writes as it can.
+//! - `acks`: the acknowledgements of what the client was sent (PUBACK, PUBREC,
+//!   PUBCOMP, and PUBREL), decoded without a packet and applied to the mailbox
+//!   under one lock per batch; the handler's meaning, without the handler's cost.
 //! - `handler`: the packet handler, the MQTT state machine: PUBLISH (topic aliases,
 //!   limits, the one publish permission check, QoS 1/2 flows), SUBSCRIBE,
 //!   UNSUBSCRIBE, DISCONNECT, and the will at the end. It asks the broker for every
@@ -14,6 +17,7 @@
 //!
 //! This module owns the connection's state and its entry point, [`run`].
 
+mod acks;
 mod connect;
 mod driver;
 mod handler;

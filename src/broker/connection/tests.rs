@@ -386,6 +386,168 @@ async fn qos_0_1_and_2_make_their_round_trips() {
     assert_eq!(stats.messages_sent, 3);
 }
 
+/// A subscriber answers what it was sent in one write: QoS 1 and 2
+/// acknowledgements, unknown packet ids, a refusing PUBREC, the same PUBREC twice,
+/// an acknowledgement with properties among them (the handler's), a PUBREL nobody
+/// waits for, then a PINGREQ. The answers, the window's state and its refill are
+/// the same whether the acknowledgements are settled in a batch (a session that
+/// is not persistent) or one by one through the handler (a persistent one, each
+/// journaled); a malformed acknowledgement after them still closes the
+/// connection, after the answers to those before it.
+async fn a_batch_of_acknowledgements(persistent: bool) {
+    let (broker, store) = memory_broker();
+    let broker = if persistent {
+        broker
+    } else {
+        Broker::new(BrokerConfig::default())
+    };
+    let mut subscriber = Client::start(&broker);
+    let connect = Connect {
+        protocol: ProtocolVersion::V5,
+        clean_start: true,
+        keep_alive: 60,
+        client_id: "sub".to_owned(),
+        will: None,
+        username: Some("tester".to_owned()),
+        password: None,
+        properties: Properties {
+            session_expiry_interval: persistent.then_some(3600),
+            receive_maximum: Some(4),
+            ..Properties::default()
+        },
+    };
+    assert!(matches!(
+        subscriber.ask(Packet::Connect(Box::new(connect))).await,
+        Packet::ConnAck(_)
+    ));
+    assert_eq!(
+        subscriber.subscribe("a/#", QoS::ExactlyOnce).await,
+        vec![ReasonCode::GrantedQoS2]
+    );
+    let mut publisher = Client::start(&broker);
+    publisher.connect("pub", 60, None).await;
+    let qos = [
+        QoS::AtLeastOnce,
+        QoS::ExactlyOnce,
+        QoS::ExactlyOnce,
+        QoS::AtLeastOnce,
+        QoS::AtLeastOnce,
+    ];
+    for (i, qos) in qos.into_iter().enumerate() {
+        let packet_id = i as u16 + 1;
+        publisher
+            .send(publish(&format!("a/{packet_id}"), qos, packet_id, b"m"))
+            .await;
+        assert!(matches!(
+            publisher.expect().await,
+            Packet::PubAck(_) | Packet::PubRec(_)
+        ));
+    }
+    // A window of 4: the fifth waits.
+    let mut ids = Vec::new();
+    for n in 1..=4 {
+        let got = received(subscriber.expect().await);
+        assert_eq!(&*got.topic, format!("a/{n}"));
+        ids.push(got.packet_id);
+    }
+    let [p1, p2, p3, p4] = ids[..] else {
+        panic!("four packet ids");
+    };
+    let mut with_properties = Ack::new(p4, ReasonCode::Success);
+    with_properties.properties.reason_string = Some("fine".to_owned());
+    let mut wire = BytesMut::new();
+    let mut codec = Codec::new(Role::Client, 1 << 20);
+    codec.set_version(ProtocolVersion::V5);
+    for packet in [
+        Packet::PubAck(Ack::new(p1, ReasonCode::Success)),
+        Packet::PubRec(Ack::new(p2, ReasonCode::Success)),
+        Packet::PubRec(Ack::new(999, ReasonCode::Success)),
+        Packet::PubAck(Ack::new(998, ReasonCode::Success)),
+        Packet::PubRec(Ack::new(p3, ReasonCode::UnspecifiedError)),
+        Packet::PubAck(with_properties),
+        Packet::PubRec(Ack::new(p2, ReasonCode::Success)),
+        Packet::PubComp(Ack::new(997, ReasonCode::Success)),
+        Packet::PubRel(Ack::new(777, ReasonCode::Success)),
+        Packet::PingReq,
+    ] {
+        codec.encode(&packet, &mut wire).expect("encodes");
+    }
+    subscriber.send_raw(&wire).await;
+    assert_eq!(
+        subscriber.expect().await,
+        Packet::PubRel(Ack::new(p2, ReasonCode::Success))
+    );
+    assert_eq!(
+        subscriber.expect().await,
+        Packet::PubRel(Ack::new(999, ReasonCode::PacketIdentifierNotFound))
+    );
+    assert_eq!(
+        subscriber.expect().await,
+        Packet::PubRel(Ack::new(p2, ReasonCode::Success))
+    );
+    assert_eq!(
+        subscriber.expect().await,
+        Packet::PubComp(Ack::new(777, ReasonCode::PacketIdentifierNotFound))
+    );
+    assert_eq!(subscriber.expect().await, Packet::PingResp);
+    // Three of the four left the window: the fifth message takes a slot.
+    let fifth = received(subscriber.expect().await);
+    assert_eq!(&*fifth.topic, "a/5");
+    let session = Arc::clone(
+        &broker
+            .state
+            .lock()
+            .expect("broker lock")
+            .sessions
+            .get("sub")
+            .expect("the session")
+            .link,
+    );
+    assert_eq!(session.mailbox.depth(), (0, 0, 2), "p2 released, a/5 sent");
+    assert!(session.mailbox.is_in_flight(p2));
+    if persistent {
+        let stored = stored_until(&store, |s| s.inflight_out.len() == 1).await;
+        assert!(matches!(
+            stored.inflight_out.as_slice(),
+            [entry] if entry.packet_id == p2 && entry.state == InflightOut::Released
+        ));
+    }
+    // PUBCOMP, then a PUBACK with packet id 0: the answers so far, then the close.
+    let mut wire = BytesMut::new();
+    codec
+        .encode(
+            &Packet::PubComp(Ack::new(p2, ReasonCode::Success)),
+            &mut wire,
+        )
+        .expect("encodes");
+    codec
+        .encode(
+            &Packet::PubRec(Ack::new(fifth.packet_id, ReasonCode::UnspecifiedError)),
+            &mut wire,
+        )
+        .expect("encodes");
+    wire.extend_from_slice(&[0x50, 0x02, 0x12, 0x34, 0x40, 0x02, 0x00, 0x00]);
+    subscriber.send_raw(&wire).await;
+    assert_eq!(
+        subscriber.expect().await,
+        Packet::PubRel(Ack::new(0x1234, ReasonCode::PacketIdentifierNotFound))
+    );
+    subscriber
+        .expect_closed_with(ReasonCode::MalformedPacket)
+        .await;
+    assert_eq!(session.mailbox.depth(), (0, 0, 0));
+}
+
+#[tokio::test]
+async fn a_batch_of_acknowledgements_is_settled_as_one_by_one() {
+    a_batch_of_acknowledgements(false).await;
+}
+
+#[tokio::test]
+async fn a_persistent_sessions_acknowledgements_go_one_by_one_to_the_same_end() {
+    a_batch_of_acknowledgements(true).await;
+}
+
 #[tokio::test]
 async fn a_persistent_sessions_qos_2_flow_is_journaled_step_by_step() {
     let (broker, store) = memory_broker();

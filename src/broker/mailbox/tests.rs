@@ -249,3 +249,79 @@ async fn a_waiting_publisher_is_woken_when_the_client_takes_messages() {
         .expect("the waiting publisher was woken")
         .expect("the waiter finished");
 }
+
+/// The window as a reconnect would resend it: (packet id, true for a PUBREL).
+fn window(mb: &Mailbox) -> Vec<(u16, bool)> {
+    let l = mb.limits();
+    mb.set_online(false, l);
+    mb.set_online(true, l);
+    let mut out = Vec::new();
+    mb.drain(Instant::now(), &mut out);
+    out.iter()
+        .map(|item| match item {
+            Outbound::Publish { packet_id, .. } => (*packet_id, false),
+            Outbound::PubRel { packet_id } => (*packet_id, true),
+        })
+        .collect()
+}
+
+#[test]
+fn settling_a_batch_is_settling_each_in_turn() {
+    // Mixed QoS 1/2, completions and PUBRECs, unknown ids, the same id twice, a
+    // PUBREC after its completion and a completion after its PUBREC.
+    let steps = [
+        Settle::Complete(1),
+        Settle::Received(2),
+        Settle::Complete(2),
+        Settle::Complete(2),
+        Settle::Received(99),
+        Settle::Complete(99),
+        Settle::Received(3),
+        Settle::Received(3),
+        Settle::Complete(4),
+        Settle::Received(4),
+        Settle::Received(6),
+    ];
+    let fill = || {
+        let mb = Mailbox::new(limits(20, 6));
+        mb.set_online(true, limits(20, 6));
+        for qos in [
+            QoS::AtLeastOnce,
+            QoS::ExactlyOnce,
+            QoS::ExactlyOnce,
+            QoS::AtLeastOnce,
+            QoS::ExactlyOnce,
+            QoS::ExactlyOnce,
+            QoS::AtLeastOnce,
+        ] {
+            mb.push(msg(qos, b"m"));
+        }
+        let mut out = Vec::new();
+        mb.drain(Instant::now(), &mut out);
+        assert_eq!(out.len(), 6);
+        mb
+    };
+    let one_by_one = fill();
+    let expected: Vec<bool> = steps
+        .iter()
+        .map(|step| match *step {
+            Settle::Complete(id) => one_by_one.complete(id).is_some(),
+            Settle::Received(id) => one_by_one.received(id),
+        })
+        .collect();
+    assert_eq!(
+        expected,
+        [
+            true, true, true, false, false, false, true, true, true, false, true
+        ]
+    );
+    let batched = fill();
+    let mut found = [false; 11];
+    batched.settle(&steps, &mut found);
+    assert_eq!(found.as_slice(), expected.as_slice());
+    assert_eq!(batched.depth(), one_by_one.depth());
+    let left = window(&batched);
+    assert_eq!(left, window(&one_by_one));
+    // What is left in flight, resent; and the room made taken by the seventh.
+    assert_eq!(left, [(3, true), (5, false), (6, true), (7, false)]);
+}
