@@ -117,9 +117,16 @@ impl Broker {
             }
         }
         let State { tree, matches, .. } = state;
-        tree.collect(&message.topic, matches);
+        let may_overlap = tree.collect(&message.topic, matches);
         routed.matched = matches.len();
-        routed.congested = deliver(&self.stats, &message, incoming.from_session, matches, batch);
+        routed.congested = deliver(
+            &self.stats,
+            &message,
+            incoming.from_session,
+            matches,
+            may_overlap,
+            batch,
+        );
         routed
     }
 
@@ -337,6 +344,9 @@ const SCAN_UP_TO: usize = 8;
 
 /// Pushes one message to each matching session: one copy per session for ordinary
 /// subscriptions (highest QoS, every subscription identifier), one per shared group.
+/// `may_overlap` is [`SubscriptionTree::collect`]'s answer: when the matches come
+/// from one filter no session appears twice among them, and each is delivered as it
+/// is, with no merge (the common case: a fan-out to many subscribers of one topic).
 /// Returns the session the publisher should wait for, if any
 /// ([`backpressure::Crowding`]). Leaves `matches` empty (its buffer is reused).
 fn deliver(
@@ -344,15 +354,26 @@ fn deliver(
     message: &Message,
     from_session: Option<u64>,
     matches: &mut Vec<Matched>,
+    may_overlap: bool,
     batch: &mut Batch,
 ) -> Option<Arc<SessionLink>> {
     let mut crowding = backpressure::Crowding::default();
+    if !may_overlap || matches.len() < 2 {
+        for m in matches.drain(..) {
+            let sub = m.subscription;
+            if sub.options.no_local && !m.shared && Some(sub.session.id) == from_session {
+                continue;
+            }
+            let (qos, ids) = (sub.options.qos, sub.identifier.into());
+            deliver_one(stats, message, &sub, qos, ids, &mut crowding, batch);
+        }
+        return crowding.verdict(stats);
+    }
     let mut deliveries: Vec<Delivery> = Vec::with_capacity(matches.len());
     // To merge overlaps, each session's ordinary delivery is found by a scan of
     // `deliveries` for a few matches (no allocation per message: with a slow
     // subscriber next to a fast one the map cost ~150 instructions a message), and
-    // through an index for many; a single match (the common case) needs neither.
-    let may_overlap = matches.len() > 1;
+    // through an index for many.
     let indexed = matches.len() > SCAN_UP_TO;
     // Sized once: growing it rehashed it three times for 8 subscribers.
     let index_size = if indexed { matches.len() } else { 0 };
@@ -363,7 +384,7 @@ fn deliver(
         if sub.options.no_local && !m.shared && Some(sub.session.id) == from_session {
             continue;
         }
-        if !m.shared && may_overlap {
+        if !m.shared {
             let id = sub.session.id;
             let earlier = if indexed {
                 ordinary.get(&id).copied()
@@ -389,46 +410,62 @@ fn deliver(
             subscription: sub,
         });
     }
-    for Delivery {
-        subscription: sub,
-        qos,
-        ids,
-        ..
-    } in deliveries
-    {
-        let session = &sub.session;
-        // Each delivery of one message has the same topic, so the overlapping
-        // subscriptions merged into `sub` cover it if the first one does.
-        if !session.may_receive(sub.receive_cover, &message.topic) {
-            stats
-                .denials
-                .record(&session.owner, DenialKind::Receive, &message.topic);
-            continue;
-        }
-        let qos = message.qos.min(qos);
-        // A lagging client's full queue: nobody waits for it (see `backpressure`), so
-        // its copy is counted as dropped before it is built.
-        if let Some(drops) =
-            session
-                .mailbox
-                .drop_if_full_and_lagging(&message.topic, message.cost(), qos)
-        {
-            backpressure::counted(stats, session, drops);
-            continue;
-        }
-        let outgoing = Message {
-            topic: Arc::clone(&message.topic),
-            payload: message.payload.clone(),
-            qos,
-            retain: message.retain && sub.options.retain_as_published,
-            properties: message.properties.clone(),
-            subscription_ids: ids,
-            expires_at: message.expires_at,
-            seq: 0,
-        };
-        crowding.note(session, qos, push_to(stats, session, outgoing, batch));
+    for d in deliveries {
+        deliver_one(
+            stats,
+            message,
+            &d.subscription,
+            d.qos,
+            d.ids,
+            &mut crowding,
+            batch,
+        );
     }
     crowding.verdict(stats)
+}
+
+/// Checks the right to receive and queues one subscriber's copy of `message`
+/// (`qos` and `ids` are its subscriptions' merged ones), noting how its queue took it.
+fn deliver_one(
+    stats: &Stats,
+    message: &Message,
+    sub: &Subscription,
+    qos: QoS,
+    ids: SubscriptionIds,
+    crowding: &mut backpressure::Crowding,
+    batch: &mut Batch,
+) {
+    let session = &sub.session;
+    // Each delivery of one message has the same topic, so the overlapping
+    // subscriptions merged into `sub` cover it if the first one does.
+    if !session.may_receive(sub.receive_cover, &message.topic) {
+        stats
+            .denials
+            .record(&session.owner, DenialKind::Receive, &message.topic);
+        return;
+    }
+    let qos = message.qos.min(qos);
+    // A lagging client's full queue: nobody waits for it (see `backpressure`), so
+    // its copy is counted as dropped before it is built.
+    if let Some(drops) =
+        session
+            .mailbox
+            .drop_if_full_and_lagging(&message.topic, message.cost(), qos)
+    {
+        backpressure::counted(stats, session, drops);
+        return;
+    }
+    let outgoing = Message {
+        topic: Arc::clone(&message.topic),
+        payload: message.payload.clone(),
+        qos,
+        retain: message.retain && sub.options.retain_as_published,
+        properties: message.properties.clone(),
+        subscription_ids: ids,
+        expires_at: message.expires_at,
+        seq: 0,
+    };
+    crowding.note(session, qos, push_to(stats, session, outgoing, batch));
 }
 
 /// Hashes the broker's own session ids (a counter, never chosen by a peer) with one
@@ -515,7 +552,14 @@ mod tests {
             ];
             matches.extend((0..extra).map(|i| matched(&b, QoS::AtMostOnce, 10 + i as u32, false)));
             let stats = Stats::default();
-            deliver(&stats, &message, None, &mut matches, &mut Batch::default());
+            deliver(
+                &stats,
+                &message,
+                None,
+                &mut matches,
+                true,
+                &mut Batch::default(),
+            );
             assert_eq!(
                 received(&a),
                 [(QoS::ExactlyOnce, vec![1, 2]), (QoS::AtLeastOnce, vec![3])]
@@ -525,6 +569,50 @@ mod tests {
                 .chain((0..extra).map(|i| 10 + i as u32))
                 .collect();
             assert_eq!(received(&b), [(QoS::AtLeastOnce, b_ids)]);
+        }
+    }
+    #[test]
+    fn matches_from_one_filter_are_delivered_as_the_merging_path_delivers_them() {
+        let message = Message::new("a/b", Bytes::from_static(b"x"), QoS::AtLeastOnce, false);
+        // Few (scanned) and many (indexed) subscribers; one of them the publisher with
+        // No Local; shared members next to ordinary subscriptions of the same sessions.
+        for count in [1, 3, SCAN_UP_TO + 4] {
+            let mut outcomes = Vec::new();
+            for may_overlap in [false, true] {
+                let sessions: Vec<_> = (0..count)
+                    .map(|i| subscriber(i as u64 + 1, 100, 100))
+                    .collect();
+                let mut matches: Vec<Matched> = sessions
+                    .iter()
+                    .enumerate()
+                    .map(|(i, s)| {
+                        let qos = [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce][i % 3];
+                        let mut m = matched(s, qos, i as u32 + 1, false);
+                        m.subscription.options.no_local = i == 0;
+                        m
+                    })
+                    .collect();
+                matches.push(matched(&sessions[count - 1], QoS::AtLeastOnce, 99, true));
+                let stats = Stats::default();
+                let from_publisher = Some(sessions[0].id);
+                let batch = &mut Batch::default();
+                deliver(
+                    &stats,
+                    &message,
+                    from_publisher,
+                    &mut matches,
+                    may_overlap,
+                    batch,
+                );
+                assert!(matches.is_empty());
+                outcomes.push(sessions.iter().map(|s| received(s)).collect::<Vec<_>>());
+            }
+            assert_eq!(outcomes[0], outcomes[1], "{count} subscribers");
+            // The publisher's No Local subscription got nothing; every other one a copy.
+            assert!(outcomes[0][0].is_empty() || count == 1);
+            // One copy for each subscriber but the publisher, and one for the group.
+            let copies: usize = outcomes[0].iter().map(Vec::len).sum();
+            assert_eq!(copies, (count - 1) + 1, "{count} subscribers");
         }
     }
 }

@@ -152,9 +152,15 @@ impl SubscriptionTree {
 
     /// Appends every subscription matching `topic` to `out`: all ordinary ones, and
     /// one chosen member of each matching shared group (online members first).
-    pub fn collect(&mut self, topic: &str, out: &mut Vec<Matched>) {
+    /// Returns whether the ordinary ones may name a session twice: only when they
+    /// come from more than one filter, since a filter holds one subscription per
+    /// session (its subscribers are keyed by session id). Routing merges overlaps
+    /// only then.
+    pub fn collect(&mut self, topic: &str, out: &mut Vec<Matched>) -> bool {
         let dollar = topic.starts_with('$');
-        collect_at(&mut self.root, Some(topic), true, dollar, out);
+        let mut filters = 0;
+        collect_at(&mut self.root, Some(topic), true, dollar, out, &mut filters);
+        filters > 1
     }
 }
 
@@ -188,12 +194,14 @@ fn remove_at(node: &mut Node, levels: &[&str], group: Option<&str>, session_id: 
 
 /// `rest` is what is left of the topic (`None` once every level is consumed); it is
 /// split one level at a time, so routing a message allocates nothing here.
+/// `filters` counts the matching filters with ordinary subscribers.
 fn collect_at(
     node: &mut Node,
     rest: Option<&str>,
     root: bool,
     dollar: bool,
     out: &mut Vec<Matched>,
+    filters: &mut usize,
 ) {
     // Wildcards in the first level never match `$`-topics.
     let wildcards_allowed = !(root && dollar);
@@ -205,28 +213,31 @@ fn collect_at(
         Some((first, rest)) => {
             if wildcards_allowed {
                 if let Some(hash) = node.hash.as_deref_mut() {
-                    visit_node(hash, out);
+                    visit_node(hash, out, filters);
                 }
                 if let Some(plus) = node.plus.as_deref_mut() {
-                    collect_at(plus, rest, false, dollar, out);
+                    collect_at(plus, rest, false, dollar, out, filters);
                 }
             }
             if let Some(literal) = node.children.get_mut(first) {
-                collect_at(literal, rest, false, dollar, out);
+                collect_at(literal, rest, false, dollar, out, filters);
             }
         }
         None => {
             // All levels consumed: this node's subscribers match, and so does a "#"
             // below it ("a/#" matches "a").
             if let Some(hash) = node.hash.as_deref_mut() {
-                visit_node(hash, out);
+                visit_node(hash, out, filters);
             }
-            visit_node(node, out);
+            visit_node(node, out, filters);
         }
     }
 }
 
-fn visit_node(node: &mut Node, out: &mut Vec<Matched>) {
+fn visit_node(node: &mut Node, out: &mut Vec<Matched>, filters: &mut usize) {
+    if !node.subscribers.is_empty() {
+        *filters += 1;
+    }
     out.extend(node.subscribers.values().map(|s| Matched {
         subscription: s.clone(),
         shared: false,
@@ -342,6 +353,11 @@ mod tests {
         out.iter().map(|m| m.subscription.session.id).collect()
     }
 
+    /// Whether the tree says the matches of `topic_name` may name a session twice.
+    fn may_overlap(tree: &mut SubscriptionTree, topic_name: &str) -> bool {
+        tree.collect(topic_name, &mut Vec::new())
+    }
+
     proptest! {
         /// The tree finds exactly the filters `topic::matches` accepts, for every
         /// topic, `$` topics and empty levels included, and forgets removed ones.
@@ -370,7 +386,12 @@ mod tests {
                     .copied()
                     .filter(|&id| topic::matches(&filters[id as usize], t))
                     .collect();
-                prop_assert_eq!(matched_ids(&mut tree, t), expected, "topic {:?}", t);
+                prop_assert_eq!(matched_ids(&mut tree, t), expected.clone(), "topic {:?}", t);
+                // Overlaps are possible exactly when the matches come from more than
+                // one filter.
+                let matching_filters: BTreeSet<&str> =
+                    expected.iter().map(|&id| filters[id as usize].as_str()).collect();
+                prop_assert_eq!(may_overlap(&mut tree, t), matching_filters.len() > 1, "topic {:?}", t);
             }
         }
     }
@@ -386,5 +407,20 @@ mod tests {
         assert_eq!(matched_ids(&mut tree, "x/broker"), BTreeSet::from([1, 2]));
         // "a/#" matches its parent level too.
         assert_eq!(matched_ids(&mut tree, "a"), BTreeSet::from([1, 4]));
+    }
+
+    #[test]
+    fn matches_from_one_filter_cannot_overlap_and_shared_members_do_not_count() {
+        let mut tree = SubscriptionTree::default();
+        for id in 1..=3 {
+            tree.insert("a/b", None, subscription(id));
+            tree.insert("a/b", Some("g"), subscription(id));
+        }
+        assert!(!may_overlap(&mut tree, "a/b"));
+        // One more filter, matched by another session: still one per session, but
+        // only a second look could tell, so the router merges.
+        tree.insert("a/+", None, subscription(9));
+        assert!(may_overlap(&mut tree, "a/b"));
+        assert!(!may_overlap(&mut tree, "a/c"));
     }
 }
