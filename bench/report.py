@@ -8,7 +8,9 @@ import sys
 
 (path, rounds, unpinned_rounds, elapsed, quick, xc_moat, xc_mosq, cross_n,
  slow_rate, offered) = sys.argv[1:]
-rows = [json.loads(line) for line in open(path) if line.strip()]
+measured = [json.loads(line) for line in open(path) if line.strip()]
+# A run repeated because the host stole CPU during it (compare.sh) counts no more.
+rows = [r for r in measured if not r.get("superseded")]
 BROKERS = [b for b in ("moat", "mosquitto", "rumqttd") if any(r["broker"] == b for r in rows)]
 PEERS = [b for b in BROKERS if b != "moat"]
 
@@ -68,6 +70,17 @@ def flow_metrics(r):
     elif s == "rss":
         out.append(("fresh broker RSS KiB", r["rss_kib"], "lower"))
     return out
+
+
+def steal_note(mode):
+    """How much CPU the host stole during the runs of a mode, and how many were repeated."""
+    kept = [r["host_steal_pct"] for r in rows if r["mode"] == mode and "host_steal_pct" in r]
+    again = sum(1 for r in measured if r["mode"] == mode and r.get("superseded"))
+    if not kept:
+        return ""
+    return (f"\nHost steal (CPU time this VM asked for that the hypervisor gave others, /proc/stat) "
+            f"during the runs kept: median {statistics.median(kept):.1f}%, max {max(kept):.1f}%; "
+            f"{again} run(s) measured again because the host stole more than the limit during them.")
 
 
 def table(mode, brokers):
@@ -157,10 +170,11 @@ def wire():
 
 def targets():
     """The issue 16 targets, judged from the pinned medians (mqttv5: unpinned)."""
-    def med(mode, name, gen, metric, broker):
+    def med(mode, name, gen, metric, broker, transport=None):
         vals = []
         for r in rows:
-            if r["mode"] == mode and r["name"] == name and r["generator"] == gen and r["broker"] == broker:
+            if (r["mode"] == mode and r["name"] == name and r["generator"] == gen and r["broker"] == broker
+                    and transport in (None, r["transport"])):
                 vals += [v for m, v, _ in flow_metrics(r) if m == metric]
         return median(vals)
 
@@ -224,6 +238,15 @@ def targets():
                 f"{m / q:.2f}x Mosquitto's" if m > q else "", f"{m / r:.2f}x rumqttd's" if m > r else "") if t)
         lines.append(f"| p99 at 1 000 msg/s, QoS {qos}, TLS (pinned) <= Mosquitto and rumqttd | moat {fmt(m)} us, "
                      f"Mosquitto {fmt(q)}, rumqttd {fmt(r)} | {st} |")
+    for count in (1000, 10000):
+        tls = [med("extras", f"idle {count}", "moat-bench", "KiB/connection", b, "tls") for b in ("moat", "mosquitto")]
+        plain = med("extras", f"idle {count}", "moat-bench", "KiB/connection", "moat", "plain")
+        q = ratio(tls[0], tls[1])
+        st = "not measured" if q is None or plain is None else "met" if q <= 0.7 and plain <= 2 else (
+            "**not met**: " + ", ".join(t for t in (
+                f"TLS {q:.2f}x Mosquitto's" if q > 0.7 else "", f"plain {plain:.2f} KiB" if plain > 2 else "") if t))
+        lines.append(f"| idle memory per connection ({count:,} connections): TLS <= 0.7x Mosquitto, plain <= 2 KiB "
+                     f"| TLS {x(q)} Mosquitto's ({fmt(tls[0])} KiB), plain {fmt(plain)} KiB | {st} |")
     return "\n".join(lines)
 
 
@@ -235,6 +258,7 @@ for mode, n in (("pinned", rounds), ("unpinned", unpinned_rounds)):
              else "broker and generator unpinned on all cores")
     out.append(f"### {mode.capitalize()}: {where}; medians of {n} round(s)\n")
     out.append(table(mode, BROKERS))
+    out.append(steal_note(mode))
     if any(r["mode"] == mode and r["name"].startswith("isolation") for r in rows):
         out.append(f"\nIsolation ({mode}): fan-in 8->1 TLS, 64 B; the slow subscriber reads at most {slow_rate} "
                    f"msg/s; rates with publishers at full speed, p99 with publishers offering {offered} msg/s "
@@ -252,6 +276,7 @@ if any(r["name"].startswith("wire: ") for r in rows):
 if any(r["mode"] == "extras" for r in rows):
     out.append("### Extras (moat and Mosquitto, unpinned, one round)\n")
     out.append(table("extras", ["moat", "mosquitto"]))
+    out.append(steal_note("extras"))
     fs = [r for r in rows if r["mode"] == "extras" and r["scenario"] == "syscalls"]
     if fs:
         out.append("\n| durable scenario | broker | fsync + fdatasync per delivered |\n|---|---|---:|")
@@ -270,6 +295,5 @@ if any(r["mode"] == "extras" for r in rows):
                f"{cross_n} lines: moat {mr} msg/s, mosquitto {qr} msg/s ({ratio}); delivered {mn} / {qn}.")
 out.append("### Issue 16 targets, judged from these medians\n")
 out.append(targets())
-out.append("\nIdle memory per connection was not part of this table (see the earlier results below).")
 out.append(f"\n{'Quick mode; ' if quick == '1' else ''}total run time {elapsed} s.")
 print("\n".join(out))
