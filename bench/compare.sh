@@ -69,7 +69,7 @@ while [ $# -gt 0 ]; do
     --keep) KEEP=1 ;;
     --steal-limit) STEAL_LIMIT="$2"; shift ;;
     --steal-retries) STEAL_RETRIES="$2"; shift ;;
-    -h|--help) sed -n '2,39p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,41p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1" >&2; exit 2 ;;
   esac
   shift

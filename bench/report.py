@@ -258,8 +258,8 @@ for mode, n in (("pinned", rounds), ("unpinned", unpinned_rounds)):
              else "broker and generator unpinned on all cores")
     out.append(f"### {mode.capitalize()}: {where}; medians of {n} round(s)\n")
     out.append(table(mode, BROKERS))
-    if steal_note(mode):
-        out.append(steal_note(mode))
+    if note := steal_note(mode):
+        out.append(note)
     if any(r["mode"] == mode and r["name"].startswith("isolation") for r in rows):
         out.append(f"\nIsolation ({mode}): fan-in 8->1 TLS, 64 B; the slow subscriber reads at most {slow_rate} "
                    f"msg/s; rates with publishers at full speed, p99 with publishers offering {offered} msg/s "
@@ -277,8 +277,8 @@ if any(r["name"].startswith("wire: ") for r in rows):
 if any(r["mode"] == "extras" for r in rows):
     out.append("### Extras (moat and Mosquitto, unpinned, one round)\n")
     out.append(table("extras", ["moat", "mosquitto"]))
-    if steal_note("extras"):
-        out.append(steal_note("extras"))
+    if note := steal_note("extras"):
+        out.append(note)
     fs = [r for r in rows if r["mode"] == "extras" and r["scenario"] == "syscalls"]
     if fs:
         out.append("\n| durable scenario | broker | fsync + fdatasync per delivered |\n|---|---|---:|")
