@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use tokio::time::MissedTickBehavior;
 
 use crate::broker::journal::{self, Reservation};
-use crate::broker::mailbox::{Message, Outbound, QueueLimits, SubscriptionIds, shared_properties};
+use crate::broker::mailbox::{Body, Message, Outbound, QueueLimits, shared_properties};
 use crate::broker::session::{Kick, SessionLink};
 use crate::broker::{AttachRequest, Broker, Incoming, Permissions, may_publish_message};
 use moat_protocol::{
@@ -356,16 +356,15 @@ impl Local {
                 // QoS 2 never reaches the bridge (its subscriptions ask for QoS 1).
                 continue;
             };
-            let Some((mapping, remote_topic)) = self.plan.outward(&message.topic) else {
+            let Some((mapping, remote_topic)) = self.plan.outward(message.topic()) else {
                 self.drop_message(packet_id, &message, "no out mapping matches");
                 continue;
             };
             let mut properties = message
-                .properties
-                .as_deref()
+                .properties()
                 .map(Properties::forwarded)
                 .unwrap_or_default();
-            if let Some(expires_at) = message.expires_at {
+            if let Some(expires_at) = message.expires_at() {
                 let left = expires_at.saturating_duration_since(now).as_secs().max(1);
                 properties.message_expiry_interval = Some(u32::try_from(left).unwrap_or(u32::MAX));
             }
@@ -377,7 +376,7 @@ impl Local {
                 retain: message.retain && mapping.retain,
                 topic: remote_topic.into(),
                 packet_id,
-                payload: message.payload.clone(),
+                payload: message.payload().clone(),
                 properties,
             };
             if let Err(e) = link.queue(&Packet::Publish(publish)) {
@@ -398,7 +397,7 @@ impl Local {
             self.forget(packet_id, room.unwrap_or(Reservation::NONE));
         }
         let n = self.status.dropped(1);
-        tracing::warn!(bridge = %self.plan.name, topic = %message.topic, dropped = n, why, "bridge: message dropped");
+        tracing::warn!(bridge = %self.plan.name, topic = %message.topic(), dropped = n, why, "bridge: message dropped");
     }
 
     /// The remote has (or will never have) an outbound message: out of the window
@@ -476,19 +475,16 @@ impl Local {
             return ReasonCode::NotAuthorized;
         }
         let now = Instant::now();
-        let message = Message {
+        let body = Body {
             topic: Arc::from(local_topic.as_str()),
             payload: publish.payload.clone(),
-            qos: publish.qos,
-            retain,
             properties: shared_properties(publish.properties.forwarded()),
-            subscription_ids: SubscriptionIds::None,
             expires_at: publish
                 .properties
                 .message_expiry_interval
                 .map(|secs| now + Duration::from_secs(u64::from(secs))),
-            seq: 0,
         };
+        let message = Message::with_body(body, publish.qos, retain);
         let room = self.broker.journal().reserve().await;
         let (routed, durable) = self.broker.publish(
             Incoming {

@@ -21,7 +21,7 @@ use crate::store::{
 use moat_protocol::{Properties, QoS, ReasonCode, RetainHandling, SubscriptionOptions};
 use moat_protocol::{properties_from_blob, properties_to_blob};
 
-use super::mailbox::{InFlight, Message, SubscriptionIds, shared_properties};
+use super::mailbox::{Body, InFlight, Message, shared_properties};
 use super::session::SessionLink;
 
 /// The durable store, if persistence is on.
@@ -240,9 +240,9 @@ pub fn unsubscribed(client_id: &str, filter: &str) -> Op {
 
 /// A retained message was set, or cleared by an empty payload.
 pub fn retained(publisher: &str, message: &Message, now: Instant) -> Op {
-    if message.payload.is_empty() {
+    if message.payload().is_empty() {
         Op::DeleteRetained {
-            topic: message.topic.to_string(),
+            topic: message.topic().to_string(),
         }
     } else {
         Op::PutRetained(StoredRetained {
@@ -327,19 +327,19 @@ pub fn acknowledged(session: &SessionLink, packet_id: u16, entry: &InFlight) -> 
 /// A broker message as a stored record; `$SYS` never gets here.
 pub fn stored_message(message: &Message, now: Instant) -> StoredMessage {
     let none = Properties::default();
-    let properties = message.properties.as_deref().unwrap_or(&none);
+    let properties = message.properties().unwrap_or(&none);
     let properties = properties_to_blob(properties).unwrap_or_else(|e| {
         // Properties came through our own decoder, so they always encode.
         tracing::warn!(error = %e, "message properties not stored");
         Vec::new()
     });
     StoredMessage {
-        topic: message.topic.to_string(),
-        payload: message.payload.clone(),
+        topic: message.topic().to_string(),
+        payload: message.payload().clone(),
         qos: message.qos as u8,
         retain: message.retain,
         properties,
-        expires_in_secs: message.expires_at.map(|t| {
+        expires_in_secs: message.expires_at().map(|t| {
             let left = t.saturating_duration_since(now).as_secs();
             u32::try_from(left).unwrap_or(u32::MAX)
         }),
@@ -356,17 +356,18 @@ pub fn restored_message(stored: StoredMessage, seq: u64, now: Instant) -> Messag
             Properties::default()
         })
     };
-    Message {
+    let body = Body {
         topic: Arc::from(stored.topic.as_str()),
         payload: stored.payload,
-        qos: QoS::from_u8(stored.qos).unwrap_or(QoS::AtLeastOnce),
-        retain: stored.retain,
         properties: shared_properties(properties),
-        subscription_ids: SubscriptionIds::None,
         expires_at: stored
             .expires_in_secs
             .map(|secs| now + Duration::from_secs(u64::from(secs))),
+    };
+    let qos = QoS::from_u8(stored.qos).unwrap_or(QoS::AtLeastOnce);
+    Message {
         seq,
+        ..Message::with_body(body, qos, stored.retain)
     }
 }
 
@@ -414,26 +415,26 @@ mod tests {
     #[test]
     fn messages_round_trip_through_records() {
         let now = Instant::now();
-        let message = Message {
+        let body = Body {
             topic: Arc::from("a/b"),
             payload: Bytes::from_static(b"p"),
-            qos: QoS::ExactlyOnce,
-            retain: true,
             properties: Some(Arc::new(Properties {
                 content_type: Some("x".into()),
                 ..Properties::default()
             })),
-            subscription_ids: SubscriptionIds::None,
             expires_at: Some(now + Duration::from_secs(30)),
+        };
+        let message = Message {
             seq: 7,
+            ..Message::with_body(body, QoS::ExactlyOnce, true)
         };
         let back = restored_message(stored_message(&message, now), 7, now);
-        assert_eq!(back.topic, message.topic);
-        assert_eq!(back.payload, message.payload);
+        assert_eq!(back.topic(), message.topic());
+        assert_eq!(back.payload(), message.payload());
         assert_eq!(back.qos, message.qos);
-        assert_eq!(back.properties, message.properties);
+        assert_eq!(back.properties(), message.properties());
         assert_eq!(back.seq, 7);
-        assert!(back.expires_at.is_some());
+        assert!(back.expires_at().is_some());
     }
 
     #[test]

@@ -17,7 +17,7 @@ mod lag;
 mod message;
 use lag::Lag;
 pub use lag::{KEEP_UP_FOR, KEEP_UP_MAX, LagReport, Standing};
-pub use message::{Message, SubscriptionIds, shared_properties};
+pub use message::{Body, Message, SubscriptionIds, shared_properties};
 
 /// A burst of drops that ended: the client drained its queue to half.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -284,7 +284,7 @@ impl Mailbox {
                 None
             };
             let Some(oldest) = oldest else {
-                count_drop(rare, message.topic);
+                count_drop(rare, Arc::clone(message.topic()));
                 if rare.lag.is_lagging() {
                     self.full_and_lagging.store(true, Ordering::Relaxed);
                 }

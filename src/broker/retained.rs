@@ -67,8 +67,8 @@ impl RetainedStore {
 
     /// Sets (or, for an empty payload, clears) the retained message of its topic.
     pub fn set(&mut self, retained: Retained, quota: RetainQuota) -> Result<(), RetainRefused> {
-        let topic = Arc::clone(&retained.message.topic);
-        if retained.message.payload.is_empty() {
+        let topic = Arc::clone(retained.message.topic());
+        if retained.message.payload().is_empty() {
             self.forget(&topic);
             return Ok(());
         }
@@ -111,7 +111,7 @@ impl RetainedStore {
         }
         self.by_topic
             .values()
-            .filter(|r| topic::matches(filter, &r.message.topic))
+            .filter(|r| topic::matches(filter, r.message.topic()))
             .cloned()
             .collect()
     }

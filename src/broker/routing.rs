@@ -86,7 +86,7 @@ impl Broker {
         let mut routed = Routed::default();
         let message = incoming.message;
         if incoming.publisher.is_some() {
-            self.stats.received(message.qos, message.payload.len());
+            self.stats.received(message.qos, message.payload().len());
         }
         if message.retain {
             let config = self.config();
@@ -110,14 +110,14 @@ impl Broker {
             match state.retained.set(retained, quota) {
                 Err(RetainRefused::QuotaExceeded) => routed.retain_refused = true,
                 // `$SYS` is rebuilt at start, never stored.
-                Ok(()) if !message.topic.starts_with('$') && self.journal.is_enabled() => {
+                Ok(()) if !message.topic().starts_with('$') && self.journal.is_enabled() => {
                     batch.push([journal::retained(&publisher, &message, Instant::now())]);
                 }
                 Ok(()) => {}
             }
         }
         let State { tree, matches, .. } = state;
-        let may_overlap = tree.collect(&message.topic, matches);
+        let may_overlap = tree.collect(message.topic(), matches);
         routed.matched = matches.len();
         routed.congested = deliver(
             &self.stats,
@@ -193,11 +193,11 @@ impl Broker {
             let retained = state.retained.matching(filter, Instant::now());
             let permissions = session.permissions();
             for r in retained {
-                if !permissions.may_receive(&session.client_id, &r.message.topic) {
+                if !permissions.may_receive(&session.client_id, r.message.topic()) {
                     self.stats.denials.record(
                         &session.owner,
                         DenialKind::Receive,
-                        &r.message.topic,
+                        r.message.topic(),
                     );
                     continue;
                 }
@@ -223,7 +223,7 @@ impl Broker {
             return true;
         }
         self.resolve(&retained.publisher).is_some_and(|p| {
-            may_publish_message(&*p, &retained.publisher, &retained.message.topic, true).is_ok()
+            may_publish_message(&*p, &retained.publisher, retained.message.topic(), true).is_ok()
         })
     }
 
@@ -438,10 +438,10 @@ fn deliver_one(
     let session = &sub.session;
     // Each delivery of one message has the same topic, so the overlapping
     // subscriptions merged into `sub` cover it if the first one does.
-    if !session.may_receive(sub.receive_cover, &message.topic) {
+    if !session.may_receive(sub.receive_cover, message.topic()) {
         stats
             .denials
-            .record(&session.owner, DenialKind::Receive, &message.topic);
+            .record(&session.owner, DenialKind::Receive, message.topic());
         return;
     }
     let qos = message.qos.min(qos);
@@ -450,19 +450,16 @@ fn deliver_one(
     if let Some(drops) =
         session
             .mailbox
-            .drop_if_full_and_lagging(&message.topic, message.cost(), qos)
+            .drop_if_full_and_lagging(message.topic(), message.cost(), qos)
     {
         backpressure::counted(stats, session, drops);
         return;
     }
     let outgoing = Message {
-        topic: Arc::clone(&message.topic),
-        payload: message.payload.clone(),
+        body: Arc::clone(&message.body),
         qos,
         retain: message.retain && sub.options.retain_as_published,
-        properties: message.properties.clone(),
         subscription_ids: ids,
-        expires_at: message.expires_at,
         seq: 0,
     };
     crowding.note(session, qos, push_to(stats, session, outgoing, batch));

@@ -396,7 +396,7 @@ impl Connection {
                     message,
                 } => {
                     let qos = message.qos;
-                    bytes += message.payload.len();
+                    bytes += message.payload().len();
                     let publish = outgoing_publish(packet_id, dup, &message, now);
                     if let Err(e) = codec.encode_publish(&publish, wbuf) {
                         // Too large for the client: drop it (MQTT-3.1.2-25), and free
@@ -428,7 +428,7 @@ impl Connection {
 /// The PUBLISH for one subscriber, borrowed from the message every subscriber
 /// shares: its QoS, flags, subscription identifiers and remaining expiry.
 fn outgoing_publish(packet_id: u16, dup: bool, message: &Message, now: Instant) -> PublishRef<'_> {
-    let message_expiry_interval = message.expires_at.map(|expires_at| {
+    let message_expiry_interval = message.expires_at().map(|expires_at| {
         let left = expires_at.saturating_duration_since(now).as_secs();
         u32::try_from(left.max(1)).unwrap_or(u32::MAX)
     });
@@ -436,10 +436,10 @@ fn outgoing_publish(packet_id: u16, dup: bool, message: &Message, now: Instant) 
         dup,
         qos: message.qos,
         retain: message.retain,
-        topic: &message.topic,
+        topic: message.topic(),
         packet_id,
-        payload: &message.payload,
-        properties: message.properties.as_deref(),
+        payload: message.payload(),
+        properties: message.properties(),
         subscription_identifiers: message.subscription_ids.as_slice(),
         message_expiry_interval,
     }

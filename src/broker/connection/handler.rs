@@ -18,7 +18,7 @@ use moat_protocol::{
 
 use crate::broker::denials::DenialKind;
 use crate::broker::journal::{Durable, QueueFull, Reservation};
-use crate::broker::mailbox::{Message, SubscriptionIds, shared_properties};
+use crate::broker::mailbox::{Body, Message, shared_properties};
 use crate::broker::permissions::{
     Permissions, PublishDenied, may_publish_message, may_publish_topic,
 };
@@ -441,19 +441,19 @@ impl Connection {
         delay: Duration,
     ) -> Incoming {
         Incoming {
-            message: Message {
-                topic,
-                payload,
+            message: Message::with_body(
+                Body {
+                    topic,
+                    payload,
+                    properties: passthrough_properties(properties),
+                    // The clock is read only for a message that expires.
+                    expires_at: properties
+                        .message_expiry_interval
+                        .map(|secs| Instant::now() + delay + Duration::from_secs(u64::from(secs))),
+                },
                 qos,
                 retain,
-                properties: passthrough_properties(properties),
-                subscription_ids: SubscriptionIds::None,
-                // The clock is read only for a message that expires.
-                expires_at: properties
-                    .message_expiry_interval
-                    .map(|secs| Instant::now() + delay + Duration::from_secs(u64::from(secs))),
-                seq: 0,
-            },
+            ),
             publisher: Some(Arc::clone(&self.session.owner)),
             from_session: Some(self.session.id),
             retained_quota: permissions.retained_quota(),

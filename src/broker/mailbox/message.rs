@@ -1,7 +1,8 @@
 //! The message a mailbox holds: one delivery's view of a routed message. Topic,
-//! payload and properties are shared by every subscriber of the message; what differs
-//! per delivery (QoS, retain flag, subscription identifiers) is small and inline, so
-//! a delivery costs no allocation of its own. Knows nothing of the wire.
+//! payload, properties and expiry are one body shared by every subscriber of the
+//! message; what differs per delivery (QoS, retain flag, subscription identifiers) is
+//! small and inline, so a delivery costs no allocation of its own and one reference
+//! count. Knows nothing of the wire.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -10,20 +11,28 @@ use bytes::Bytes;
 
 use moat_protocol::{Properties, QoS};
 
-/// One message on its way to one subscriber. Topic, payload and properties are
-/// shared between every subscriber of a message: one copy per message, not per queue.
-#[derive(Clone, Debug)]
-pub struct Message {
+/// What every delivery of one routed message shares: topic, payload, properties
+/// and expiry, behind one `Arc`, so that a copy costs one reference count and a
+/// queue moves a small [`Message`] (issue 16: 1->100 fan-out).
+#[derive(Debug)]
+pub struct Body {
     pub topic: Arc<str>,
     pub payload: Bytes,
-    pub qos: QoS,
-    pub retain: bool,
     /// Pass-through properties (content type, correlation data, user properties
     /// ...); `None` when the message carries none, the common case, which then costs
     /// nothing to deliver (see [`shared_properties`]).
     pub properties: Option<Arc<Properties>>,
-    pub subscription_ids: SubscriptionIds,
     pub expires_at: Option<Instant>,
+}
+
+/// One message on its way to one subscriber: the shared [`Body`] and what differs
+/// per delivery (QoS, retain flag, subscription identifiers, queue position).
+#[derive(Clone, Debug)]
+pub struct Message {
+    pub body: Arc<Body>,
+    pub qos: QoS,
+    pub retain: bool,
+    pub subscription_ids: SubscriptionIds,
     /// Position in a persistent session's durable queue; 0 when not journaled.
     pub seq: u64,
 }
@@ -31,25 +40,52 @@ pub struct Message {
 impl Message {
     /// A message without properties, expiry or queue position.
     pub fn new(topic: &str, payload: Bytes, qos: QoS, retain: bool) -> Message {
-        Message {
-            topic: Arc::from(topic),
-            payload,
+        Message::with_body(
+            Body {
+                topic: Arc::from(topic),
+                payload,
+                properties: None,
+                expires_at: None,
+            },
             qos,
             retain,
-            properties: None,
+        )
+    }
+
+    /// A message with its own body, no subscription identifiers or queue position.
+    pub fn with_body(body: Body, qos: QoS, retain: bool) -> Message {
+        Message {
+            body: Arc::new(body),
+            qos,
+            retain,
             subscription_ids: SubscriptionIds::None,
-            expires_at: None,
             seq: 0,
         }
     }
 
+    pub fn topic(&self) -> &Arc<str> {
+        &self.body.topic
+    }
+
+    pub fn payload(&self) -> &Bytes {
+        &self.body.payload
+    }
+
+    pub fn properties(&self) -> Option<&Properties> {
+        self.body.properties.as_deref()
+    }
+
+    pub fn expires_at(&self) -> Option<Instant> {
+        self.body.expires_at
+    }
+
     /// Bytes this message counts against a queue's byte cap.
     pub fn cost(&self) -> usize {
-        self.topic.len() + self.payload.len() + 64
+        self.body.topic.len() + self.body.payload.len() + 64
     }
 
     pub fn is_expired(&self, now: Instant) -> bool {
-        self.expires_at.is_some_and(|t| t <= now)
+        self.body.expires_at.is_some_and(|t| t <= now)
     }
 }
 

@@ -182,7 +182,7 @@ fn keep_newest_evicts_the_oldest_and_reports_its_position() {
     let payloads: Vec<&[u8]> = out
         .iter()
         .map(|o| match o {
-            Outbound::Publish { message, .. } => &message.payload[..],
+            Outbound::Publish { message, .. } => &message.payload()[..],
             Outbound::PubRel { .. } => &[],
         })
         .collect();
