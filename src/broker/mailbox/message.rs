@@ -155,6 +155,19 @@ mod tests {
     }
 
     #[test]
+    fn a_delivery_is_small_and_shares_its_body() {
+        // What a queue moves per delivery (issue 16; 112 bytes with the body inline).
+        assert!(
+            std::mem::size_of::<Message>() <= 48,
+            "{}",
+            std::mem::size_of::<Message>()
+        );
+        let message = Message::new("a/b", Bytes::from_static(b"p"), QoS::AtLeastOnce, false);
+        let copy = message.clone();
+        assert!(Arc::ptr_eq(&message.body, &copy.body));
+    }
+
+    #[test]
     fn an_empty_property_set_is_not_shared() {
         assert!(shared_properties(Properties::default()).is_none());
         let set = Properties {
