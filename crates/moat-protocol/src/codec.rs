@@ -3,6 +3,8 @@
 //! reserving room for the body, then decodes the body strictly. It tracks the
 //! negotiated version and the CONNECT state; it knows nothing of sessions or sockets.
 
+use std::sync::Arc;
+
 use bytes::{Buf, BufMut, BytesMut};
 
 use super::decode;
@@ -58,6 +60,9 @@ pub struct Codec {
     connect_received: bool,
     max_incoming: u32,
     max_outgoing: Option<u32>,
+    /// The topic of the last PUBLISH decoded, valid, shared again when the next one
+    /// names it (see `Reader::topic`).
+    last_topic: Option<Arc<str>>,
 }
 
 impl Codec {
@@ -71,6 +76,7 @@ impl Codec {
             connect_received: false,
             max_incoming: max_incoming_packet_size,
             max_outgoing: None,
+            last_topic: None,
         }
     }
 
@@ -155,7 +161,15 @@ impl Codec {
             return Ok(Some(Packet::Connect(Box::new(connect))));
         }
         let version = self.version.ok_or(DecodeError::VersionUnknown)?;
-        decode::packet(packet_type, flags, body, version, self.role).map(Some)
+        decode::packet(
+            packet_type,
+            flags,
+            body,
+            version,
+            self.role,
+            &mut self.last_topic,
+        )
+        .map(Some)
     }
 
     /// The next packet in `src`, consumed from it, if it is a whole PUBACK, PUBREC,

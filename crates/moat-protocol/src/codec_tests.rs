@@ -1693,3 +1693,37 @@ fn acks_decoded_without_a_packet_are_what_decode_returns() {
     assert_eq!(codec.decode_ack(&mut wire), None);
     assert!(codec.decode(&mut wire).is_err());
 }
+
+fn published_topic(codec: &mut Codec, wire: &[u8]) -> Result<std::sync::Arc<str>, DecodeError> {
+    match decode_all(codec, wire)?.pop() {
+        Some(Packet::Publish(publish)) => Ok(publish.topic),
+        other => panic!("expected a PUBLISH, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_repeated_topic_is_shared_and_every_other_topic_is_still_checked() {
+    let mut codec = connected_server(ProtocolVersion::V5);
+    let first = published_topic(&mut codec, &publish_v5(0, b"home/lamp", None, &[])).unwrap();
+    let again =
+        published_topic(&mut codec, &publish_v5(0b0010, b"home/lamp", Some(1), &[])).unwrap();
+    assert!(
+        std::sync::Arc::ptr_eq(&first, &again),
+        "the same topic is not allocated again"
+    );
+    let other = published_topic(&mut codec, &publish_v5(0, b"home/lamq", None, &[])).unwrap();
+    assert_eq!(&*other, "home/lamq");
+    assert!(!std::sync::Arc::ptr_eq(&first, &other));
+    // After a valid topic, invalid ones are refused exactly as on a fresh codec.
+    for (topic, props) in [(&b"home/+"[..], &[][..]), (b"", &[]), (b"a\0b", &[])] {
+        let err = published_topic(&mut codec, &publish_v5(0, topic, None, props)).unwrap_err();
+        let fresh =
+            after_connect(ProtocolVersion::V5, &publish_v5(0, topic, None, props)).unwrap_err();
+        assert_eq!(err.to_string(), fresh.to_string());
+        codec = connected_server(ProtocolVersion::V5);
+        published_topic(&mut codec, &publish_v5(0, b"home/lamp", None, &[])).unwrap();
+    }
+    // An empty topic with an alias is not the cached topic: the handler resolves it.
+    let aliased = published_topic(&mut codec, &publish_v5(0, b"", None, &[0x23, 0, 1])).unwrap();
+    assert_eq!(&*aliased, "");
+}

@@ -2,6 +2,8 @@
 //! has arrived. Every field is validated here; the result is a packet the broker can
 //! trust structurally. Framing, size limits and packet order live in `codec`.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 
 use super::codec::Role;
@@ -103,6 +105,7 @@ pub(crate) fn packet(
     body: Bytes,
     version: ProtocolVersion,
     role: Role,
+    last_topic: &mut Option<Arc<str>>,
 ) -> Result<Packet, DecodeError> {
     let mut reader = Reader::new(body);
     let packet = match packet_type {
@@ -112,7 +115,7 @@ pub(crate) fn packet(
         }
         PacketType::ConnAck => Packet::ConnAck(connack(&mut reader, version)?),
         PacketType::Publish => {
-            let publish = publish(flags, &mut reader, version, role)?;
+            let publish = publish(flags, &mut reader, version, role, last_topic)?;
             return Ok(Packet::Publish(publish));
         }
         PacketType::PubAck => Packet::PubAck(ack(packet_type, &mut reader, version)?),
@@ -244,6 +247,7 @@ fn publish(
     reader: &mut Reader,
     version: ProtocolVersion,
     role: Role,
+    last_topic: &mut Option<Arc<str>>,
 ) -> Result<Publish, DecodeError> {
     let dup = flags & 0b1000 != 0;
     let qos = qos((flags >> 1) & 0b11)?;
@@ -251,7 +255,7 @@ fn publish(
     if dup && qos == QoS::AtMostOnce {
         return Err(DecodeError::DupWithQoS0); // MQTT-3.3.1-2
     }
-    let topic = reader.shared_string()?;
+    let (topic, checked) = reader.topic(last_topic)?;
     let packet_id = match qos {
         QoS::AtMostOnce => 0,
         QoS::AtLeastOnce | QoS::ExactlyOnce => reader.packet_id()?,
@@ -260,7 +264,9 @@ fn publish(
         to_client: role == Role::Client,
     };
     let properties = v5_properties(reader, version, context)?;
-    if topic.is_empty() {
+    if checked {
+        // The previous topic again: valid, and not empty.
+    } else if topic.is_empty() {
         // Only a v5 topic alias may stand in for the topic name (§3.3.2.1).
         match version {
             ProtocolVersion::V5 if properties.topic_alias.is_some() => {}
@@ -271,6 +277,7 @@ fn publish(
         }
     } else {
         topic::validate_topic_name(&topic).map_err(DecodeError::InvalidTopicName)?;
+        *last_topic = Some(Arc::clone(&topic));
     }
     Ok(Publish {
         dup,

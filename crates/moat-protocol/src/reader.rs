@@ -83,6 +83,21 @@ impl Reader {
         checked_text(&bytes).map(Arc::from)
     }
 
+    /// [`Reader::shared_string`] for a PUBLISH's topic: the connection's previous
+    /// topic, shared again, when the bytes are the same (a device publishes to the
+    /// same few topics; issue 16: an allocation and a check less per message), and
+    /// `true` with it: that topic passed every check already.
+    pub(crate) fn topic(
+        &mut self,
+        last: &Option<Arc<str>>,
+    ) -> Result<(Arc<str>, bool), DecodeError> {
+        let bytes = self.binary()?;
+        match last {
+            Some(last) if last.as_bytes() == &bytes[..] => Ok((Arc::clone(last), true)),
+            _ => checked_text(&bytes).map(|text| (Arc::from(text), false)),
+        }
+    }
+
     /// A packet identifier, which must not be zero (MQTT-2.2.1-3).
     pub(crate) fn packet_id(&mut self) -> Result<u16, DecodeError> {
         match self.u16()? {
