@@ -76,17 +76,11 @@ impl Reader {
         checked_text(&bytes).map(str::to_owned)
     }
 
-    /// [`Reader::string`] copied once, straight into the shared string a broker
-    /// keeps (a PUBLISH's topic becomes its message's).
-    pub(crate) fn shared_string(&mut self) -> Result<Arc<str>, DecodeError> {
-        let bytes = self.binary()?;
-        checked_text(&bytes).map(Arc::from)
-    }
-
-    /// [`Reader::shared_string`] for a PUBLISH's topic: the connection's previous
-    /// topic, shared again, when the bytes are the same (a device publishes to the
-    /// same few topics; issue 16: an allocation and a check less per message), and
-    /// `true` with it: that topic passed every check already.
+    /// A PUBLISH's topic: [`Reader::string`] copied once, straight into the shared
+    /// string a broker keeps (the topic becomes its message's); or the connection's
+    /// previous topic, shared again, when the bytes are the same (a device publishes
+    /// to the same few topics; issue 16: an allocation and a check less per
+    /// message), with `true`: that topic passed every check already.
     pub(crate) fn topic(
         &mut self,
         last: &Option<Arc<str>>,
@@ -168,11 +162,14 @@ mod tests {
         let mut wire = (fine.len() as u16).to_be_bytes().to_vec();
         wire.extend_from_slice(fine.as_bytes());
         assert_eq!(reader(&wire).string().unwrap(), fine);
-        assert_eq!(&*reader(&wire).shared_string().unwrap(), fine);
+        let (topic, cached) = reader(&wire).topic(&None).unwrap();
+        assert_eq!((&*topic, cached), (fine, false));
+        let (again, cached) = reader(&wire).topic(&Some(Arc::clone(&topic))).unwrap();
+        assert!(cached && Arc::ptr_eq(&topic, &again));
         let mut wire = vec![0, 3];
         wire.extend_from_slice(b"a\nb");
         assert!(matches!(
-            reader(&wire).shared_string(),
+            reader(&wire).topic(&Some(Arc::from("a/b"))),
             Err(DecodeError::DisallowedCharacter('\n'))
         ));
     }
