@@ -60,9 +60,27 @@ pub struct Codec {
     connect_received: bool,
     max_incoming: u32,
     max_outgoing: Option<u32>,
-    /// The topic of the last PUBLISH decoded, valid, shared again when the next one
-    /// names it (see `Reader::topic`).
-    last_topic: Option<Arc<str>>,
+    last_topic: LastTopic,
+}
+
+/// The topic of the last valid PUBLISH decoded, shared again when the next one names
+/// it (see `Reader::topic`). Boxed: one pointer in every connection's codec instead
+/// of an `Arc<str>`'s 16 bytes, which would push an idle connection's task into
+/// tokio's next size class (128 bytes more per connection).
+#[derive(Debug, Default)]
+pub(crate) struct LastTopic(Option<Box<Arc<str>>>);
+
+impl LastTopic {
+    pub(crate) fn get(&self) -> Option<&Arc<str>> {
+        self.0.as_deref()
+    }
+
+    pub(crate) fn set(&mut self, topic: &Arc<str>) {
+        match &mut self.0 {
+            Some(last) => **last = Arc::clone(topic),
+            None => self.0 = Some(Box::new(Arc::clone(topic))),
+        }
+    }
 }
 
 impl Codec {
@@ -76,7 +94,7 @@ impl Codec {
             connect_received: false,
             max_incoming: max_incoming_packet_size,
             max_outgoing: None,
-            last_topic: None,
+            last_topic: LastTopic::default(),
         }
     }
 

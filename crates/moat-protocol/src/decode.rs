@@ -2,11 +2,9 @@
 //! has arrived. Every field is validated here; the result is a packet the broker can
 //! trust structurally. Framing, size limits and packet order live in `codec`.
 
-use std::sync::Arc;
-
 use bytes::Bytes;
 
-use super::codec::Role;
+use super::codec::{LastTopic, Role};
 use super::error::DecodeError;
 use super::header::PacketType;
 use super::packet::*;
@@ -105,7 +103,7 @@ pub(crate) fn packet(
     body: Bytes,
     version: ProtocolVersion,
     role: Role,
-    last_topic: &mut Option<Arc<str>>,
+    last_topic: &mut LastTopic,
 ) -> Result<Packet, DecodeError> {
     let mut reader = Reader::new(body);
     let packet = match packet_type {
@@ -247,7 +245,7 @@ fn publish(
     reader: &mut Reader,
     version: ProtocolVersion,
     role: Role,
-    last_topic: &mut Option<Arc<str>>,
+    last_topic: &mut LastTopic,
 ) -> Result<Publish, DecodeError> {
     let dup = flags & 0b1000 != 0;
     let qos = qos((flags >> 1) & 0b11)?;
@@ -255,7 +253,7 @@ fn publish(
     if dup && qos == QoS::AtMostOnce {
         return Err(DecodeError::DupWithQoS0); // MQTT-3.3.1-2
     }
-    let (topic, checked) = reader.topic(last_topic)?;
+    let (topic, checked) = reader.topic(last_topic.get())?;
     let packet_id = match qos {
         QoS::AtMostOnce => 0,
         QoS::AtLeastOnce | QoS::ExactlyOnce => reader.packet_id()?,
@@ -277,7 +275,7 @@ fn publish(
         }
     } else {
         topic::validate_topic_name(&topic).map_err(DecodeError::InvalidTopicName)?;
-        *last_topic = Some(Arc::clone(&topic));
+        last_topic.set(&topic);
     }
     Ok(Publish {
         dup,

@@ -83,7 +83,7 @@ impl Reader {
     /// message), with `true`: that topic passed every check already.
     pub(crate) fn topic(
         &mut self,
-        last: &Option<Arc<str>>,
+        last: Option<&Arc<str>>,
     ) -> Result<(Arc<str>, bool), DecodeError> {
         let bytes = self.binary()?;
         match last {
@@ -162,14 +162,14 @@ mod tests {
         let mut wire = (fine.len() as u16).to_be_bytes().to_vec();
         wire.extend_from_slice(fine.as_bytes());
         assert_eq!(reader(&wire).string().unwrap(), fine);
-        let (topic, cached) = reader(&wire).topic(&None).unwrap();
+        let (topic, cached) = reader(&wire).topic(None).unwrap();
         assert_eq!((&*topic, cached), (fine, false));
-        let (again, cached) = reader(&wire).topic(&Some(Arc::clone(&topic))).unwrap();
+        let (again, cached) = reader(&wire).topic(Some(&topic)).unwrap();
         assert!(cached && Arc::ptr_eq(&topic, &again));
         let mut wire = vec![0, 3];
         wire.extend_from_slice(b"a\nb");
         assert!(matches!(
-            reader(&wire).topic(&Some(Arc::from("a/b"))),
+            reader(&wire).topic(Some(&Arc::from("a/b"))),
             Err(DecodeError::DisallowedCharacter('\n'))
         ));
     }
