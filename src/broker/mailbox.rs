@@ -205,9 +205,10 @@ pub struct Mailbox {
     /// The client's connection is waiting for its socket to take what it was sent:
     /// the client, not the broker, is behind.
     writer_blocked: AtomicBool,
-    /// A push was dropped while the client was lagging: the next copies for it are
-    /// likely dropped too, so [`Mailbox::drop_if_full_and_lagging`] looks under the
-    /// lock. Set and cleared by drops and drains; a hint only, checked under the lock.
+    /// A push was dropped while the client was lagging, or (QoS 0) while its socket
+    /// was not taking what it was sent: the next copies for it are likely dropped
+    /// too, so [`Mailbox::drop_if_full_and_lagging`] looks under the lock. Set and
+    /// cleared by drops and drains; a hint only, checked under the lock.
     full_and_lagging: AtomicBool,
 }
 
@@ -285,7 +286,7 @@ impl Mailbox {
             };
             let Some(oldest) = oldest else {
                 count_drop(rare, Arc::clone(message.topic()));
-                if rare.lag.is_lagging() {
+                if drops_without_waiting(rare, message.qos, self.writer_blocked()) {
                     self.full_and_lagging.store(true, Ordering::Relaxed);
                 }
                 return (PushOutcome::DroppedFull, 0);
@@ -330,12 +331,16 @@ impl Mailbox {
     }
 
     /// Drops a copy of a message (`cost` as [`Message::cost`], `qos` as it would be
-    /// delivered) for a lagging client whose queue is full, without the copy being
-    /// built: counted as [`Mailbox::push`] counts a drop, under one lock. `None`
-    /// when the copy must go through `push` (the client is not lagging, its queue has
-    /// room, it keeps the newest, or it is offline and the copy is QoS 0). Only a
-    /// queue whose previous push was dropped while lagging is looked at: a delivery
-    /// to any other costs one relaxed load.
+    /// delivered) for a client whose queue is full and who nobody waits for, without
+    /// the copy being built: counted as [`Mailbox::push`] counts a drop, under one
+    /// lock. Nobody waits for a lagging client, nor, at QoS 0, for one whose socket
+    /// is not taking what it was sent (`backpressure`): without this, such a client
+    /// that was never found lagging cost every message a full push, its drop count
+    /// and the crowding bookkeeping (issue 16, QoS 0 isolation). `None` when the copy
+    /// must go through `push` (someone may wait for the client, its queue has room,
+    /// it keeps the newest, or it is offline and the copy is QoS 0). Only a queue
+    /// whose previous push was dropped that way is looked at: a delivery to any
+    /// other costs one relaxed load.
     pub fn drop_if_full_and_lagging(
         &self,
         topic: &Arc<str>,
@@ -349,10 +354,10 @@ impl Mailbox {
         let full = s.queue.len() + s.staged_len() >= s.limits.max_messages()
             || s.queued_bytes + cost > s.limits.max_bytes();
         let kept = s.online || qos != QoS::AtMostOnce;
-        let lagging = s
-            .rare
-            .as_mut()
-            .filter(|rare| full && kept && rare.lag.is_lagging() && !rare.keep_newest);
+        let writer_blocked = self.writer_blocked();
+        let lagging = s.rare.as_mut().filter(|rare| {
+            full && kept && drops_without_waiting(rare, qos, writer_blocked) && !rare.keep_newest
+        });
         let Some(rare) = lagging else {
             self.full_and_lagging.store(false, Ordering::Relaxed);
             return None;
@@ -667,6 +672,13 @@ impl Mailbox {
 
 /// Counts a message dropped because the queue was full (for `$SYS`, the current
 /// burst and the denial counts).
+/// Whether a full queue's next copy is dropped with nobody waiting for the client:
+/// it is lagging, or the copy is QoS 0 and its socket is not taking what it was
+/// sent (`backpressure::may_wait_for`).
+fn drops_without_waiting(rare: &Rare, qos: QoS, writer_blocked: bool) -> bool {
+    rare.lag.is_lagging() || (qos == QoS::AtMostOnce && writer_blocked)
+}
+
 fn count_drop(rare: &mut Rare, topic: Arc<str>) -> DropCount {
     rare.dropped += 1;
     rare.burst += 1;

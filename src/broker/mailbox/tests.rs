@@ -325,3 +325,56 @@ fn settling_a_batch_is_settling_each_in_turn() {
     // What is left in flight, resent; and the room made taken by the seventh.
     assert_eq!(left, [(3, true), (5, false), (6, true), (7, false)]);
 }
+
+#[test]
+fn a_full_qos_0_queue_whose_client_is_not_reading_drops_under_one_lock() {
+    let mb = Mailbox::new(limits(2, 10));
+    mb.set_online(true, limits(2, 10));
+    let topic: Arc<str> = Arc::from("t");
+    let cost = msg(QoS::AtMostOnce, b"x").cost();
+    mb.push(msg(QoS::AtMostOnce, b"a"));
+    mb.push(msg(QoS::AtMostOnce, b"b"));
+    // Full, never found lagging, its socket taking what it is sent: the copy goes
+    // through `push` (someone may wait for it).
+    assert_eq!(
+        mb.push(msg(QoS::AtMostOnce, b"c")),
+        PushOutcome::DroppedFull
+    );
+    assert_eq!(
+        mb.drop_if_full_and_lagging(&topic, cost, QoS::AtMostOnce),
+        None
+    );
+    // Its socket is full: nobody waits for it at QoS 0, so the drop arms the check,
+    // and the next QoS 0 copy is dropped and counted before it is built.
+    mb.set_writer_blocked(true);
+    assert_eq!(
+        mb.push(msg(QoS::AtMostOnce, b"d")),
+        PushOutcome::DroppedFull
+    );
+    let drops = mb.drop_if_full_and_lagging(&topic, cost, QoS::AtMostOnce);
+    assert_eq!(drops, Some(DropCount { total: 3, burst: 3 }));
+    assert_eq!(mb.dropped().total, 3);
+    // A QoS 1 copy may be waited for: it goes through `push`, and disarms the check.
+    assert_eq!(
+        mb.drop_if_full_and_lagging(&topic, cost, QoS::AtLeastOnce),
+        None
+    );
+    assert_eq!(
+        mb.drop_if_full_and_lagging(&topic, cost, QoS::AtMostOnce),
+        None
+    );
+    // Armed again by the next such drop; a client reading again disarms it.
+    assert_eq!(
+        mb.push(msg(QoS::AtMostOnce, b"e")),
+        PushOutcome::DroppedFull
+    );
+    mb.set_writer_blocked(false);
+    assert_eq!(
+        mb.drop_if_full_and_lagging(&topic, cost, QoS::AtMostOnce),
+        None
+    );
+    // Nothing queued was lost to any of it.
+    let mut out = Vec::new();
+    mb.drain(Instant::now(), &mut out);
+    assert_eq!(out.len(), 2);
+}
