@@ -50,7 +50,7 @@ use std::time::{Duration, Instant};
 use moat_protocol::QoS;
 
 use super::denials::DenialKind;
-use super::mailbox::{BurstOver, DropCount, PushOutcome, Standing};
+use super::mailbox::{BurstOver, DropCount, PushOutcome, Standing, nobody_waits_for};
 pub use super::mailbox::{KEEP_UP_FOR, KEEP_UP_MAX};
 use super::session::SessionLink;
 use super::stats::Stats;
@@ -139,7 +139,7 @@ impl Crowding {
 /// client; for QoS 0 only while its socket takes what it is sent (the broker is
 /// behind, its task short of CPU next to the publishers').
 fn may_wait_for(standing: &Standing, session: &SessionLink, qos: QoS) -> bool {
-    !standing.lagging && (qos != QoS::AtMostOnce || !session.mailbox.writer_blocked())
+    !nobody_waits_for(standing.lagging, qos, session.mailbox.writer_blocked())
 }
 
 /// Marks `session` lagging; counts and logs it when it was not known slow before.

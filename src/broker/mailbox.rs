@@ -286,7 +286,7 @@ impl Mailbox {
             };
             let Some(oldest) = oldest else {
                 count_drop(rare, Arc::clone(message.topic()));
-                if drops_without_waiting(rare, message.qos, self.writer_blocked()) {
+                if nobody_waits_for(rare.lag.is_lagging(), message.qos, self.writer_blocked()) {
                     self.full_and_lagging.store(true, Ordering::Relaxed);
                 }
                 return (PushOutcome::DroppedFull, 0);
@@ -356,7 +356,9 @@ impl Mailbox {
         let kept = s.online || qos != QoS::AtMostOnce;
         let writer_blocked = self.writer_blocked();
         let lagging = s.rare.as_mut().filter(|rare| {
-            full && kept && drops_without_waiting(rare, qos, writer_blocked) && !rare.keep_newest
+            full && kept
+                && nobody_waits_for(rare.lag.is_lagging(), qos, writer_blocked)
+                && !rare.keep_newest
         });
         let Some(rare) = lagging else {
             self.full_and_lagging.store(false, Ordering::Relaxed);
@@ -672,11 +674,12 @@ impl Mailbox {
 
 /// Counts a message dropped because the queue was full (for `$SYS`, the current
 /// burst and the denial counts).
-/// Whether a full queue's next copy is dropped with nobody waiting for the client:
-/// it is lagging, or the copy is QoS 0 and its socket is not taking what it was
-/// sent (`backpressure::may_wait_for`).
-fn drops_without_waiting(rare: &Rare, qos: QoS, writer_blocked: bool) -> bool {
-    rare.lag.is_lagging() || (qos == QoS::AtMostOnce && writer_blocked)
+/// Whether no publisher waits for a client's crowded queue, so a copy that does not
+/// fit is dropped for it: it is lagging, or the copy is QoS 0 and its socket is not
+/// taking what it was sent. The one rule `backpressure` waits by and the one-lock
+/// drop arms by.
+pub fn nobody_waits_for(lagging: bool, qos: QoS, writer_blocked: bool) -> bool {
+    lagging || (qos == QoS::AtMostOnce && writer_blocked)
 }
 
 fn count_drop(rare: &mut Rare, topic: Arc<str>) -> DropCount {
