@@ -398,23 +398,42 @@ run_bench() { # broker name transport round args...
   run_measured "$broker" "$name" "$transport" "$round" moat-bench measure_bench "$broker" "$transport" "$@"
 }
 
+# Bytes the kernel has handed to the generator's sockets on a broker port, summed
+# (ss bytes_received): what the broker has delivered, whether or not the client has
+# counted it yet.
+socket_bytes() { # port
+  ss -tinH "( dport = :$1 )" | grep -o 'bytes_received:[0-9]*' | awk -F: '{s += $2} END {print s + 0}'
+}
+
 # mqttv5 bench, with the broker's CPU time read when it announces its window and
-# after its last per-second sample of the window.
+# after its last per-second sample of the window. The bytes reaching the generator's
+# sockets are read at the same two instants: mqttv5 counts a message in a callback
+# behind an unbounded queue inside the generator, so what the broker delivered in the
+# window and what the generator counted in it can differ (BENCHMARKS.md, "What
+# mqttv5-cli counts"). Bytes become messages at their largest possible size on the
+# wire, so the figure is a floor, for every broker alike: a QoS 0 MQTT 5 PUBLISH with
+# no properties (2 bytes of fixed header, 2 + the topic, 1 of properties, the payload;
+# topics bench/mqROUND/N) plus a whole TLS 1.3 record's overhead (5 + 1 + 16 bytes),
+# as if every message came in a record of its own (Mosquitto's do; moat's share one).
 measure_mqttv5() { # broker round args...
   local broker=$1 round=$2; shift 2
   local err="$WORK/mqttv5.$$.err" json="$WORK/mqttv5.$$.json" pid cpu0="" cpu1="" t0="" t1="" n
+  local port=${PORT[$broker-cert]} bytes0="" bytes1="" payload topic="bench/mq$round/0"
+  payload=$(printf '%s\n' "$@" | grep -A1 -x -- --payload-size | tail -n 1)
   : > "$err"
   # shellcheck disable=SC2086
-  timeout 120 "$MQTTV5" bench --url "mqtts://localhost:${PORT[$broker-cert]}" --ca-cert "$CA" \
+  timeout 120 "$MQTTV5" bench --url "mqtts://localhost:$port" --ca-cert "$CA" \
     --cert "$DEV/cert.pem" --key "$DEV/key.pem" --topic "bench/mq$round" \
     --duration "$MQ_DUR" --warmup 1 "$@" > "$json" 2> "$err" &
   pid=$!
   while kill -0 "$pid" 2>/dev/null; do
     if [ -z "$cpu0" ] && grep -q '^measuring for' "$err"; then
-      cpu0=$(cpu_secs "${PID[$broker]}"); t0=$(date +%s.%N)
+      cpu0=$(cpu_secs "${PID[$broker]}"); t0=$(date +%s.%N); bytes0=$(socket_bytes "$port")
     elif [ -n "$cpu0" ]; then
       n=$(grep -c 'delivered [0-9]* msg/s' "$err" || true)
-      if [ "$n" -ge "$MQ_DUR" ]; then cpu1=$(cpu_secs "${PID[$broker]}"); t1=$(date +%s.%N); break; fi
+      if [ "$n" -ge "$MQ_DUR" ]; then
+        cpu1=$(cpu_secs "${PID[$broker]}"); t1=$(date +%s.%N); bytes1=$(socket_bytes "$port"); break
+      fi
     fi
     sleep 0.05
   done
@@ -423,9 +442,12 @@ measure_mqttv5() { # broker round args...
     window_delivered=$(grep -o 'delivered [0-9]* msg/s' "$err" | head -n "$MQ_DUR" | awk '{s += $2} END {print s + 0}')
     jq -c --argjson c0 "$cpu0" --argjson c1 "$cpu1" \
       --argjson t0 "$t0" --argjson t1 "$t1" --argjson d "$window_delivered" \
+      --argjson b0 "$bytes0" --argjson b1 "$bytes1" --argjson most "$((2 + 2 + ${#topic} + 1 + payload + 22))" \
       '{scenario: "mqttv5", received_per_sec: .results.throughput_steady, offered_per_sec: .results.offered_rate,
         delivered_ratio: .results.delivered_ratio, window_delivered: $d, window_secs: ($t1 - $t0),
-        broker_cpu_secs: ($c1 - $c0), broker_cpu_us_per_delivered: (if $d > 0 then ($c1 - $c0) * 1e6 / $d else null end)}' "$json"
+        broker_cpu_secs: ($c1 - $c0), broker_cpu_us_per_delivered: (if $d > 0 then ($c1 - $c0) * 1e6 / $d else null end),
+        socket_bytes_per_sec: (($b1 - $b0) / ($t1 - $t0)), most_bytes_per_msg: $most,
+        reached_socket_per_sec_at_least: (($b1 - $b0) / $most / ($t1 - $t0))}' "$json"
   else
     cat "$err" >> "$WORK/mqttv5.err"
     tail -n 3 "$err" >&2

@@ -51,6 +51,7 @@ def flow_metrics(r):
             out.append(("p99 us", r["latency"]["p99_us"], "lower"))
     elif s == "mqttv5":
         out.append(("msg/s delivered in window", r["received_per_sec"], "higher"))
+        out.append(("msg/s reaching its sockets in window (at least)", r.get("reached_socket_per_sec_at_least"), "higher"))
         out.append(("msg/s offered", r["offered_per_sec"], "-"))
         cpu = r.get("broker_cpu_us_per_delivered")
         out.append(("broker CPU us/delivered", cpu, "lower"))
@@ -223,8 +224,19 @@ def targets():
     for name in ("fan-in 8->1 q0", "fan-out 1->8 q0"):
         q = ratio(med("unpinned", name, "mqttv5", "msg/s delivered in window", "moat"),
                   med("unpinned", name, "mqttv5", "msg/s delivered in window", "mosquitto"))
-        st = "not measured" if q is None else "met" if q >= 1.0 else f"**not met**: {q:.2f}x"
-        lines.append(f"| mqttv5-cli, unpinned, {name}: >= 1.0x Mosquitto delivered inside the window | {x(q)} | {st} |")
+        s = ratio(med("unpinned", name, "mqttv5", "msg/s reaching its sockets in window (at least)", "moat"),
+                  med("unpinned", name, "mqttv5", "msg/s reaching its sockets in window (at least)", "mosquitto"))
+        if q is None:
+            st = "not measured"
+        elif q >= 1.0:
+            st = "met"
+        elif s is not None and s >= 1.0:
+            # BENCHMARKS.md, "What mqttv5-cli counts": its callback queue, not the broker.
+            st = f"**not met** as mqttv5 counts ({q:.2f}x); met at its sockets ({s:.2f}x)"
+        else:
+            st = f"**not met**: {q:.2f}x"
+        lines.append(f"| mqttv5-cli, unpinned, {name}: >= 1.0x Mosquitto delivered inside the window | {x(q)} counted by "
+                     f"the generator, at least {x(s)} reaching its sockets | {st} |")
     for qos in (0, 1):
         m = med("pinned", f"latency 1000/s q{qos}", "moat-bench", "p99 us", "moat")
         q = med("pinned", f"latency 1000/s q{qos}", "moat-bench", "p99 us", "mosquitto")
