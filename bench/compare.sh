@@ -579,20 +579,27 @@ if [ "$EXTRAS" = 1 ]; then
   # count through each broker; its moat/mosquitto ratio must agree with ours.
   seq 1 "$CROSS_N" | sed 's/^/payload-/' > "$WORK/lines"
   cross_check() { # port -> "messages/s received"
-    local port=$1 sub out="$WORK/xc-$1.txt" prev=-1 n
+    local port=$1 sub pub out="$WORK/xc-$1.txt" done="$WORK/xc-$1.done" prev=-1 n
     mosquitto_sub -h 127.0.0.1 -p "$port" -u bench -P "$PASSWORD" -q 1 -t 'bench/xc/#' \
       -F '%U' -C "$CROSS_N" -W 90 > "$out" &
     sub=$!
     sleep 0.5
-    mosquitto_pub -h 127.0.0.1 -p "$port" -u bench -P "$PASSWORD" -q 1 -t bench/xc/1 -l < "$WORK/lines" || true
+    # mosquitto_pub -l stops at the end of its input, sent or not (with it closed at
+    # once, about a third of 100 000 lines went out), so the input stays open until
+    # the subscriber has had everything it is going to get.
+    { cat "$WORK/lines"; while [ ! -e "$done" ]; do sleep 0.2; done; } |
+      mosquitto_pub -h 127.0.0.1 -p "$port" -u bench -P "$PASSWORD" -q 1 -t bench/xc/1 -l &
+    pub=$!
     while kill -0 "$sub" 2>/dev/null; do
+      sleep 1
       n=$(wc -l < "$out")
       [ "$n" = "$prev" ] && break
       prev=$n
-      sleep 1
     done
+    touch "$done"
     kill "$sub" 2>/dev/null || true
     wait "$sub" 2>/dev/null || true
+    wait "$pub" 2>/dev/null || true
     python3 - "$out" <<'PY'
 import sys
 stamps = [float(l) for l in open(sys.argv[1]) if l.strip()]
