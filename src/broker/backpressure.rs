@@ -193,10 +193,10 @@ pub fn dropped(stats: &Stats, session: &SessionLink) {
 }
 
 /// Like [`dropped`], for a drop the mailbox has counted already, `drops` its
-/// counters right after it ([`Mailbox::drop_if_full_and_lagging`]: a lagging
+/// counters right after it ([`Mailbox::drop_if_full_and_nobody_waits`]: a lagging
 /// client's copy dropped under one lock).
 ///
-/// [`Mailbox::drop_if_full_and_lagging`]: super::mailbox::Mailbox::drop_if_full_and_lagging
+/// [`Mailbox::drop_if_full_and_nobody_waits`]: super::mailbox::Mailbox::drop_if_full_and_nobody_waits
 pub fn counted(stats: &Stats, session: &SessionLink, drops: DropCount) {
     stats.dropped(1);
     if drops.burst == 1 {

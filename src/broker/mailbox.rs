@@ -207,9 +207,9 @@ pub struct Mailbox {
     writer_blocked: AtomicBool,
     /// A push was dropped while the client was lagging, or (QoS 0) while its socket
     /// was not taking what it was sent: the next copies for it are likely dropped
-    /// too, so [`Mailbox::drop_if_full_and_lagging`] looks under the lock. Set and
+    /// too, so [`Mailbox::drop_if_full_and_nobody_waits`] looks under the lock. Set and
     /// cleared by drops and drains; a hint only, checked under the lock.
-    full_and_lagging: AtomicBool,
+    full_and_nobody_waits: AtomicBool,
 }
 
 impl Mailbox {
@@ -227,7 +227,7 @@ impl Mailbox {
             }),
             notify: Notify::new(),
             writer_blocked: AtomicBool::new(false),
-            full_and_lagging: AtomicBool::new(false),
+            full_and_nobody_waits: AtomicBool::new(false),
         }
     }
 
@@ -287,7 +287,7 @@ impl Mailbox {
             let Some(oldest) = oldest else {
                 count_drop(rare, Arc::clone(message.topic()));
                 if nobody_waits_for(rare.lag.is_lagging(), message.qos, self.writer_blocked()) {
-                    self.full_and_lagging.store(true, Ordering::Relaxed);
+                    self.full_and_nobody_waits.store(true, Ordering::Relaxed);
                 }
                 return (PushOutcome::DroppedFull, 0);
             };
@@ -341,13 +341,13 @@ impl Mailbox {
     /// it keeps the newest, or it is offline and the copy is QoS 0). Only a queue
     /// whose previous push was dropped that way is looked at: a delivery to any
     /// other costs one relaxed load.
-    pub fn drop_if_full_and_lagging(
+    pub fn drop_if_full_and_nobody_waits(
         &self,
         topic: &Arc<str>,
         cost: usize,
         qos: QoS,
     ) -> Option<DropCount> {
-        if !self.full_and_lagging.load(Ordering::Relaxed) {
+        if !self.full_and_nobody_waits.load(Ordering::Relaxed) {
             return None;
         }
         let mut s = self.lock();
@@ -355,13 +355,13 @@ impl Mailbox {
             || s.queued_bytes + cost > s.limits.max_bytes();
         let kept = s.online || qos != QoS::AtMostOnce;
         let writer_blocked = self.writer_blocked();
-        let lagging = s.rare.as_mut().filter(|rare| {
+        let unwaited = s.rare.as_mut().filter(|rare| {
             full && kept
                 && nobody_waits_for(rare.lag.is_lagging(), qos, writer_blocked)
                 && !rare.keep_newest
         });
-        let Some(rare) = lagging else {
-            self.full_and_lagging.store(false, Ordering::Relaxed);
+        let Some(rare) = unwaited else {
+            self.full_and_nobody_waits.store(false, Ordering::Relaxed);
             return None;
         };
         Some(count_drop(rare, Arc::clone(topic)))
@@ -500,7 +500,7 @@ impl Mailbox {
         }
         drop(s);
         if made_room {
-            self.full_and_lagging.store(false, Ordering::Relaxed);
+            self.full_and_nobody_waits.store(false, Ordering::Relaxed);
         }
         if let Some(room) = room {
             room.notify_waiters();
@@ -672,8 +672,6 @@ impl Mailbox {
     }
 }
 
-/// Counts a message dropped because the queue was full (for `$SYS`, the current
-/// burst and the denial counts).
 /// Whether no publisher waits for a client's crowded queue, so a copy that does not
 /// fit is dropped for it: it is lagging, or the copy is QoS 0 and its socket is not
 /// taking what it was sent. The one rule `backpressure` waits by and the one-lock
@@ -682,6 +680,8 @@ pub fn nobody_waits_for(lagging: bool, qos: QoS, writer_blocked: bool) -> bool {
     lagging || (qos == QoS::AtMostOnce && writer_blocked)
 }
 
+/// Counts a message dropped because the queue was full (for `$SYS`, the current
+/// burst and the denial counts).
 fn count_drop(rare: &mut Rare, topic: Arc<str>) -> DropCount {
     rare.dropped += 1;
     rare.burst += 1;

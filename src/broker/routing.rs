@@ -450,7 +450,7 @@ fn deliver_one(
     if let Some(drops) =
         session
             .mailbox
-            .drop_if_full_and_lagging(message.topic(), message.cost(), qos)
+            .drop_if_full_and_nobody_waits(message.topic(), message.cost(), qos)
     {
         backpressure::counted(stats, session, drops);
         return;

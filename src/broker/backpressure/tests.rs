@@ -217,7 +217,7 @@ fn a_lagging_clients_copies_dropped_before_they_are_built_are_counted_as_pushed_
         session.mailbox.mark_lagging();
         for _ in 0..6 {
             if session.id == 2 {
-                let early = session.mailbox.drop_if_full_and_lagging(
+                let early = session.mailbox.drop_if_full_and_nobody_waits(
                     &topic,
                     message().cost(),
                     QoS::AtLeastOnce,
@@ -260,7 +260,7 @@ fn a_lagging_clients_copies_dropped_before_they_are_built_are_counted_as_pushed_
     let early =
         skipped
             .mailbox
-            .drop_if_full_and_lagging(&topic, message().cost(), QoS::AtLeastOnce);
+            .drop_if_full_and_nobody_waits(&topic, message().cost(), QoS::AtLeastOnce);
     assert_eq!(early, None);
     assert_eq!(push(&skipped), PushOutcome::Queued);
 }

@@ -341,7 +341,7 @@ fn a_full_qos_0_queue_whose_client_is_not_reading_drops_under_one_lock() {
         PushOutcome::DroppedFull
     );
     assert_eq!(
-        mb.drop_if_full_and_lagging(&topic, cost, QoS::AtMostOnce),
+        mb.drop_if_full_and_nobody_waits(&topic, cost, QoS::AtMostOnce),
         None
     );
     // Its socket is full: nobody waits for it at QoS 0, so the drop arms the check,
@@ -351,16 +351,16 @@ fn a_full_qos_0_queue_whose_client_is_not_reading_drops_under_one_lock() {
         mb.push(msg(QoS::AtMostOnce, b"d")),
         PushOutcome::DroppedFull
     );
-    let drops = mb.drop_if_full_and_lagging(&topic, cost, QoS::AtMostOnce);
+    let drops = mb.drop_if_full_and_nobody_waits(&topic, cost, QoS::AtMostOnce);
     assert_eq!(drops, Some(DropCount { total: 3, burst: 3 }));
     assert_eq!(mb.dropped().total, 3);
     // A QoS 1 copy may be waited for: it goes through `push`, and disarms the check.
     assert_eq!(
-        mb.drop_if_full_and_lagging(&topic, cost, QoS::AtLeastOnce),
+        mb.drop_if_full_and_nobody_waits(&topic, cost, QoS::AtLeastOnce),
         None
     );
     assert_eq!(
-        mb.drop_if_full_and_lagging(&topic, cost, QoS::AtMostOnce),
+        mb.drop_if_full_and_nobody_waits(&topic, cost, QoS::AtMostOnce),
         None
     );
     // Armed again by the next such drop; a client reading again disarms it.
@@ -370,7 +370,7 @@ fn a_full_qos_0_queue_whose_client_is_not_reading_drops_under_one_lock() {
     );
     mb.set_writer_blocked(false);
     assert_eq!(
-        mb.drop_if_full_and_lagging(&topic, cost, QoS::AtMostOnce),
+        mb.drop_if_full_and_nobody_waits(&topic, cost, QoS::AtMostOnce),
         None
     );
     // Nothing queued was lost to any of it.
