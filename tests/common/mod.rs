@@ -26,23 +26,35 @@ pub fn moat_bin() -> &'static str {
     })
 }
 
+/// A loopback port free now, for a listener moat will open, never the same twice in
+/// one test binary. Taken below the kernel's ephemeral range: a port found with
+/// `bind(0)` comes from that range, where every outgoing connection also takes its
+/// local port, so between this check and moat's bind a client could take it ("cannot
+/// listen ...: Address already in use" in CI).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
-}
-
-/// `N` distinct free loopback ports (two calls to `free_port` may return the same one).
-pub fn free_ports<const N: usize>() -> [u16; N] {
-    let mut ports: Vec<u16> = Vec::new();
-    while ports.len() < N {
-        let port = free_port();
-        if !ports.contains(&port) {
-            ports.push(port);
+    static NEXT: Mutex<Option<u16>> = Mutex::new(None);
+    let ephemeral_start = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let (low, high) = (10_000, ephemeral_start.max(10_001));
+    let mut next = NEXT.lock().unwrap();
+    // Each binary starts at its own place, so binaries run at once rarely meet.
+    let mut port = next.unwrap_or(low + (std::process::id() % u32::from(high - low)) as u16);
+    for _ in low..high {
+        let candidate = port;
+        port = if port + 1 >= high { low } else { port + 1 };
+        if TcpListener::bind(("127.0.0.1", candidate)).is_ok() {
+            *next = Some(port);
+            return candidate;
         }
     }
-    std::array::from_fn(|i| ports[i])
+    panic!("no free loopback port in {low}..{high}");
+}
+
+/// `N` distinct free loopback ports.
+pub fn free_ports<const N: usize>() -> [u16; N] {
+    std::array::from_fn(|_| free_port())
 }
 
 /// argon2id hash of the shared test password (computed once per test binary).
