@@ -23,6 +23,8 @@
 #   --quick              1 pinned round, 1 unpinned round, 2 s windows, no extras
 #   --rounds N           pinned rounds (default 3)
 #   --unpinned-rounds N  unpinned rounds (default 1)
+#   --iso-pairs N        isolation rate pairs (alone, + slow) per pinned round
+#                        (default 3)
 #   --modes LIST         pinned,unpinned (default both)
 #   --unpinned-all       every scenario unpinned too (default there: the fan-in and
 #                        fan-out rows of both generators, no latency or isolation)
@@ -43,6 +45,7 @@ set -euo pipefail
 
 ROUNDS=3
 UNPINNED_ROUNDS=1
+ISO_PAIRS=3
 QUICK=0
 KEEP=0
 STEAL_LIMIT=10
@@ -56,9 +59,10 @@ PEERS=/opt/peers/bin
 MOAT_SRC="${CARGO_TARGET_DIR:-$(cd "$(dirname "$0")/.." && pwd)/target}/release/moat"
 while [ $# -gt 0 ]; do
   case "$1" in
-    --quick) QUICK=1; ROUNDS=1; UNPINNED_ROUNDS=1; EXTRAS=0 ;;
+    --quick) QUICK=1; ROUNDS=1; UNPINNED_ROUNDS=1; EXTRAS=0; ISO_PAIRS=1 ;;
     --rounds) ROUNDS="$2"; shift ;;
     --unpinned-rounds) UNPINNED_ROUNDS="$2"; shift ;;
+    --iso-pairs) ISO_PAIRS="$2"; shift ;;
     --modes) MODES="$2"; shift ;;
     --unpinned-all) UNPINNED_ALL=1 ;;
     --brokers) BROKERS="$2"; shift ;;
@@ -69,7 +73,7 @@ while [ $# -gt 0 ]; do
     --keep) KEEP=1 ;;
     --steal-limit) STEAL_LIMIT="$2"; shift ;;
     --steal-retries) STEAL_RETRIES="$2"; shift ;;
-    -h|--help) sed -n '2,41p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,43p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1" >&2; exit 2 ;;
   esac
   shift
@@ -298,13 +302,19 @@ SCENARIOS=(
 # topics that reads at most SLOW_RATE messages/s. Its rate with publishers going as
 # fast as they can; its latency at OFFERED messages/s, a load every broker here
 # carries (at saturation latency measures the queues, not the delivery).
+# The rate pair runs ISO_PAIRS times a round, in alternating order (alone first, then
+# + slow first): one pair's ratio swings 0.75-1.07x on this machine where the cost
+# itself is ~5% (BENCHMARKS.md, "QoS 1 isolation"), so the medians need more runs.
 SLOW_RATE=2000
 OFFERED=10000
 ISOLATION=()
 for q in 0 1; do
+  alone="isolation q$q max, alone|tls|fan-in --publishers 8 --qos $q --payload 64 $WIN"
+  slow="isolation q$q max, + slow|tls|fan-in --publishers 8 --qos $q --payload 64 --slow-subscriber $SLOW_RATE $WIN"
+  for pair in $(seq 1 "$ISO_PAIRS"); do
+    if [ $((pair % 2)) = 1 ]; then ISOLATION+=("$alone" "$slow"); else ISOLATION+=("$slow" "$alone"); fi
+  done
   ISOLATION+=(
-    "isolation q$q max, alone|tls|fan-in --publishers 8 --qos $q --payload 64 $WIN"
-    "isolation q$q max, + slow|tls|fan-in --publishers 8 --qos $q --payload 64 --slow-subscriber $SLOW_RATE $WIN"
     "isolation q$q $OFFERED/s, alone|tls|fan-in --publishers 8 --qos $q --payload 64 --rate $OFFERED --measure-latency $WIN"
     "isolation q$q $OFFERED/s, + slow|tls|fan-in --publishers 8 --qos $q --payload 64 --rate $OFFERED --measure-latency --slow-subscriber $SLOW_RATE $WIN"
   )

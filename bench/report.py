@@ -274,9 +274,11 @@ for mode, n in (("pinned", rounds), ("unpinned", unpinned_rounds)):
     if note := steal_note(mode):
         out.append(note)
     if any(r["mode"] == mode and r["name"].startswith("isolation") for r in rows):
+        runs = max(sum(1 for r in rows if r["mode"] == mode and r["broker"] == b
+                       and r["name"] == "isolation q1 max, alone") for b in BROKERS)
         out.append(f"\nIsolation ({mode}): fan-in 8->1 TLS, 64 B; the slow subscriber reads at most {slow_rate} "
-                   f"msg/s; rates with publishers at full speed, p99 with publishers offering {offered} msg/s "
-                   "in all.\n")
+                   f"msg/s; rates with publishers at full speed (medians of {runs} runs each, alone and + slow "
+                   f"alternating), p99 with publishers offering {offered} msg/s in all.\n")
         out.append(isolation(mode))
     out.append("")
 if any(r["name"].startswith("wire: ") for r in rows):
