@@ -304,7 +304,7 @@ SCENARIOS=(
 # carries (at saturation latency measures the queues, not the delivery).
 # The rate pair runs ISO_PAIRS times a round, in alternating order (alone first, then
 # + slow first): one pair's ratio swings 0.75-1.07x on this machine where the cost
-# itself is ~5% (BENCHMARKS.md, "QoS 1 isolation"), so the medians need more runs.
+# itself is ~5% (BENCHMARKS.md, "What is not met"), so the medians need more runs.
 SLOW_RATE=2000
 OFFERED=10000
 ISOLATION=()
