@@ -193,8 +193,8 @@ pub fn dropped(stats: &Stats, session: &SessionLink) {
 }
 
 /// Like [`dropped`], for a drop the mailbox has counted already, `drops` its
-/// counters right after it ([`Mailbox::drop_if_full_and_nobody_waits`]: a lagging
-/// client's copy dropped under one lock).
+/// counters right after it ([`Mailbox::drop_if_full_and_nobody_waits`]: the copy
+/// for a client nobody waits for, dropped under one lock).
 ///
 /// [`Mailbox::drop_if_full_and_nobody_waits`]: super::mailbox::Mailbox::drop_if_full_and_nobody_waits
 pub fn counted(stats: &Stats, session: &SessionLink, drops: DropCount) {

@@ -32,24 +32,30 @@ pub fn moat_bin() -> &'static str {
 /// local port, so between this check and moat's bind a client could take it ("cannot
 /// listen ...: Address already in use" in CI).
 pub fn free_port() -> u16 {
-    static NEXT: Mutex<Option<u16>> = Mutex::new(None);
-    let ephemeral_start = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
-        .unwrap_or(32768);
-    let (low, high) = (10_000, ephemeral_start.max(10_001));
+    const LOW: u16 = 10_000;
+    /// The next port to try and the end of the range (the ephemeral range's start,
+    /// read once per binary).
+    static NEXT: Mutex<Option<(u16, u16)>> = Mutex::new(None);
     let mut next = NEXT.lock().unwrap();
-    // Each binary starts at its own place, so binaries run at once rarely meet.
-    let mut port = next.unwrap_or(low + (std::process::id() % u32::from(high - low)) as u16);
-    for _ in low..high {
+    let (mut port, high) = *next.get_or_insert_with(|| {
+        let ephemeral_start = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+            .ok()
+            .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+            .unwrap_or(32768);
+        let high = ephemeral_start.max(LOW + 1);
+        // Each binary starts at its own place, so binaries run at once rarely meet.
+        let start = LOW + (std::process::id() % u32::from(high - LOW)) as u16;
+        (start, high)
+    });
+    for _ in LOW..high {
         let candidate = port;
-        port = if port + 1 >= high { low } else { port + 1 };
+        port = if port + 1 >= high { LOW } else { port + 1 };
         if TcpListener::bind(("127.0.0.1", candidate)).is_ok() {
-            *next = Some(port);
+            *next = Some((port, high));
             return candidate;
         }
     }
-    panic!("no free loopback port in {low}..{high}");
+    panic!("no free loopback port in {LOW}..{high}");
 }
 
 /// `N` distinct free loopback ports.
