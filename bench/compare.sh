@@ -25,6 +25,7 @@
 #   --unpinned-rounds N  unpinned rounds (default 1)
 #   --iso-pairs N        isolation rate pairs (alone, + slow) per pinned round
 #                        (default 3)
+#   --q1-fan-in-runs N   runs of the QoS 1 fan-in row per round (default 3)
 #   --modes LIST         pinned,unpinned (default both)
 #   --unpinned-all       every scenario unpinned too (default there: the fan-in and
 #                        fan-out rows of both generators, no latency or isolation)
@@ -46,6 +47,7 @@ set -euo pipefail
 ROUNDS=3
 UNPINNED_ROUNDS=1
 ISO_PAIRS=3
+Q1_FAN_IN_RUNS=3
 QUICK=0
 KEEP=0
 STEAL_LIMIT=10
@@ -59,10 +61,11 @@ PEERS=/opt/peers/bin
 MOAT_SRC="${CARGO_TARGET_DIR:-$(cd "$(dirname "$0")/.." && pwd)/target}/release/moat"
 while [ $# -gt 0 ]; do
   case "$1" in
-    --quick) QUICK=1; ROUNDS=1; UNPINNED_ROUNDS=1; EXTRAS=0; ISO_PAIRS=1 ;;
+    --quick) QUICK=1; ROUNDS=1; UNPINNED_ROUNDS=1; EXTRAS=0; ISO_PAIRS=1; Q1_FAN_IN_RUNS=1 ;;
     --rounds) ROUNDS="$2"; shift ;;
     --unpinned-rounds) UNPINNED_ROUNDS="$2"; shift ;;
     --iso-pairs) ISO_PAIRS="$2"; shift ;;
+    --q1-fan-in-runs) Q1_FAN_IN_RUNS="$2"; shift ;;
     --modes) MODES="$2"; shift ;;
     --unpinned-all) UNPINNED_ALL=1 ;;
     --brokers) BROKERS="$2"; shift ;;
@@ -298,6 +301,11 @@ SCENARIOS=(
   "latency 1000/s q0|tls|latency --rate 1000 --qos 0 --payload 64 $LWIN"
   "latency 1000/s q1|tls|latency --rate 1000 --qos 1 --payload 64 $LWIN"
 )
+# The QoS 1 fan-in's CPU per delivery moved 3.3-4.7 us between runs of one build on
+# this machine against a 4 us target (BENCHMARKS.md, "What is not met"): its row runs
+# Q1_FAN_IN_RUNS times a round, the repeats after the other rows, and the report
+# takes the median of all.
+for _ in $(seq 2 "$Q1_FAN_IN_RUNS"); do SCENARIOS+=("${SCENARIOS[1]}"); done
 # Isolation: the fast subscriber alone and with one more subscriber on the same
 # topics that reads at most SLOW_RATE messages/s. Its rate with publishers going as
 # fast as they can; its latency at OFFERED messages/s, a load every broker here

@@ -4,6 +4,7 @@ rounds per mode, moat / peer ratios, the isolation summary, the wire and syscall
 and the extras. It computes nothing a row does not carry; a missing figure prints "-"."""
 import json
 import statistics
+from collections import Counter
 import sys
 
 (path, rounds, unpinned_rounds, elapsed, quick, xc_moat, xc_mosq, cross_n,
@@ -271,6 +272,12 @@ for mode, n in (("pinned", rounds), ("unpinned", unpinned_rounds)):
              else "broker and generator unpinned on all cores")
     out.append(f"### {mode.capitalize()}: {where}; medians of {n} round(s)\n")
     out.append(table(mode, BROKERS))
+    runs_of = Counter((r["name"], r["transport"], r["generator"]) for r in rows
+                      if r["mode"] == mode and r["broker"] == "moat" and r["scenario"] != "syscalls"
+                      and not r["name"].startswith(("isolation", "wire: ")))
+    repeated = sorted(f"{name} ({count} runs)" for (name, _, _), count in runs_of.items() if count > int(n))
+    if repeated:
+        out.append(f"\nRun more than once a round, medians of all their runs: {', '.join(repeated)}.\n")
     if note := steal_note(mode):
         out.append(note)
     if any(r["mode"] == mode and r["name"].startswith("isolation") for r in rows):

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use tokio::time::MissedTickBehavior;
 
 use crate::broker::journal::{self, Reservation};
-use crate::broker::mailbox::{Body, Message, Outbound, QueueLimits, shared_properties};
+use crate::broker::mailbox::{Body, Message, Outbound, QueueLimits, forwarded_properties};
 use crate::broker::session::{Kick, SessionLink};
 use crate::broker::{AttachRequest, Broker, Incoming, Permissions, may_publish_message};
 use moat_protocol::{
@@ -478,7 +478,7 @@ impl Local {
         let body = Body {
             topic: Arc::from(local_topic.as_str()),
             payload: publish.payload.clone(),
-            properties: shared_properties(publish.properties.forwarded()),
+            properties: forwarded_properties(&publish.properties),
             expires_at: publish
                 .properties
                 .message_expiry_interval

@@ -17,7 +17,7 @@ mod lag;
 mod message;
 use lag::Lag;
 pub use lag::{KEEP_UP_FOR, KEEP_UP_MAX, LagReport, Standing};
-pub use message::{Body, Message, SubscriptionIds, shared_properties};
+pub use message::{Body, Message, SubscriptionIds, forwarded_properties, shared_properties};
 
 /// A burst of drops that ended: the client drained its queue to half.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -321,10 +321,19 @@ impl Mailbox {
             s.rare().staged.push(message);
             return (outcome, seq);
         }
+        // Wake the client's connection only when this message can go out now. Behind
+        // a queued message it waits its turn: the connection drains whatever may be
+        // sent before it waits again, so a queue left non-empty has a blocked front
+        // (a full window) or a wake-up pending. With a full window the client's next
+        // acknowledgement starts the drain. A wake-up per message that finds nothing
+        // to send was most of a QoS 1 subscriber's turns (BENCHMARKS.md).
+        let sendable = s.queue.is_empty()
+            && (message.qos == QoS::AtMostOnce
+                || s.inflight.len() < usize::from(s.limits.max_inflight));
         s.queue.push_back(message);
-        let online = s.online;
+        let wake = s.online && sendable;
         drop(s);
-        if online {
+        if wake {
             self.notify.notify_one();
         }
         (outcome, seq)

@@ -46,11 +46,21 @@ pub struct Routed {
 
 impl Broker {
     /// Routes a message to every matching subscriber and updates the retained store.
-    pub fn publish(&self, incoming: Incoming, room: Reservation) -> (Routed, Durable) {
+    pub fn publish(&self, incoming: Incoming, mut room: Reservation) -> (Routed, Durable) {
+        self.publish_keeping_room(incoming, &mut room)
+    }
+
+    /// [`Broker::publish`], leaving `room` in place when the message recorded nothing
+    /// (see [`Batch::submit_keeping`]).
+    pub fn publish_keeping_room(
+        &self,
+        incoming: Incoming,
+        room: &mut Reservation,
+    ) -> (Routed, Durable) {
         let mut state = self.lock();
         let mut batch = Batch::default();
         let routed = self.route_locked(&mut state, incoming, &mut batch);
-        let durable = batch.submit(room);
+        let durable = batch.submit_keeping(room);
         drop(state);
         (routed, durable)
     }

@@ -92,6 +92,16 @@ impl Properties {
             ..Properties::default()
         }
     }
+
+    /// Whether [`Properties::forwarded`] would carry anything: most messages carry
+    /// nothing, and this answers without building and comparing a property set.
+    pub fn forwards_any(&self) -> bool {
+        self.payload_format_indicator.is_some()
+            || self.content_type.is_some()
+            || self.response_topic.is_some()
+            || self.correlation_data.is_some()
+            || !self.user_properties.is_empty()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

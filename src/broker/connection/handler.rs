@@ -18,7 +18,7 @@ use moat_protocol::{
 
 use crate::broker::denials::DenialKind;
 use crate::broker::journal::{Durable, QueueFull, Reservation};
-use crate::broker::mailbox::{Body, Message, shared_properties};
+use crate::broker::mailbox::{Body, Message, forwarded_properties};
 use crate::broker::permissions::{
     Permissions, PublishDenied, may_publish_message, may_publish_topic,
 };
@@ -87,25 +87,31 @@ pub(super) enum Handled {
 
 impl Connection {
     /// Handles a packet, with room reserved in the durable store first when it may
-    /// change durable state. When the write queue is full the packet comes back:
-    /// the caller waits in a boxed [`Connection::handle_when_reserved`], so the
-    /// common case keeps no packet-sized state in the connection's task.
-    pub(super) fn try_handle(&mut self, packet: Packet) -> Handled {
+    /// change durable state: `room` if it holds some (left by an earlier packet
+    /// that recorded nothing), else reserved now; what the packet does not use
+    /// stays in `room`. When the write queue is full the packet comes back: the
+    /// caller waits in a boxed [`Connection::handle_when_reserved`], so the common
+    /// case keeps no packet-sized state in the connection's task.
+    pub(super) fn try_handle(&mut self, packet: Packet, room: &mut Reservation) -> Handled {
         if !self.may_change_durable_state(&packet) {
-            return Handled::Done(self.handle(packet, Reservation::NONE));
+            let mut none = Reservation::NONE;
+            return Handled::Done(self.handle(packet, &mut none));
         }
-        match self.broker.journal().try_reserve() {
-            Ok(room) => Handled::Done(self.handle(packet, room)),
-            Err(QueueFull) => Handled::QueueFull(Box::new(packet)),
+        if !room.is_reserved() {
+            match self.broker.journal().try_reserve() {
+                Ok(reserved) => *room = reserved,
+                Err(QueueFull) => return Handled::QueueFull(Box::new(packet)),
+            }
         }
+        Handled::Done(self.handle(packet, room))
     }
 
     pub(super) async fn handle_when_reserved(
         &mut self,
         packet: Packet,
     ) -> Result<Option<End>, Violation> {
-        let room = self.broker.journal().reserve().await;
-        self.handle(packet, room)
+        let mut room = self.broker.journal().reserve().await;
+        self.handle(packet, &mut room)
     }
 
     /// Whether handling `packet` may record something durable, so it needs room
@@ -125,18 +131,19 @@ impl Connection {
     }
 
     /// Handles one packet; `Ok(Some(end))` ends the connection normally.
-    fn handle(&mut self, packet: Packet, room: Reservation) -> Result<Option<End>, Violation> {
+    /// What durable state it changes takes its room from `room`.
+    fn handle(&mut self, packet: Packet, room: &mut Reservation) -> Result<Option<End>, Violation> {
         let session = &self.session;
         match packet {
             Packet::Publish(publish) => self.on_publish(publish, room)?,
             Packet::PubAck(ack) | Packet::PubComp(ack) => {
-                self.broker.acknowledge(session, ack.packet_id, room);
+                self.broker.acknowledge(session, ack.packet_id, room.take());
             }
             // The client refused the message: its flow ends here.
             Packet::PubRec(ack) if ack.reason.is_error() => {
-                self.broker.acknowledge(session, ack.packet_id, room);
+                self.broker.acknowledge(session, ack.packet_id, room.take());
             }
-            Packet::PubRec(ack) => match self.broker.release(session, ack.packet_id, room) {
+            Packet::PubRec(ack) => match self.broker.release(session, ack.packet_id, room.take()) {
                 Some(released) => self.ack_after(
                     released,
                     AckKind::PubRel,
@@ -150,15 +157,15 @@ impl Connection {
                 ),
             },
             Packet::PubRel(ack) => {
-                let reason = if self.broker.complete(session, ack.packet_id, room) {
+                let reason = if self.broker.complete(session, ack.packet_id, room.take()) {
                     ReasonCode::Success
                 } else {
                     ReasonCode::PacketIdentifierNotFound
                 };
                 self.ack(AckKind::PubComp, ack.packet_id, reason);
             }
-            Packet::Subscribe(subscribe) => self.on_subscribe(subscribe, room)?,
-            Packet::Unsubscribe(unsubscribe) => self.on_unsubscribe(unsubscribe, room),
+            Packet::Subscribe(subscribe) => self.on_subscribe(subscribe, room.take())?,
+            Packet::Unsubscribe(unsubscribe) => self.on_unsubscribe(unsubscribe, room.take()),
             Packet::PingReq => self.reply(Packet::PingResp),
             Packet::Disconnect(disconnect) => {
                 let expiry = disconnect.properties.session_expiry_interval;
@@ -194,7 +201,11 @@ impl Connection {
         Ok(None)
     }
 
-    fn on_publish(&mut self, mut publish: Publish, room: Reservation) -> Result<(), Violation> {
+    fn on_publish(
+        &mut self,
+        mut publish: Publish,
+        room: &mut Reservation,
+    ) -> Result<(), Violation> {
         if let Some(alias) = publish.properties.topic_alias.take() {
             if alias == 0 || alias > self.config.topic_alias_maximum {
                 return Err(Violation(
@@ -278,9 +289,9 @@ impl Connection {
             );
             let (routed, durable) = if publish.qos == QoS::ExactlyOnce {
                 self.broker
-                    .publish_exactly_once(&self.session, packet_id, incoming, room)
+                    .publish_exactly_once(&self.session, packet_id, incoming, room.take())
             } else {
-                self.broker.publish(incoming, room)
+                self.broker.publish_keeping_room(incoming, room)
             };
             if routed.congested.is_some() {
                 self.congested = routed.congested.clone();
@@ -445,7 +456,7 @@ impl Connection {
                 Body {
                     topic,
                     payload,
-                    properties: passthrough_properties(properties),
+                    properties: forwarded_properties(properties),
                     // The clock is read only for a message that expires.
                     expires_at: properties
                         .message_expiry_interval
@@ -511,9 +522,4 @@ impl Connection {
             .settle("session state")
             .await;
     }
-}
-
-/// The properties a message carries from publisher to subscribers (MQTT 5 §3.3.2.3).
-fn passthrough_properties(p: &Properties) -> Option<Arc<Properties>> {
-    shared_properties(p.forwarded())
 }

@@ -95,6 +95,15 @@ pub fn shared_properties(properties: Properties) -> Option<Arc<Properties>> {
     (properties != Properties::default()).then(|| Arc::new(properties))
 }
 
+/// The properties a published message carries to its subscribers, shared as
+/// [`shared_properties`] shares them. The common message carries none, and
+/// costs one look at five fields.
+pub fn forwarded_properties(published: &Properties) -> Option<Arc<Properties>> {
+    published
+        .forwards_any()
+        .then(|| Arc::new(published.forwarded()))
+}
+
 /// The Subscription Identifiers of one delivery (MQTT 5 §3.3.4): none or one in
 /// almost every case, held inline; several only when a session's overlapping
 /// subscriptions match the same message.
@@ -175,5 +184,46 @@ mod tests {
             ..Properties::default()
         };
         assert_eq!(shared_properties(set.clone()).as_deref(), Some(&set));
+    }
+
+    #[test]
+    fn forwarded_properties_are_those_a_forwarded_set_keeps() {
+        let each: [Properties; 6] = [
+            Properties {
+                payload_format_indicator: Some(1),
+                ..Properties::default()
+            },
+            Properties {
+                content_type: Some("text/plain".into()),
+                ..Properties::default()
+            },
+            Properties {
+                response_topic: Some("r".into()),
+                ..Properties::default()
+            },
+            Properties {
+                correlation_data: Some(Bytes::from_static(b"c")),
+                ..Properties::default()
+            },
+            Properties {
+                user_properties: vec![("k".into(), "v".into())],
+                ..Properties::default()
+            },
+            // Nothing a subscriber is given: the publisher's own expiry and alias.
+            Properties {
+                message_expiry_interval: Some(5),
+                topic_alias: Some(1),
+                subscription_identifiers: vec![3],
+                ..Properties::default()
+            },
+        ];
+        for published in each {
+            assert_eq!(
+                forwarded_properties(&published),
+                shared_properties(published.forwarded()),
+                "{published:?}"
+            );
+        }
+        assert!(forwarded_properties(&Properties::default()).is_none());
     }
 }

@@ -378,3 +378,51 @@ fn a_full_qos_0_queue_whose_client_is_not_reading_drops_under_one_lock() {
     mb.drain(Instant::now(), &mut out);
     assert_eq!(out.len(), 2);
 }
+
+/// Whether a wake-up for the client's connection is pending (taking it).
+fn woken(mb: &Mailbox) -> bool {
+    use std::future::Future;
+    let mut ready = std::pin::pin!(mb.ready());
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    ready.as_mut().poll(&mut cx).is_ready()
+}
+
+#[test]
+fn a_push_wakes_the_connection_only_when_the_message_can_go_out() {
+    let mb = Mailbox::new(limits(100, 2));
+    mb.set_online(true, limits(100, 2));
+    assert!(woken(&mb), "coming online wakes the connection");
+    assert!(!woken(&mb), "one wake-up, taken");
+
+    mb.push(msg(QoS::AtLeastOnce, b"a"));
+    assert!(
+        woken(&mb),
+        "an empty queue and room in the window: sendable"
+    );
+    mb.push(msg(QoS::AtLeastOnce, b"b"));
+    assert!(
+        !woken(&mb),
+        "behind a queued message, which woke it already"
+    );
+
+    let mut out = Vec::new();
+    mb.drain(Instant::now(), &mut out);
+    assert_eq!(out.len(), 2, "the window of 2 is full");
+    mb.push(msg(QoS::AtLeastOnce, b"c"));
+    assert!(!woken(&mb), "a full window: nothing can go out");
+    mb.push(msg(QoS::AtMostOnce, b"d"));
+    assert!(!woken(&mb), "QoS 0 waits behind the blocked QoS 1 message");
+
+    // The client's acknowledgement opens the window and wakes the connection.
+    let Some(Outbound::Publish { packet_id, .. }) = out.first() else {
+        panic!("a PUBLISH was drained");
+    };
+    assert!(mb.complete(*packet_id).is_some());
+    assert!(woken(&mb));
+    out.clear();
+    mb.drain(Instant::now(), &mut out);
+    assert_eq!(out.len(), 2, "c into the window, and d behind it");
+
+    mb.push(msg(QoS::AtMostOnce, b"e"));
+    assert!(woken(&mb), "QoS 0 needs no room in the window");
+}
