@@ -325,8 +325,8 @@ impl Mailbox {
         // a queued message it waits its turn: the connection drains whatever may be
         // sent before it waits again, so a queue left non-empty has a blocked front
         // (a full window) or a wake-up pending. With a full window the client's next
-        // acknowledgement starts the drain. A wake-up per message that finds nothing
-        // to send was most of a QoS 1 subscriber's turns (BENCHMARKS.md).
+        // acknowledgement starts the drain. Waking it for every push made it run its
+        // loop to find nothing to send (BENCHMARKS.md, "The QoS 1 path, fourth round").
         let sendable = s.queue.is_empty()
             && (message.qos == QoS::AtMostOnce
                 || s.inflight.len() < usize::from(s.limits.max_inflight));
