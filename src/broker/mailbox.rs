@@ -327,9 +327,8 @@ impl Mailbox {
         // (a full window) or a wake-up pending. With a full window the client's next
         // acknowledgement starts the drain. Waking it for every push made it run its
         // loop to find nothing to send (BENCHMARKS.md, "The QoS 1 path, fourth round").
-        let sendable = s.queue.is_empty()
-            && (message.qos == QoS::AtMostOnce
-                || s.inflight.len() < usize::from(s.limits.max_inflight));
+        let sendable =
+            s.queue.is_empty() && (message.qos == QoS::AtMostOnce || !is_window_full(&s));
         s.queue.push_back(message);
         let wake = s.online && sendable;
         drop(s);
@@ -454,9 +453,7 @@ impl Mailbox {
             }
         }
         while let Some(front) = s.queue.front() {
-            if front.qos != QoS::AtMostOnce
-                && s.inflight.len() >= usize::from(s.limits.max_inflight)
-            {
+            if front.qos != QoS::AtMostOnce && is_window_full(&s) {
                 break;
             }
             let Some(message) = s.queue.pop_front() else {
@@ -595,8 +592,7 @@ impl Mailbox {
         if self.writer_blocked() {
             return true;
         }
-        let s = self.lock();
-        s.inflight.len() >= usize::from(s.limits.max_inflight)
+        is_window_full(&self.lock())
     }
 
     /// Whether the client's socket is not taking what it was sent (see
@@ -700,6 +696,11 @@ fn count_drop(rare: &mut Rare, topic: Arc<str>) -> DropCount {
         total: rare.dropped,
         burst: rare.burst,
     }
+}
+
+/// The in-flight window has no room: QoS 1/2 messages wait for an acknowledgement.
+fn is_window_full(s: &State) -> bool {
+    s.inflight.len() >= usize::from(s.limits.max_inflight)
 }
 
 fn is_half_empty(s: &State) -> bool {

@@ -211,10 +211,6 @@ impl Connection {
                                     .await;
                                 }
                             }
-                            if self.replies.len() >= REPLY_BATCH || self.congested.is_some() {
-                                buffered = true;
-                                break;
-                            }
                         }
                         Turn::Violation(Violation(reason, why)) => {
                             self.flush_replies(codec, &mut wbuf).await;
@@ -242,6 +238,9 @@ impl Connection {
         // Released on return.
         let mut room = Reservation::NONE;
         loop {
+            if self.congested.is_some() {
+                return Turn::Paused;
+            }
             // The subscriber's acknowledgements first, together (see `acks`).
             self.settle_acks(codec, rbuf, REPLY_BATCH);
             if self.replies.len() >= REPLY_BATCH {
@@ -260,9 +259,6 @@ impl Connection {
                 Handled::Done(Ok(Some(end))) => return Turn::End(end),
                 Handled::Done(Err(violation)) => return Turn::Violation(violation),
                 Handled::QueueFull(packet) => return Turn::QueueFull(packet),
-            }
-            if self.replies.len() >= REPLY_BATCH || self.congested.is_some() {
-                return Turn::Paused;
             }
         }
     }
