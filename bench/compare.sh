@@ -24,7 +24,7 @@
 #   --rounds N           pinned rounds (default 3)
 #   --unpinned-rounds N  unpinned rounds (default 1)
 #   --iso-pairs N        isolation rate pairs (alone, + slow) per pinned round
-#                        (default 3)
+#                        (default 5)
 #   --q1-fan-in-runs N   runs of the QoS 1 fan-in row per round (default 3)
 #   --modes LIST         pinned,unpinned (default both)
 #   --unpinned-all       every scenario unpinned too (default there: the fan-in and
@@ -46,7 +46,7 @@ set -euo pipefail
 
 ROUNDS=3
 UNPINNED_ROUNDS=1
-ISO_PAIRS=3
+ISO_PAIRS=5
 Q1_FAN_IN_RUNS=3
 QUICK=0
 KEEP=0

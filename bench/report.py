@@ -113,10 +113,24 @@ def table(mode, brokers):
     return "\n".join(lines)
 
 
+def pair_ratios(mode, broker, qos):
+    """+ slow / alone of each pair: the k-th run of each side in a round (compare.sh runs
+    them next to each other, alternating which goes first), so both share the machine's
+    state of that moment."""
+    ratios = []
+    for rnd in sorted({r["round"] for r in rows if r["mode"] == mode}):
+        def rates(name):
+            return [r["received_per_sec"] for r in rows if r["mode"] == mode and r["broker"] == broker
+                    and r["round"] == rnd and r["name"] == f"isolation q{qos} max, {name}"]
+        ratios += [s / a for a, s in zip(rates("alone"), rates("+ slow")) if a]
+    return ratios
+
+
 def isolation(mode):
-    lines = ["| broker | QoS | fast sub msg/s alone (max) | with slow sub | ratio | fast p99 us alone "
+    lines = ["| broker | QoS | fast sub msg/s alone (max) | with slow sub | ratio | median of pair ratios "
+             "(min-max) | broker CPU us/delivered alone / with slow sub | fast p99 us alone "
              f"({offered}/s) | with slow sub | ratio | slow sub msg/s (max) | target (>= 0.9x rate, p99 <= 2x) |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
 
     def x(v):
         return "-" if v is None else f"{v:.2f}x"
@@ -133,12 +147,17 @@ def isolation(mode):
             if a_rate is None and a_p99 is None:
                 lines.append(f"| {broker} | {qos} | not measured | | | | | | | |")
                 continue
+            a_cpu = med("max, alone", lambda r: r.get("broker_cpu_us_per_delivered"))
+            s_cpu = med("max, + slow", lambda r: r.get("broker_cpu_us_per_delivered"))
             rr = s_rate / a_rate if a_rate and s_rate is not None else None
             pr = s_p99 / a_p99 if a_p99 and s_p99 is not None else None
+            pairs = pair_ratios(mode, broker, qos)
+            paired = f"{x(median(pairs))} ({min(pairs):.2f}-{max(pairs):.2f})" if pairs else "-"
             met = "-"
             if rr is not None and pr is not None:
                 met = "met" if rr >= 0.9 and pr <= 2 else "not met"
-            lines.append(f"| {broker} | {qos} | {fmt(a_rate)} | {fmt(s_rate)} | {x(rr)} | {fmt(a_p99)} | "
+            lines.append(f"| {broker} | {qos} | {fmt(a_rate)} | {fmt(s_rate)} | {x(rr)} | {paired} | "
+                         f"{fmt(a_cpu)} / {fmt(s_cpu)} | {fmt(a_p99)} | "
                          f"{fmt(s_p99)} | {x(pr)} | {fmt(slow)} | {met} |")
     return "\n".join(lines)
 
@@ -220,8 +239,10 @@ def targets():
         else:
             st = "**not met**: " + ", ".join(t for t in (
                 f"rate {rr:.2f}x (needs 0.9x)" if rr < 0.9 else "", f"p99 {pr:.2f}x (needs <= 2x)" if pr > 2 else "") if t)
+        pairs = pair_ratios("pinned", "moat", qos)
+        paired = f" (median of {len(pairs)} pair ratios {x(median(pairs))})" if pairs else ""
         lines.append(f"| QoS {qos}: fast subscriber with one slow subscriber added: >= 0.9x its rate, p99 <= 2x "
-                     f"| rate {x(rr)}, p99 {x(pr)} | {st} |")
+                     f"| rate {x(rr)}{paired}, p99 {x(pr)} | {st} |")
     for name in ("fan-in 8->1 q0", "fan-out 1->8 q0"):
         q = ratio(med("unpinned", name, "mqttv5", "msg/s delivered in window", "moat"),
                   med("unpinned", name, "mqttv5", "msg/s delivered in window", "mosquitto"))
