@@ -285,7 +285,7 @@ impl Mailbox {
                 None
             };
             let Some(oldest) = oldest else {
-                count_drop(rare, Arc::clone(message.topic()));
+                count_drop(rare, message.topic());
                 if nobody_waits_for(rare.lag.is_lagging(), message.qos, self.writer_blocked()) {
                     self.full_and_nobody_waits.store(true, Ordering::Relaxed);
                 }
@@ -372,7 +372,7 @@ impl Mailbox {
             self.full_and_nobody_waits.store(false, Ordering::Relaxed);
             return None;
         };
-        Some(count_drop(rare, Arc::clone(topic)))
+        Some(count_drop(rare, topic))
     }
 
     /// At the cap, drop the oldest queued message rather than the new one (a bridge's
@@ -687,11 +687,16 @@ pub fn nobody_waits_for(lagging: bool, qos: QoS, writer_blocked: bool) -> bool {
 
 /// Counts a message dropped because the queue was full (for `$SYS`, the current
 /// burst and the denial counts).
-fn count_drop(rare: &mut Rare, topic: Arc<str>) -> DropCount {
+fn count_drop(rare: &mut Rare, topic: &Arc<str>) -> DropCount {
     rare.dropped += 1;
     rare.burst += 1;
     rare.unrecorded += 1;
-    rare.burst_topic = Some(topic);
+    // A burst's drops are mostly on the topics before them: comparing the text
+    // costs less than the two reference-count updates of replacing the `Arc` on
+    // every copy dropped for a lagging subscriber (QoS 0 isolation, BENCHMARKS.md).
+    if rare.burst_topic.as_deref() != Some(&**topic) {
+        rare.burst_topic = Some(Arc::clone(topic));
+    }
     DropCount {
         total: rare.dropped,
         burst: rare.burst,

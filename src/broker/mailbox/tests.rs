@@ -426,3 +426,16 @@ fn a_push_wakes_the_connection_only_when_the_message_can_go_out() {
     mb.push(msg(QoS::AtMostOnce, b"e"));
     assert!(woken(&mb), "QoS 0 needs no room in the window");
 }
+
+#[test]
+fn a_burst_names_the_topic_of_its_latest_drop() {
+    let mb = Mailbox::new(limits(1, 10));
+    mb.set_online(true, limits(1, 10));
+    let on = |topic: &str| Message::new(topic, Bytes::from_static(b"x"), QoS::AtLeastOnce, false);
+    assert_eq!(mb.push(on("a")), PushOutcome::Crowded);
+    for (topic, latest) in [("a", "a"), ("a", "a"), ("b", "b"), ("a", "a")] {
+        assert_eq!(mb.push(on(topic)), PushOutcome::DroppedFull);
+        assert_eq!(mb.dropped().topic.as_deref(), Some(latest));
+    }
+    assert_eq!((mb.dropped().total, mb.dropped().burst), (4, 4));
+}
