@@ -145,7 +145,7 @@ def isolation(mode):
             a_p99 = med(f"{offered}/s, alone", lambda r: r["latency"]["p99_us"] if r["latency"]["samples"] else None)
             s_p99 = med(f"{offered}/s, + slow", lambda r: r["latency"]["p99_us"] if r["latency"]["samples"] else None)
             if a_rate is None and a_p99 is None:
-                lines.append(f"| {broker} | {qos} | not measured | | | | | | | |")
+                lines.append(f"| {broker} | {qos} | not measured | | | | | | | | | |")
                 continue
             a_cpu = med("max, alone", lambda r: r.get("broker_cpu_us_per_delivered"))
             s_cpu = med("max, + slow", lambda r: r.get("broker_cpu_us_per_delivered"))

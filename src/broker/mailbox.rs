@@ -691,9 +691,9 @@ fn count_drop(rare: &mut Rare, topic: &Arc<str>) -> DropCount {
     rare.dropped += 1;
     rare.burst += 1;
     rare.unrecorded += 1;
-    // A burst's drops are mostly on the topics before them: comparing the text
-    // costs less than the two reference-count updates of replacing the `Arc` on
-    // every copy dropped for a lagging subscriber (QoS 0 isolation, BENCHMARKS.md).
+    // A drop mostly repeats the previous drop's topic: comparing the text costs
+    // less than the two reference-count updates of replacing the `Arc` on every
+    // copy dropped for a lagging subscriber (QoS 0 isolation, BENCHMARKS.md).
     if rare.burst_topic.as_deref() != Some(&**topic) {
         rare.burst_topic = Some(Arc::clone(topic));
     }
