@@ -121,9 +121,10 @@ struct State {
     /// One copy of each identity's name for all its sessions (a home has a few
     /// identities and many sessions).
     owners: HashSet<Arc<str>>,
-    /// The subscriptions the message being routed matched: kept (empty) between
-    /// messages so that routing one allocates no list.
-    matches: Vec<subscriptions::Matched>,
+    /// The buffer of the subscriptions the message being routed matched: kept
+    /// (empty) between messages so that routing one allocates no list (see
+    /// [`subscriptions::recycle`]).
+    matches: Vec<subscriptions::Matched<'static>>,
 }
 
 impl State {

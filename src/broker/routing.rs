@@ -20,7 +20,7 @@ use super::permissions::may_publish_message;
 use super::retained::{RetainQuota, RetainRefused, Retained};
 use super::session::SessionLink;
 use super::stats::Stats;
-use super::subscriptions::{Matched, Subscription, SubscriptionTree};
+use super::subscriptions::{self, Matched, Subscription, SubscriptionTree};
 use super::{Broker, BrokerConfig, State};
 
 /// A message entering the router.
@@ -126,17 +126,18 @@ impl Broker {
                 Ok(()) => {}
             }
         }
-        let State { tree, matches, .. } = state;
-        let may_overlap = tree.collect(message.topic(), matches);
+        let mut matches = std::mem::take(&mut state.matches);
+        let may_overlap = state.tree.collect(message.topic(), &mut matches);
         routed.matched = matches.len();
         routed.congested = deliver(
             &self.stats,
             &message,
             incoming.from_session,
-            matches,
+            &mut matches,
             may_overlap,
             batch,
         );
+        state.matches = subscriptions::recycle(matches);
         routed
     }
 
@@ -340,8 +341,8 @@ fn push_to(
 
 /// One delivery of a message: to one session (its overlapping subscriptions merged)
 /// or to one member of a shared group.
-struct Delivery {
-    subscription: Subscription,
+struct Delivery<'tree> {
+    subscription: &'tree Subscription,
     qos: QoS,
     ids: SubscriptionIds,
     /// To one member of a shared group: never merged with an ordinary delivery.
@@ -363,7 +364,7 @@ fn deliver(
     stats: &Stats,
     message: &Message,
     from_session: Option<u64>,
-    matches: &mut Vec<Matched>,
+    matches: &mut Vec<Matched<'_>>,
     may_overlap: bool,
     batch: &mut Batch,
 ) -> Option<Arc<SessionLink>> {
@@ -375,7 +376,7 @@ fn deliver(
                 continue;
             }
             let (qos, ids) = (sub.options.qos, sub.identifier.into());
-            deliver_one(stats, message, &sub, qos, ids, &mut crowding, batch);
+            deliver_one(stats, message, sub, qos, ids, &mut crowding, batch);
         }
         return crowding.verdict(stats);
     }
@@ -424,7 +425,7 @@ fn deliver(
         deliver_one(
             stats,
             message,
-            &d.subscription,
+            d.subscription,
             d.qos,
             d.ids,
             &mut crowding,
@@ -513,21 +514,29 @@ mod tests {
     use crate::broker::backpressure::tests::subscriber;
     use crate::broker::mailbox::Outbound;
 
-    fn matched(session: &Arc<SessionLink>, qos: QoS, id: u32, shared: bool) -> Matched {
-        Matched {
-            subscription: Subscription {
-                session: Arc::clone(session),
-                options: SubscriptionOptions {
-                    qos,
-                    no_local: false,
-                    retain_as_published: false,
-                    retain_handling: RetainHandling::SendAtSubscribe,
-                },
-                identifier: Some(id),
-                receive_cover: None,
+    fn subscription(session: &Arc<SessionLink>, qos: QoS, id: u32) -> Subscription {
+        Subscription {
+            session: Arc::clone(session),
+            options: SubscriptionOptions {
+                qos,
+                no_local: false,
+                retain_as_published: false,
+                retain_handling: RetainHandling::SendAtSubscribe,
             },
-            shared,
+            identifier: Some(id),
+            receive_cover: None,
         }
+    }
+
+    /// The tree's answer for these (subscription, shared) pairs.
+    fn matched(subscriptions: &[(Subscription, bool)]) -> Vec<Matched<'_>> {
+        subscriptions
+            .iter()
+            .map(|(subscription, shared)| Matched {
+                subscription,
+                shared: *shared,
+            })
+            .collect()
     }
 
     /// (QoS, subscription identifiers) of each copy queued for `session`.
@@ -550,14 +559,17 @@ mod tests {
         // A few matches (scanned) and more than SCAN_UP_TO (indexed): the same copies.
         for extra in [0, SCAN_UP_TO] {
             let (a, b) = (subscriber(1, 100, 100), subscriber(2, 100, 100));
-            let mut matches = vec![
-                matched(&a, QoS::AtMostOnce, 1, false),
-                matched(&b, QoS::AtLeastOnce, 5, false),
-                matched(&a, QoS::ExactlyOnce, 2, false),
+            let mut subscriptions = vec![
+                (subscription(&a, QoS::AtMostOnce, 1), false),
+                (subscription(&b, QoS::AtLeastOnce, 5), false),
+                (subscription(&a, QoS::ExactlyOnce, 2), false),
                 // A shared group's member: its own copy, never merged.
-                matched(&a, QoS::AtLeastOnce, 3, true),
+                (subscription(&a, QoS::AtLeastOnce, 3), true),
             ];
-            matches.extend((0..extra).map(|i| matched(&b, QoS::AtMostOnce, 10 + i as u32, false)));
+            subscriptions.extend(
+                (0..extra).map(|i| (subscription(&b, QoS::AtMostOnce, 10 + i as u32), false)),
+            );
+            let mut matches = matched(&subscriptions);
             let stats = Stats::default();
             deliver(
                 &stats,
@@ -589,17 +601,21 @@ mod tests {
                 let sessions: Vec<_> = (0..count)
                     .map(|i| subscriber(i as u64 + 1, 100, 100))
                     .collect();
-                let mut matches: Vec<Matched> = sessions
+                let mut subscriptions: Vec<(Subscription, bool)> = sessions
                     .iter()
                     .enumerate()
                     .map(|(i, s)| {
                         let qos = [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce][i % 3];
-                        let mut m = matched(s, qos, i as u32 + 1, false);
-                        m.subscription.options.no_local = i == 0;
-                        m
+                        let mut sub = subscription(s, qos, i as u32 + 1);
+                        sub.options.no_local = i == 0;
+                        (sub, false)
                     })
                     .collect();
-                matches.push(matched(&sessions[count - 1], QoS::AtLeastOnce, 99, true));
+                subscriptions.push((
+                    subscription(&sessions[count - 1], QoS::AtLeastOnce, 99),
+                    true,
+                ));
+                let mut matches = matched(&subscriptions);
                 let stats = Stats::default();
                 let from_publisher = Some(sessions[0].id);
                 let batch = &mut Batch::default();

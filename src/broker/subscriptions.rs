@@ -82,11 +82,26 @@ impl Node {
     }
 }
 
-/// A match found by [`SubscriptionTree::collect`].
-pub struct Matched {
-    pub subscription: Subscription,
+/// A match found by [`SubscriptionTree::collect`]: borrowed from the tree, so a
+/// match costs no reference-count update on its session (two atomic operations per
+/// recipient per message, a copy dropped for a lagging subscriber included).
+pub struct Matched<'tree> {
+    pub subscription: &'tree Subscription,
     /// True for the one member chosen from a shared group.
     pub shared: bool,
+}
+
+/// An empty match list that keeps `buffer`'s allocation and outlives the tree's
+/// borrow, so routing one message allocates no list. Collecting a `Vec`'s own
+/// iterator into elements of the same layout reuses its allocation (std's in-place
+/// collection); `filter_map` yields nothing, so no element is converted.
+#[expect(
+    clippy::unnecessary_filter_map,
+    reason = "`filter` cannot change the element type, which is the point"
+)]
+pub fn recycle<'any>(mut buffer: Vec<Matched<'_>>) -> Vec<Matched<'any>> {
+    buffer.clear();
+    buffer.into_iter().filter_map(|_| None).collect()
 }
 
 #[derive(Default)]
@@ -156,7 +171,7 @@ impl SubscriptionTree {
     /// come from more than one filter, since a filter holds one subscription per
     /// session (its subscribers are keyed by session id). Routing merges overlaps
     /// only then.
-    pub fn collect(&mut self, topic: &str, out: &mut Vec<Matched>) -> bool {
+    pub fn collect<'tree>(&'tree mut self, topic: &str, out: &mut Vec<Matched<'tree>>) -> bool {
         let dollar = topic.starts_with('$');
         let mut filters = 0;
         collect_at(&mut self.root, Some(topic), true, dollar, out, &mut filters);
@@ -195,12 +210,12 @@ fn remove_at(node: &mut Node, levels: &[&str], group: Option<&str>, session_id: 
 /// `rest` is what is left of the topic (`None` once every level is consumed); it is
 /// split one level at a time, so routing a message allocates nothing here.
 /// `filters` counts the matching filters with ordinary subscribers.
-fn collect_at(
-    node: &mut Node,
+fn collect_at<'tree>(
+    node: &'tree mut Node,
     rest: Option<&str>,
     root: bool,
     dollar: bool,
-    out: &mut Vec<Matched>,
+    out: &mut Vec<Matched<'tree>>,
     filters: &mut usize,
 ) {
     // Wildcards in the first level never match `$`-topics.
@@ -226,26 +241,42 @@ fn collect_at(
         None => {
             // All levels consumed: this node's subscribers match, and so does a "#"
             // below it ("a/#" matches "a").
-            if let Some(hash) = node.hash.as_deref_mut() {
+            let Node {
+                hash,
+                subscribers,
+                shared,
+                ..
+            } = node;
+            if let Some(hash) = hash.as_deref_mut() {
                 visit_node(hash, out, filters);
             }
-            visit_node(node, out, filters);
+            visit_members(subscribers, shared, out, filters);
         }
     }
 }
 
-fn visit_node(node: &mut Node, out: &mut Vec<Matched>, filters: &mut usize) {
-    if !node.subscribers.is_empty() {
+fn visit_node<'tree>(node: &'tree mut Node, out: &mut Vec<Matched<'tree>>, filters: &mut usize) {
+    visit_members(&node.subscribers, &mut node.shared, out, filters);
+}
+
+/// Adds one node's ordinary subscribers and one chosen member of each shared group.
+fn visit_members<'tree>(
+    subscribers: &'tree HashMap<u64, Subscription>,
+    shared: &'tree mut HashMap<Box<str>, SharedGroup>,
+    out: &mut Vec<Matched<'tree>>,
+    filters: &mut usize,
+) {
+    if !subscribers.is_empty() {
         *filters += 1;
     }
-    out.extend(node.subscribers.values().map(|s| Matched {
-        subscription: s.clone(),
+    out.extend(subscribers.values().map(|subscription| Matched {
+        subscription,
         shared: false,
     }));
-    for group in node.shared.values_mut() {
-        if let Some(chosen) = choose_member(group) {
+    for group in shared.values_mut() {
+        if let Some(subscription) = choose_member(group) {
             out.push(Matched {
-                subscription: chosen.clone(),
+                subscription,
                 shared: true,
             });
         }
@@ -345,6 +376,21 @@ mod tests {
             .prop_filter("a valid filter", |f| {
                 topic::validate_topic_filter(f).is_ok()
             })
+    }
+
+    #[test]
+    fn a_recycled_match_list_is_empty_and_keeps_its_allocation() {
+        let mut tree = SubscriptionTree::default();
+        tree.insert("a/#", None, subscription(1));
+        tree.insert("a/b", None, subscription(2));
+        let mut buffer: Vec<Matched<'static>> = Vec::with_capacity(16);
+        let address = buffer.as_ptr() as usize;
+        let mut matches = std::mem::take(&mut buffer);
+        tree.collect("a/b", &mut matches);
+        assert_eq!(matches.len(), 2);
+        buffer = recycle(matches);
+        assert!(buffer.is_empty());
+        assert_eq!((buffer.as_ptr() as usize, buffer.capacity()), (address, 16));
     }
 
     fn matched_ids(tree: &mut SubscriptionTree, topic_name: &str) -> BTreeSet<u64> {
