@@ -50,7 +50,7 @@ use std::time::{Duration, Instant};
 use moat_protocol::QoS;
 
 use super::denials::DenialKind;
-use super::mailbox::{BurstOver, DropCount, PushOutcome, Standing, nobody_waits_for};
+use super::mailbox::{BurstOver, Dropped, PushOutcome, Standing, nobody_waits_for};
 pub use super::mailbox::{KEEP_UP_FOR, KEEP_UP_MAX};
 use super::session::SessionLink;
 use super::stats::Stats;
@@ -189,17 +189,24 @@ pub async fn wait_for_drain(subscriber: &SessionLink, stats: &Stats) {
 /// [`flush_drops`] (every second, and when the burst or the connection ends), so
 /// a burst costs one lock per drop, not a map update.
 pub fn dropped(stats: &Stats, session: &SessionLink) {
-    counted(stats, session, session.mailbox.drop_count());
+    counted(
+        stats,
+        session,
+        Dropped::Counted(session.mailbox.drop_count()),
+    );
 }
 
-/// Like [`dropped`], for a drop the mailbox has counted already, `drops` its
-/// counters right after it ([`Mailbox::drop_if_full_and_nobody_waits`]: the copy
-/// for a client nobody waits for, dropped under one lock).
+/// Like [`dropped`], for a drop the mailbox has counted already
+/// ([`Mailbox::drop_if_full_and_nobody_waits`]: the copy for a client nobody waits
+/// for, dropped before it was built). Only the first drop of a burst is logged, and
+/// a drop counted without the lock is never the first.
 ///
 /// [`Mailbox::drop_if_full_and_nobody_waits`]: super::mailbox::Mailbox::drop_if_full_and_nobody_waits
-pub fn counted(stats: &Stats, session: &SessionLink, drops: DropCount) {
+pub fn counted(stats: &Stats, session: &SessionLink, dropped: Dropped) {
     stats.dropped(1);
-    if drops.burst == 1 {
+    if let Dropped::Counted(drops) = dropped
+        && drops.burst == 1
+    {
         let (queued, bytes, inflight) = session.mailbox.depth();
         tracing::warn!(
             client_id = %session.client_id,

@@ -6,7 +6,7 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, Ordering};
 use std::time::Instant;
 
 use tokio::sync::Notify;
@@ -46,6 +46,37 @@ pub struct DropCount {
     /// In the current burst (since the queue last drained to half).
     pub burst: u64,
 }
+
+/// A copy dropped by [`Mailbox::drop_if_full_and_nobody_waits`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dropped {
+    /// Counted under the lock: the counters right after it.
+    Counted(DropCount),
+    /// Counted without the lock, inside a burst whose first drop was counted (and
+    /// logged) under it: folded into the counters by the next look at them.
+    InBurst,
+}
+
+/// How far [`Mailbox::drop_if_full_and_nobody_waits`] may go for the next copy
+/// (`Mailbox::armed`). Only a drop under the lock raises it; whatever could make
+/// room lowers it.
+mod armed {
+    /// A copy goes through `push`.
+    pub const NO: u8 = 0;
+    /// The previous copy was dropped for a client nobody waits for: look under the
+    /// lock whether this one is too.
+    pub const LOOK: u8 = 1;
+    /// Full by message count, online, and its socket not taking what it was sent:
+    /// a QoS 0 copy is dropped without the lock.
+    pub const DROP_QOS0: u8 = 2;
+    /// Full by message count, online, and lagging: any copy is dropped without the
+    /// lock.
+    pub const DROP_ANY: u8 = 3;
+}
+
+/// Copies dropped without the lock that are folded into the counters at once
+/// rather than at the next look: far below `u32::MAX`, so the count never wraps.
+const FOLD_AT: u32 = 1 << 30;
 
 /// What happened to a pushed message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -207,9 +238,16 @@ pub struct Mailbox {
     writer_blocked: AtomicBool,
     /// A push was dropped while the client was lagging, or (QoS 0) while its socket
     /// was not taking what it was sent: the next copies for it are likely dropped
-    /// too, so [`Mailbox::drop_if_full_and_nobody_waits`] looks under the lock. Set and
-    /// cleared by drops and drains; a hint only, checked under the lock.
-    full_and_nobody_waits: AtomicBool,
+    /// too, so [`Mailbox::drop_if_full_and_nobody_waits`] looks at them first (an
+    /// [`armed`] level). Raised by drops under the lock; lowered under the lock by
+    /// a drain that makes room, going offline, new limits or a bridge's
+    /// keep-newest, and by the client's socket taking data again.
+    armed: AtomicU8,
+    /// Copies dropped without the lock ([`armed::DROP_ANY`], [`armed::DROP_QOS0`])
+    /// that the counters in [`Rare`] do not have yet: [`Mailbox::lock`] folds them
+    /// in, so whoever reads the counters sees them. 32 bits keep the mailbox at its
+    /// size (issue 16, idle memory); [`FOLD_AT`] keeps them from wrapping.
+    unlocked_drops: AtomicU32,
 }
 
 impl Mailbox {
@@ -227,14 +265,53 @@ impl Mailbox {
             }),
             notify: Notify::new(),
             writer_blocked: AtomicBool::new(false),
-            full_and_nobody_waits: AtomicBool::new(false),
+            armed: AtomicU8::new(armed::NO),
+            unlocked_drops: AtomicU32::new(0),
         }
     }
 
+    #[inline]
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         // A panic while holding this lock would be a bug in this module; the state
         // stays consistent between statements, so keep serving rather than poison.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if self.unlocked_drops.load(Ordering::Relaxed) != 0 {
+            self.fold_unlocked_drops(&mut s);
+        }
+        s
+    }
+
+    /// Adds copies dropped without the lock to the counters. They belong to the
+    /// burst they were dropped in; one that a drain has ended since keeps them out
+    /// of the next (whose first drop is the one logged).
+    #[inline(never)]
+    fn fold_unlocked_drops(&self, s: &mut State) {
+        let dropped = u64::from(self.unlocked_drops.swap(0, Ordering::Relaxed));
+        let rare = s.rare();
+        rare.dropped += dropped;
+        rare.unrecorded += dropped;
+        if rare.burst > 0 {
+            rare.burst += dropped;
+        }
+    }
+
+    /// Lowers [`Mailbox::armed`]: called under the lock by whatever may make room
+    /// or change who waits, before it does.
+    fn disarm(&self) {
+        self.armed.store(armed::NO, Ordering::Relaxed);
+    }
+
+    /// Raises [`Mailbox::armed`] after a copy for `s` was dropped, under the lock,
+    /// for a client nobody waits for (`lagging`, or else its socket is full).
+    fn arm(&self, s: &State, lagging: bool) {
+        let full_by_count = s.queue.len() + s.staged_len() >= s.limits.max_messages();
+        let keep_newest = s.rare.as_ref().is_some_and(|rare| rare.keep_newest);
+        let level = match (full_by_count && s.online && !keep_newest, lagging) {
+            (true, true) => armed::DROP_ANY,
+            (true, false) => armed::DROP_QOS0,
+            (false, _) => armed::LOOK,
+        };
+        self.armed.store(level, Ordering::Relaxed);
     }
 
     pub fn is_online(&self) -> bool {
@@ -245,6 +322,7 @@ impl Mailbox {
     /// in-flight window is resent first.
     pub fn set_online(&self, online: bool, limits: QueueLimits) {
         let mut s = self.lock();
+        self.disarm();
         s.online = online;
         s.limits = limits.into();
         if online {
@@ -286,8 +364,9 @@ impl Mailbox {
             };
             let Some(oldest) = oldest else {
                 count_drop(rare, message.topic());
-                if nobody_waits_for(rare.lag.is_lagging(), message.qos, self.writer_blocked()) {
-                    self.full_and_nobody_waits.store(true, Ordering::Relaxed);
+                let lagging = rare.lag.is_lagging();
+                if nobody_waits_for(lagging, message.qos, self.writer_blocked()) {
+                    self.arm(s, lagging);
                 }
                 return (PushOutcome::DroppedFull, 0);
             };
@@ -340,23 +419,33 @@ impl Mailbox {
 
     /// Drops a copy of a message (`cost` as [`Message::cost`], `qos` as it would be
     /// delivered) for a client whose queue is full and who nobody waits for, without
-    /// the copy being built: counted as [`Mailbox::push`] counts a drop, under one
-    /// lock. Nobody waits for a lagging client, nor, at QoS 0, for one whose socket
-    /// is not taking what it was sent (`backpressure`): without this, such a client
-    /// that was never found lagging cost every message a full push, its drop count
-    /// and the crowding bookkeeping (issue 16, QoS 0 isolation). `None` when the copy
-    /// must go through `push` (someone may wait for the client, its queue has room,
-    /// it keeps the newest, or it is offline and the copy is QoS 0). Only a queue
-    /// whose previous push was dropped that way is looked at: a delivery to any
-    /// other costs one relaxed load.
+    /// the copy being built: counted as [`Mailbox::push`] counts a drop. Nobody waits
+    /// for a lagging client, nor, at QoS 0, for one whose socket is not taking what
+    /// it was sent (`backpressure`): without this, such a client that was never
+    /// found lagging cost every message a full push, its drop count and the
+    /// crowding bookkeeping (issue 16, QoS 0 isolation). `None` when the copy must
+    /// go through `push` (someone may wait for the client, its queue has room, it
+    /// keeps the newest, or it is offline and the copy is QoS 0).
+    ///
+    /// Only a queue whose previous push was dropped that way is looked at: a
+    /// delivery to any other costs one relaxed load. When that drop found the queue
+    /// full by count (which only a drain, going offline or new limits undo, and
+    /// they disarm this first), the copy is counted without the lock: the lock and
+    /// the bookkeeping were most of what a lagging subscriber cost every message
+    /// (BENCHMARKS.md, QoS 0 isolation). Such drops are attributed to the topic of
+    /// the burst's latest drop under the lock, as the denial counts already take a
+    /// second's drops under one topic.
     pub fn drop_if_full_and_nobody_waits(
         &self,
         topic: &Arc<str>,
         cost: usize,
         qos: QoS,
-    ) -> Option<DropCount> {
-        if !self.full_and_nobody_waits.load(Ordering::Relaxed) {
-            return None;
+    ) -> Option<Dropped> {
+        match self.armed.load(Ordering::Relaxed) {
+            armed::NO => return None,
+            armed::DROP_ANY => return Some(self.drop_unlocked()),
+            armed::DROP_QOS0 if qos == QoS::AtMostOnce => return Some(self.drop_unlocked()),
+            _ => {}
         }
         let mut s = self.lock();
         let full = s.queue.len() + s.staged_len() >= s.limits.max_messages()
@@ -369,16 +458,29 @@ impl Mailbox {
                 && !rare.keep_newest
         });
         let Some(rare) = unwaited else {
-            self.full_and_nobody_waits.store(false, Ordering::Relaxed);
+            self.disarm();
             return None;
         };
-        Some(count_drop(rare, topic))
+        let drops = count_drop(rare, topic);
+        let lagging = rare.lag.is_lagging();
+        self.arm(&s, lagging);
+        Some(Dropped::Counted(drops))
+    }
+
+    fn drop_unlocked(&self) -> Dropped {
+        if self.unlocked_drops.fetch_add(1, Ordering::Relaxed) >= FOLD_AT {
+            // A client nobody drains or looks at for billions of copies: fold now.
+            drop(self.lock());
+        }
+        Dropped::InBurst
     }
 
     /// At the cap, drop the oldest queued message rather than the new one (a bridge's
     /// queue: what is newest matters most to whoever reads it later).
     pub fn keep_newest(&self) {
-        self.lock().rare().keep_newest = true;
+        let mut s = self.lock();
+        self.disarm();
+        s.rare().keep_newest = true;
     }
 
     /// Durable queue positions of messages evicted since the last call.
@@ -409,6 +511,7 @@ impl Mailbox {
     /// order) and its in-flight window (resent first on the next connection).
     pub fn restore(&self, queued: Vec<Message>, inflight: Vec<(u16, InFlight)>) {
         let mut s = self.lock();
+        self.disarm();
         let last_seq = queued.iter().map(|m| m.seq).max().unwrap_or(0);
         if last_seq > 0 {
             s.rare().last_seq = last_seq;
@@ -437,6 +540,7 @@ impl Mailbox {
     pub fn drain(&self, now: Instant, out: &mut Vec<Outbound>) -> Option<BurstOver> {
         let mut s = self.lock();
         let queued_before = s.queue.len();
+
         if s.resend_pending {
             s.resend_pending = false;
             for (packet_id, entry) in &s.inflight {
@@ -455,6 +559,10 @@ impl Mailbox {
         while let Some(front) = s.queue.front() {
             if front.qos != QoS::AtMostOnce && is_window_full(&s) {
                 break;
+            }
+            if s.queue.len() == queued_before {
+                // Room is made from here: no copy is dropped without a look.
+                self.disarm();
             }
             let Some(message) = s.queue.pop_front() else {
                 break;
@@ -505,9 +613,6 @@ impl Mailbox {
             s.queue.shrink_to_fit();
         }
         drop(s);
-        if made_room {
-            self.full_and_nobody_waits.store(false, Ordering::Relaxed);
-        }
         if let Some(room) = room {
             room.notify_waiters();
         }
@@ -604,6 +709,17 @@ impl Mailbox {
     /// Set by the connection while a write waits for the client's socket.
     pub fn set_writer_blocked(&self, blocked: bool) {
         self.writer_blocked.store(blocked, Ordering::Relaxed);
+        if !blocked {
+            // Its QoS 0 copies may be waited for again: look under the lock. (A drop
+            // under the lock that read `blocked` before this may still raise it; the
+            // next drain lowers it, and the copies it drops meanwhile did not fit.)
+            let _ = self.armed.compare_exchange(
+                armed::DROP_QOS0,
+                armed::LOOK,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
+        }
     }
 
     /// The client is behind (see `broker::backpressure`): nobody waits for it until

@@ -326,12 +326,16 @@ fn settling_a_batch_is_settling_each_in_turn() {
     assert_eq!(left, [(3, true), (5, false), (6, true), (7, false)]);
 }
 
-#[test]
-fn a_full_qos_0_queue_whose_client_is_not_reading_drops_under_one_lock() {
+/// An online mailbox of 2 messages, the topic of [`msg`] and a copy's cost.
+fn online_queue_of_two() -> (Mailbox, Arc<str>, usize) {
     let mb = Mailbox::new(limits(2, 10));
     mb.set_online(true, limits(2, 10));
-    let topic: Arc<str> = Arc::from("t");
-    let cost = msg(QoS::AtMostOnce, b"x").cost();
+    (mb, Arc::from("t"), msg(QoS::AtMostOnce, b"x").cost())
+}
+
+#[test]
+fn a_full_qos_0_queue_whose_client_is_not_reading_drops_before_the_copy_is_built() {
+    let (mb, topic, cost) = online_queue_of_two();
     mb.push(msg(QoS::AtMostOnce, b"a"));
     mb.push(msg(QoS::AtMostOnce, b"b"));
     // Full, never found lagging, its socket taking what it is sent: the copy goes
@@ -345,15 +349,16 @@ fn a_full_qos_0_queue_whose_client_is_not_reading_drops_under_one_lock() {
         None
     );
     // Its socket is full: nobody waits for it at QoS 0, so the drop arms the check,
-    // and the next QoS 0 copy is dropped and counted before it is built.
+    // and the next QoS 0 copy is dropped before it is built, without the lock (the
+    // queue is full by count), and counted by the next look at the counters.
     mb.set_writer_blocked(true);
     assert_eq!(
         mb.push(msg(QoS::AtMostOnce, b"d")),
         PushOutcome::DroppedFull
     );
     let drops = mb.drop_if_full_and_nobody_waits(&topic, cost, QoS::AtMostOnce);
-    assert_eq!(drops, Some(DropCount { total: 3, burst: 3 }));
-    assert_eq!(mb.dropped().total, 3);
+    assert_eq!(drops, Some(Dropped::InBurst));
+    assert_eq!((mb.dropped().total, mb.dropped().burst), (3, 3));
     // A QoS 1 copy may be waited for: it goes through `push`, and disarms the check.
     assert_eq!(
         mb.drop_if_full_and_nobody_waits(&topic, cost, QoS::AtLeastOnce),
@@ -438,4 +443,151 @@ fn a_burst_names_the_topic_of_its_latest_drop() {
         assert_eq!(mb.dropped().topic.as_deref(), Some(latest));
     }
     assert_eq!((mb.dropped().total, mb.dropped().burst), (4, 4));
+}
+
+/// A mailbox of 2 whose client is lagging, full, with the drop that armed the
+/// check counted.
+fn lagging_and_full() -> Mailbox {
+    let (mb, _, _) = online_queue_of_two();
+    mb.mark_lagging();
+    mb.push(msg(QoS::AtLeastOnce, b"a"));
+    mb.push(msg(QoS::AtLeastOnce, b"b"));
+    assert_eq!(
+        mb.push(msg(QoS::AtLeastOnce, b"c")),
+        PushOutcome::DroppedFull
+    );
+    mb
+}
+
+#[test]
+fn drops_without_the_lock_reach_every_counter_and_end_with_the_burst() {
+    let mb = lagging_and_full();
+    let topic: Arc<str> = Arc::from("t");
+    let cost = msg(QoS::AtLeastOnce, b"x").cost();
+    for qos in [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce] {
+        assert_eq!(
+            mb.drop_if_full_and_nobody_waits(&topic, cost, qos),
+            Some(Dropped::InBurst)
+        );
+    }
+    assert_eq!(mb.drop_count(), DropCount { total: 4, burst: 4 });
+    assert_eq!(mb.take_unrecorded_drops(), 4);
+    // One more without the lock, then a drain that makes room ends the burst with
+    // every drop in it, and disarms: the next copy is built and queued.
+    mb.drop_if_full_and_nobody_waits(&topic, cost, QoS::AtLeastOnce);
+    let mut out = Vec::new();
+    let over = mb.drain(Instant::now(), &mut out);
+    assert_eq!(over.map(|over| over.dropped), Some(5));
+    assert_eq!(out.len(), 2);
+    assert_eq!(
+        mb.drop_if_full_and_nobody_waits(&topic, cost, QoS::AtLeastOnce),
+        None
+    );
+    assert_eq!(mb.push(msg(QoS::AtLeastOnce, b"d")), PushOutcome::Queued);
+    assert_eq!(mb.take_unrecorded_drops(), 1);
+}
+
+#[test]
+fn a_drop_without_the_lock_after_its_burst_ended_is_counted_but_starts_no_burst() {
+    let mb = lagging_and_full();
+    let topic: Arc<str> = Arc::from("t");
+    let cost = msg(QoS::AtLeastOnce, b"x").cost();
+    // A router read the armed level before the drain lowered it: its drop lands
+    // after the burst ended.
+    mb.drain(Instant::now(), &mut Vec::new());
+    mb.armed.store(armed::DROP_ANY, Ordering::Relaxed);
+    mb.drop_if_full_and_nobody_waits(&topic, cost, QoS::AtLeastOnce);
+    assert_eq!(mb.drop_count(), DropCount { total: 2, burst: 0 });
+    // So the next burst's first drop is the one counted (and logged) as first.
+    mb.disarm();
+    for payload in [b"d", b"e"] {
+        mb.push(msg(QoS::AtLeastOnce, payload));
+    }
+    assert_eq!(
+        mb.push(msg(QoS::AtLeastOnce, b"f")),
+        PushOutcome::DroppedFull
+    );
+    assert_eq!(mb.drop_count(), DropCount { total: 3, burst: 1 });
+}
+
+#[test]
+fn what_could_make_room_disarms_drops_without_the_lock() {
+    let topic: Arc<str> = Arc::from("t");
+    let cost = msg(QoS::AtLeastOnce, b"x").cost();
+    type Change = fn(&Mailbox);
+    let changes: [(&str, Change); 3] = [
+        ("offline", |mb| mb.set_online(false, limits(2, 10))),
+        ("new limits", |mb| mb.set_online(true, limits(8, 10))),
+        ("keep newest", |mb| mb.keep_newest()),
+    ];
+    for (change, apply) in changes {
+        let mb = lagging_and_full();
+        apply(&mb);
+        assert_ne!(
+            mb.drop_if_full_and_nobody_waits(&topic, cost, QoS::AtLeastOnce),
+            Some(Dropped::InBurst),
+            "{change}"
+        );
+        assert_eq!(mb.drop_count().total, 1, "{change}");
+    }
+}
+
+#[test]
+fn a_socket_taking_data_again_stops_qos_0_drops_without_the_lock() {
+    let (mb, topic, cost) = online_queue_of_two();
+    mb.set_writer_blocked(true);
+    for payload in [b"a", b"b", b"c"] {
+        mb.push(msg(QoS::AtMostOnce, payload));
+    }
+    assert_eq!(
+        mb.drop_if_full_and_nobody_waits(&topic, cost, QoS::AtMostOnce),
+        Some(Dropped::InBurst)
+    );
+    mb.set_writer_blocked(false);
+    // Looked at under the lock: someone may wait for it now, so `push` takes it.
+    assert_eq!(
+        mb.drop_if_full_and_nobody_waits(&topic, cost, QoS::AtMostOnce),
+        None
+    );
+    assert_eq!(mb.drop_count(), DropCount { total: 2, burst: 2 });
+}
+
+#[test]
+fn drops_without_the_lock_from_many_threads_are_all_counted() {
+    let mb = Arc::new(lagging_and_full());
+    let topic: Arc<str> = Arc::from("t");
+    let cost = msg(QoS::AtLeastOnce, b"x").cost();
+    let (threads, each) = (4, 5_000u64);
+    let routers: Vec<_> = (0..threads)
+        .map(|_| {
+            let (mb, topic) = (Arc::clone(&mb), Arc::clone(&topic));
+            std::thread::spawn(move || {
+                (0..each)
+                    .filter(|_| {
+                        mb.drop_if_full_and_nobody_waits(&topic, cost, QoS::AtLeastOnce)
+                            == Some(Dropped::InBurst)
+                    })
+                    .count() as u64
+            })
+        })
+        .collect();
+    // Readers fold while the routers drop.
+    let mut recorded = 0;
+    for _ in 0..200 {
+        recorded += mb.take_unrecorded_drops();
+    }
+    let dropped: u64 = routers
+        .into_iter()
+        .map(|router| router.join().unwrap_or(0))
+        .sum();
+    assert_eq!(dropped, threads * each);
+    recorded += mb.take_unrecorded_drops();
+    assert_eq!(recorded, 1 + dropped);
+    assert_eq!(
+        mb.drop_count(),
+        DropCount {
+            total: 1 + dropped,
+            burst: 1 + dropped
+        }
+    );
 }
