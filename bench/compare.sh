@@ -513,7 +513,21 @@ order_for() { # round -> the brokers, rotated by round
   echo "$out"
 }
 
+# The machine's own stalls, on each core with no broker up (bench/host_stalls.py), at
+# the start and the end: a latency maximum near them is the host's.
+host_stalls() { # before|after
+  local core pids=()
+  for core in $(seq 0 $((CPUS - 1))); do
+    python3 "$(dirname "$0")/host_stalls.py" "$core" "$STALL_SECONDS" "$1" >>"$RESULTS" &
+    pids+=($!)
+  done
+  wait "${pids[@]}"
+}
+STALL_SECONDS=10
+[ "$QUICK" = 1 ] && STALL_SECONDS=2
+
 STARTED=$(date +%s)
+host_stalls before
 # The commit measured: read now, not when the report is written (the checkout may
 # move during a long run).
 MOAT_COMMIT=$(cd "$(dirname "$0")" && git rev-parse --short HEAD 2>/dev/null || echo '?')
@@ -630,6 +644,7 @@ PY
   XC_MOSQ=$(cross_check "${PORT[mosquitto-plain]}")
   stop_broker moat; stop_broker mosquitto
 fi
+host_stalls after
 ELAPSED=$(( $(date +%s) - STARTED ))
 
 # ---------------------------------------------------------------- report

@@ -85,6 +85,19 @@ def steal_note(mode):
             f"{again} run(s) measured again because the host stole more than the limit during them.")
 
 
+def stalls_note():
+    """The host's own stalls per core (bench/host_stalls.py), before and after the runs."""
+    probes = [r for r in rows if r["scenario"] == "host-stalls"]
+    if not probes:
+        return ""
+    parts = [f"{r['when']}, core {r['core']}: {r['gaps']} ({r['gaps_over_2ms']} over 2 ms), "
+             f"longest {r['longest_us'] / 1000:.1f} ms" for r in probes]
+    seconds, threshold = probes[0]["seconds"], probes[0]["threshold_us"]
+    return (f"\nHost stalls with no broker up (a busy loop on each core for {seconds:g} s, gaps over "
+            f"{threshold:g} us between its clock reads; core 0 is the broker's when pinned): "
+            + "; ".join(parts) + ". A latency maximum near the longest is the machine's.")
+
+
 def table(mode, brokers):
     cells, order = {}, []
     for r in rows:
@@ -300,6 +313,8 @@ for mode, n in (("pinned", rounds), ("unpinned", unpinned_rounds)):
     if repeated:
         out.append(f"\nRun more than once a round, medians of all their runs: {', '.join(repeated)}.\n")
     if note := steal_note(mode):
+        out.append(note)
+    if mode == "pinned" and (note := stalls_note()):
         out.append(note)
     if any(r["mode"] == mode and r["name"].startswith("isolation") for r in rows):
         runs = max(sum(1 for r in rows if r["mode"] == mode and r["broker"] == b
