@@ -24,7 +24,7 @@ use std::task::{Context, Poll, ready};
 use rustls::server::UnbufferedServerConnection;
 use rustls::unbuffered::{AppDataRecord, ConnectionState, UnbufferedStatus};
 use rustls::{ServerConfig, SignatureScheme};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, Interest, ReadBuf};
 use tokio::net::TcpStream;
 
 use super::send_buffer::{FramedWrite, SendBuffer, poll_flush_framed, poll_write_framed};
@@ -282,8 +282,25 @@ impl TlsStream {
             self.incoming.drain(..self.discarded);
             self.discarded = 0;
             reserve_read_space(&mut self.incoming)?;
-            match self.tcp.try_read_buf(&mut self.incoming) {
+            let space = self.incoming.capacity() - self.incoming.len();
+            let (tcp, incoming) = (&self.tcp, &mut self.incoming);
+            let mut read = 0;
+            // A read that left room has drained the socket (epoll is edge-triggered),
+            // so its readiness is cleared with it, as tokio's own `poll_read` does:
+            // no second read only to hear WouldBlock, once per message at low rates.
+            // Inside `try_io`, readiness that arrived during the read is kept.
+            let outcome = tcp.try_io(Interest::READABLE, || {
+                read = tcp.try_read_buf(incoming)?;
+                if read > 0 && read < space {
+                    return Err(io::ErrorKind::WouldBlock.into());
+                }
+                Ok(read)
+            });
+            match outcome {
                 Ok(n) => return Poll::Ready(Ok(n)),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock && read > 0 => {
+                    return Poll::Ready(Ok(read));
+                }
                 // Readiness was stale; poll_read_ready registers for the next.
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     if self.incoming.is_empty() {

@@ -462,3 +462,23 @@ async fn split_hello_and_partial_records() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_read_that_drains_the_socket_clears_its_readiness() {
+    within(async {
+        let (mut server, _, mut client) = pair(client_config(TLS13, false, true)).await;
+        client.write_all(b"ping").await.unwrap();
+        client.flush().await.unwrap();
+        server.tcp.readable().await.unwrap();
+        let n = poll_fn(|cx| server.poll_fill(cx)).await.unwrap();
+        assert!(n > 0 && n < server.incoming.capacity(), "read {n} bytes");
+        // The short read said the socket is empty: no read is left to learn it.
+        let probe = server.tcp.try_io(Interest::READABLE, || Ok(()));
+        assert_eq!(probe.map_err(|e| e.kind()), Err(io::ErrorKind::WouldBlock));
+        // What arrives afterwards still wakes the reader.
+        client.write_all(b"pong").await.unwrap();
+        client.flush().await.unwrap();
+        assert_eq!(read_small(&mut server, 8).await, b"pingpong");
+    })
+    .await;
+}
