@@ -309,9 +309,9 @@ SCENARIOS=(
 # Q1_FAN_IN_RUNS times a round, the repeats after the other rows, and the report
 # takes the median of all.
 for _ in $(seq 2 "$Q1_FAN_IN_RUNS"); do SCENARIOS+=("${SCENARIOS[1]}"); done
-# The p99 at 1 000 msg/s is the 50th-slowest of 5 000 samples: one run's moved
-# 156-190 us for one broker in one run of this script, more than the brokers differ
-# (BENCHMARKS.md, "What is not met"). Each latency row runs LATENCY_RUNS times a round,
+# The p99 at 1 000 msg/s is the 50th-slowest of 5 000 samples: Mosquitto's moved
+# 156-177 us between the rounds of one run of this script on a quiet host, more than
+# the brokers differed (BENCHMARKS.md, "What is not met"). Each latency row runs LATENCY_RUNS times a round,
 # the repeats last, and the report takes the median of all.
 for _ in $(seq 2 "$LATENCY_RUNS"); do SCENARIOS+=("${SCENARIOS[6]}" "${SCENARIOS[7]}"); done
 # Isolation: the fast subscriber alone and with one more subscriber on the same
