@@ -294,26 +294,33 @@ else
   WIN="--duration 3s --warmup 1s"; LWIN="--duration 5s --warmup 1s"; MQ_DUR=5
 fi
 # name|transport|moat-bench arguments. Every flow run reads the broker's CPU time.
+Q1_FAN_IN="fan-in 8->1 q1|tls|fan-in --publishers 8 --qos 1 --payload 64 $WIN"
+LATENCY=(
+  "latency 1000/s q0|tls|latency --rate 1000 --qos 0 --payload 64 $LWIN"
+  "latency 1000/s q1|tls|latency --rate 1000 --qos 1 --payload 64 $LWIN"
+)
 SCENARIOS=(
   "fan-in 8->1 q0|tls|fan-in --publishers 8 --qos 0 --payload 64 $WIN"
-  "fan-in 8->1 q1|tls|fan-in --publishers 8 --qos 1 --payload 64 $WIN"
+  "$Q1_FAN_IN"
   "fan-out 1->8 q0|tls|fan-out --subscribers 8 --qos 0 --payload 64 $WIN"
   "fan-out 1->8 q1|tls|fan-out --subscribers 8 --qos 1 --payload 64 $WIN"
   "fan-out 1->100 q0|tls|fan-out --subscribers 100 --qos 0 --payload 64 $WIN"
   "fan-out 1->100 q1|tls|fan-out --subscribers 100 --qos 1 --payload 64 $WIN"
-  "latency 1000/s q0|tls|latency --rate 1000 --qos 0 --payload 64 $LWIN"
-  "latency 1000/s q1|tls|latency --rate 1000 --qos 1 --payload 64 $LWIN"
+  "${LATENCY[@]}"
 )
-# The QoS 1 fan-in's CPU per delivery moved 3.3-4.7 us between runs of one build on
-# this machine against a 4 us target (BENCHMARKS.md, "What is not met"): its row runs
-# Q1_FAN_IN_RUNS times a round, the repeats after the other rows, and the report
-# takes the median of all.
-for _ in $(seq 2 "$Q1_FAN_IN_RUNS"); do SCENARIOS+=("${SCENARIOS[1]}"); done
-# The p99 at 1 000 msg/s is the 50th-slowest of 5 000 samples: Mosquitto's moved
-# 156-177 us between the rounds of one run of this script on a quiet host, more than
-# the brokers differed (BENCHMARKS.md, "What is not met"). Each latency row runs LATENCY_RUNS times a round,
-# the repeats last, and the report takes the median of all.
-for _ in $(seq 2 "$LATENCY_RUNS"); do SCENARIOS+=("${SCENARIOS[6]}" "${SCENARIOS[7]}"); done
+# Rows too noisy for one run a round run RUNS times, the repeats after the other
+# rows, and the report takes the median of all (BENCHMARKS.md, "What is not met"):
+# - the QoS 1 fan-in's CPU per delivery moved 3.3-4.7 us between runs of one build
+#   on this machine against a 4 us target;
+# - the p99 at 1 000 msg/s is the 50th-slowest of 5 000 samples: Mosquitto's moved
+#   156-177 us between the rounds of one run on a quiet host, more than the brokers
+#   differed.
+repeat_rows() { # RUNS spec...
+  local runs=$1; shift
+  for _ in $(seq 2 "$runs"); do SCENARIOS+=("$@"); done
+}
+repeat_rows "$Q1_FAN_IN_RUNS" "$Q1_FAN_IN"
+repeat_rows "$LATENCY_RUNS" "${LATENCY[@]}"
 # Isolation: the fast subscriber alone and with one more subscriber on the same
 # topics that reads at most SLOW_RATE messages/s. Its rate with publishers going as
 # fast as they can; its latency at OFFERED messages/s, a load every broker here
