@@ -26,7 +26,8 @@
 #   --iso-pairs N        isolation rate pairs (alone, + slow) per pinned round
 #                        (default 5)
 #   --q1-fan-in-runs N   runs of the QoS 1 fan-in row per round (default 3)
-#   --latency-runs N     runs of each 1 000 msg/s latency row per round (default 3)
+#   --latency-runs N     1 000 msg/s latency runs of each broker per round, the
+#                        brokers alternating run by run (default 3)
 #   --modes LIST         pinned,unpinned (default both)
 #   --unpinned-all       every scenario unpinned too (default there: the fan-in and
 #                        fan-out rows of both generators, no latency or isolation)
@@ -306,21 +307,19 @@ SCENARIOS=(
   "fan-out 1->8 q1|tls|fan-out --subscribers 8 --qos 1 --payload 64 $WIN"
   "fan-out 1->100 q0|tls|fan-out --subscribers 100 --qos 0 --payload 64 $WIN"
   "fan-out 1->100 q1|tls|fan-out --subscribers 100 --qos 1 --payload 64 $WIN"
-  "${LATENCY[@]}"
 )
-# Rows too noisy for one run a round run RUNS times, the repeats after the other
-# rows, and the report takes the median of all (BENCHMARKS.md, "What is not met"):
-# - the QoS 1 fan-in's CPU per delivery moved 3.3-4.7 us between runs of one build
-#   on this machine against a 4 us target;
-# - the p99 at 1 000 msg/s is the 50th-slowest of 5 000 samples: Mosquitto's moved
-#   156-177 us between the rounds of one run on a quiet host, more than the brokers
-#   differed.
-repeat_rows() { # RUNS spec...
-  local runs=$1; shift
-  for _ in $(seq 2 "$runs"); do SCENARIOS+=("$@"); done
-}
-repeat_rows "$Q1_FAN_IN_RUNS" "$Q1_FAN_IN"
-repeat_rows "$LATENCY_RUNS" "${LATENCY[@]}"
+# The QoS 1 fan-in's CPU per delivery moved 3.3-4.7 us between runs of one build on
+# this machine against a 4 us target: it runs Q1_FAN_IN_RUNS times a round, the
+# repeats after the other rows, and the report takes the median of all.
+for _ in $(seq 2 "$Q1_FAN_IN_RUNS"); do SCENARIOS+=("$Q1_FAN_IN"); done
+# The latency rows run in a phase of their own after each pinned round's other rows:
+# LATENCY_RUNS times, each time every broker once (started for it, both rows, stopped),
+# in an order rotated each time. A p99 is the 50th-slowest of 5 000 samples and
+# follows the host's moment: each broker's p99 rose with the steal during its run,
+# and when one broker's runs came in one block, minutes from the other's, one
+# broker drew most of a busy spell (BENCHMARKS.md, "What is not met"). Run by run,
+# the k-th runs of the brokers are minutes apart at most, and the report also gives
+# the median of their pairs' ratios.
 # Isolation: the fast subscriber alone and with one more subscriber on the same
 # topics that reads at most SLOW_RATE messages/s. Its rate with publishers going as
 # fast as they can; its latency at OFFERED messages/s, a load every broker here
@@ -349,8 +348,8 @@ MQTTV5_SCENARIOS=(
 )
 # What goes on the wire and through the broker's system calls (pinned, round 1).
 WIRE=(
-  "fan-in 8->1 q0|tls|fan-in --publishers 8 --qos 0 --payload 64 $WIN"
-  "fan-out 1->8 q0|tls|fan-out --subscribers 8 --qos 0 --payload 64 $WIN"
+  "wire: fan-in 8->1 q0|tls|fan-in --publishers 8 --qos 0 --payload 64 $WIN"
+  "wire: fan-out 1->8 q0|tls|fan-out --subscribers 8 --qos 0 --payload 64 $WIN"
 )
 # Subscribers with persistent sessions: every QoS 1 message must be stored for them.
 DURABLE=(
@@ -375,9 +374,13 @@ target_args() { # broker transport
 }
 
 MODE=""
+# The latency phase's k-th alternation of a round, which pairs the brokers' runs.
+LATENCY_PASS=0
 record() { # broker name transport round json [generator]
   jq -c --arg b "$1" --arg n "$2" --arg t "$3" --argjson r "$4" --arg m "$MODE" --arg g "${6:-moat-bench}" \
-    '. + {broker: $b, name: $n, transport: $t, round: $r, mode: $m, generator: $g}' <<<"$5" >> "$RESULTS"
+    --argjson pass "$LATENCY_PASS" \
+    '. + {broker: $b, name: $n, transport: $t, round: $r, mode: $m, generator: $g}
+       + (if $pass > 0 then {latency_pass: $pass} else {} end)' <<<"$5" >> "$RESULTS"
 }
 
 # Host steal: field 9 of /proc/stat's "cpu" line, the time this VM's CPUs were ready
@@ -520,6 +523,16 @@ run_bench_counting_syscalls() { # broker name transport round args...
   fi
 }
 
+# Runs "name|transport|arguments" specs one after the other against a broker.
+run_specs() { # runner broker round spec...
+  local runner=$1 broker=$2 round=$3 spec name transport args; shift 3
+  for spec in "$@"; do
+    IFS='|' read -r name transport args <<<"$spec"
+    # shellcheck disable=SC2086
+    "$runner" "$broker" "$name" "$transport" "$round" $args
+  done
+}
+
 order_for() { # round -> the brokers, rotated by round
   local -a list
   read -r -a list <<<"$BROKERS"
@@ -569,14 +582,20 @@ for MODE in ${MODES//,/ }; do
         done
       fi
       if [ "$MODE" = pinned ] && [ "$round" = 1 ]; then
-        for spec in "${WIRE[@]}"; do
-          IFS='|' read -r name transport args <<<"$spec"
-          # shellcheck disable=SC2086
-          run_bench_counting_syscalls "$broker" "wire: $name" "$transport" "$round" $args
-        done
+        run_specs run_bench_counting_syscalls "$broker" "$round" "${WIRE[@]}"
       fi
       stop_broker "$broker"
     done
+    if [ "$MODE" = pinned ] || [ "$UNPINNED_ALL" = 1 ]; then
+      for LATENCY_PASS in $(seq 1 "$LATENCY_RUNS"); do
+        for broker in $(order_for $((round + LATENCY_PASS - 1))); do
+          start_broker "$broker"
+          run_specs run_bench "$broker" "$round" "${LATENCY[@]}"
+          stop_broker "$broker"
+        done
+      done
+      LATENCY_PASS=0
+    fi
   done
 done
 
@@ -602,11 +621,7 @@ if [ "$EXTRAS" = 1 ]; then
   done
   for broker in moat mosquitto; do
     start_broker "$broker"
-    for spec in "${EXTRA_SCENARIOS[@]}"; do
-      IFS='|' read -r name transport args <<<"$spec"
-      # shellcheck disable=SC2086
-      run_bench "$broker" "$name" "$transport" 1 $args
-    done
+    run_specs run_bench "$broker" 1 "${EXTRA_SCENARIOS[@]}"
     for spec in "${DURABLE[@]}"; do
       IFS='|' read -r name transport args <<<"$spec"
       # shellcheck disable=SC2086

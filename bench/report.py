@@ -202,6 +202,17 @@ def wire():
     return "\n".join(lines)
 
 
+def latency_pair_ratios(qos, peer):
+    """moat / peer p99 of each latency pass: compare.sh runs every broker once a pass,
+    minutes apart at most, so each pair shares the host's moment."""
+    def p99s(broker):
+        return {(r["round"], r["latency_pass"]): r["latency"]["p99_us"] for r in rows
+                if r["mode"] == "pinned" and r["broker"] == broker and "latency_pass" in r
+                and r["name"] == f"latency 1000/s q{qos}"}
+    moat, other = p99s("moat"), p99s(peer)
+    return [moat[k] / other[k] for k in sorted(moat) if k in other and other[k]]
+
+
 def targets():
     """The issue 16 targets, judged from the pinned medians (mqttv5: unpinned)."""
     def med(mode, name, gen, metric, broker, transport=None):
@@ -284,8 +295,11 @@ def targets():
         else:
             st = "**not met**: " + ", ".join(t for t in (
                 f"{m / q:.2f}x Mosquitto's" if m > q else "", f"{m / r:.2f}x rumqttd's" if m > r else "") if t)
+        paired = "; ".join(
+            f"{len(p)} pairs with {peer}: median ratio {median(p):.2f}x, moat lower in {sum(v < 1 for v in p)}"
+            for peer in PEERS if (p := latency_pair_ratios(qos, peer)))
         lines.append(f"| p99 at 1 000 msg/s, QoS {qos}, TLS (pinned) <= Mosquitto and rumqttd | moat {fmt(m)} us, "
-                     f"Mosquitto {fmt(q)}, rumqttd {fmt(r)} | {st} |")
+                     f"Mosquitto {fmt(q)}, rumqttd {fmt(r)}{f' ({paired})' if paired else ''} | {st} |")
     for count in (1000, 10000):
         tls = [med("extras", f"idle {count}", "moat-bench", "KiB/connection", b, "tls") for b in ("moat", "mosquitto")]
         plain = med("extras", f"idle {count}", "moat-bench", "KiB/connection", "moat", "plain")
