@@ -533,6 +533,12 @@ run_specs() { # runner broker round spec...
   done
 }
 
+# Whether a row runs in this mode: unpinned, only the fan-in and fan-out rows unless
+# --unpinned-all.
+runs_in_mode() { # row name
+  [ "$MODE" = pinned ] || [ "$UNPINNED_ALL" = 1 ] || [[ "$1" == fan-* ]]
+}
+
 order_for() { # round -> the brokers, rotated by round
   local -a list
   read -r -a list <<<"$BROKERS"
@@ -570,7 +576,7 @@ for MODE in ${MODES//,/ }; do
       start_broker "$broker"
       for spec in "${SCENARIOS[@]}" "${ISOLATION[@]}"; do
         IFS='|' read -r name transport args <<<"$spec"
-        if [ "$MODE" = unpinned ] && [ "$UNPINNED_ALL" = 0 ] && [[ "$name" != fan-* ]]; then continue; fi
+        runs_in_mode "$name" || continue
         # shellcheck disable=SC2086
         run_bench "$broker" "$name" "$transport" "$round" $args
       done
@@ -586,7 +592,7 @@ for MODE in ${MODES//,/ }; do
       fi
       stop_broker "$broker"
     done
-    if [ "$MODE" = pinned ] || [ "$UNPINNED_ALL" = 1 ]; then
+    if runs_in_mode latency; then
       for LATENCY_PASS in $(seq 1 "$LATENCY_RUNS"); do
         for broker in $(order_for $((round + LATENCY_PASS - 1))); do
           start_broker "$broker"
