@@ -85,6 +85,13 @@ impl PublishJob {
             sent += n;
             self.counters.sent.fetch_add(n, Ordering::Relaxed);
             self.counters.acked.fetch_add(n, Ordering::Relaxed);
+            // Against a broker that reads as fast as we write, the flush never waits,
+            // and a publisher would keep the thread for tokio's whole budget (128
+            // writes, ~2 MB) before the runtime looks at the sockets again: the
+            // generator's own subscriber, waiting there, read one receive buffer per
+            // 8 such turns (17 000 of 2.6 M msg/s on one core, BENCHMARKS.md). One
+            // batch, then let it and the other publishers have their turn.
+            tokio::task::yield_now().await;
         }
         Ok(())
     }
