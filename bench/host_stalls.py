@@ -21,10 +21,14 @@ while previous < end:
     if now - previous > THRESHOLD_S:
         gaps.append(now - previous)
     previous = now
-print(json.dumps({
+# One write(2) per line: compare.sh runs one of these per core, appending to the same
+# file, and with PYTHONUNBUFFERED set print() writes the object and its newline in
+# two calls, which interleaved two cores' lines into one (a run's report then failed).
+line = json.dumps({
     "scenario": "host-stalls", "broker": "none", "name": f"host stalls core {core}",
     "transport": "-", "round": 1, "mode": "host", "generator": "-", "when": when,
     "core": core, "seconds": seconds, "threshold_us": THRESHOLD_S * 1e6,
     "gaps": len(gaps), "gaps_over_2ms": sum(1 for g in gaps if g > 0.002),
     "longest_us": round(max(gaps, default=0) * 1e6), "stalled_us": round(sum(gaps) * 1e6),
-}))
+})
+os.write(sys.stdout.fileno(), (line + "\n").encode())
