@@ -59,8 +59,8 @@ impl Connection {
     }
 
     /// CONNECT and CONNACK over a stream already open (the endpoint in `options` is
-    /// not used); unbounded in time.
-    pub(crate) async fn login_over(
+    /// not used), such as a test's in-memory pipe; unbounded in time.
+    pub async fn login_over(
         stream: Box<dyn Stream>,
         options: &ConnectOptions,
     ) -> Result<Connection, ClientError> {

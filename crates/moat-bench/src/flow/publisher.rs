@@ -200,6 +200,92 @@ impl PublishJob {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::BytesMut;
+    use moat_client::{ConnectOptions, Endpoint};
+    use moat_protocol::{Codec, ConnAck, Role};
+    use tokio::io::AsyncWriteExt;
+
+    /// A connection whose writes never wait: a pipe far bigger than the run, with
+    /// the broker's CONNACK already in it, as against a broker that reads as fast
+    /// as it is written to.
+    async fn never_full_connection() -> (Connection, tokio::io::DuplexStream) {
+        let (near, mut far) = tokio::io::duplex(8 << 20);
+        let options = ConnectOptions::new(
+            Endpoint::tcp("127.0.0.1:1".parse().unwrap()),
+            "publisher-test",
+        );
+        let mut codec = Codec::new(Role::Server, 1 << 20);
+        codec.set_version(options.protocol);
+        let mut connack = BytesMut::new();
+        codec
+            .encode(
+                &Packet::ConnAck(ConnAck {
+                    session_present: false,
+                    reason: ReasonCode::Success,
+                    properties: Properties::default(),
+                }),
+                &mut connack,
+            )
+            .unwrap();
+        far.write_all(&connack).await.unwrap();
+        let connection = Connection::login_over(Box::new(near), &options)
+            .await
+            .unwrap();
+        (connection, far)
+    }
+
+    /// The regression of ffeed3a: a QoS 0 publisher whose flushes never wait must
+    /// still let the generator's other tasks (its subscriber) run between batches.
+    /// Counted, not timed: on one thread, another task records how far the
+    /// publisher had got each time it ran. Without the yield it runs only before
+    /// the first batch and after the last (64 flushes are within tokio's budget).
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_qos0_publisher_lets_other_tasks_run_between_batches() {
+        const BATCHES: u64 = 64;
+        let (connection, _far) = never_full_connection().await;
+        let template = Publish {
+            dup: false,
+            qos: QoS::AtMostOnce,
+            retain: false,
+            topic: "bench/by/0".into(),
+            packet_id: 0,
+            payload: Bytes::from(vec![0u8; 64]),
+            properties: Properties::default(),
+        };
+        let size = template.payload.len() + template.topic.len() + 8;
+        let batch = (WRITE_BATCH_BYTES / size).clamp(1, 256) as u64;
+        let counters = Arc::new(Counters::default());
+        let job = PublishJob {
+            template,
+            max: BATCHES * batch,
+            window: 0,
+            counters: counters.clone(),
+            stop: Arc::new(AtomicBool::new(false)),
+            finished: Arc::new(AtomicUsize::new(0)),
+            clock: None,
+            pace: None,
+        };
+        let publisher = tokio::spawn(job.run(connection));
+        let watched = counters.clone();
+        let watcher = tokio::spawn(async move {
+            let mut seen_mid_run = 0u64;
+            while watched.sent.load(Ordering::Relaxed) < BATCHES * batch {
+                let sent = watched.sent.load(Ordering::Relaxed);
+                if sent > 0 {
+                    seen_mid_run += 1;
+                }
+                tokio::task::yield_now().await;
+            }
+            seen_mid_run
+        });
+        publisher.await.unwrap().unwrap();
+        let seen_mid_run = watcher.await.unwrap();
+        assert_eq!(counters.sent.load(Ordering::Relaxed), BATCHES * batch);
+        assert!(
+            seen_mid_run >= BATCHES / 2,
+            "the other task ran {seen_mid_run} times during {BATCHES} batches"
+        );
+    }
 
     #[test]
     fn a_pace_spreads_messages_evenly() {
