@@ -1,6 +1,6 @@
 //! What this machine is called and where the LAN reaches it: the kernel's host name
-//! (`/proc/sys/kernel/hostname`) and the private addresses (RFC 1918, IPv6 ULA) of
-//! its network namespace (read through `doctor::host`). `moat init` writes them into a
+//! (`uname(2)`, which no `/proc` restriction hides) and the private addresses
+//! (RFC 1918, IPv6 ULA) of its network namespace (read through `doctor::host`). `moat init` writes them into a
 //! new manifest, `provision` adds `<host name>.local` to the server certificate, and
 //! `moat doctor` warns when the certificate misses one. It only reads; it never
 //! changes the host's name or addresses.
@@ -8,7 +8,7 @@
 use std::net::IpAddr;
 use std::path::Path;
 
-use crate::doctor::host::HostFacts;
+use crate::doctor::host::{HostFacts, PROC_SELF};
 
 /// The host name and LAN addresses detected on this machine.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -21,21 +21,21 @@ pub struct Machine {
 }
 
 impl Machine {
-    /// Reads `/proc` (`proc_root` in tests).
-    pub fn detect(proc_root: &Path) -> Machine {
-        let hostname =
-            std::fs::read_to_string(proc_root.join("sys/kernel/hostname")).unwrap_or_default();
+    /// This machine, as the calling process sees it.
+    pub fn detect() -> Machine {
         Machine {
-            name: parse_host_name(&hostname),
-            addresses: lan_addresses(&HostFacts::read(proc_root)),
+            name: host_name(),
+            addresses: lan_addresses(&HostFacts::read(Path::new(PROC_SELF))),
         }
     }
 }
 
-/// This machine's host name, as [`Machine::name`].
+/// This machine's host name, as [`Machine::name`]. From `uname(2)`, not
+/// `/proc/sys/kernel/hostname`: the NixOS module's broker runs with
+/// `ProcSubset=pid`, which hides `/proc/sys`, and would lose its `.local` name.
 pub fn host_name() -> Option<String> {
-    let text = std::fs::read_to_string("/proc/sys/kernel/hostname").ok()?;
-    parse_host_name(&text)
+    let uts = nix::sys::utsname::uname().ok()?;
+    parse_host_name(uts.nodename().to_str()?)
 }
 
 /// The first label of a host name (`pi4.fritz.box` is `pi4`), lowercased, when it is a
@@ -121,19 +121,25 @@ mod tests {
     }
 
     #[test]
-    fn detect_reads_a_proc_tree() {
+    fn the_lan_addresses_come_from_a_proc_self_tree() {
         let root = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(root.path().join("sys/kernel")).unwrap();
         std::fs::create_dir_all(root.path().join("net")).unwrap();
-        std::fs::write(root.path().join("sys/kernel/hostname"), "broker\n").unwrap();
         std::fs::write(
             root.path().join("net/if_inet6"),
             "fd000000000000000000000000000005 02 40 00 80     eth0\n\
              00000000000000000000000000000001 01 80 10 80       lo\n",
         )
         .unwrap();
-        let machine = Machine::detect(root.path());
-        assert_eq!(machine.name.as_deref(), Some("broker"));
-        assert_eq!(machine.addresses, ["fd00::5".parse::<IpAddr>().unwrap()]);
+        let facts = HostFacts::read(root.path());
+        assert_eq!(
+            lan_addresses(&facts),
+            ["fd00::5".parse::<IpAddr>().unwrap()]
+        );
+    }
+
+    #[test]
+    fn the_host_name_is_the_kernels() {
+        let kernel = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+        assert_eq!(host_name(), parse_host_name(&kernel));
     }
 }

@@ -58,7 +58,7 @@ pub struct Provisioned {
 /// when DHCP gave the appliance one nobody wrote into the manifest (re-issued with
 /// the same key, so a pinned fingerprint stays valid).
 pub fn plan(policy: &Policy) -> ProvisionPlan {
-    let machine = Machine::detect(Path::new("/proc"));
+    let machine = Machine::detect();
     let mut addresses = policy.addresses.clone();
     for address in machine.addresses {
         if !addresses.contains(&address) {

@@ -16,6 +16,8 @@ use moat::pki::{self, Outcome, ProvisionPlan};
 mod common;
 
 use common::cli::walk;
+use common::netns::skip_reason;
+use common::{moat_bin, run_bounded};
 
 fn plan() -> ProvisionPlan {
     ProvisionPlan {
@@ -113,6 +115,66 @@ fn openssl_accepts_the_chains_and_shows_the_names() {
     assert!(ca_text.contains("CA:TRUE"), "{ca_text}");
     assert!(ca_text.contains("Certificate Sign, CRL Sign"), "{ca_text}");
     assert!(ca_text.contains("Subject: CN = moat CA "), "{ca_text}");
+}
+
+/// The NixOS module runs the broker with `ProcSubset=pid` and `ProtectProc=invisible`:
+/// its `/proc` holds the process directories and nothing else (no `/proc/sys`, no
+/// `/proc/net` link). `moat init` and `moat provision` must still find the machine's
+/// name and LAN address there, or the certificate loses `<name>.local` and the
+/// address DHCP gave. Fresh mount, PID, UTS and network namespaces (`unshare`), a
+/// procfs mounted with the options systemd gives such a unit, and a host name and a
+/// private address of the test's own.
+#[test]
+fn the_certificate_names_the_machine_under_the_modules_proc_restriction() {
+    if let Some(reason) = skip_reason(&["unshare", "ip", "openssl"]) {
+        eprintln!("skipping the /proc restriction test: {reason}");
+        return;
+    }
+    let root = tempfile::tempdir().unwrap();
+    let manifest = root.path().join("moat.yaml");
+    let state = root.path().join("state");
+    // The host name is set through /proc/sys before /proc is restricted (no
+    // dependence on the `hostname` tool); a veth pair, not a dummy link, because
+    // veth is what the other namespace tests already need from the kernel.
+    let script = r#"
+        echo proc-subset-test > /proc/sys/kernel/hostname
+        ip link add lan0 type veth peer name lan1
+        ip addr add 10.77.0.1/24 dev lan0
+        ip link set lan0 up
+        mount -t proc -o subset=pid,hidepid=invisible proc /proc
+        if [ -e /proc/sys/kernel/hostname ] || [ -e /proc/net ]; then
+            echo "procfs is not restricted" >&2
+            exit 3
+        fi
+        "$0" init "$1"
+        "$0" provision --manifest "$1" --state "$2"
+    "#;
+    let out = run_bounded(
+        Command::new("unshare")
+            .args(["--mount", "--pid", "--fork", "--uts", "--net", "sh", "-ec"])
+            .arg(script)
+            .arg(moat_bin())
+            .arg(&manifest)
+            .arg(&state),
+        Duration::from_secs(60),
+    );
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let written = fs::read_to_string(&manifest).unwrap();
+    for detected in ["proc-subset-test", "10.77.0.1"] {
+        assert!(
+            written.contains(detected),
+            "{detected} missing in\n{written}"
+        );
+    }
+    let text = openssl(&["x509", "-noout", "-text", "-in", "server.pem"], &state);
+    for san in ["DNS:proc-subset-test.local", "IP Address:10.77.0.1"] {
+        assert!(text.contains(san), "missing {san} in\n{text}");
+    }
 }
 
 #[test]

@@ -21,7 +21,7 @@ pub fn run(global: &GlobalArgs, args: &InitArgs) -> anyhow::Result<u8> {
     }
     let password = generate_password().context("generating a password")?;
     let hash = hash_password(password.as_bytes()).context("hashing the password")?;
-    let machine = Machine::detect(std::path::Path::new("/proc"));
+    let machine = Machine::detect();
     let text = starter_manifest(
         &hash,
         StarterScope::Lan,

@@ -1,10 +1,16 @@
-//! What the host looks like from inside its network namespace, read from `/proc`:
-//! listening TCP sockets (`net/tcp`, `net/tcp6`), IPv6 addresses (`net/if_inet6`) and
-//! IPv4 addresses (the `LOCAL` host routes of `net/fib_trie`). Parsers take text so
-//! they are tested on fixtures; a file that cannot be read yields nothing.
+//! What the host looks like from inside its network namespace, read from
+//! `/proc/self`: listening TCP sockets (`net/tcp`, `net/tcp6`), IPv6 addresses
+//! (`net/if_inet6`) and IPv4 addresses (the `LOCAL` host routes of `net/fib_trie`).
+//! Parsers take text so they are tested on fixtures; a file that cannot be read
+//! yields nothing.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::Path;
+
+/// Where this process's `net/` directory is. Not `/proc`: `/proc/net` is only a link
+/// to `self/net`, and a unit with systemd's `ProcSubset=pid` (the NixOS module's
+/// broker) sees no such link, only the process directories; it reads nothing there.
+pub const PROC_SELF: &str = "/proc/self";
 
 /// The TCP state number of a listening socket in `/proc/net/tcp`.
 const TCP_LISTEN: &str = "0A";

@@ -115,7 +115,8 @@ pub struct Options {
     pub upnp: bool,
     /// How to run `nft` (a wrapper in tests; `nft` from `PATH` otherwise).
     pub nft: Option<Nft>,
-    /// Where `/proc` is (tests point it at fixtures); `/proc` when `None`.
+    /// Where `net/` is read from (tests point it at fixtures);
+    /// [`host::PROC_SELF`] when `None`.
     pub proc_root: Option<PathBuf>,
 }
 
@@ -124,7 +125,7 @@ pub fn run(setup: &Setup<'_>, options: &Options) -> Vec<Finding> {
     let proc_root = options
         .proc_root
         .clone()
-        .unwrap_or_else(|| PathBuf::from("/proc"));
+        .unwrap_or_else(|| PathBuf::from(host::PROC_SELF));
     let facts = host::HostFacts::read(&proc_root);
     let nft = options.nft.clone().unwrap_or_default();
     let firewall = ruleset::inspect(&nft, setup.policy);
