@@ -147,8 +147,10 @@ in
       };
       description = ''
         Secret files handed to the broker with systemd `LoadCredential=`; the manifest
-        refers to them as `/run/credentials/moat.service/<name>`. The files stay
-        outside the Nix store and readable by root only.
+        refers to them as `/run/credentials/moat.service/<name>`. Give each as an
+        absolute path in a string (`"/run/secrets/x"`), never a path literal
+        (`./x`): a path literal, or a file inside a flake's source, is in the
+        world-readable Nix store, which an assertion refuses.
       '';
     };
 
@@ -167,7 +169,9 @@ in
         a kernel-level third fence behind the broker's own admission check and the
         nftables ruleset, which both follow the manifest's `networks`. Nix cannot read
         the manifest, so this defaults to the standard private ranges; narrow it when
-        the manifest narrows them, widen it when the manifest adds networks.
+        the manifest narrows them, widen it when the manifest adds networks. It also
+        fences outbound connections: a bridge to a broker outside these ranges needs
+        that broker's address (or prefix) here, since systemd takes no host names.
       '';
     };
 
@@ -249,6 +253,14 @@ in
           {
             assertion = !config.networking.nftables.flushRuleset;
             message = "networking.nftables.flushRuleset would delete moat's table on every nftables reload.";
+          }
+          {
+            # `toString`, not interpolation: interpolating a path literal would copy
+            # the secret into the store just to check it.
+            assertion = lib.all (path: !lib.hasPrefix builtins.storeDir (toString path)) (
+              lib.attrValues cfg.credentials
+            );
+            message = "services.moat.credentials: a secret in the Nix store is readable by every user; give an absolute path outside it as a string.";
           }
           {
             assertion = cfg.ssh.enable -> cfg.ssh.authorizedKeys != [ ];
@@ -355,7 +367,8 @@ in
             StateDirectory = "moat";
             StateDirectoryMode = "0700";
             WorkingDirectory = cfg.stateDir;
-            LoadCredential = lib.mapAttrsToList (name: path: "${name}:${path}") cfg.credentials;
+            # `toString`: interpolating a path value would copy the file into the store.
+            LoadCredential = lib.mapAttrsToList (name: path: "${name}:${toString path}") cfg.credentials;
 
             # Ports 1883/8883 are above 1024: no capability at all.
             CapabilityBoundingSet = "";

@@ -22,6 +22,9 @@ rustPlatform.buildRustPackage {
       ../Cargo.lock
       ../src
       ../crates
+      # The policy's unit tests check the roles' grants against this page
+      # (include_str!); without it the check phase does not compile.
+      ../docs/manifest.md
       (lib.fileset.maybeMissing ../tests)
       (lib.fileset.maybeMissing ../examples)
       (lib.fileset.maybeMissing ../benches)

@@ -35,11 +35,17 @@ assert mbr[510:512] == b"\x55\xaa", "no MBR signature"
 entry = mbr[446 + 16 * (int(sys.argv[2]) - 1):][:16]
 start, size = struct.unpack("<II", entry[8:16])
 assert size > 0, "partition missing"
-print(start, size)
+print(start, size, "bootable" if entry[0] == 0x80 else "-")
 PY
 }
-read -r fat_start _ < <(partition 1)
-read -r root_start root_size < <(partition 2)
+read -r fat_start _ fat_flag < <(partition 1)
+read -r root_start root_size root_flag < <(partition 2)
+# This script plays U-Boot's part, so check what U-Boot would go by: it searches
+# only the partitions flagged bootable for extlinux.conf, which is on the root one.
+if [ "$root_flag" != bootable ] || [ "$fat_flag" = bootable ]; then
+  echo "qemu-boot: partition 2 (root) must be the one flagged bootable (FAT: $fat_flag, root: $root_flag); U-Boot would not find extlinux.conf" >&2
+  exit 1
+fi
 dd if="$work/card.img" of="$work/root.img" bs=512 skip="$root_start" count="$root_size" status=none
 
 # The first LABEL of extlinux.conf is the default generation; its paths are

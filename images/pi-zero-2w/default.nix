@@ -91,6 +91,15 @@ in
       mkdir -p ./files/boot
       ${config.boot.loader.generic-extlinux-compatible.populateCmd} -c ${config.system.build.toplevel} -d ./files/boot
     '';
+    # U-Boot looks for /boot/extlinux/extlinux.conf only on the partitions flagged
+    # bootable once any is (its bootstd test `bootdev_test_bootable`), and that file
+    # is on the root partition. sd-image.nix flags the root partition; a nixpkgs PR
+    # (#477779, closed) would have flagged the FAT one. Pinned here, so the boot
+    # does not depend on that default. Runs before the image is compressed, with
+    # sd-image.nix's util-linux.
+    postBuildCommands = ''
+      sfdisk --no-reread --no-tell-kernel --activate "$img" 2
+    '';
   };
 
   # SD-card wear: no access-time writes, logs in RAM and capped, swap in zram only.
