@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::Duration;
 
-use common::netns::{Lab, Tcp, apply_firewall, in_ns, sh, skip_reason, tcp_connect};
+use common::netns::{Lab, Tcp, apply_firewall, in_ns, lan_manifest, sh, skip_reason, tcp_connect};
 
 const PASSWORD: &str = "lan-client-password-77";
 const APP_V4: &str = "192.168.77.2";
@@ -52,25 +52,18 @@ fn first_message(ns: &str, host: &str, ca: &str, filter: &str, wait_seconds: &st
 }
 
 fn write_manifest(dir: &Path) -> PathBuf {
-    let hash = moat::auth::hash_password(PASSWORD.as_bytes()).unwrap();
-    let manifest = format!(
-        "version: 1
-broker:
-  hostnames: [moat.home.arpa]
+    lan_manifest(
+        dir,
+        &format!(
+            "  hostnames: [moat.home.arpa]
   addresses: [{APP_V4}, \"{APP_ULA}\", \"{APP_GLOBAL}\"]
   listen:
     tls: {{ address: \"::\", port: 8883 }}
   networks: [loopback, private]
-users:
-  lan:
-    password_hash: \"{hash}\"
-    publish: [\"lan/#\"]
-    subscribe: [\"lan/#\"]
 "
-    );
-    let path = dir.join("moat.yaml");
-    std::fs::write(&path, manifest).unwrap();
-    path
+        ),
+        PASSWORD,
+    )
 }
 
 #[test]

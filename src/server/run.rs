@@ -1,5 +1,6 @@
 //! `serve`: load and provision, bind, run until SIGTERM/SIGINT, reload on SIGHUP.
-//! A reload that fails validation keeps the old policy and says why.
+//! A reload that fails validation keeps the old policy and says why. The
+//! certificate follows the host's LAN addresses in between (`addresses`).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -76,14 +77,7 @@ fn load(manifest: &Path, state: &Path) -> Result<Loaded, ServeError> {
         tracing::warn!("{warning}");
     }
     let provisioned = provision::provision(state, &policy, PasswordFiles::Hash)?;
-    for item in provisioned
-        .report
-        .items
-        .iter()
-        .filter(|i| i.outcome != pki::Outcome::Kept)
-    {
-        tracing::info!(path = %item.path.display(), outcome = %item.outcome, "provisioned");
-    }
+    log_provisioned(&provisioned.report);
     let file_hashes = provisioned.file_hashes;
     let tls = TlsSettings::new(pki::load_server_credentials(state)?)?;
     Ok(Loaded {
@@ -93,6 +87,17 @@ fn load(manifest: &Path, state: &Path) -> Result<Loaded, ServeError> {
         },
         tls,
     })
+}
+
+/// Logs each file provisioning created or renewed.
+pub(super) fn log_provisioned(report: &pki::ProvisionReport) {
+    for item in report
+        .items
+        .iter()
+        .filter(|i| i.outcome != pki::Outcome::Kept)
+    {
+        tracing::info!(path = %item.path.display(), outcome = %item.outcome, "provisioned");
+    }
 }
 
 fn admission_settings(policy: &Policy) -> AdmissionSettings {
@@ -215,6 +220,11 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
         metrics = Some(endpoint);
     }
     tokio::spawn(sys::run_periodic(Arc::clone(&broker)));
+    tokio::spawn(super::addresses::watch(
+        options.state.clone(),
+        Arc::clone(&active),
+        Arc::clone(&tls),
+    ));
     let denials_path = denials_file::path_in(&options.state);
     tokio::spawn(denials_file::run_writer(
         Arc::clone(&broker),

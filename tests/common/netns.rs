@@ -236,3 +236,23 @@ pub fn apply_firewall(ns: &str, manifest: &Path) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Writes `dir/moat.yaml`: the `broker` section given (its lines, indented under
+/// `broker:`), and one user `lan` with `password` who may publish and subscribe
+/// under `lan/#`. The namespace tests' common manifest.
+pub fn lan_manifest(dir: &Path, broker: &str, password: &str) -> std::path::PathBuf {
+    let hash = moat::auth::hash_password(password.as_bytes()).unwrap();
+    let manifest = format!(
+        "version: 1
+broker:
+{broker}users:
+  lan:
+    password_hash: \"{hash}\"
+    publish: [\"lan/#\"]
+    subscribe: [\"lan/#\"]
+"
+    );
+    let path = dir.join("moat.yaml");
+    std::fs::write(&path, manifest).unwrap();
+    path
+}
