@@ -1,14 +1,14 @@
 //! What this machine is called and where the LAN reaches it: the kernel's host name
 //! (`uname(2)`, which no `/proc` restriction hides) and the private addresses
-//! (RFC 1918, IPv6 ULA) of its network namespace (read through `doctor::host`). `moat init` writes them into a
-//! new manifest, `provision` adds `<host name>.local` to the server certificate, and
+//! (RFC 1918, IPv6 ULA) of its network namespace (read through `doctor::host`).
+//! `moat init` writes them into a new manifest, `provision` adds `<host name>.local` to the server certificate, and
 //! `moat doctor` warns when the certificate misses one. It only reads; it never
 //! changes the host's name or addresses.
 
 use std::net::IpAddr;
 use std::path::Path;
 
-use crate::doctor::host::{HostFacts, PROC_SELF};
+use crate::doctor::host::{HostAddress, PROC_SELF, read_addresses};
 
 /// The host name and LAN addresses detected on this machine.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -25,9 +25,14 @@ impl Machine {
     pub fn detect() -> Machine {
         Machine {
             name: host_name(),
-            addresses: lan_addresses(&HostFacts::read(Path::new(PROC_SELF))),
+            addresses: current_lan_addresses(),
         }
     }
+}
+
+/// This machine's LAN addresses now, as [`Machine::addresses`].
+pub fn current_lan_addresses() -> Vec<IpAddr> {
+    lan_addresses(&read_addresses(Path::new(PROC_SELF)))
 }
 
 /// This machine's host name, as [`Machine::name`]. From `uname(2)`, not
@@ -63,10 +68,10 @@ pub fn is_lan_address(ip: IpAddr) -> bool {
 }
 
 /// The LAN addresses among the host's addresses, IPv4 first, without duplicates.
-pub fn lan_addresses(facts: &HostFacts) -> Vec<IpAddr> {
+pub fn lan_addresses(addresses: &[HostAddress]) -> Vec<IpAddr> {
     let mut out: Vec<IpAddr> = Vec::new();
     for want_v4 in [true, false] {
-        for a in &facts.addresses {
+        for a in addresses {
             if a.ip.is_ipv4() == want_v4 && is_lan_address(a.ip) && !out.contains(&a.ip) {
                 out.push(a.ip);
             }
@@ -78,7 +83,7 @@ pub fn lan_addresses(facts: &HostFacts) -> Vec<IpAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::doctor::host::HostAddress;
+    use crate::doctor::host::HostFacts;
 
     #[test]
     fn host_names_are_first_labels_of_real_names() {
@@ -113,7 +118,7 @@ mod tests {
             })
             .collect(),
         };
-        let got: Vec<String> = lan_addresses(&facts)
+        let got: Vec<String> = lan_addresses(&facts.addresses)
             .iter()
             .map(ToString::to_string)
             .collect();
@@ -130,9 +135,8 @@ mod tests {
              00000000000000000000000000000001 01 80 10 80       lo\n",
         )
         .unwrap();
-        let facts = HostFacts::read(root.path());
         assert_eq!(
-            lan_addresses(&facts),
+            lan_addresses(&read_addresses(root.path())),
             ["fd00::5".parse::<IpAddr>().unwrap()]
         );
     }

@@ -78,6 +78,15 @@ pub fn plan(policy: &Policy) -> ProvisionPlan {
     }
 }
 
+/// Creates or renews the certificates `policy` needs in `state` for this machine now
+/// (its names and addresses, see [`plan`]), and nothing else.
+pub fn certificates(state: &Path, policy: &Policy) -> Result<ProvisionReport, ProvisionError> {
+    pki::provision(state, &plan(policy)).map_err(|source| ProvisionError::Pki {
+        state: state.to_path_buf(),
+        source,
+    })
+}
+
 /// Creates or renews what `policy` needs in `state`: certificates, then (unless told
 /// to leave them) the hash of every `password_file` secret, re-hashed only when the
 /// secret changed.
@@ -86,11 +95,7 @@ pub fn provision(
     policy: &Policy,
     password_files: PasswordFiles,
 ) -> Result<Provisioned, ProvisionError> {
-    let mut report =
-        pki::provision(state, &plan(policy)).map_err(|source| ProvisionError::Pki {
-            state: state.to_path_buf(),
-            source,
-        })?;
+    let mut report = certificates(state, policy)?;
     let mut file_hashes = HashMap::new();
     if password_files == PasswordFiles::Leave {
         return Ok(Provisioned {

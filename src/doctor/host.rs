@@ -22,6 +22,19 @@ pub struct HostAddress {
     pub interface: String,
 }
 
+/// The addresses configured in this network namespace, without the socket tables
+/// (which a busy broker's make long): IPv4 from `net/fib_trie`, IPv6 from
+/// `net/if_inet6`.
+pub fn read_addresses(proc_root: &Path) -> Vec<HostAddress> {
+    let mut addresses = parse_fib_trie_local(&read_text(proc_root, "net/fib_trie"));
+    addresses.extend(parse_if_inet6(&read_text(proc_root, "net/if_inet6")));
+    addresses
+}
+
+fn read_text(proc_root: &Path, name: &str) -> String {
+    std::fs::read_to_string(proc_root.join(name)).unwrap_or_default()
+}
+
 /// Listening sockets and addresses of this network namespace.
 #[derive(Debug, Clone, Default)]
 pub struct HostFacts {
@@ -31,14 +44,11 @@ pub struct HostFacts {
 
 impl HostFacts {
     pub fn read(proc_root: &Path) -> HostFacts {
-        let read = |name: &str| std::fs::read_to_string(proc_root.join(name)).unwrap_or_default();
-        let mut listening = parse_tcp_listeners(&read("net/tcp"));
-        listening.extend(parse_tcp_listeners(&read("net/tcp6")));
-        let mut addresses = parse_fib_trie_local(&read("net/fib_trie"));
-        addresses.extend(parse_if_inet6(&read("net/if_inet6")));
+        let mut listening = parse_tcp_listeners(&read_text(proc_root, "net/tcp"));
+        listening.extend(parse_tcp_listeners(&read_text(proc_root, "net/tcp6")));
         HostFacts {
             listening,
-            addresses,
+            addresses: read_addresses(proc_root),
         }
     }
 

@@ -138,7 +138,7 @@ pub fn run(setup: &Setup<'_>, options: &Options) -> Vec<Finding> {
     findings.extend(tls::check(
         setup.policy,
         setup.state_dir,
-        &crate::machine::lan_addresses(&facts),
+        &crate::machine::lan_addresses(&facts.addresses),
     ));
     findings.extend(permissions::check(setup.manifest_path, setup.state_dir));
     findings.extend(passwords::check(setup.policy));

@@ -8,22 +8,23 @@
 //! fingerprint stays valid) and swaps the TLS settings that new handshakes use. It
 //! owns no policy: it reads the one in force.
 
-use std::net::IpAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 
-use crate::machine::Machine;
+use crate::machine::current_lan_addresses;
 use crate::net::TlsSettings;
 use crate::pki;
+use crate::policy::Policy;
 use crate::provision;
 
 use super::gate::ActivePolicy;
 use super::run::{ServeError, log_provisioned};
 
-/// How often the addresses are read: two small `/proc/self/net` files.
+/// How often the addresses are read: two small `/proc/self/net` files (not the
+/// socket tables, which are long on a busy broker).
 const POLL: Duration = Duration::from_secs(10);
 
 /// Watches the host's LAN addresses for the life of the broker.
@@ -32,13 +33,13 @@ pub async fn watch(
     active: Arc<ArcSwap<ActivePolicy>>,
     tls: Arc<ArcSwap<TlsSettings>>,
 ) {
-    let mut seen = Machine::detect().addresses;
+    let mut seen = current_lan_addresses();
     let mut tick = tokio::time::interval(POLL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;
     loop {
         tick.tick().await;
-        let now = Machine::detect().addresses;
+        let now = current_lan_addresses();
         if now == seen {
             continue;
         }
@@ -48,10 +49,10 @@ pub async fn watch(
         match renewed {
             Ok(Ok(settings)) => {
                 tls.store(Arc::new(settings));
-                tracing::info!(addresses = %list(&now), "LAN addresses changed: the server certificate names the new ones");
+                tracing::info!(addresses = ?now, "LAN addresses changed: the server certificate names the new ones");
             }
             Ok(Err(e)) => tracing::warn!(
-                addresses = %list(&now),
+                addresses = ?now,
                 error = %e,
                 "LAN addresses changed but the certificate could not be renewed: clients using a new address fail TLS verification until `moat reload`"
             ),
@@ -65,24 +66,7 @@ pub async fn watch(
 
 /// Provisions the certificates `policy` implies for this host now, logs what
 /// changed, and loads the server's TLS settings from them.
-pub(super) fn server_tls(
-    state: &std::path::Path,
-    policy: &crate::policy::Policy,
-) -> Result<TlsSettings, ServeError> {
-    let report = pki::provision(state, &provision::plan(policy)).map_err(|source| {
-        provision::ProvisionError::Pki {
-            state: state.to_path_buf(),
-            source,
-        }
-    })?;
-    log_provisioned(&report);
+fn server_tls(state: &Path, policy: &Policy) -> Result<TlsSettings, ServeError> {
+    log_provisioned(&provision::certificates(state, policy)?);
     Ok(TlsSettings::new(pki::load_server_credentials(state)?)?)
-}
-
-fn list(addresses: &[IpAddr]) -> String {
-    addresses
-        .iter()
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join(", ")
 }

@@ -269,14 +269,16 @@ mod tests {
         let watched = counters.clone();
         let watcher = tokio::spawn(async move {
             let mut seen_mid_run = 0u64;
-            while watched.sent.load(Ordering::Relaxed) < BATCHES * batch {
+            loop {
                 let sent = watched.sent.load(Ordering::Relaxed);
+                if sent >= BATCHES * batch {
+                    return seen_mid_run;
+                }
                 if sent > 0 {
                     seen_mid_run += 1;
                 }
                 tokio::task::yield_now().await;
             }
-            seen_mid_run
         });
         publisher.await.unwrap().unwrap();
         let seen_mid_run = watcher.await.unwrap();
