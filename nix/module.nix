@@ -21,12 +21,20 @@ let
   manifestPath = if cfg.manifest == null then "${cfg.stateDir}/moat.yaml" else "/etc/moat/moat.yaml";
   manifestTriggers = lib.optional (cfg.manifest != null) checkedManifest;
 
-  moatEnvironment = {
-    MOAT_MANIFEST = manifestPath;
-    MOAT_STATE = cfg.stateDir;
+  # The units' service settings: plain data shared with tests/systemd_units.rs.
+  units = import ./units.nix {
+    inherit moat manifestPath;
+    inherit (cfg)
+      stateDir
+      allowedAddresses
+      memoryMax
+      credentials
+      ;
+    inherit (cfg.firstboot) bootPartition;
+    coreutilsBin = "${pkgs.coreutils}/bin";
+    egress = cfg.firewall.egress;
   };
-
-  firewallCommand = "${moat} firewall --apply" + lib.optionalString cfg.firewall.egress " --egress";
+  moatEnvironment = units.environment;
 
   wifiUnit = "wpa_supplicant-${cfg.wifi.interface}.service";
 
@@ -58,14 +66,7 @@ let
   # import is wanted either way on a Wi-Fi appliance.
   # Wi-Fi first: a failing `moat firstboot` (it reports why in moat-error.txt on the
   # card) must not also leave the device offline.
-  # The files it writes as root are handed to `moat` whatever its result: a run
-  # that fails half-way must not leave the broker a root-owned key it cannot read.
-  importManifest = pkgs.writeShellScript "moat-firstboot" ''
-    rc=0
-    ${moat} firstboot --boot ${lib.escapeShellArg cfg.firstboot.bootPartition} || rc=$?
-    ${pkgs.coreutils}/bin/chown -R moat:moat ${lib.escapeShellArg cfg.stateDir}
-    exit "$rc"
-  '';
+  importManifest = pkgs.writeShellScript "moat-firstboot" units.importManifestScript;
   firstbootSteps =
     lib.optional cfg.wifi.enable importWifi ++ lib.optional (cfg.manifest == null) importManifest;
   firstbootActive = cfg.firstboot.enable && firstbootSteps != [ ];
@@ -156,14 +157,7 @@ in
 
     allowedAddresses = lib.mkOption {
       type = lib.types.listOf lib.types.str;
-      default = [
-        "localhost"
-        "link-local"
-        "10.0.0.0/8"
-        "172.16.0.0/12"
-        "192.168.0.0/16"
-        "fc00::/7"
-      ];
+      default = import ./private-ranges.nix;
       description = ''
         `IPAddressAllow=` of the broker unit (everything else is `IPAddressDeny=any`),
         a kernel-level third fence behind the broker's own admission check and the
@@ -289,12 +283,7 @@ in
         # it is in force before any interface is configured. `--apply` replaces
         # `table inet moat` atomically; on a bad manifest the old table stays, and at
         # boot the broker does not start without it (SSH does: see sshFallbackTable).
-        #
-        # It runs as `moat`, not root: the imported manifest is in the state directory
-        # (0700 moat:moat), which root without CAP_DAC_OVERRIDE could not enter. The
-        # one capability it needs, CAP_NET_ADMIN, is ambient, so the `nft` it executes
-        # inherits it (capabilities(7): ambient capabilities survive execve of a
-        # non-set-user-ID program).
+        # Who it runs as, and why: ./units.nix.
         systemd.services.moat-firewall = {
           description = "moat nftables ruleset (LAN-only broker)";
           wantedBy = [ "multi-user.target" ];
@@ -319,24 +308,7 @@ in
           # restarting the unit, so a failed re-apply never stops the broker.
           reloadIfChanged = true;
           reloadTriggers = manifestTriggers;
-          serviceConfig = {
-            Type = "oneshot";
-            RemainAfterExit = true;
-            ExecStart = firewallCommand;
-            ExecReload = firewallCommand;
-            User = "moat";
-            Group = "moat";
-            AmbientCapabilities = [ "CAP_NET_ADMIN" ];
-            CapabilityBoundingSet = [ "CAP_NET_ADMIN" ];
-            NoNewPrivileges = true;
-            ProtectSystem = "strict";
-            ProtectHome = true;
-            RestrictAddressFamilies = [
-              "AF_NETLINK"
-              "AF_UNIX"
-            ];
-            UMask = "0077";
-          };
+          serviceConfig = units.firewall;
         };
 
         systemd.services.moat = {
@@ -348,78 +320,16 @@ in
             "moat-firewall.service"
           ]
           ++ lib.optional firstbootActive "moat-firstboot.service";
-          # The malloc setting `moat serve` would otherwise re-execute itself to get
-          # (argon2's 19 MiB per login goes back to the OS); see the README.
-          environment = moatEnvironment // {
-            GLIBC_TUNABLES = "glibc.malloc.mmap_threshold=131072";
-          };
+          environment = moatEnvironment // units.brokerEnvironment;
           reloadTriggers = manifestTriggers;
-          serviceConfig = {
-            Type = "notify";
-            NotifyAccess = "main";
-            ExecStart = "${moat} serve";
-            ExecReload = "${pkgs.coreutils}/bin/kill -HUP $MAINPID";
-            Restart = "on-failure";
-            RestartSec = 2;
-
-            User = "moat";
-            Group = "moat";
-            StateDirectory = "moat";
-            StateDirectoryMode = "0700";
-            WorkingDirectory = cfg.stateDir;
-            # `toString`: interpolating a path value would copy the file into the store.
-            LoadCredential = lib.mapAttrsToList (name: path: "${name}:${toString path}") cfg.credentials;
-
-            # Ports 1883/8883 are above 1024: no capability at all.
-            CapabilityBoundingSet = "";
-            AmbientCapabilities = "";
-            NoNewPrivileges = true;
-            ProtectSystem = "strict";
-            ProtectHome = true;
-            PrivateTmp = true;
-            PrivateDevices = true;
-            PrivateUsers = true;
-            DevicePolicy = "closed";
-            ProtectClock = true;
-            ProtectHostname = true;
-            ProtectKernelLogs = true;
-            ProtectKernelModules = true;
-            ProtectKernelTunables = true;
-            ProtectControlGroups = true;
-            ProtectProc = "invisible";
-            ProcSubset = "pid";
-            LockPersonality = true;
-            MemoryDenyWriteExecute = true;
-            RestrictNamespaces = true;
-            RestrictRealtime = true;
-            RestrictSUIDSGID = true;
-            RemoveIPC = true;
-            UMask = "0077";
-            RestrictAddressFamilies = [
-              "AF_INET"
-              "AF_INET6"
-              "AF_UNIX"
-            ];
-            SystemCallArchitectures = "native";
-            SystemCallFilter = [
-              "@system-service"
-              "~@privileged"
-              "~@resources"
-            ];
-            IPAddressDeny = "any";
-            IPAddressAllow = cfg.allowedAddresses;
-            MemoryMax = cfg.memoryMax;
-            TasksMax = 64;
-            LimitNOFILE = 4096;
-          };
+          serviceConfig = units.broker;
         };
       }
 
       (lib.mkIf firstbootActive {
-        # Created here, owned by moat and 0700 (`moat firstboot` refuses a state
-        # directory others can read), so that the root-run import below writes into
-        # a directory the broker already owns.
-        systemd.tmpfiles.rules = [ "d ${cfg.stateDir} 0700 moat moat - -" ];
+        # So that the root-run import below writes into a directory the broker
+        # already owns.
+        systemd.tmpfiles.rules = [ units.stateDirRule ];
 
         # Runs on every boot; `moat firstboot` is idempotent (a no-op once imported).
         # A unit of its own, not an ExecStartPre of moat.service: it must run as root
@@ -439,10 +349,7 @@ in
             cfg.stateDir
           ];
           environment = moatEnvironment;
-          serviceConfig = {
-            Type = "oneshot";
-            RemainAfterExit = true;
-            UMask = "0077";
+          serviceConfig = units.firstboot // {
             ExecStart = firstbootSteps;
           };
         };

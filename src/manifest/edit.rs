@@ -260,17 +260,24 @@ mod tests {
 }
 
 /// Writes `text` to `path` atomically: a temporary file in the same directory, synced,
-/// then renamed over `path`. An existing file's permission bits are kept; a new file
-/// is created 0600 (a manifest holds password hashes).
+/// then renamed over `path`. An existing file's permission bits, owner and group are
+/// kept; a new file is created 0600 (a manifest holds password hashes).
+///
+/// The owner matters on the appliance: the manifest in `/var/lib/moat` belongs to
+/// `moat`, and root editing it over SSH (`moat passwd NAME --write`) must not leave
+/// a root-owned file the broker and its firewall unit can no longer read.
 pub fn write_atomically(path: &std::path::Path, text: &str) -> std::io::Result<()> {
     use std::io::Write;
-    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 
-    let mode = match std::fs::metadata(path) {
-        Ok(meta) => meta.permissions().mode() & 0o7777,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0o600,
+    let existing = match std::fs::metadata(path) {
+        Ok(meta) => Some(meta),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
         Err(e) => return Err(e),
     };
+    let mode = existing
+        .as_ref()
+        .map_or(0o600, |meta| meta.permissions().mode() & 0o7777);
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => std::path::PathBuf::from("."),
@@ -286,7 +293,11 @@ pub fn write_atomically(path: &std::path::Path, text: &str) -> std::io::Result<(
             .create_new(true)
             .mode(mode)
             .open(&tmp)?;
-        // `mode` is filtered by the umask on creation; set it exactly.
+        if let Some(meta) = &existing {
+            keep_owner(&file, meta.uid(), meta.gid(), path)?;
+        }
+        // `mode` is filtered by the umask on creation (and a change of owner may
+        // clear set-ID bits); set it exactly.
         file.set_permissions(std::fs::Permissions::from_mode(mode))?;
         file.write_all(text.as_bytes())?;
         file.sync_all()?;
@@ -297,6 +308,31 @@ pub fn write_atomically(path: &std::path::Path, text: &str) -> std::io::Result<(
         let _ = std::fs::remove_file(&tmp);
     }
     result
+}
+
+/// Gives the new `file` the owner and group `path` had, when they are not ours.
+fn keep_owner(
+    file: &std::fs::File,
+    uid: u32,
+    gid: u32,
+    path: &std::path::Path,
+) -> std::io::Result<()> {
+    let ours = (
+        nix::unistd::Uid::effective().as_raw(),
+        nix::unistd::Gid::effective().as_raw(),
+    );
+    if (uid, gid) == ours {
+        return Ok(());
+    }
+    std::os::unix::fs::fchown(file, Some(uid), Some(gid)).map_err(|e| {
+        std::io::Error::new(
+            e.kind(),
+            format!(
+                "cannot keep the owner of {} (uid {uid}, gid {gid}): {e}; run this as that user or as root",
+                path.display()
+            ),
+        )
+    })
 }
 
 #[cfg(test)]
@@ -323,5 +359,28 @@ mod write_tests {
             2,
             "no temp file left"
         );
+    }
+
+    /// Root editing the broker's manifest (`moat passwd --write` over SSH) leaves it
+    /// the broker's. Only root can give a file away, so elsewhere this says so and
+    /// passes; tests/systemd_units.rs checks the same on the appliance's units.
+    #[test]
+    fn keeps_the_owner_of_an_existing_file_when_root_rewrites_it() {
+        use std::os::unix::fs::MetadataExt;
+        if !nix::unistd::Uid::effective().is_root() {
+            eprintln!("skipping: only root can give a file to another user");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let manifest = dir.path().join("moat.yaml");
+        std::fs::write(&manifest, "a: 1\n").unwrap();
+        std::fs::set_permissions(&manifest, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let nobody = 65534;
+        std::os::unix::fs::chown(&manifest, Some(nobody), Some(nobody)).unwrap();
+        write_atomically(&manifest, "b: 2\n").unwrap();
+        let meta = std::fs::metadata(&manifest).unwrap();
+        assert_eq!((meta.uid(), meta.gid()), (nobody, nobody));
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+        assert_eq!(std::fs::read_to_string(&manifest).unwrap(), "b: 2\n");
     }
 }

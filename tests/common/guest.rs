@@ -333,6 +333,17 @@ pub struct Vm {
 impl Vm {
     /// Boots `kernel` with `initrd`; `extra` are device and network arguments.
     pub fn boot(kernel: &Kernel, initrd: &Path, accel: Accel, extra: &[String]) -> Vm {
+        Vm::boot_with(kernel, initrd, accel, "", extra)
+    }
+
+    /// As `boot`, with `cmdline` added to the kernel's command line.
+    pub fn boot_with(
+        kernel: &Kernel,
+        initrd: &Path,
+        accel: Accel,
+        cmdline: &str,
+        extra: &[String],
+    ) -> Vm {
         let mut child = Command::new("qemu-system-x86_64")
             .args(accel.args())
             .args(["-m", "1024", "-smp", "2", "-nodefaults", "-no-user-config"])
@@ -343,7 +354,10 @@ impl Vm {
             .arg(initrd)
             // no_timer_check: under TCG on a busy host the kernel's IO-APIC timer
             // check can fail and panic ("IO-APIC + timer doesn't work").
-            .args(["-append", "console=ttyS0 quiet panic=-1 no_timer_check"])
+            .args([
+                "-append",
+                &format!("console=ttyS0 quiet panic=-1 no_timer_check {cmdline}"),
+            ])
             .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

@@ -1,0 +1,142 @@
+# The service settings of moat's systemd units, as plain data: no nixpkgs, no module
+# system. module.nix passes store paths and its options in; tests/systemd_units.rs
+# evaluates this same file with `nix-instantiate --eval --json`, renders it the way
+# NixOS renders `serviceConfig` (nixpkgs nixos/lib/systemd-lib.nix, attrsToSection:
+# one `Key=value` line per list element, booleans as true/false) and boots it under
+# systemd in a VM with the real binary. One place, so the test runs the sandbox the
+# appliance runs.
+{
+  # The `moat` executable, and the directory holding coreutils' `kill` and `chown`.
+  moat,
+  coreutilsBin,
+  stateDir,
+  manifestPath,
+  allowedAddresses,
+  memoryMax,
+  egress ? false,
+  # name -> absolute path of a secret outside the store (systemd `LoadCredential=`).
+  credentials ? { },
+  bootPartition,
+}:
+let
+  # lib.escapeShellArg, without lib.
+  escapeShellArg = arg: "'" + builtins.replaceStrings [ "'" ] [ "'\\''" ] arg + "'";
+  firewallCommand = "${moat} firewall --apply" + (if egress then " --egress" else "");
+in
+{
+  environment = {
+    MOAT_MANIFEST = manifestPath;
+    MOAT_STATE = stateDir;
+  };
+
+  # `moat firewall --apply`. It runs as `moat`, not root: the imported manifest is in
+  # the state directory (0700 moat:moat), which root without CAP_DAC_OVERRIDE could
+  # not enter. The one capability it needs, CAP_NET_ADMIN, is ambient, so the `nft`
+  # it executes inherits it (capabilities(7): ambient capabilities survive execve of
+  # a non-set-user-ID program).
+  firewall = {
+    Type = "oneshot";
+    RemainAfterExit = true;
+    ExecStart = firewallCommand;
+    ExecReload = firewallCommand;
+    User = "moat";
+    Group = "moat";
+    AmbientCapabilities = [ "CAP_NET_ADMIN" ];
+    CapabilityBoundingSet = [ "CAP_NET_ADMIN" ];
+    NoNewPrivileges = true;
+    ProtectSystem = "strict";
+    ProtectHome = true;
+    RestrictAddressFamilies = [
+      "AF_NETLINK"
+      "AF_UNIX"
+    ];
+    UMask = "0077";
+  };
+
+  # `moat serve`.
+  broker = {
+    Type = "notify";
+    NotifyAccess = "main";
+    ExecStart = "${moat} serve";
+    ExecReload = "${coreutilsBin}/kill -HUP $MAINPID";
+    Restart = "on-failure";
+    RestartSec = 2;
+
+    User = "moat";
+    Group = "moat";
+    StateDirectory = "moat";
+    StateDirectoryMode = "0700";
+    WorkingDirectory = stateDir;
+    # `toString`: interpolating a path value would copy the file into the store.
+    LoadCredential = map (name: "${name}:${toString credentials.${name}}") (
+      builtins.attrNames credentials
+    );
+
+    # Ports 1883/8883 are above 1024: no capability at all.
+    CapabilityBoundingSet = "";
+    AmbientCapabilities = "";
+    NoNewPrivileges = true;
+    ProtectSystem = "strict";
+    ProtectHome = true;
+    PrivateTmp = true;
+    PrivateDevices = true;
+    PrivateUsers = true;
+    DevicePolicy = "closed";
+    ProtectClock = true;
+    ProtectHostname = true;
+    ProtectKernelLogs = true;
+    ProtectKernelModules = true;
+    ProtectKernelTunables = true;
+    ProtectControlGroups = true;
+    ProtectProc = "invisible";
+    ProcSubset = "pid";
+    LockPersonality = true;
+    MemoryDenyWriteExecute = true;
+    RestrictNamespaces = true;
+    RestrictRealtime = true;
+    RestrictSUIDSGID = true;
+    RemoveIPC = true;
+    UMask = "0077";
+    RestrictAddressFamilies = [
+      "AF_INET"
+      "AF_INET6"
+      "AF_UNIX"
+    ];
+    SystemCallArchitectures = "native";
+    SystemCallFilter = [
+      "@system-service"
+      "~@privileged"
+      "~@resources"
+    ];
+    IPAddressDeny = "any";
+    IPAddressAllow = allowedAddresses;
+    MemoryMax = memoryMax;
+    TasksMax = 64;
+    LimitNOFILE = 4096;
+  };
+
+  # The malloc setting `moat serve` would otherwise re-execute itself to get
+  # (argon2's 19 MiB per login goes back to the OS); see the README.
+  brokerEnvironment = {
+    GLIBC_TUNABLES = "glibc.malloc.mmap_threshold=131072";
+  };
+
+  # The state directory, made before first boot's import writes into it: owned by
+  # moat and 0700 (`moat firstboot` refuses a state directory others can read).
+  stateDirRule = "d ${stateDir} 0700 moat moat - -";
+
+  # The first-boot import (root). The files it writes as root are handed to `moat`
+  # whatever its result: a run that fails half-way must not leave the broker a
+  # root-owned key it cannot read.
+  firstboot = {
+    Type = "oneshot";
+    RemainAfterExit = true;
+    UMask = "0077";
+  };
+  importManifestScript = ''
+    rc=0
+    ${moat} firstboot --boot ${escapeShellArg bootPartition} || rc=$?
+    ${coreutilsBin}/chown -R moat:moat ${escapeShellArg stateDir}
+    exit "$rc"
+  '';
+}
