@@ -18,7 +18,10 @@
 //!   table removed, a connection from a public source address gets no TCP
 //!   handshake, one from the LAN does; `systemctl reload moat-firewall` puts the
 //!   table back;
-//! - `systemctl stop` ends the broker cleanly: no restart, no seccomp kill.
+//! - a `password_file` handed over by `LoadCredential=` logs in;
+//! - `systemctl stop` ends the broker cleanly: no restart, no seccomp kill;
+//! - and after a second boot from the same disk: the same again, plus the retained
+//!   message, the changed password and the same certificate.
 //!
 //! Not covered: what NixOS adds around the units (ordering against nixpkgs'
 //! nftables unit, the SD image, Wi-Fi, avahi), which only a NixOS build can test
@@ -48,6 +51,9 @@ const HOST_NAME: &str = "moat-vm";
 const LAN: &str = "192.168.77.2";
 const CARD_PASSWORD: &str = "card-Password-4711";
 const NEW_PASSWORD: &str = "changed-Password-0815";
+/// Zigbee2MQTT's password, a file outside the store handed over by `LoadCredential=`.
+const Z2M_PASSWORD: &str = "z2m-Secret-2024";
+const Z2M_SECRET: &str = "/etc/moat-secrets/zigbee2mqtt";
 
 /// The root file system `tests/systemd_guest.sh` makes.
 fn guest_root() -> PathBuf {
@@ -86,6 +92,7 @@ fn units() -> Value {
           allowedAddresses = import {dir}/nix/private-ranges.nix;
           memoryMax = "256M";
           bootPartition = "{CARD}";
+          credentials = {{ zigbee2mqtt = "{Z2M_SECRET}"; }};
         }}"#
     );
     let out = sh(&[
@@ -134,7 +141,8 @@ fn environment(vars: &[&Value]) -> String {
     text
 }
 
-/// The card's manifest, as a user writes it: a plain password, hashed at import.
+/// The card's manifest, as a user writes it: a plain password, hashed at import, and
+/// a `password_file` that is the broker's systemd credential (`services.moat.credentials`).
 const CARD_MANIFEST: &str = "version: 1
 broker:
   hostnames: [moat.home.arpa]
@@ -143,15 +151,27 @@ users:
     password: \"{PASSWORD}\"
     publish: [\"check/#\"]
     subscribe: [\"check/#\"]
+  zigbee2mqtt:
+    password_file: /run/credentials/moat.service/zigbee2mqtt
+    subscribe: [\"check/#\"]
 ";
 
 /// The guest's checks, run as root once moat.service's start job is over (READY=1,
-/// or its failure). Each finding is one `moat-check: key=value` line on the console.
+/// or its failure). Each finding is one `moat-check: BOOT.key=value` line on the
+/// console. The first boot changes a password and tries the fences; the second
+/// finds the first's state: the retained message, the new password, the same
+/// certificate.
 const CHECK_SCRIPT: &str = r#"#!/bin/bash
 set -u
-say() { echo "moat-check: $*"; }
+mkdir -p /var/lib/moat-check
+boot=$(( $(cat /var/lib/moat-check/boot 2>/dev/null || echo 0) + 1 ))
+echo "$boot" > /var/lib/moat-check/boot
+say() { echo "moat-check: $boot.$*"; }
 ca=$MOAT_STATE/ca.pem
-tls=(-h "$LAN" -p 8883 --cafile "$ca" -u tester)
+tls=(-h "$LAN" -p 8883 --cafile "$ca")
+receive() {  # USER PASSWORD: the retained check/ping, as mosquitto_sub prints it
+  mosquitto_sub "${tls[@]}" -u "$1" -P "$2" -t check/ping -C 1 -W "${3:-20}" 2>&1 | head -1
+}
 say "units=$(systemctl is-active moat-firstboot.service moat-firewall.service moat.service | paste -sd,)"
 say "state=$(stat -c '%U:%G:%a' "$MOAT_STATE")"
 say "not-moat=$(find "$MOAT_STATE" ! -user moat | paste -sd,)"
@@ -162,38 +182,52 @@ verify() {
 }
 say "verify-ip=$(verify -verify_ip "$LAN")"
 say "verify-name=$(verify -verify_hostname "$HOST_NAME.local")"
-mosquitto_pub "${tls[@]}" -P "$CARD_PASSWORD" -t check/ping -m hello -r -q 1 2>&1 | sed 's/^/moat-client: /'
-say "round-trip=$(mosquitto_sub "${tls[@]}" -P "$CARD_PASSWORD" -t check/ping -C 1 -W 20 2>&1 | head -1)"
+fingerprint=$(openssl s_client -connect "$LAN:8883" </dev/null 2>/dev/null | openssl x509 -noout -fingerprint -sha256)
 
-# The password change docs/appliance.md gives, as root over SSH.
-printf '%s' "$NEW_PASSWORD" | moat passwd tester --stdin --write 2>&1 | sed 's/^/moat-passwd: /'
-say "manifest=$(stat -c '%U:%G:%a' "$MOAT_MANIFEST")"
-moat reload 2>&1 | sed 's/^/moat-reload: /'
-new=""
-for _ in $(seq 20); do
-  new=$(mosquitto_sub "${tls[@]}" -P "$NEW_PASSWORD" -t check/ping -C 1 -W 5 2>&1 | head -1)
-  [ "$new" = hello ] && break
-  sleep 1
-done
-say "new-password=$new"
-say "old-password=$(mosquitto_sub "${tls[@]}" -P "$CARD_PASSWORD" -t check/ping -C 1 -W 5 2>&1 | head -1)"
+if [ "$boot" = 1 ]; then
+  mosquitto_pub "${tls[@]}" -u tester -P "$CARD_PASSWORD" -t check/ping -m hello -r -q 1 2>&1 | sed 's/^/moat-client: /'
+  say "round-trip=$(receive tester "$CARD_PASSWORD")"
+  echo "$fingerprint" > /var/lib/moat-check/fingerprint
 
-# The unit's own fence, alone: without moat's table, only IPAddressDeny/Allow and the
-# broker's admission check are left, and the latter would answer the handshake.
-nft delete table inet moat
-ip addr add 203.0.113.2/32 dev lan0
-timeout 10 openssl s_client -bind 203.0.113.2:0 -connect "$LAN:8883" </dev/null >/dev/null 2>&1
-say "outside=$?"
-say "inside=$(timeout 10 openssl s_client -bind "$LAN:0" -connect "$LAN:8883" -CAfile "$ca" </dev/null 2>&1 | grep -c 'Verification: OK')"
-systemctl reload moat-firewall.service
-if nft list table inet moat >/dev/null 2>&1; then say "table-reloaded=loaded"; else say "table-reloaded=missing"; fi
+  # The password change docs/appliance.md gives, as root over SSH.
+  printf '%s' "$NEW_PASSWORD" | moat passwd tester --stdin --write 2>&1 | sed 's/^/moat-passwd: /'
+  say "manifest=$(stat -c '%U:%G:%a' "$MOAT_MANIFEST")"
+  moat reload 2>&1 | sed 's/^/moat-reload: /'
+  new=""
+  for _ in $(seq 20); do
+    new=$(receive tester "$NEW_PASSWORD" 5)
+    [ "$new" = hello ] && break
+    sleep 1
+  done
+  say "new-password=$new"
+  say "old-password=$(receive tester "$CARD_PASSWORD" 5)"
+
+  # The unit's own fence, alone: without moat's table, only IPAddressDeny/Allow and
+  # the broker's admission check are left, and the latter would answer the handshake.
+  nft delete table inet moat
+  ip addr add 203.0.113.2/32 dev lan0
+  timeout 10 openssl s_client -bind 203.0.113.2:0 -connect "$LAN:8883" </dev/null >/dev/null 2>&1
+  say "outside=$?"
+  say "inside=$(timeout 10 openssl s_client -bind "$LAN:0" -connect "$LAN:8883" -CAfile "$ca" </dev/null 2>&1 | grep -c 'Verification: OK')"
+  systemctl reload moat-firewall.service
+  if nft list table inet moat >/dev/null 2>&1; then say "table-reloaded=loaded"; else say "table-reloaded=missing"; fi
+else
+  say "after-reboot=$(receive tester "$NEW_PASSWORD")"
+  say "old-password=$(receive tester "$CARD_PASSWORD" 5)"
+  if [ "$fingerprint" = "$(cat /var/lib/moat-check/fingerprint)" ]; then
+    say "certificate=same"
+  else
+    say "certificate=changed"
+  fi
+fi
+say "credential=$(receive zigbee2mqtt "$Z2M_PASSWORD")"
 
 systemctl stop moat.service
 say "stop=$(systemctl show moat.service -p Result -p NRestarts -p ExecMainCode -p ExecMainStatus | sort | cut -d= -f2 | paste -sd,)"
 journalctl -b -k -o cat | grep "type=1326" | sed 's/^/moat-kernel: /'
 say "seccomp=$(journalctl -b -k -o cat | grep -c "type=1326")"
-journalctl -b -o cat -u moat-firstboot.service -u moat-firewall.service -u moat.service | sed 's/^/moat-journal: /'
-say done
+journalctl -b -o cat -u moat-firstboot.service -u moat-firewall.service -u moat.service | sed "s/^/moat-journal: $boot: /"
+say "done=yes"
 "#;
 
 /// Files the test adds to the guest's root, path (relative) → (mode, content).
@@ -266,6 +300,7 @@ fn stage(units: &Value) -> BTreeMap<String, (u32, String)> {
              ExecStart=/usr/sbin/ip link set lan0 up\n"
         )),
     );
+    files.insert(Z2M_SECRET[1..].into(), (0o600, format!("{Z2M_PASSWORD}\n")));
     files.insert(
         "usr/local/lib/moat/check".into(),
         (0o755, CHECK_SCRIPT.to_string()),
@@ -278,7 +313,8 @@ fn stage(units: &Value) -> BTreeMap<String, (u32, String)> {
              [Service]\nType=oneshot\nExecStart=/usr/local/lib/moat/check\n\
              StandardOutput=tty\nStandardError=tty\nTTYPath=/dev/ttyS0\n{env}\
              Environment=\"LAN={LAN}\" \"HOST_NAME={HOST_NAME}\"\n\
-             Environment=\"CARD_PASSWORD={CARD_PASSWORD}\" \"NEW_PASSWORD={NEW_PASSWORD}\"\n"
+             Environment=\"CARD_PASSWORD={CARD_PASSWORD}\" \"NEW_PASSWORD={NEW_PASSWORD}\"\n\
+             Environment=\"Z2M_PASSWORD={Z2M_PASSWORD}\"\n"
         )),
     );
     files.insert(
@@ -363,8 +399,53 @@ fn findings(console: &str) -> BTreeMap<String, String> {
         .collect()
 }
 
+/// Boots the guest from `image` once, until its checks say `BOOT.done`; the console.
+fn boot(root: &Path, image: &Path, number: u32) -> String {
+    let kernel = Kernel {
+        vmlinuz: boot_file(root, "vmlinuz-"),
+        modules: root.join("lib/modules"),
+    };
+    let accel = match std::env::var("MOAT_GUEST_ACCEL").as_deref() {
+        Ok("kvm") => Accel::Kvm,
+        _ => Accel::Tcg,
+    };
+    let mut vm = Vm::boot_with(
+        &kernel,
+        &boot_file(root, "initrd.img-"),
+        accel,
+        "root=/dev/vda rw systemd.unit=moat-test.target",
+        &[
+            "-drive".into(),
+            format!("file={},if=virtio,format=raw", image.display()),
+        ],
+    );
+    let finished = vm.wait_for(
+        &format!("moat-check: {number}.done=yes"),
+        Duration::from_secs(420),
+    );
+    let console = vm.console();
+    vm.kill();
+    assert!(
+        finished,
+        "boot {number}: the guest did not finish its checks\n{console}"
+    );
+    console
+}
+
+/// Asserts each `(key, value)` among boot `number`'s findings.
+fn expect(found: &BTreeMap<String, String>, number: u32, wanted: &[(&str, &str)], context: &str) {
+    for (key, want) in wanted {
+        let key = format!("{number}.{key}");
+        assert_eq!(
+            found.get(&key).map(String::as_str),
+            Some(*want),
+            "{key}\n{context}"
+        );
+    }
+}
+
 #[test]
-fn the_modules_units_run_the_appliance_under_systemd() {
+fn the_modules_units_run_the_appliance_under_systemd_across_a_reboot() {
     let root = guest_root();
     if let Some(reason) = missing(&root) {
         assert!(
@@ -376,27 +457,7 @@ fn the_modules_units_run_the_appliance_under_systemd() {
     }
     let work = tempfile::tempdir().unwrap();
     let image = disk(&root, &stage(&units()), work.path());
-    let kernel = Kernel {
-        vmlinuz: boot_file(&root, "vmlinuz-"),
-        modules: root.join("lib/modules"),
-    };
-    let accel = match std::env::var("MOAT_GUEST_ACCEL").as_deref() {
-        Ok("kvm") => Accel::Kvm,
-        _ => Accel::Tcg,
-    };
-    let mut vm = Vm::boot_with(
-        &kernel,
-        &boot_file(&root, "initrd.img-"),
-        accel,
-        "root=/dev/vda rw systemd.unit=moat-test.target",
-        &[
-            "-drive".into(),
-            format!("file={},if=virtio,format=raw", image.display()),
-        ],
-    );
-    let finished = vm.wait_for("moat-check: done", Duration::from_secs(420));
-    let console = vm.console();
-    vm.kill();
+    let console = [boot(&root, &image, 1), boot(&root, &image, 2)].join("\n");
     let found = findings(&console);
     let journal: Vec<&str> = console
         .lines()
@@ -407,37 +468,39 @@ fn the_modules_units_run_the_appliance_under_systemd() {
         })
         .collect();
     let context = format!("findings: {found:#?}\njournal:\n{}", journal.join("\n"));
-    assert!(
-        finished,
-        "the guest did not finish its checks\n{context}\nconsole:\n{console}"
-    );
-    let expect = [
+    // CONNACK 4 (MQTT 3.1.1, mosquitto_sub's default), as mosquitto_sub prints it.
+    let refused = "Connection error: Connection Refused: bad user name or password.";
+    let every_boot = [
         ("units", "active,active,active"),
         ("state", "moat:moat:700"),
         ("not-moat", ""),
         ("table", "loaded"),
         ("verify-ip", "Verification: OK"),
         ("verify-name", "Verification: OK"),
-        ("round-trip", "hello"),
-        ("manifest", "moat:moat:600"),
-        ("new-password", "hello"),
-        ("outside", "124"),
-        ("inside", "1"),
-        ("table-reloaded", "loaded"),
+        ("credential", "hello"),
+        ("old-password", refused),
         ("stop", "1,0,0,success"),
         ("seccomp", "0"),
     ];
-    for (key, want) in expect {
-        assert_eq!(
-            found.get(key).map(String::as_str),
-            Some(want),
-            "{key}\n{context}"
-        );
-    }
-    let old = found.get("old-password").map(String::as_str).unwrap_or("");
-    // CONNACK 4 (MQTT 3.1.1, mosquitto_sub's default), as mosquitto_sub prints it.
-    assert!(
-        old.contains("bad user name or password"),
-        "the card's password was not refused after the change: {old:?}\n{context}"
+    expect(&found, 1, &every_boot, &context);
+    expect(
+        &found,
+        1,
+        &[
+            ("round-trip", "hello"),
+            ("manifest", "moat:moat:600"),
+            ("new-password", "hello"),
+            ("outside", "124"),
+            ("inside", "1"),
+            ("table-reloaded", "loaded"),
+        ],
+        &context,
+    );
+    expect(&found, 2, &every_boot, &context);
+    expect(
+        &found,
+        2,
+        &[("after-reboot", "hello"), ("certificate", "same")],
+        &context,
     );
 }
