@@ -13,7 +13,8 @@
 //! - a real client (`mosquitto_pub`/`mosquitto_sub`, TLS) gets a retained message
 //!   through;
 //! - the documented password change works at once: `moat passwd NAME --write` as
-//!   root over SSH, then `moat reload`;
+//!   root over SSH, then `moat reload`; so does a device added over SSH with
+//!   `moat provision` as root (its client certificate logs in);
 //! - `IPAddressDeny=`/`IPAddressAllow=` hold in the kernel: with moat's nftables
 //!   table removed, a connection from a public source address gets no TCP
 //!   handshake, one from the LAN does; `systemctl reload moat-firewall` puts the
@@ -202,6 +203,13 @@ if [ "$boot" = 1 ]; then
   say "new-password=$new"
   say "old-password=$(receive tester "$CARD_PASSWORD" 5)"
 
+  # A device with a client certificate, added over SSH as root: `moat provision`
+  # makes its key as root, which must end up the broker's.
+  printf 'devices:\n  sensor:\n    certificate: true\n    subscribe: ["check/#"]\n' >> "$MOAT_MANIFEST"
+  moat provision 2>&1 | sed 's/^/moat-provision: /'
+  say "after-provision=$(find "$MOAT_STATE" ! -user moat | paste -sd,)"
+  moat reload 2>&1 | sed 's/^/moat-reload: /'
+
   # The unit's own fence, alone: without moat's table, only IPAddressDeny/Allow and
   # the broker's admission check are left, and the latter would answer the handshake.
   nft delete table inet moat
@@ -221,6 +229,14 @@ else
   fi
 fi
 say "credential=$(receive zigbee2mqtt "$Z2M_PASSWORD")"
+device=""
+for _ in $(seq 10); do
+  device=$(mosquitto_sub "${tls[@]}" --cert "$MOAT_STATE/devices/sensor/cert.pem" \
+    --key "$MOAT_STATE/devices/sensor/key.pem" -t check/ping -C 1 -W 5 2>&1 | head -1)
+  [ "$device" = hello ] && break
+  sleep 1
+done
+say "device=$device"
 
 systemctl stop moat.service
 say "stop=$(systemctl show moat.service -p Result -p NRestarts -p ExecMainCode -p ExecMainStatus | sort | cut -d= -f2 | paste -sd,)"
@@ -462,9 +478,14 @@ fn the_modules_units_run_the_appliance_under_systemd_across_a_reboot() {
     let journal: Vec<&str> = console
         .lines()
         .filter(|line| {
-            ["moat-journal: ", "moat-passwd: ", "moat-kernel: "]
-                .iter()
-                .any(|tag| line.contains(tag))
+            [
+                "moat-journal: ",
+                "moat-passwd: ",
+                "moat-provision: ",
+                "moat-kernel: ",
+            ]
+            .iter()
+            .any(|tag| line.contains(tag))
         })
         .collect();
     let context = format!("findings: {found:#?}\njournal:\n{}", journal.join("\n"));
@@ -478,6 +499,7 @@ fn the_modules_units_run_the_appliance_under_systemd_across_a_reboot() {
         ("verify-ip", "Verification: OK"),
         ("verify-name", "Verification: OK"),
         ("credential", "hello"),
+        ("device", "hello"),
         ("old-password", refused),
         ("stop", "1,0,0,success"),
         ("seccomp", "0"),
@@ -490,6 +512,7 @@ fn the_modules_units_run_the_appliance_under_systemd_across_a_reboot() {
             ("round-trip", "hello"),
             ("manifest", "moat:moat:600"),
             ("new-password", "hello"),
+            ("after-provision", ""),
             ("outside", "124"),
             ("inside", "1"),
             ("table-reloaded", "loaded"),

@@ -19,6 +19,7 @@ pub mod passwd;
 pub mod provision;
 pub mod reload;
 pub mod serve;
+pub mod state_owner;
 
 /// Exit code for success.
 pub const EXIT_OK: u8 = 0;
@@ -73,6 +74,13 @@ pub fn dispatch(cli: Cli) -> ExitCode {
         Command::Denials(a) => denials::run(g, a),
         Command::Import(crate::cli::ImportSource::Mosquitto(a)) => import::mosquitto(g, a),
     };
+    // `serve` runs as the state directory's owner under the NixOS unit; run by hand
+    // as root it is left as it is.
+    if !matches!(cli.command, Command::Serve(_)) {
+        for warning in state_owner::give_back(&g.state) {
+            eprintln!("moat: warning: {warning}");
+        }
+    }
     match outcome {
         Ok(code) => ExitCode::from(code),
         Err(err) => {

@@ -1,0 +1,113 @@
+//! Files a command run as root leaves in someone else's state directory go to that
+//! directory's owner. On the appliance `/var/lib/moat` belongs to `moat`, and an
+//! admin's `moat provision` over SSH as root must not leave a key or a certificate
+//! that the broker and its firewall unit, both running as `moat`, cannot read. Only
+//! entries owned by root change hands, and symlinks are not followed. This is the
+//! CLI edge: it knows nothing of what the files are.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+/// When running as root and `state` belongs to another user, gives every root-owned
+/// entry under it to that user and group. Returns what could not be given, as
+/// warnings with the fix; nothing when there was nothing to do.
+pub fn give_back(state: &Path) -> Vec<String> {
+    if !nix::unistd::Uid::effective().is_root() {
+        return Vec::new();
+    }
+    let Ok(meta) = std::fs::symlink_metadata(state) else {
+        return Vec::new();
+    };
+    if !meta.is_dir() || meta.uid() == 0 {
+        return Vec::new();
+    }
+    let mut warnings = Vec::new();
+    give_entries(state, meta.uid(), meta.gid(), &mut warnings);
+    if !warnings.is_empty() {
+        warnings.push(format!(
+            "the broker runs as uid {} and may not read these: chown -R {}:{} {}",
+            meta.uid(),
+            meta.uid(),
+            meta.gid(),
+            state.display()
+        ));
+    }
+    warnings
+}
+
+fn give_entries(dir: &Path, uid: u32, gid: u32, warnings: &mut Vec<String>) {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) => {
+            warnings.push(format!("cannot list {}: {e}", dir.display()));
+            return;
+        }
+    };
+    for entry in entries.filter_map(Result::ok) {
+        let path = entry.path();
+        let Ok(meta) = std::fs::symlink_metadata(&path) else {
+            continue;
+        };
+        if meta.uid() == 0
+            && let Err(e) = std::os::unix::fs::lchown(&path, Some(uid), Some(gid))
+        {
+            warnings.push(format!("cannot give {} to uid {uid}: {e}", path.display()));
+        }
+        if meta.is_dir() {
+            give_entries(&path, uid, gid, warnings);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::give_back;
+    use std::os::unix::fs::MetadataExt;
+
+    fn owner(path: &std::path::Path) -> (u32, u32) {
+        let meta = std::fs::symlink_metadata(path).unwrap();
+        (meta.uid(), meta.gid())
+    }
+
+    /// Only root can give files away, so elsewhere this says so and passes;
+    /// tests/systemd_units.rs runs `moat provision` as root on the appliance's state.
+    #[test]
+    fn root_created_files_in_anothers_state_directory_go_to_its_owner() {
+        if !nix::unistd::Uid::effective().is_root() {
+            eprintln!("skipping: only root can give a file to another user");
+            return;
+        }
+        let root = tempfile::tempdir().unwrap();
+        let state = root.path().join("state");
+        std::fs::create_dir_all(state.join("devices")).unwrap();
+        std::fs::write(state.join("server.key"), "k").unwrap();
+        std::fs::write(state.join("devices/plug.pem"), "c").unwrap();
+        let outside = root.path().join("outside");
+        std::fs::write(&outside, "o").unwrap();
+        std::os::unix::fs::symlink(&outside, state.join("link")).unwrap();
+        let nobody = 65534;
+        std::os::unix::fs::chown(&state, Some(nobody), Some(nobody)).unwrap();
+
+        assert!(give_back(&state).is_empty());
+        for inside in ["server.key", "devices", "devices/plug.pem", "link"] {
+            assert_eq!(owner(&state.join(inside)), (nobody, nobody), "{inside}");
+        }
+        assert_eq!(
+            owner(&outside),
+            (0, 0),
+            "a symlink's target is not followed"
+        );
+    }
+
+    #[test]
+    fn a_state_directory_of_roots_own_is_left_alone() {
+        if !nix::unistd::Uid::effective().is_root() {
+            eprintln!("skipping: the rule only acts for root");
+            return;
+        }
+        let state = tempfile::tempdir().unwrap();
+        std::fs::write(state.path().join("ca.pem"), "c").unwrap();
+        assert!(give_back(state.path()).is_empty());
+        assert_eq!(owner(&state.path().join("ca.pem")), (0, 0));
+    }
+}
