@@ -151,7 +151,9 @@ in
         refers to them as `/run/credentials/moat.service/<name>`. Give each as an
         absolute path in a string (`"/run/secrets/x"`), never a path literal
         (`./x`): a path literal, or a file inside a flake's source, is in the
-        world-readable Nix store, which an assertion refuses.
+        world-readable Nix store, which an assertion refuses. A file missing when
+        the broker starts stops it from starting (systemd logs "Failed to set up
+        credentials").
       '';
     };
 

@@ -2,10 +2,12 @@
 //! settings `nix/module.nix` gives its units; this test evaluates that file with
 //! `nix-instantiate`, renders it as NixOS renders `serviceConfig`, and boots a Debian
 //! guest (made by `tests/systemd_guest.sh`) in qemu with systemd as PID 1 and this
-//! build's `moat`, along the appliance's first boot: the root unit imports the
-//! manifest from the card, `moat` applies the ruleset with its one ambient
-//! capability, and the broker starts under the whole sandbox (`Type=notify`). A
-//! script in the guest then checks what a home would meet:
+//! build's `moat`, both ways the module gets a manifest.
+//!
+//! The prebuilt image's way: the root unit imports the manifest from the card,
+//! `moat` applies the ruleset with its one ambient capability, and the broker starts
+//! under the whole sandbox (`Type=notify`). A script in the guest then checks what a
+//! home would meet:
 //!
 //! - every unit is active and the state directory is the broker's alone;
 //! - the certificate names the host (`moat-vm.local`) and its LAN address, read
@@ -23,6 +25,11 @@
 //! - `systemctl stop` ends the broker cleanly: no restart, no seccomp kill;
 //! - and after a second boot from the same disk: the same again, plus the retained
 //!   message, the changed password and the same certificate.
+//!
+//! A declared manifest (`services.moat.manifest`, linked to `/etc/moat/moat.yaml`,
+//! no first-boot unit): the units come up with the state directory made by
+//! `StateDirectory=` alone, a round trip works, and what `nixos-rebuild switch` does
+//! with a new manifest (the file replaced, both units reloaded) lets a new user in.
 //!
 //! Not covered: what NixOS adds around the units (ordering against nixpkgs'
 //! nftables unit, the SD image, Wi-Fi, avahi), which only a NixOS build can test
@@ -81,19 +88,44 @@ fn missing(root: &Path) -> Option<String> {
     })
 }
 
+/// The module's two ways to a manifest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Setup {
+    /// The prebuilt image (`manifest = null`): `moat-firstboot` imports the card's.
+    Card,
+    /// `services.moat.manifest = ./moat.yaml`: a store file linked to
+    /// `/etc/moat/moat.yaml`; a rebuild replaces the link and reloads the units.
+    Declared,
+}
+
+impl Setup {
+    fn manifest_path(self) -> &'static str {
+        match self {
+            Setup::Card => "/var/lib/moat/moat.yaml",
+            Setup::Declared => "/etc/moat/moat.yaml",
+        }
+    }
+}
+
 /// `nix/units.nix` with the guest's paths and the module's defaults.
-fn units() -> Value {
+fn units(setup: Setup) -> Value {
     let dir = env!("CARGO_MANIFEST_DIR");
+    let manifest = setup.manifest_path();
+    // The image's test hands Zigbee2MQTT's password over as a credential.
+    let credentials = match setup {
+        Setup::Card => format!("{{ zigbee2mqtt = \"{Z2M_SECRET}\"; }}"),
+        Setup::Declared => "{ }".to_string(),
+    };
     let expr = format!(
         r#"import {dir}/nix/units.nix {{
           moat = "{MOAT}";
           coreutilsBin = "/usr/bin";
           stateDir = "{STATE}";
-          manifestPath = "{STATE}/moat.yaml";
+          manifestPath = "{manifest}";
           allowedAddresses = import {dir}/nix/private-ranges.nix;
           memoryMax = "256M";
           bootPartition = "{CARD}";
-          credentials = {{ zigbee2mqtt = "{Z2M_SECRET}"; }};
+          credentials = {credentials};
         }}"#
     );
     let out = sh(&[
@@ -162,7 +194,7 @@ users:
 /// console. The first boot changes a password and tries the fences; the second
 /// finds the first's state: the retained message, the new password, the same
 /// certificate.
-const CHECK_SCRIPT: &str = r#"#!/bin/bash
+const CHECK_HEAD: &str = r#"#!/bin/bash
 set -u
 mkdir -p /var/lib/moat-check
 boot=$(( $(cat /var/lib/moat-check/boot 2>/dev/null || echo 0) + 1 ))
@@ -172,6 +204,15 @@ ca=$MOAT_STATE/ca.pem
 tls=(-h "$LAN" -p 8883 --cafile "$ca")
 receive() {  # USER PASSWORD: the retained check/ping, as mosquitto_sub prints it
   mosquitto_sub "${tls[@]}" -u "$1" -P "$2" -t check/ping -C 1 -W "${3:-20}" 2>&1 | head -1
+}
+eventually() {  # USER PASSWORD: receive, retried for 20 s while a reload lands
+  local got=""
+  for _ in $(seq 20); do
+    got=$(receive "$1" "$2" 5)
+    [ "$got" = hello ] && break
+    sleep 1
+  done
+  echo "$got"
 }
 say "units=$(systemctl is-active moat-firstboot.service moat-firewall.service moat.service | paste -sd,)"
 say "state=$(stat -c '%U:%G:%a' "$MOAT_STATE")"
@@ -185,7 +226,11 @@ say "verify-ip=$(verify -verify_ip "$LAN")"
 say "verify-name=$(verify -verify_hostname "$HOST_NAME.local")"
 fingerprint=$(openssl s_client -connect "$LAN:8883" </dev/null 2>/dev/null | openssl x509 -noout -fingerprint -sha256)
 
-if [ "$boot" = 1 ]; then
+"#;
+
+/// The image's checks: the first boot changes a password, adds a device and tries
+/// the fences; the second finds the first's state.
+const CARD_CHECKS: &str = r#"if [ "$boot" = 1 ]; then
   mosquitto_pub "${tls[@]}" -u tester -P "$CARD_PASSWORD" -t check/ping -m hello -r -q 1 2>&1 | sed 's/^/moat-client: /'
   say "round-trip=$(receive tester "$CARD_PASSWORD")"
   echo "$fingerprint" > /var/lib/moat-check/fingerprint
@@ -194,13 +239,7 @@ if [ "$boot" = 1 ]; then
   printf '%s' "$NEW_PASSWORD" | moat passwd tester --stdin --write 2>&1 | sed 's/^/moat-passwd: /'
   say "manifest=$(stat -c '%U:%G:%a' "$MOAT_MANIFEST")"
   moat reload 2>&1 | sed 's/^/moat-reload: /'
-  new=""
-  for _ in $(seq 20); do
-    new=$(receive tester "$NEW_PASSWORD" 5)
-    [ "$new" = hello ] && break
-    sleep 1
-  done
-  say "new-password=$new"
+  say "new-password=$(eventually tester "$NEW_PASSWORD")"
   say "old-password=$(receive tester "$CARD_PASSWORD" 5)"
 
   # A device with a client certificate, added over SSH as root: `moat provision`
@@ -238,7 +277,20 @@ for _ in $(seq 10); do
 done
 say "device=$device"
 
-systemctl stop moat.service
+"#;
+
+/// The declared manifest's checks: a round trip, then what `nixos-rebuild switch`
+/// does with a new manifest (the link in /etc replaced, the units reloaded).
+const DECLARED_CHECKS: &str = r#"mosquitto_pub "${tls[@]}" -u tester -P "$PASSWORD" -t check/ping -m hello -r -q 1 2>&1 | sed 's/^/moat-client: /'
+say "round-trip=$(receive tester "$PASSWORD")"
+cat "$MOAT_MANIFEST" /etc/moat-check/second.yaml > /etc/moat/.next.yaml
+chmod 0444 /etc/moat/.next.yaml
+mv /etc/moat/.next.yaml "$MOAT_MANIFEST"
+systemctl reload moat-firewall.service moat.service
+say "rebuild=$(eventually second "$PASSWORD")"
+"#;
+
+const CHECK_TAIL: &str = r#"systemctl stop moat.service
 say "stop=$(systemctl show moat.service -p Result -p NRestarts -p ExecMainCode -p ExecMainStatus | sort | cut -d= -f2 | paste -sd,)"
 journalctl -b -k -o cat | grep "type=1326" | sed 's/^/moat-kernel: /'
 say "seccomp=$(journalctl -b -k -o cat | grep -c "type=1326")"
@@ -246,16 +298,21 @@ journalctl -b -o cat -u moat-firstboot.service -u moat-firewall.service -u moat.
 say "done=yes"
 "#;
 
-/// Files the test adds to the guest's root, path (relative) → (mode, content).
-fn stage(units: &Value) -> BTreeMap<String, (u32, String)> {
-    let env = environment(&[&units["environment"]]);
+/// A declared manifest, as `moat check` passes it at build time: hashes only.
+fn declared_manifest() -> String {
+    format!(
+        "version: 1\n\
+         broker:\n  hostnames: [moat.home.arpa]\n\
+         users:\n  tester:\n    password_hash: \"{}\"\n\
+         \x20   publish: [\"check/#\"]\n    subscribe: [\"check/#\"]\n",
+        common::password_hash()
+    )
+}
+
+/// What the module adds for the card (`firstbootActive`): the state directory's
+/// tmpfiles rule, the import script and its unit; and the card itself.
+fn stage_card(units: &Value, env: &str, files: &mut BTreeMap<String, (u32, String)>) {
     let unit = |text: String| (0o644, text);
-    let mut files = BTreeMap::new();
-    files.insert("etc/hostname".into(), unit(format!("{HOST_NAME}\n")));
-    files.insert(
-        "etc/sysusers.d/moat.conf".into(),
-        unit(format!("u moat - \"moat broker\" {STATE}\n")),
-    );
     files.insert(
         "etc/tmpfiles.d/moat.conf".into(),
         unit(format!("{}\n", units["stateDirRule"].as_str().unwrap())),
@@ -284,6 +341,39 @@ fn stage(units: &Value) -> BTreeMap<String, (u32, String)> {
             section(&units["firstboot"])
         )),
     );
+    files.insert(Z2M_SECRET[1..].into(), (0o600, format!("{Z2M_PASSWORD}\n")));
+}
+
+/// Files the test adds to the guest's root, path (relative) → (mode, content).
+fn stage(units: &Value, setup: Setup) -> BTreeMap<String, (u32, String)> {
+    let env = environment(&[&units["environment"]]);
+    let unit = |text: String| (0o644, text);
+    let mut files = BTreeMap::new();
+    files.insert("etc/hostname".into(), unit(format!("{HOST_NAME}\n")));
+    files.insert(
+        "etc/sysusers.d/moat.conf".into(),
+        unit(format!("u moat - \"moat broker\" {STATE}\n")),
+    );
+    let checks = match setup {
+        Setup::Card => {
+            stage_card(units, &env, &mut files);
+            CARD_CHECKS
+        }
+        Setup::Declared => {
+            files.insert(
+                setup.manifest_path()[1..].into(),
+                (0o444, declared_manifest()),
+            );
+            files.insert(
+                "etc/moat-check/second.yaml".into(),
+                unit(format!(
+                    "  second:\n    password_hash: \"{}\"\n    subscribe: [\"check/#\"]\n",
+                    common::password_hash()
+                )),
+            );
+            DECLARED_CHECKS
+        }
+    };
     files.insert(
         "etc/systemd/system/moat-firewall.service".into(),
         unit(format!(
@@ -316,10 +406,9 @@ fn stage(units: &Value) -> BTreeMap<String, (u32, String)> {
              ExecStart=/usr/sbin/ip link set lan0 up\n"
         )),
     );
-    files.insert(Z2M_SECRET[1..].into(), (0o600, format!("{Z2M_PASSWORD}\n")));
     files.insert(
         "usr/local/lib/moat/check".into(),
-        (0o755, CHECK_SCRIPT.to_string()),
+        (0o755, [CHECK_HEAD, checks, CHECK_TAIL].concat()),
     );
     files.insert(
         "etc/systemd/system/moat-check.service".into(),
@@ -330,7 +419,8 @@ fn stage(units: &Value) -> BTreeMap<String, (u32, String)> {
              StandardOutput=tty\nStandardError=tty\nTTYPath=/dev/ttyS0\n{env}\
              Environment=\"LAN={LAN}\" \"HOST_NAME={HOST_NAME}\"\n\
              Environment=\"CARD_PASSWORD={CARD_PASSWORD}\" \"NEW_PASSWORD={NEW_PASSWORD}\"\n\
-             Environment=\"Z2M_PASSWORD={Z2M_PASSWORD}\"\n"
+             Environment=\"Z2M_PASSWORD={Z2M_PASSWORD}\" \"PASSWORD={}\"\n",
+            common::PASSWORD
         )),
     );
     files.insert(
@@ -460,8 +550,9 @@ fn expect(found: &BTreeMap<String, String>, number: u32, wanted: &[(&str, &str)]
     }
 }
 
-#[test]
-fn the_modules_units_run_the_appliance_under_systemd_across_a_reboot() {
+/// Boots a guest with `setup` `boots` times from one disk; its findings, and the
+/// journal lines to show when an assertion fails. `None` when it cannot run here.
+fn run(setup: Setup, boots: u32) -> Option<(BTreeMap<String, String>, String)> {
     let root = guest_root();
     if let Some(reason) = missing(&root) {
         assert!(
@@ -469,12 +560,12 @@ fn the_modules_units_run_the_appliance_under_systemd_across_a_reboot() {
             "CI must run this test: {reason}"
         );
         eprintln!("skipping: {reason}");
-        return;
+        return None;
     }
     let work = tempfile::tempdir().unwrap();
-    let image = disk(&root, &stage(&units()), work.path());
-    let console = [boot(&root, &image, 1), boot(&root, &image, 2)].join("\n");
-    let found = findings(&console);
+    let image = disk(&root, &stage(&units(setup), setup), work.path());
+    let console: Vec<String> = (1..=boots).map(|n| boot(&root, &image, n)).collect();
+    let console = console.join("\n");
     let journal: Vec<&str> = console
         .lines()
         .filter(|line| {
@@ -488,23 +579,43 @@ fn the_modules_units_run_the_appliance_under_systemd_across_a_reboot() {
             .any(|tag| line.contains(tag))
         })
         .collect();
+    let found = findings(&console);
     let context = format!("findings: {found:#?}\njournal:\n{}", journal.join("\n"));
+    Some((found, context))
+}
+
+/// What holds on every boot of either setup, but the units' list.
+const HEALTHY: [(&str, &str); 7] = [
+    ("state", "moat:moat:700"),
+    ("not-moat", ""),
+    ("table", "loaded"),
+    ("verify-ip", "Verification: OK"),
+    ("verify-name", "Verification: OK"),
+    ("stop", "1,0,0,success"),
+    ("seccomp", "0"),
+];
+
+#[test]
+fn the_appliance_image_runs_under_the_modules_units_across_a_reboot() {
+    let Some((found, context)) = run(Setup::Card, 2) else {
+        return;
+    };
     // CONNACK 4 (MQTT 3.1.1, mosquitto_sub's default), as mosquitto_sub prints it.
     let refused = "Connection error: Connection Refused: bad user name or password.";
-    let every_boot = [
-        ("units", "active,active,active"),
-        ("state", "moat:moat:700"),
-        ("not-moat", ""),
-        ("table", "loaded"),
-        ("verify-ip", "Verification: OK"),
-        ("verify-name", "Verification: OK"),
-        ("credential", "hello"),
-        ("device", "hello"),
-        ("old-password", refused),
-        ("stop", "1,0,0,success"),
-        ("seccomp", "0"),
-    ];
-    expect(&found, 1, &every_boot, &context);
+    for boot in [1, 2] {
+        expect(&found, boot, &HEALTHY, &context);
+        expect(
+            &found,
+            boot,
+            &[
+                ("units", "active,active,active"),
+                ("credential", "hello"),
+                ("device", "hello"),
+                ("old-password", refused),
+            ],
+            &context,
+        );
+    }
     expect(
         &found,
         1,
@@ -519,11 +630,29 @@ fn the_modules_units_run_the_appliance_under_systemd_across_a_reboot() {
         ],
         &context,
     );
-    expect(&found, 2, &every_boot, &context);
     expect(
         &found,
         2,
         &[("after-reboot", "hello"), ("certificate", "same")],
+        &context,
+    );
+}
+
+#[test]
+fn a_declared_manifest_runs_under_the_modules_units_and_a_rebuild_reloads_it() {
+    let Some((found, context)) = run(Setup::Declared, 1) else {
+        return;
+    };
+    expect(&found, 1, &HEALTHY, &context);
+    expect(
+        &found,
+        1,
+        &[
+            // No first-boot unit without the card.
+            ("units", "inactive,active,active"),
+            ("round-trip", "hello"),
+            ("rebuild", "hello"),
+        ],
         &context,
     );
 }
