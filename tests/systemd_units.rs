@@ -29,7 +29,10 @@
 //! A declared manifest (`services.moat.manifest`, linked to `/etc/moat/moat.yaml`,
 //! no first-boot unit): the units come up with the state directory made by
 //! `StateDirectory=` alone, a round trip works, and what `nixos-rebuild switch` does
-//! with a new manifest (the file replaced, both units reloaded) lets a new user in.
+//! with a new manifest (the file replaced, both units reloaded) lets a new user in;
+//! a refused publish shows in `moat denials` with the manifest line that allows it.
+//!
+//! In both, `moat doctor` as root reports no FAIL on the running appliance.
 //!
 //! Not covered: what NixOS adds around the units (ordering against nixpkgs'
 //! nftables unit, the SD image, Wi-Fi, avahi), which only a NixOS build can test
@@ -288,9 +291,22 @@ chmod 0444 /etc/moat/.next.yaml
 mv /etc/moat/.next.yaml "$MOAT_MANIFEST"
 systemctl reload moat-firewall.service moat.service
 say "rebuild=$(eventually second "$PASSWORD")"
+# A refused publish, found with the line that would allow it (`moat denials` reads
+# what the broker writes every 5 s).
+mosquitto_pub "${tls[@]}" -u tester -P "$PASSWORD" -t lights/kitchen -m off -q 1 2>&1 | sed 's/^/moat-client: /'
+denial=""
+for _ in $(seq 20); do
+  denial=$(moat denials 2>&1 | grep -cF 'allow with: users.tester.publish: ["lights/kitchen"]')
+  [ "$denial" != 0 ] && break
+  sleep 1
+done
+moat denials 2>&1 | sed 's/^/moat-denials: /'
+say "denial=$denial"
 "#;
 
-const CHECK_TAIL: &str = r#"systemctl stop moat.service
+const CHECK_TAIL: &str = r#"moat doctor 2>&1 | sed 's/^/moat-doctor: /'
+say "doctor-fail=$(moat doctor 2>&1 | grep -c '^FAIL')"
+systemctl stop moat.service
 say "stop=$(systemctl show moat.service -p Result -p NRestarts -p ExecMainCode -p ExecMainStatus | sort | cut -d= -f2 | paste -sd,)"
 journalctl -b -k -o cat | grep "type=1326" | sed 's/^/moat-kernel: /'
 say "seccomp=$(journalctl -b -k -o cat | grep -c "type=1326")"
@@ -574,6 +590,8 @@ fn run(setup: Setup, boots: u32) -> Option<(BTreeMap<String, String>, String)> {
                 "moat-passwd: ",
                 "moat-provision: ",
                 "moat-kernel: ",
+                "moat-doctor: ",
+                "moat-denials: ",
             ]
             .iter()
             .any(|tag| line.contains(tag))
@@ -585,7 +603,8 @@ fn run(setup: Setup, boots: u32) -> Option<(BTreeMap<String, String>, String)> {
 }
 
 /// What holds on every boot of either setup, but the units' list.
-const HEALTHY: [(&str, &str); 7] = [
+const HEALTHY: [(&str, &str); 8] = [
+    ("doctor-fail", "0"),
     ("state", "moat:moat:700"),
     ("not-moat", ""),
     ("table", "loaded"),
@@ -652,6 +671,7 @@ fn a_declared_manifest_runs_under_the_modules_units_and_a_rebuild_reloads_it() {
             ("units", "inactive,active,active"),
             ("round-trip", "hello"),
             ("rebuild", "hello"),
+            ("denial", "1"),
         ],
         &context,
     );
