@@ -10,17 +10,21 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 dir=${1:-${CARGO_TARGET_DIR:-target}/tmp/systemd-guest}
-if [ -f "$dir/.complete" ]; then
-  exit 0
-fi
+# The host's side: debootstrap, qemu, and the tools that make the guest's disks (its
+# ext4 root, the card's FAT partition).
 need=()
 command -v debootstrap >/dev/null || need+=(debootstrap)
 command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86)
 command -v mkfs.ext4 >/dev/null || need+=(e2fsprogs)
+command -v mkfs.vfat >/dev/null || need+=(dosfstools)
+command -v mcopy >/dev/null || need+=(mtools)
 if [ ${#need[@]} -gt 0 ]; then
   echo "systemd_guest.sh: installing ${need[*]}"
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+if [ -f "$dir/.complete" ]; then
+  exit 0
 fi
 
 # systemd 252 (Debian 12); the NixOS image runs a newer one, which keeps every

@@ -4,7 +4,8 @@
 //! guest (made by `tests/systemd_guest.sh`) in qemu with systemd as PID 1 and this
 //! build's `moat`, both ways the module gets a manifest.
 //!
-//! The prebuilt image's way: the root unit imports the manifest from the card,
+//! The prebuilt image's way: the root unit imports the manifest from the card (a
+//! real FAT partition, mounted as nixpkgs' sd-image.nix declares it) and scrubs it,
 //! `moat` applies the ruleset with its one ambient capability, and the broker starts
 //! under the whole sandbox (`Type=notify`). A script in the guest then checks what a
 //! home would meet:
@@ -38,8 +39,8 @@
 //! nftables unit, the SD image, Wi-Fi, avahi), which only a NixOS build can test
 //! (nix/tests/); and the guest's systemd is Debian 12's 252, not NixOS's.
 //!
-//! Needs root, qemu-system-x86_64, nix-instantiate, mkfs.ext4 and the guest's root
-//! file system; without them it says why and passes, except under CI, where a
+//! Needs root, qemu-system-x86_64, nix-instantiate, mkfs.ext4, mkfs.vfat, mcopy and
+//! the guest's root file system (`tests/systemd_guest.sh` installs and makes them); without them it says why and passes, except under CI, where a
 //! missing piece fails. `MOAT_GUEST_ACCEL=kvm` boots with KVM (default TCG: a
 //! nested /dev/kvm here does not boot a guest); the boot takes about 10 s under TCG.
 
@@ -78,7 +79,13 @@ fn missing(root: &Path) -> Option<String> {
     if !nix::unistd::Uid::effective().is_root() {
         return Some("not root (mount, mkfs)".into());
     }
-    for tool in ["qemu-system-x86_64", "nix-instantiate", "mkfs.ext4"] {
+    for tool in [
+        "qemu-system-x86_64",
+        "nix-instantiate",
+        "mkfs.ext4",
+        "mkfs.vfat",
+        "mcopy",
+    ] {
         if !common::have(tool) {
             return Some(format!("`{tool}` is not installed"));
         }
@@ -237,6 +244,10 @@ const CARD_CHECKS: &str = r#"if [ "$boot" = 1 ]; then
   mosquitto_pub "${tls[@]}" -u tester -P "$CARD_PASSWORD" -t check/ping -m hello -r -q 1 2>&1 | sed 's/^/moat-client: /'
   say "round-trip=$(receive tester "$CARD_PASSWORD")"
   echo "$fingerprint" > /var/lib/moat-check/fingerprint
+  # What the import left on the FAT card: the CA and the setup report, and the
+  # manifest with its password scrubbed.
+  say "card=$(ls "$CARD" | sort | paste -sd,)"
+  say "card-plaintext=$(grep -c "$CARD_PASSWORD" "$CARD/moat.yaml")"
 
   # The password change docs/appliance.md gives, as root over SSH.
   printf '%s' "$NEW_PASSWORD" | moat passwd tester --stdin --write 2>&1 | sed 's/^/moat-passwd: /'
@@ -343,10 +354,15 @@ fn stage_card(units: &Value, env: &str, files: &mut BTreeMap<String, (u32, Strin
             ),
         ),
     );
+    // The card's FAT partition, as nixpkgs' sd-image.nix declares it (`nofail`,
+    // `noauto`: mounted when the first-boot unit's RequiresMountsFor= asks).
     files.insert(
-        format!("{}/moat.yaml", &CARD[1..]),
-        unit(CARD_MANIFEST.replace("{PASSWORD}", CARD_PASSWORD)),
+        "etc/fstab".into(),
+        unit(format!(
+            "/dev/disk/by-label/FIRMWARE {CARD} vfat nofail,noauto 0 0\n"
+        )),
     );
+    files.insert(format!("{}/.mount-point", &CARD[1..]), unit(String::new()));
     files.insert(
         "etc/systemd/system/moat-firstboot.service".into(),
         unit(format!(
@@ -433,7 +449,7 @@ fn stage(units: &Value, setup: Setup) -> BTreeMap<String, (u32, String)> {
              SuccessAction=poweroff-force\nFailureAction=poweroff-force\n\
              [Service]\nType=oneshot\nExecStart=/usr/local/lib/moat/check\n\
              StandardOutput=tty\nStandardError=tty\nTTYPath=/dev/ttyS0\n{env}\
-             Environment=\"LAN={LAN}\" \"HOST_NAME={HOST_NAME}\"\n\
+             Environment=\"LAN={LAN}\" \"HOST_NAME={HOST_NAME}\" \"CARD={CARD}\"\n\
              Environment=\"CARD_PASSWORD={CARD_PASSWORD}\" \"NEW_PASSWORD={NEW_PASSWORD}\"\n\
              Environment=\"Z2M_PASSWORD={Z2M_PASSWORD}\" \"PASSWORD={}\"\n",
             common::PASSWORD
@@ -494,6 +510,28 @@ fn disk(root: &Path, files: &BTreeMap<String, (u32, String)>, work: &Path) -> Pa
     image
 }
 
+/// The SD card's FAT partition with the user's `moat.yaml` on it, made as a PC
+/// would make it (mkfs.vfat, label `FIRMWARE` as nixpkgs' sd-image.nix gives it).
+fn card(work: &Path) -> PathBuf {
+    let image = work.join("card.img");
+    let manifest = work.join("moat.yaml");
+    std::fs::write(
+        &manifest,
+        CARD_MANIFEST.replace("{PASSWORD}", CARD_PASSWORD),
+    )
+    .unwrap();
+    sh(&["truncate", "-s", "32M", image.to_str().unwrap()]);
+    sh(&["mkfs.vfat", "-n", "FIRMWARE", image.to_str().unwrap()]);
+    sh(&[
+        "mcopy",
+        "-i",
+        image.to_str().unwrap(),
+        manifest.to_str().unwrap(),
+        "::/moat.yaml",
+    ]);
+    image
+}
+
 /// The newest file in `<root>/boot` whose name starts with `prefix`.
 fn boot_file(root: &Path, prefix: &str) -> PathBuf {
     let mut found: Vec<PathBuf> = std::fs::read_dir(root.join("boot"))
@@ -521,8 +559,8 @@ fn findings(console: &str) -> BTreeMap<String, String> {
         .collect()
 }
 
-/// Boots the guest from `image` once, until its checks say `BOOT.done`; the console.
-fn boot(root: &Path, image: &Path, number: u32) -> String {
+/// Boots the guest from `disks` (the root first) once, until its checks say `BOOT.done`; the console.
+fn boot(root: &Path, disks: &[PathBuf], number: u32) -> String {
     let kernel = Kernel {
         vmlinuz: boot_file(root, "vmlinuz-"),
         modules: root.join("lib/modules"),
@@ -536,10 +574,15 @@ fn boot(root: &Path, image: &Path, number: u32) -> String {
         &boot_file(root, "initrd.img-"),
         accel,
         "root=/dev/vda rw systemd.unit=moat-test.target",
-        &[
-            "-drive".into(),
-            format!("file={},if=virtio,format=raw", image.display()),
-        ],
+        &disks
+            .iter()
+            .flat_map(|disk| {
+                [
+                    "-drive".to_string(),
+                    format!("file={},if=virtio,format=raw", disk.display()),
+                ]
+            })
+            .collect::<Vec<_>>(),
     );
     let finished = vm.wait_for(
         &format!("moat-check: {number}.done=yes"),
@@ -579,8 +622,11 @@ fn run(setup: Setup, boots: u32) -> Option<(BTreeMap<String, String>, String)> {
         return None;
     }
     let work = tempfile::tempdir().unwrap();
-    let image = disk(&root, &stage(&units(setup), setup), work.path());
-    let console: Vec<String> = (1..=boots).map(|n| boot(&root, &image, n)).collect();
+    let mut disks = vec![disk(&root, &stage(&units(setup), setup), work.path())];
+    if setup == Setup::Card {
+        disks.push(card(work.path()));
+    }
+    let console: Vec<String> = (1..=boots).map(|n| boot(&root, &disks, n)).collect();
     let console = console.join("\n");
     let journal: Vec<&str> = console
         .lines()
@@ -640,6 +686,8 @@ fn the_appliance_image_runs_under_the_modules_units_across_a_reboot() {
         1,
         &[
             ("round-trip", "hello"),
+            ("card", "moat-ca.pem,moat-setup.txt,moat.yaml"),
+            ("card-plaintext", "0"),
             ("manifest", "moat:moat:600"),
             ("new-password", "hello"),
             ("after-provision", ""),
