@@ -1,0 +1,167 @@
+#!/usr/bin/env python3
+"""The Pi's binary against moat.service's SystemCallFilter=.
+
+Every system call the aarch64 `moat serve` made in .ci/aarch64's end-to-end tests
+(qemu-user's `-d strace` logs, one per process) must be allowed by the broker unit's
+SystemCallFilter=, as nix/units.nix sets it and this host's systemd expands its
+groups (`systemd-analyze syscall-filter`). systemd's default action for a call
+outside the list is to kill the process with SIGSYS: on the Pi the broker would die
+at the first such call. tests/systemd_units.rs runs the x86_64 binary under the real
+filter; the aarch64 kernel's calls differ (no open, no epoll_wait, ...), so this
+checks them by name.
+
+usage: syscall-filter.py LOG...      exit 0 when every call is allowed
+"""
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+
+
+def unit_filter():
+    """The broker unit's SystemCallFilter= entries, from nix/units.nix."""
+    expr = (
+        f'(import {ROOT}/nix/units.nix {{ moat = "moat"; coreutilsBin = "/bin"; '
+        'stateDir = "/var/lib/moat"; manifestPath = "/var/lib/moat/moat.yaml"; '
+        'allowedAddresses = [ ]; memoryMax = "256M"; bootPartition = "/boot/firmware"; '
+        "}).broker.SystemCallFilter"
+    )
+    out = subprocess.run(
+        ["nix-instantiate", "--eval", "--strict", "--json", "--expr", expr],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    return json.loads(out)
+
+
+def groups():
+    """systemd's syscall groups: name -> members (calls and @groups)."""
+    out = subprocess.run(
+        ["systemd-analyze", "syscall-filter", "--no-pager"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    found, current = {}, None
+    for line in out.splitlines():
+        if line.startswith("@"):
+            current = line.strip()
+            found[current] = []
+        elif current and line.strip() and not line.strip().startswith("#"):
+            found[current].append(line.strip())
+    return found
+
+
+def expand(name, table, seen=None):
+    seen = set() if seen is None else seen
+    if not name.startswith("@"):
+        return {name}
+    if name in seen:
+        return set()
+    seen.add(name)
+    if name not in table:
+        sys.exit(f"syscall-filter: systemd knows no group {name}")
+    calls = set()
+    for member in table[name]:
+        calls |= expand(member, table, seen)
+    return calls
+
+
+def allowed(entries, table):
+    """systemd.exec(5): the first entry's kind (allow or ~deny) sets the default;
+    later entries add to or remove from the set. @default is always allowed."""
+    if not entries or entries[0].startswith("~"):
+        sys.exit("syscall-filter: expected an allow list first")
+    calls = expand("@default", table)
+    for entry in entries:
+        if entry.startswith("~"):
+            for word in entry[1:].split():
+                calls -= expand(word, table)
+        else:
+            for word in entry.split():
+                calls |= expand(word, table)
+    return calls
+
+
+CALL = re.compile(r"^(\d+) ([a-z0-9_]+)\(")
+UNKNOWN = re.compile(r"^(\d+) Unknown syscall (\d+)")
+# aarch64 numbers qemu 7.2's strace cannot name (Linux include/uapi/asm-generic/unistd.h).
+AARCH64_NAMES = {"293": "rseq"}
+
+
+SQLITE_FILE = re.compile(r"\.db(-journal|-wal|-shm)?$")
+OPENED = re.compile(r'^openat\([^,]*,"([^"]*)".*\) = (\d+)$')
+FCHOWN = re.compile(r"^fchown\((\d+),")
+
+
+def used(paths):
+    """Calls by name, the calls made only because the process runs as root, and
+    numbers without a name. The end-to-end tests run `serve` as root; the unit runs
+    it as `moat`. SQLite's unix VFS gives a file it creates to the database's owner
+    only when geteuid() is 0 (robustFchown in sqlite3.c): openat of a database file,
+    then `geteuid() = 0`, then fchown of that descriptor. Such an fchown never happens
+    under the unit; any other fchown counts. (qemu prefixes every thread's calls with
+    the process id, so other threads' calls may come between.)"""
+    calls, root_only, unknown = {}, {}, set()
+    for path in paths:
+        opened, root_seen = {}, False
+        with open(path, errors="replace") as log:
+            for line in log:
+                if m := UNKNOWN.match(line):
+                    name = AARCH64_NAMES.get(m.group(2))
+                    if name is None:
+                        unknown.add(m.group(2))
+                        continue
+                    call = f"{name}()"
+                elif m := CALL.match(line):
+                    name, call = m.group(2), line.split(" ", 1)[1].strip()
+                else:
+                    continue
+                if m := OPENED.match(call):
+                    opened[m.group(2)] = (m.group(1), False)
+                elif call == "geteuid() = 0":
+                    opened = {fd: (file, True) for fd, (file, _) in opened.items()}
+                elif m := FCHOWN.match(call):
+                    file, after_root_check = opened.get(m.group(1), ("", False))
+                    if after_root_check and SQLITE_FILE.search(file):
+                        root_only[name] = root_only.get(name, 0) + 1
+                        continue
+                calls[name] = calls.get(name, 0) + 1
+    return calls, root_only, unknown
+
+
+def main():
+    logs = sys.argv[1:]
+    if not logs:
+        sys.exit(__doc__)
+    entries = unit_filter()
+    permitted = allowed(entries, groups())
+    calls, root_only, unknown = used(logs)
+    if not calls:
+        sys.exit("syscall-filter: the logs hold no system call")
+    refused = sorted(name for name in calls if name not in permitted)
+    print(
+        f"syscall-filter: {len(calls)} distinct calls in {len(logs)} log(s) of the "
+        f"emulated `moat serve`; SystemCallFilter={' '.join(entries)} allows "
+        f"{len(permitted)} names"
+    )
+    print("syscall-filter: used: " + ", ".join(sorted(calls)))
+    for name, count in sorted(root_only.items()):
+        print(f"syscall-filter: {name}: {count} calls only a root-run serve makes (SQLite's robustFchown)")
+    if unknown:
+        print(f"syscall-filter: numbers qemu could not name: {sorted(unknown)}")
+    if refused or unknown:
+        for name in refused:
+            print(f"syscall-filter: NOT ALLOWED: {name} ({calls[name]} calls)")
+        sys.exit(1)
+    print("syscall-filter: OK")
+
+
+if __name__ == "__main__":
+    main()
