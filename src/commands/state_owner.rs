@@ -2,8 +2,10 @@
 //! directory's owner. On the appliance `/var/lib/moat` belongs to `moat`, and an
 //! admin's `moat provision` over SSH as root must not leave a key or a certificate
 //! that the broker and its firewall unit, both running as `moat`, cannot read. Only
-//! entries owned by root change hands, and symlinks are not followed. This is the
-//! CLI edge: it knows nothing of what the files are.
+//! entries owned by root change hands, symlinks are not followed, and only in a
+//! directory that holds moat's CA (`ca.pem`), two levels deep as moat lays it out
+//! (`devices/<name>/key.pem`): a mistyped `--state` (a home directory, say) is left
+//! alone. This is the CLI edge: it knows nothing else of what the files are.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
@@ -18,11 +20,11 @@ pub fn give_back(state: &Path) -> Vec<String> {
     let Ok(meta) = std::fs::symlink_metadata(state) else {
         return Vec::new();
     };
-    if !meta.is_dir() || meta.uid() == 0 {
+    if !meta.is_dir() || meta.uid() == 0 || !state.join(CA_FILE).is_file() {
         return Vec::new();
     }
     let mut warnings = Vec::new();
-    give_entries(state, meta.uid(), meta.gid(), &mut warnings);
+    give_entries(state, meta.uid(), meta.gid(), DEPTH, &mut warnings);
     if !warnings.is_empty() {
         warnings.push(format!(
             "the broker runs as uid {} and may not read these: chown -R {}:{} {}",
@@ -35,7 +37,12 @@ pub fn give_back(state: &Path) -> Vec<String> {
     warnings
 }
 
-fn give_entries(dir: &Path, uid: u32, gid: u32, warnings: &mut Vec<String>) {
+/// The file that marks a state directory as moat's.
+const CA_FILE: &str = "ca.pem";
+/// How deep moat's layout goes below the state directory (`devices/<name>/key.pem`).
+const DEPTH: u8 = 2;
+
+fn give_entries(dir: &Path, uid: u32, gid: u32, depth: u8, warnings: &mut Vec<String>) {
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(e) => {
@@ -53,8 +60,8 @@ fn give_entries(dir: &Path, uid: u32, gid: u32, warnings: &mut Vec<String>) {
         {
             warnings.push(format!("cannot give {} to uid {uid}: {e}", path.display()));
         }
-        if meta.is_dir() {
-            give_entries(&path, uid, gid, warnings);
+        if meta.is_dir() && depth > 0 {
+            give_entries(&path, uid, gid, depth - 1, warnings);
         }
     }
 }
@@ -79,9 +86,10 @@ mod tests {
         }
         let root = tempfile::tempdir().unwrap();
         let state = root.path().join("state");
-        std::fs::create_dir_all(state.join("devices")).unwrap();
+        std::fs::create_dir_all(state.join("devices/plug")).unwrap();
+        std::fs::write(state.join("ca.pem"), "c").unwrap();
         std::fs::write(state.join("server.key"), "k").unwrap();
-        std::fs::write(state.join("devices/plug.pem"), "c").unwrap();
+        std::fs::write(state.join("devices/plug/key.pem"), "k").unwrap();
         let outside = root.path().join("outside");
         std::fs::write(&outside, "o").unwrap();
         std::os::unix::fs::symlink(&outside, state.join("link")).unwrap();
@@ -89,7 +97,14 @@ mod tests {
         std::os::unix::fs::chown(&state, Some(nobody), Some(nobody)).unwrap();
 
         assert!(give_back(&state).is_empty());
-        for inside in ["server.key", "devices", "devices/plug.pem", "link"] {
+        for inside in [
+            "ca.pem",
+            "server.key",
+            "devices",
+            "devices/plug",
+            "devices/plug/key.pem",
+            "link",
+        ] {
             assert_eq!(owner(&state.join(inside)), (nobody, nobody), "{inside}");
         }
         assert_eq!(
@@ -97,6 +112,19 @@ mod tests {
             (0, 0),
             "a symlink's target is not followed"
         );
+    }
+
+    #[test]
+    fn a_directory_without_moats_ca_is_left_alone() {
+        if !nix::unistd::Uid::effective().is_root() {
+            eprintln!("skipping: the rule only acts for root");
+            return;
+        }
+        let home = tempfile::tempdir().unwrap();
+        std::fs::write(home.path().join("notes.txt"), "n").unwrap();
+        std::os::unix::fs::chown(home.path(), Some(65534), Some(65534)).unwrap();
+        assert!(give_back(home.path()).is_empty());
+        assert_eq!(owner(&home.path().join("notes.txt")), (0, 0));
     }
 
     #[test]
