@@ -18,10 +18,11 @@
 //! - the documented password change works at once: `moat passwd NAME --write` as
 //!   root over SSH, then `moat reload`; so does a device added over SSH with
 //!   `moat provision` as root (its client certificate logs in);
-//! - `IPAddressDeny=`/`IPAddressAllow=` hold in the kernel: with moat's nftables
-//!   table removed, a connection from a public source address gets no TCP
-//!   handshake, one from the LAN does; `systemctl reload moat-firewall` puts the
-//!   table back;
+//! - `IPAddressDeny=`/`IPAddressAllow=` hold in the kernel: the manifest lets a
+//!   public network in, so with moat's nftables table removed only the unit's fence
+//!   can stop a client from there, and it gets no TCP handshake; with that network
+//!   added to `IPAddressAllow=` it connects, and from the LAN it always does;
+//!   `systemctl reload moat-firewall` puts the table back;
 //! - a `password_file` handed over by `LoadCredential=` logs in;
 //! - `systemctl stop` ends the broker cleanly: no restart, no seccomp kill;
 //! - and after a second boot from the same disk: the same again, plus the retained
@@ -186,9 +187,14 @@ fn environment(vars: &[&Value]) -> String {
 
 /// The card's manifest, as a user writes it: a plain password, hashed at import, and
 /// a `password_file` that is the broker's systemd credential (`services.moat.credentials`).
+/// It also lets in 203.0.113.0/24, a public network the unit's `IPAddressAllow=` (the
+/// module's default, private ranges) does not: so the broker's own SYN filter and
+/// admission check pass a client from there, and only the unit's fence can stop it.
 const CARD_MANIFEST: &str = "version: 1
 broker:
   hostnames: [moat.home.arpa]
+  allow_public: true
+  networks: [loopback, private, 203.0.113.0/24]
 users:
   tester:
     password: \"{PASSWORD}\"
@@ -263,12 +269,21 @@ const CARD_CHECKS: &str = r#"if [ "$boot" = 1 ]; then
   say "after-provision=$(find "$MOAT_STATE" ! -user moat | paste -sd,)"
   moat reload 2>&1 | sed 's/^/moat-reload: /'
 
-  # The unit's own fence, alone: without moat's table, only IPAddressDeny/Allow and
-  # the broker's admission check are left, and the latter would answer the handshake.
+  # The unit's own fence, alone: the manifest lets 203.0.113.0/24 in, so without
+  # moat's table only IPAddressDeny/Allow can stop a client from there.
   nft delete table inet moat
   ip addr add 203.0.113.2/32 dev lan0
   timeout 10 openssl s_client -bind 203.0.113.2:0 -connect "$LAN:8883" </dev/null >/dev/null 2>&1
   say "outside=$?"
+  # The control: the same unit with that network added to IPAddressAllow= (what
+  # widening services.moat.allowedAddresses and a rebuild do) lets it through.
+  mkdir -p /run/systemd/system/moat.service.d
+  printf '[Service]\nIPAddressAllow=203.0.113.0/24\n' > /run/systemd/system/moat.service.d/widen.conf
+  systemctl daemon-reload && systemctl restart moat.service
+  timeout 10 openssl s_client -bind 203.0.113.2:0 -connect "$LAN:8883" </dev/null >/dev/null 2>&1
+  say "outside-allowed=$?"
+  rm /run/systemd/system/moat.service.d/widen.conf
+  systemctl daemon-reload && systemctl restart moat.service
   say "inside=$(timeout 10 openssl s_client -bind "$LAN:0" -connect "$LAN:8883" -CAfile "$ca" </dev/null 2>&1 | grep -c 'Verification: OK')"
   systemctl reload moat-firewall.service
   if nft list table inet moat >/dev/null 2>&1; then say "table-reloaded=loaded"; else say "table-reloaded=missing"; fi
@@ -692,6 +707,7 @@ fn the_appliance_image_runs_under_the_modules_units_across_a_reboot() {
             ("new-password", "hello"),
             ("after-provision", ""),
             ("outside", "124"),
+            ("outside-allowed", "0"),
             ("inside", "1"),
             ("table-reloaded", "loaded"),
         ],
