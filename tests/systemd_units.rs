@@ -32,7 +32,9 @@
 //! no first-boot unit): the units come up with the state directory made by
 //! `StateDirectory=` alone, a round trip works, and what `nixos-rebuild switch` does
 //! with a new manifest (the file replaced, both units reloaded) lets a new user in;
-//! a refused publish shows in `moat denials` with the manifest line that allows it.
+//! a refused publish shows in `moat denials` with the manifest line that allows it;
+//! a bridge to a public address carries nothing until the address is added to
+//! `IPAddressAllow=` (doctor's fix names the option), then carries a message.
 //!
 //! In both, `moat doctor` as root reports no FAIL on the running appliance.
 //!
@@ -67,6 +69,8 @@ const NEW_PASSWORD: &str = "changed-Password-0815";
 /// Zigbee2MQTT's password, a file outside the store handed over by `LoadCredential=`.
 const Z2M_PASSWORD: &str = "z2m-Secret-2024";
 const Z2M_SECRET: &str = "/etc/moat-secrets/zigbee2mqtt";
+/// The bridge's remote: a public test address (RFC 5737), outside the unit's fence.
+const CLOUD: &str = "203.0.113.5";
 
 /// The root file system `tests/systemd_guest.sh` makes.
 fn guest_root() -> PathBuf {
@@ -125,7 +129,7 @@ fn units(setup: Setup) -> Value {
     // The image's test hands Zigbee2MQTT's password over as a credential.
     let credentials = match setup {
         Setup::Card => format!("{{ zigbee2mqtt = \"{Z2M_SECRET}\"; }}"),
-        Setup::Declared => "{ }".to_string(),
+        Setup::Declared => "{ cloud = \"/etc/moat-secrets/cloud\"; }".to_string(),
     };
     let expr = format!(
         r#"import {dir}/nix/units.nix {{
@@ -328,6 +332,38 @@ for _ in $(seq 20); do
 done
 moat denials 2>&1 | sed 's/^/moat-denials: /'
 say "denial=$denial"
+
+# The bridge. Its remote, a second moat on a public address, run here as root.
+ip addr add "$CLOUD/32" dev lan0
+chmod 700 /var/lib/cloud
+GLIBC_TUNABLES=glibc.malloc.mmap_threshold=131072 \
+  moat --manifest /etc/cloud/moat.yaml --state /var/lib/cloud serve >/var/log/cloud.log 2>&1 &
+for _ in $(seq 30); do ss -ltn | grep -q "$CLOUD:8884" && break; sleep 1; done
+bridged() {  # publishes sensors/temp here; prints what the cloud's subscriber got
+  local got=""
+  for _ in $(seq "$1"); do
+    mosquitto_sub -h "$CLOUD" -p 8884 --cafile /var/lib/cloud/ca.pem -u phone -P "$PASSWORD" \
+      -t 'home/sensors/#' -C 1 -W 5 >/tmp/cloud.out 2>&1 &
+    sleep 1
+    mosquitto_pub "${tls[@]}" -u tester -P "$PASSWORD" -t sensors/temp -m 21 -q 1
+    wait
+    got=$(head -1 /tmp/cloud.out)
+    [ "$got" = 21 ] && break
+  done
+  echo "$got"
+}
+# Outside the unit's IPAddressAllow=, the bridge cannot connect out, and doctor's
+# fix names the option.
+say "bridge-fenced=$(bridged 2)"
+moat doctor 2>&1 | grep -A1 ' bridges ' | sed 's/^/moat-doctor-bridge: /'
+say "bridge-doctor=$(moat doctor 2>&1 | grep -A1 ' bridges ' | grep -c 'services.moat.allowedAddresses')"
+journalctl -b -o cat -u moat.service | grep -i bridge | tail -3 | sed 's/^/moat-bridge-log: /'
+# With its address in IPAddressAllow= (docs/bridge.md: services.moat.allowedAddresses),
+# after the restart a rebuild does, it carries the message.
+mkdir -p /run/systemd/system/moat.service.d
+printf '[Service]\nIPAddressAllow=%s\n' "$CLOUD" > /run/systemd/system/moat.service.d/cloud.conf
+systemctl daemon-reload && systemctl restart moat.service
+say "bridge-allowed=$(bridged 10)"
 "#;
 
 const CHECK_TAIL: &str = r#"moat doctor 2>&1 | sed 's/^/moat-doctor: /'
@@ -340,15 +376,56 @@ journalctl -b -o cat -u moat-firstboot.service -u moat-firewall.service -u moat.
 say "done=yes"
 "#;
 
-/// A declared manifest, as `moat check` passes it at build time: hashes only.
+/// A declared manifest, as `moat check` passes it at build time: hashes only. It
+/// bridges `sensors/#` out to a "cloud" broker on a public address, which the unit's
+/// `IPAddressAllow=` (the module's default, private ranges) does not name.
 fn declared_manifest() -> String {
     format!(
         "version: 1\n\
          broker:\n  hostnames: [moat.home.arpa]\n\
-         users:\n  tester:\n    password_hash: \"{}\"\n\
-         \x20   publish: [\"check/#\"]\n    subscribe: [\"check/#\"]\n",
-        common::password_hash()
+         bridges:\n  cloud:\n    address: {CLOUD}\n    port: 8884\n\
+         \x20   tls: {{ ca_file: /etc/moat/cloud-ca.pem }}\n\
+         \x20   username: home-bridge\n\
+         \x20   password_file: /run/credentials/moat.service/cloud\n\
+         \x20   topics:\n      - {{ topic: \"sensors/#\", direction: out, remote_prefix: \"home/\" }}\n\
+         users:\n  tester:\n    password_hash: \"{hash}\"\n\
+         \x20   publish: [\"check/#\", \"sensors/#\"]\n    subscribe: [\"check/#\"]\n",
+        hash = common::password_hash()
     )
+}
+
+/// The "cloud" broker at the bridge's other end: a second moat, which the guest's
+/// check script runs as root outside any unit, on a public test address.
+fn cloud_manifest() -> String {
+    format!(
+        "version: 1\n\
+         broker:\n  hostnames: [cloud.example]\n  addresses: [{CLOUD}]\n\
+         \x20 allow_public: true\n  networks: [loopback, private, {CLOUD}]\n\
+         \x20 listen: {{ tls: {{ address: {CLOUD}, port: 8884 }} }}\n\
+         users:\n  home-bridge:\n    password_hash: \"{hash}\"\n    publish: [\"home/#\"]\n\
+         \x20 phone:\n    password_hash: \"{hash}\"\n    subscribe: [\"home/#\"]\n",
+        hash = common::password_hash()
+    )
+}
+
+/// The cloud broker's manifest and state, provisioned here (its CA must exist before
+/// the guest's broker reads the bridge's `ca_file`), and the bridge's secret.
+fn stage_cloud(work: &Path, files: &mut BTreeMap<String, (u32, String)>) {
+    let manifest = work.join("cloud.yaml");
+    let state = work.join("cloud-state");
+    std::fs::write(&manifest, cloud_manifest()).unwrap();
+    common::cli::ok(&common::cli::run_moat(&manifest, &state, &["provision"]));
+    files.insert("etc/cloud/moat.yaml".into(), (0o600, cloud_manifest()));
+    for name in ["ca.pem", "ca.key", "server.pem", "server.key"] {
+        let text = std::fs::read_to_string(state.join(name)).unwrap();
+        files.insert(format!("var/lib/cloud/{name}"), (0o600, text));
+    }
+    let ca = std::fs::read_to_string(state.join("ca.pem")).unwrap();
+    files.insert("etc/moat/cloud-ca.pem".into(), (0o644, ca));
+    files.insert(
+        "etc/moat-secrets/cloud".into(),
+        (0o600, format!("{}\n", common::PASSWORD)),
+    );
 }
 
 /// What the module adds for the card (`firstbootActive`): the state directory's
@@ -392,7 +469,7 @@ fn stage_card(units: &Value, env: &str, files: &mut BTreeMap<String, (u32, Strin
 }
 
 /// Files the test adds to the guest's root, path (relative) → (mode, content).
-fn stage(units: &Value, setup: Setup) -> BTreeMap<String, (u32, String)> {
+fn stage(units: &Value, setup: Setup, work: &Path) -> BTreeMap<String, (u32, String)> {
     let env = environment(&[&units["environment"]]);
     let unit = |text: String| (0o644, text);
     let mut files = BTreeMap::new();
@@ -411,6 +488,7 @@ fn stage(units: &Value, setup: Setup) -> BTreeMap<String, (u32, String)> {
                 setup.manifest_path()[1..].into(),
                 (0o444, declared_manifest()),
             );
+            stage_cloud(work, &mut files);
             files.insert(
                 "etc/moat-check/second.yaml".into(),
                 unit(format!(
@@ -466,7 +544,7 @@ fn stage(units: &Value, setup: Setup) -> BTreeMap<String, (u32, String)> {
              StandardOutput=tty\nStandardError=tty\nTTYPath=/dev/ttyS0\n{env}\
              Environment=\"LAN={LAN}\" \"HOST_NAME={HOST_NAME}\" \"CARD={CARD}\"\n\
              Environment=\"CARD_PASSWORD={CARD_PASSWORD}\" \"NEW_PASSWORD={NEW_PASSWORD}\"\n\
-             Environment=\"Z2M_PASSWORD={Z2M_PASSWORD}\" \"PASSWORD={}\"\n",
+             Environment=\"Z2M_PASSWORD={Z2M_PASSWORD}\" \"PASSWORD={}\" \"CLOUD={CLOUD}\"\n",
             common::PASSWORD
         )),
     );
@@ -637,7 +715,8 @@ fn run(setup: Setup, boots: u32) -> Option<(BTreeMap<String, String>, String)> {
         return None;
     }
     let work = tempfile::tempdir().unwrap();
-    let mut disks = vec![disk(&root, &stage(&units(setup), setup), work.path())];
+    let files = stage(&units(setup), setup, work.path());
+    let mut disks = vec![disk(&root, &files, work.path())];
     if setup == Setup::Card {
         disks.push(card(work.path()));
     }
@@ -653,6 +732,8 @@ fn run(setup: Setup, boots: u32) -> Option<(BTreeMap<String, String>, String)> {
                 "moat-kernel: ",
                 "moat-doctor: ",
                 "moat-denials: ",
+                "moat-doctor-bridge: ",
+                "moat-bridge-log: ",
             ]
             .iter()
             .any(|tag| line.contains(tag))
@@ -736,6 +817,9 @@ fn a_declared_manifest_runs_under_the_modules_units_and_a_rebuild_reloads_it() {
             ("round-trip", "hello"),
             ("rebuild", "hello"),
             ("denial", "1"),
+            ("bridge-fenced", "Timed out"),
+            ("bridge-doctor", "1"),
+            ("bridge-allowed", "21"),
         ],
         &context,
     );

@@ -73,7 +73,7 @@ pub fn judge(r: &BridgeReport) -> Finding {
                 r.last_error.as_deref().unwrap_or("none")
             ),
             format!(
-                "check bridges.{name} (address, port, tls, credentials) against the remote broker, and that `moat firewall` lets it out; queued messages are kept until it connects"
+                "check bridges.{name} (address, port, tls, credentials) against the remote broker, and that `moat firewall` lets it out; under the NixOS module also that its address is in services.moat.allowedAddresses (the unit's IPAddressAllow= fences outbound too, which looks like a timeout); queued messages are kept until it connects"
             ),
         ),
     }
