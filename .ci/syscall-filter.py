@@ -14,6 +14,7 @@ usage: syscall-filter.py [--ran-as-root] LOG...      exit 0 when every call is a
 """
 
 import json
+from collections import Counter
 import os
 import re
 import subprocess
@@ -89,13 +90,13 @@ def allowed(entries, table):
     return calls
 
 
-CALL = re.compile(r"^(\d+) ([a-z0-9_]+)\(")
-UNKNOWN = re.compile(r"^(\d+) Unknown syscall (\d+)")
+CALL = re.compile(r"^\d+ ([a-z0-9_]+)\(")
+UNKNOWN = re.compile(r"^\d+ Unknown syscall (\d+)")
 # aarch64 numbers qemu 7.2's strace cannot name (Linux include/uapi/asm-generic/unistd.h).
 AARCH64_NAMES = {"293": "rseq"}
 
 
-FCHOWN_TO_ROOT = re.compile(r"^fchown\(\d+,0,0\)")
+FCHOWN_TO_ROOT = re.compile(r"^\d+ fchown\(\d+,0,0\)")
 
 
 def used(paths, ran_as_root):
@@ -107,24 +108,23 @@ def used(paths, ran_as_root):
     root (`--ran-as-root`), an fchown to 0:0 is counted apart; an fchown to anyone
     else counts. (qemu's strace is not line-atomic across threads, so this looks at
     single lines only.)"""
-    calls, root_only, unknown = {}, {}, set()
+    calls, root_only, unknown = Counter(), Counter(), set()
     for path in paths:
         with open(path, errors="replace") as log:
-            lines = log.read().splitlines()
-        for line in lines:
-            if m := UNKNOWN.match(line):
-                name = AARCH64_NAMES.get(m.group(2))
-                if name is None:
-                    unknown.add(m.group(2))
+            for line in log:
+                if m := UNKNOWN.match(line):
+                    name = AARCH64_NAMES.get(m.group(1))
+                    if name is None:
+                        unknown.add(m.group(1))
+                        continue
+                elif m := CALL.match(line):
+                    name = m.group(1)
+                else:
                     continue
-            elif m := CALL.match(line):
-                name = m.group(2)
-                if ran_as_root and FCHOWN_TO_ROOT.match(line.split(" ", 1)[1]):
-                    root_only[name] = root_only.get(name, 0) + 1
-                    continue
-            else:
-                continue
-            calls[name] = calls.get(name, 0) + 1
+                if ran_as_root and FCHOWN_TO_ROOT.match(line):
+                    root_only[name] += 1
+                else:
+                    calls[name] += 1
     return calls, root_only, unknown
 
 

@@ -3,12 +3,16 @@
 //! admin's `moat provision` over SSH as root must not leave a key or a certificate
 //! that the broker and its firewall unit, both running as `moat`, cannot read. Only
 //! entries owned by root change hands, symlinks are not followed, and only in a
-//! directory that holds moat's CA (`ca.pem`), two levels deep as moat lays it out
-//! (`devices/<name>/key.pem`): a mistyped `--state` (a home directory, say) is left
-//! alone. This is the CLI edge: it knows nothing else of what the files are.
+//! directory that holds moat's CA (`ca.pem`), as deep as moat's layout goes (the
+//! walk `moat doctor`'s permission check makes): a mistyped `--state` (a home
+//! directory, say) is left alone. This is the CLI edge: it knows nothing else of
+//! what the files are.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
+
+use crate::doctor::permissions::state_entries;
+use crate::pki::CA_CERT;
 
 /// When running as root and `state` belongs to another user, gives every root-owned
 /// entry under it to that user and group. Returns what could not be given, as
@@ -20,50 +24,25 @@ pub fn give_back(state: &Path) -> Vec<String> {
     let Ok(meta) = std::fs::symlink_metadata(state) else {
         return Vec::new();
     };
-    if !meta.is_dir() || meta.uid() == 0 || !state.join(CA_FILE).is_file() {
+    if !meta.is_dir() || meta.uid() == 0 || !state.join(CA_CERT).is_file() {
         return Vec::new();
     }
+    let (uid, gid) = (meta.uid(), meta.gid());
     let mut warnings = Vec::new();
-    give_entries(state, meta.uid(), meta.gid(), DEPTH, &mut warnings);
-    if !warnings.is_empty() {
-        warnings.push(format!(
-            "the broker runs as uid {} and may not read these: chown -R {}:{} {}",
-            meta.uid(),
-            meta.uid(),
-            meta.gid(),
-            state.display()
-        ));
-    }
-    warnings
-}
-
-/// The file that marks a state directory as moat's.
-const CA_FILE: &str = "ca.pem";
-/// How deep moat's layout goes below the state directory (`devices/<name>/key.pem`).
-const DEPTH: u8 = 2;
-
-fn give_entries(dir: &Path, uid: u32, gid: u32, depth: u8, warnings: &mut Vec<String>) {
-    let entries = match std::fs::read_dir(dir) {
-        Ok(entries) => entries,
-        Err(e) => {
-            warnings.push(format!("cannot list {}: {e}", dir.display()));
-            return;
-        }
-    };
-    for entry in entries.filter_map(Result::ok) {
-        let path = entry.path();
-        let Ok(meta) = std::fs::symlink_metadata(&path) else {
-            continue;
-        };
-        if meta.uid() == 0
+    for (path, entry) in state_entries(state) {
+        if entry.uid() == 0
             && let Err(e) = std::os::unix::fs::lchown(&path, Some(uid), Some(gid))
         {
             warnings.push(format!("cannot give {} to uid {uid}: {e}", path.display()));
         }
-        if meta.is_dir() && depth > 0 {
-            give_entries(&path, uid, gid, depth - 1, warnings);
-        }
     }
+    if !warnings.is_empty() {
+        warnings.push(format!(
+            "the broker runs as uid {uid} and may not read these: chown -R {uid}:{gid} {}",
+            state.display()
+        ));
+    }
+    warnings
 }
 
 #[cfg(test)]

@@ -25,9 +25,11 @@ pub fn is_secret(path: &Path) -> bool {
     name.ends_with(".key") || name == "key.pem" || name.ends_with(".phc")
 }
 
-/// The entries under `dir`, two levels deep (`devices/<name>/key.pem`,
-/// `hashes/*.phc`), at most `MAX_FILES`; symlinks are listed, not followed.
-fn entries(dir: &Path) -> Vec<PathBuf> {
+/// The entries of the state directory `dir` as deep as moat's layout goes
+/// (`devices/<name>/key.pem`, `hashes/*.phc`), at most `MAX_FILES`, each with its own
+/// metadata: symlinks are listed, not followed. `commands::state_owner` walks the
+/// same entries.
+pub fn state_entries(dir: &Path) -> Vec<(PathBuf, std::fs::Metadata)> {
     let mut found = Vec::new();
     let mut pending = vec![(dir.to_path_buf(), 0u8)];
     let mut seen = 0usize;
@@ -41,26 +43,18 @@ fn entries(dir: &Path) -> Vec<PathBuf> {
                 return found;
             }
             let path = entry.path();
-            let Ok(kind) = entry.file_type() else {
+            // DirEntry::metadata does not follow a symlink.
+            let Ok(meta) = entry.metadata() else {
                 continue;
             };
-            if kind.is_dir() && depth < 2 {
+            if meta.is_dir() && depth < 2 {
                 pending.push((path.clone(), depth + 1));
             }
-            found.push(path);
+            found.push((path, meta));
         }
     }
-    found.sort();
+    found.sort_by(|a, b| a.0.cmp(&b.0));
     found
-}
-
-/// The secrets among `entries`.
-fn secrets(entries: &[PathBuf]) -> Vec<PathBuf> {
-    entries
-        .iter()
-        .filter(|path| path.is_file() && !path.is_symlink() && is_secret(path))
-        .cloned()
-        .collect()
 }
 
 /// A user's name, or its number when it has none here.
@@ -72,15 +66,12 @@ fn user_name(uid: u32) -> String {
 }
 
 /// Whether everything in the state directory belongs to the directory's owner.
-fn ownership(state_dir: &Path, entries: &[PathBuf]) -> Option<Finding> {
+fn ownership(state_dir: &Path, entries: &[(PathBuf, std::fs::Metadata)]) -> Option<Finding> {
     let owner = std::fs::symlink_metadata(state_dir).ok()?;
     let strangers: Vec<String> = entries
         .iter()
-        .filter_map(|path| {
-            let meta = std::fs::symlink_metadata(path).ok()?;
-            (meta.uid() != owner.uid())
-                .then(|| format!("{} ({})", path.display(), user_name(meta.uid())))
-        })
+        .filter(|(_, meta)| meta.uid() != owner.uid())
+        .map(|(path, meta)| format!("{} ({})", path.display(), user_name(meta.uid())))
         .collect();
     let name = user_name(owner.uid());
     Some(if strangers.is_empty() {
@@ -133,18 +124,20 @@ pub fn check(manifest: &Path, state_dir: &Path) -> Vec<Finding> {
         )),
     }
 
-    let entries = entries(state_dir);
-    let keys = secrets(&entries);
+    let entries = state_entries(state_dir);
+    // Regular files only: a symlink's metadata says it is none.
+    let keys: Vec<(&PathBuf, u32)> = entries
+        .iter()
+        .filter(|(path, meta)| meta.is_file() && is_secret(path))
+        .map(|(path, meta)| (path, meta.permissions().mode() & 0o7777))
+        .collect();
     let exposed: Vec<String> = keys
         .iter()
-        .filter_map(|k| {
-            mode(k)
-                .filter(|m| m & 0o077 != 0)
-                .map(|m| format!("{} ({m:04o})", k.display()))
-        })
+        .filter(|(_, m)| m & 0o077 != 0)
+        .map(|(k, m)| format!("{} ({m:04o})", k.display()))
         .collect();
     if !exposed.is_empty() {
-        let world = keys.iter().any(|k| mode(k).is_some_and(|m| m & 0o004 != 0));
+        let world = keys.iter().any(|(_, m)| m & 0o004 != 0);
         findings.push(Finding::fail(
             CHECK,
             format!(

@@ -319,11 +319,9 @@ fn keep_owner(
     gid: u32,
     path: &std::path::Path,
 ) -> std::io::Result<()> {
-    let ours = (
-        nix::unistd::Uid::effective().as_raw(),
-        nix::unistd::Gid::effective().as_raw(),
-    );
-    if (uid, gid) == ours || ours.0 != 0 {
+    if !nix::unistd::Uid::effective().is_root()
+        || (uid, gid) == (0, nix::unistd::Gid::effective().as_raw())
+    {
         return Ok(());
     }
     std::os::unix::fs::fchown(file, Some(uid), Some(gid)).map_err(|e| {
