@@ -3,16 +3,20 @@
 
 Every system call the aarch64 `moat serve` made in .ci/aarch64's end-to-end tests
 (qemu-user's `-d strace` logs, one per process) must be allowed by the broker unit's
-SystemCallFilter=, as nix/units.nix sets it and this host's systemd expands its
-groups (`systemd-analyze syscall-filter`). systemd's default action for a call
-outside the list is to kill the process with SIGSYS: on the Pi the broker would die
-at the first such call. tests/systemd_units.rs runs the x86_64 binary under the real
-filter; the aarch64 kernel's calls differ (no open, no epoll_wait, ...), so this
-checks them by name.
+SystemCallFilter=, as nix/units.nix sets it and systemd expands its groups
+(`systemd-analyze syscall-filter`). systemd's default action for a call outside the
+list is to kill the process with SIGSYS: on the Pi the broker would die at the first
+such call. tests/systemd_units.rs runs the x86_64 binary under the real filter; the
+aarch64 kernel's calls differ (no open, no epoll_wait, ...), so this checks them by
+name. Exits 0 when every call is allowed.
 
-usage: syscall-filter.py [--ran-as-root] LOG...      exit 0 when every call is allowed
+The groups change between systemd releases (257 added mseal, the landlock calls
+and @sandbox to @default, for example), so .ci/aarch64 asks the systemd of the
+guest tests/systemd_guest.sh makes (--systemd-root), nearer the image's than this
+host's.
 """
 
+import argparse
 import json
 from collections import Counter
 import os
@@ -41,14 +45,18 @@ def unit_filter():
     return json.loads(out)
 
 
-def groups():
-    """systemd's syscall groups: name -> members (calls and @groups)."""
-    out = subprocess.run(
-        ["systemd-analyze", "syscall-filter", "--no-pager"],
-        check=True,
-        capture_output=True,
-        text=True,
+def systemd(root, *args):
+    """The output of a systemd command: this host's, or the one installed in the
+    root file system `root` (run there with chroot)."""
+    chroot = ["chroot", root] if root else []
+    return subprocess.run(
+        chroot + list(args), check=True, capture_output=True, text=True
     ).stdout
+
+
+def groups(systemd_root):
+    """systemd's syscall groups: name -> members (calls and @groups)."""
+    out = systemd(systemd_root, "systemd-analyze", "syscall-filter", "--no-pager")
     found, current = {}, None
     for line in out.splitlines():
         if line.startswith("@"):
@@ -93,7 +101,10 @@ def allowed(entries, table):
 CALL = re.compile(r"^\d+ ([a-z0-9_]+)\(")
 UNKNOWN = re.compile(r"^\d+ Unknown syscall (\d+)")
 # aarch64 numbers qemu 7.2's strace cannot name (Linux include/uapi/asm-generic/unistd.h).
-AARCH64_NAMES = {"293": "rseq"}
+# glibc 2.41 calls clone3 for each thread (qemu-user answers ENOSYS and glibc falls
+# back to clone; a real kernel runs it) and rseq at start; faccessat2 and fchmodat2
+# are what it calls for access() and fchmodat() with flags on newer kernels.
+AARCH64_NAMES = {"293": "rseq", "435": "clone3", "439": "faccessat2", "452": "fchmodat2"}
 
 
 FCHOWN_TO_ROOT = re.compile(r"^\d+ fchown\(\d+,0,0\)")
@@ -129,21 +140,27 @@ def used(paths, ran_as_root):
 
 
 def main():
-    args = sys.argv[1:]
-    ran_as_root = "--ran-as-root" in args
-    logs = [arg for arg in args if arg != "--ran-as-root"]
-    if not logs:
-        sys.exit(__doc__)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--ran-as-root", action="store_true", help="the logged runs ran as root (see used())"
+    )
+    parser.add_argument(
+        "--systemd-root", metavar="DIR", help="expand the groups with the systemd installed in DIR"
+    )
+    parser.add_argument("logs", nargs="+", metavar="LOG", help="a qemu -d strace log")
+    args = parser.parse_args()
+    logs, ran_as_root, systemd_root = args.logs, args.ran_as_root, args.systemd_root
     entries = unit_filter()
-    permitted = allowed(entries, groups())
+    permitted = allowed(entries, groups(systemd_root))
     calls, root_only, unknown = used(logs, ran_as_root)
     if not calls:
         sys.exit("syscall-filter: the logs hold no system call")
     refused = sorted(name for name in calls if name not in permitted)
+    version = systemd(systemd_root, "systemctl", "--version").splitlines()[0]
     print(
         f"syscall-filter: {len(calls)} distinct calls in {len(logs)} log(s) of the "
         f"emulated `moat serve`; SystemCallFilter={' '.join(entries)} allows "
-        f"{len(permitted)} names"
+        f"{len(permitted)} names ({version})"
     )
     print("syscall-filter: used: " + ", ".join(sorted(calls)))
     for name, count in sorted(root_only.items()):

@@ -33,6 +33,8 @@ let
     inherit (cfg.firstboot) bootPartition;
     coreutilsBin = "${pkgs.coreutils}/bin";
     egress = cfg.firewall.egress;
+    firstboot = firstbootActive;
+    firstbootBefore = lib.optional cfg.wifi.enable wifiUnit;
   };
   moatEnvironment = units.environment;
 
@@ -281,29 +283,13 @@ in
 
         # The nftables ruleset, rendered from the manifest by the binary at boot (the
         # image's manifest only exists after first boot, so it cannot be rendered at
-        # build time). Ordered before network-pre.target like nixpkgs' nftables unit:
-        # it is in force before any interface is configured. `--apply` replaces
-        # `table inet moat` atomically; on a bad manifest the old table stays, and at
-        # boot the broker does not start without it (SSH does: see sshFallbackTable).
-        # Who it runs as, and why: ./units.nix.
-        systemd.services.moat-firewall = {
+        # build time). `--apply` replaces `table inet moat` atomically; on a bad
+        # manifest the old table stays, and at boot the broker does not start without
+        # it (SSH does: see sshFallbackTable). Who it runs as, when, and why:
+        # ./units.nix.
+        systemd.services.moat-firewall = units.order.firewall // {
           description = "moat nftables ruleset (LAN-only broker)";
           wantedBy = [ "multi-user.target" ];
-          wants = [ "network-pre.target" ];
-          before = [
-            "network-pre.target"
-            "shutdown.target"
-          ];
-          after = [
-            "sysinit.target"
-            "nftables.service"
-          ]
-          ++ lib.optional firstbootActive "moat-firstboot.service";
-          conflicts = [ "shutdown.target" ];
-          unitConfig = {
-            DefaultDependencies = false;
-            RequiresMountsFor = [ cfg.stateDir ];
-          };
           environment = moatEnvironment;
           path = [ pkgs.nftables ];
           # A new manifest or package reloads (re-applies) the ruleset instead of
@@ -313,15 +299,9 @@ in
           serviceConfig = units.firewall;
         };
 
-        systemd.services.moat = {
+        systemd.services.moat = units.order.broker // {
           description = "moat MQTT broker (LAN only)";
           wantedBy = [ "multi-user.target" ];
-          requires = [ "moat-firewall.service" ];
-          after = [
-            "network.target"
-            "moat-firewall.service"
-          ]
-          ++ lib.optional firstbootActive "moat-firstboot.service";
           environment = moatEnvironment // units.brokerEnvironment;
           reloadTriggers = manifestTriggers;
           serviceConfig = units.broker;
@@ -337,19 +317,9 @@ in
         # A unit of its own, not an ExecStartPre of moat.service: it must run as root
         # (it writes to the FAT card) and before the firewall and Wi-Fi, which both
         # come before the broker.
-        systemd.services.moat-firstboot = {
+        systemd.services.moat-firstboot = units.order.firstboot // {
           description = "moat first boot: import the manifest and Wi-Fi settings from the SD card";
           wantedBy = [ "multi-user.target" ];
-          before = [
-            "moat-firewall.service"
-            "moat.service"
-          ]
-          ++ lib.optional cfg.wifi.enable wifiUnit;
-          after = [ "systemd-tmpfiles-setup.service" ];
-          unitConfig.RequiresMountsFor = [
-            cfg.firstboot.bootPartition
-            cfg.stateDir
-          ];
           environment = moatEnvironment;
           serviceConfig = units.firstboot // {
             ExecStart = firstbootSteps;

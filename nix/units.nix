@@ -1,10 +1,11 @@
-# The service settings of moat's systemd units, as plain data: no nixpkgs, no module
-# system. module.nix passes store paths and its options in; tests/systemd_units.rs
-# evaluates this same file with `nix-instantiate --eval --json`, renders it the way
-# NixOS renders `serviceConfig` (nixpkgs nixos/lib/systemd-lib.nix, attrsToSection:
-# one `Key=value` line per list element, booleans as true/false) and boots it under
-# systemd in a VM with the real binary. One place, so the test runs the sandbox the
-# appliance runs.
+# The service settings of moat's systemd units and their ordering, as plain data: no
+# nixpkgs, no module system. module.nix passes store paths and its options in;
+# tests/systemd_units.rs evaluates this same file with `nix-instantiate --eval
+# --json`, renders it the way NixOS renders `serviceConfig` and the ordering options
+# (nixpkgs nixos/lib/systemd-lib.nix: attrsToSection, one `Key=value` line per list
+# element, booleans as true/false; unitConfig, each ordering list space-joined on
+# one line) and boots it under systemd in a VM with the real binary. One place, so
+# the test runs the sandbox and the boot order the appliance runs.
 {
   # The `moat` executable, and the directory holding coreutils' `kill` and `chown`.
   moat,
@@ -17,13 +18,66 @@
   # name -> absolute path of a secret outside the store (systemd `LoadCredential=`).
   credentials ? { },
   bootPartition,
+  # Whether the first-boot import runs (the prebuilt image: no declared manifest),
+  # and the units besides moat's own that must wait for it (Wi-Fi's, which reads
+  # the settings it imports).
+  firstboot ? false,
+  firstbootBefore ? [ ],
 }:
 let
   # lib.escapeShellArg, without lib.
   escapeShellArg = arg: "'" + builtins.replaceStrings [ "'" ] [ "'\\''" ] arg + "'";
   firewallCommand = "${moat} firewall --apply" + (if egress then " --egress" else "");
+  afterFirstboot = if firstboot then [ "moat-firstboot.service" ] else [ ];
 in
 {
+  # How the units are ordered and pulled in: module.nix's
+  # `systemd.services.<name>.{wants,requires,before,after,conflicts,unitConfig}`.
+  order = {
+    # Before network-pre.target like nixpkgs' nftables unit: the ruleset is in
+    # force before any interface is configured.
+    firewall = {
+      wants = [ "network-pre.target" ];
+      before = [
+        "network-pre.target"
+        "shutdown.target"
+      ];
+      after = [
+        "sysinit.target"
+        "nftables.service"
+      ]
+      ++ afterFirstboot;
+      conflicts = [ "shutdown.target" ];
+      unitConfig = {
+        DefaultDependencies = false;
+        RequiresMountsFor = [ stateDir ];
+      };
+    };
+    # No broker without its firewall.
+    broker = {
+      requires = [ "moat-firewall.service" ];
+      after = [
+        "network.target"
+        "moat-firewall.service"
+      ]
+      ++ afterFirstboot;
+    };
+    # After tmpfiles (the state directory it writes into is the broker's), before
+    # everything that reads what it imports.
+    firstboot = {
+      before = [
+        "moat-firewall.service"
+        "moat.service"
+      ]
+      ++ firstbootBefore;
+      after = [ "systemd-tmpfiles-setup.service" ];
+      unitConfig.RequiresMountsFor = [
+        bootPartition
+        stateDir
+      ];
+    };
+  };
+
   environment = {
     MOAT_MANIFEST = manifestPath;
     MOAT_STATE = stateDir;

@@ -1,8 +1,9 @@
 //! The NixOS module's units, run by systemd. `nix/units.nix` holds the service
-//! settings `nix/module.nix` gives its units; this test evaluates that file with
-//! `nix-instantiate`, renders it as NixOS renders `serviceConfig`, and boots a Debian
-//! guest (made by `tests/systemd_guest.sh`) in qemu with systemd as PID 1 and this
-//! build's `moat`, both ways the module gets a manifest.
+//! settings and the ordering `nix/module.nix` gives its units; this test evaluates
+//! that file with `nix-instantiate`, renders it as NixOS renders `serviceConfig` and
+//! the ordering options, and boots a Debian guest (made by `tests/systemd_guest.sh`)
+//! in qemu with systemd as PID 1 and this build's `moat`, both ways the module gets
+//! a manifest.
 //!
 //! The prebuilt image's way: the root unit imports the manifest from the card (a
 //! real FAT partition, mounted as nixpkgs' sd-image.nix declares it) and scrubs it,
@@ -10,7 +11,9 @@
 //! under the whole sandbox (`Type=notify`). A script in the guest then checks what a
 //! home would meet:
 //!
-//! - every unit is active and the state directory is the broker's alone;
+//! - every unit is active, each started after what it is ordered after had finished
+//!   (the import, then the firewall, then the broker), and the state directory is
+//!   the broker's alone;
 //! - the certificate names the host (`moat-vm.local`) and its LAN address, read
 //!   under `ProcSubset=pid` and `ProtectHostname=`;
 //! - a real client (`mosquitto_pub`/`mosquitto_sub`, TLS) gets a retained message
@@ -38,9 +41,10 @@
 //!
 //! In both, `moat doctor` as root reports no FAIL on the running appliance.
 //!
-//! Not covered: what NixOS adds around the units (ordering against nixpkgs'
-//! nftables unit, the SD image, Wi-Fi, avahi), which only a NixOS build can test
-//! (nix/tests/); and the guest's systemd is Debian 12's 252, not NixOS's.
+//! Not covered: what NixOS adds around the units (its own default dependencies,
+//! nixpkgs' nftables unit, the users and tmpfiles it generates, the SD image,
+//! Wi-Fi, avahi), which only a NixOS build can test (nix/tests/); the guest's
+//! systemd is Debian 13's 257, one release older than nixpkgs'.
 //!
 //! Needs root, qemu-system-x86_64, nix-instantiate, mkfs.ext4, mkfs.vfat, mcopy and
 //! the guest's root file system (`tests/systemd_guest.sh` installs and makes them); without them it says why and passes, except under CI, where a
@@ -131,6 +135,9 @@ fn units(setup: Setup) -> Value {
         Setup::Card => format!("{{ zigbee2mqtt = \"{Z2M_SECRET}\"; }}"),
         Setup::Declared => "{ cloud = \"/etc/moat-secrets/cloud\"; }".to_string(),
     };
+    // The module's `firstbootActive`: the card's import runs when no manifest is
+    // declared.
+    let firstboot = setup == Setup::Card;
     let expr = format!(
         r#"import {dir}/nix/units.nix {{
           moat = "{MOAT}";
@@ -141,6 +148,7 @@ fn units(setup: Setup) -> Value {
           memoryMax = "256M";
           bootPartition = "{CARD}";
           credentials = {credentials};
+          firstboot = {firstboot};
         }}"#
     );
     let out = sh(&[
@@ -175,6 +183,39 @@ fn section(settings: &Value) -> String {
         }
     }
     text
+}
+
+/// A unit's `[Unit]` section from its ordering in `nix/units.nix` (`order.<unit>`),
+/// as NixOS writes it (nixos/lib/systemd-lib.nix, `unitConfig`): each of `requires`,
+/// `wants`, `after`, `before` and `conflicts` that is not empty becomes one line
+/// with its units space-separated (`toString`), then `unitConfig` as
+/// `attrsToSection` writes it.
+fn unit_section(order: &Value) -> String {
+    let mut settings = serde_json::Map::new();
+    for (option, key) in [
+        ("requires", "Requires"),
+        ("wants", "Wants"),
+        ("after", "After"),
+        ("before", "Before"),
+        ("conflicts", "Conflicts"),
+    ] {
+        let Some(units) = order.get(option) else {
+            continue;
+        };
+        let units: Vec<&str> = units
+            .as_array()
+            .expect("a list")
+            .iter()
+            .map(|unit| unit.as_str().expect("a unit name"))
+            .collect();
+        if !units.is_empty() {
+            settings.insert(key.into(), units.join(" ").into());
+        }
+    }
+    if let Some(Value::Object(config)) = order.get("unitConfig") {
+        settings.extend(config.clone());
+    }
+    format!("[Unit]\n{}", section(&Value::Object(settings)))
 }
 
 /// `Environment=` lines, as NixOS writes a unit's `environment`.
@@ -235,6 +276,15 @@ eventually() {  # USER PASSWORD: receive, retried for 20 s while a reload lands
   echo "$got"
 }
 say "units=$(systemctl is-active moat-firstboot.service moat-firewall.service moat.service | paste -sd,)"
+# The boot order the units declare: 1 when FIRST was active (done, for a oneshot)
+# before SECOND began to start.
+done_before() {  # FIRST SECOND
+  local done started
+  done=$(systemctl show -P ActiveEnterTimestampMonotonic "$1")
+  started=$(systemctl show -P InactiveExitTimestampMonotonic "$2")
+  [ "$done" -gt 0 ] && [ "$done" -le "$started" ] && echo 1 || echo 0
+}
+say "firewall-then-broker=$(done_before moat-firewall.service moat.service)"
 say "state=$(stat -c '%U:%G:%a' "$MOAT_STATE")"
 say "not-moat=$(find "$MOAT_STATE" ! -user moat | paste -sd,)"
 if nft list table inet moat >/dev/null 2>&1; then say "table=loaded"; else say "table=missing"; fi
@@ -250,7 +300,8 @@ fingerprint=$(openssl s_client -connect "$LAN:8883" </dev/null 2>/dev/null | ope
 
 /// The image's checks: the first boot changes a password, adds a device and tries
 /// the fences; the second finds the first's state.
-const CARD_CHECKS: &str = r#"if [ "$boot" = 1 ]; then
+const CARD_CHECKS: &str = r#"say "firstboot-then-firewall=$(done_before moat-firstboot.service moat-firewall.service)"
+if [ "$boot" = 1 ]; then
   mosquitto_pub "${tls[@]}" -u tester -P "$CARD_PASSWORD" -t check/ping -m hello -r -q 1 2>&1 | sed 's/^/moat-client: /'
   say "round-trip=$(receive tester "$CARD_PASSWORD")"
   echo "$fingerprint" > /var/lib/moat-check/fingerprint
@@ -458,10 +509,8 @@ fn stage_card(units: &Value, env: &str, files: &mut BTreeMap<String, (u32, Strin
     files.insert(
         "etc/systemd/system/moat-firstboot.service".into(),
         unit(format!(
-            "[Unit]\nAfter=systemd-tmpfiles-setup.service\n\
-             Before=moat-firewall.service moat.service\n\
-             RequiresMountsFor={CARD} {STATE}\n\
-             [Service]\n{env}{}ExecStart=/usr/local/lib/moat/firstboot\n",
+            "{}[Service]\n{env}{}ExecStart=/usr/local/lib/moat/firstboot\n",
+            unit_section(&units["order"]["firstboot"]),
             section(&units["firstboot"])
         )),
     );
@@ -502,25 +551,22 @@ fn stage(units: &Value, setup: Setup, work: &Path) -> BTreeMap<String, (u32, Str
     files.insert(
         "etc/systemd/system/moat-firewall.service".into(),
         unit(format!(
-            "[Unit]\nDefaultDependencies=false\n\
-             After=sysinit.target moat-firstboot.service\n\
-             Before=network-pre.target shutdown.target\nWants=network-pre.target\n\
-             Conflicts=shutdown.target\nRequiresMountsFor={STATE}\n\
-             [Service]\nEnvironment=\"PATH=/usr/sbin:/usr/bin\"\n{env}{}",
+            "{}[Service]\nEnvironment=\"PATH=/usr/sbin:/usr/bin\"\n{env}{}",
+            unit_section(&units["order"]["firewall"]),
             section(&units["firewall"])
         )),
     );
     files.insert(
         "etc/systemd/system/moat.service".into(),
         unit(format!(
-            "[Unit]\nRequires=moat-firewall.service\n\
-             After=network.target moat-firewall.service moat-firstboot.service moat-lan.service\n\
-             [Service]\n{env}{}{}",
+            "{}[Service]\n{env}{}{}",
+            unit_section(&units["order"]["broker"]),
             environment(&[&units["brokerEnvironment"]]),
             section(&units["broker"])
         )),
     );
-    // The LAN, up before the broker: an interface with a private address.
+    // The LAN, up before the broker (which is after network.target): an interface
+    // with a private address.
     files.insert(
         "etc/systemd/system/moat-lan.service".into(),
         unit(format!(
@@ -745,8 +791,9 @@ fn run(setup: Setup, boots: u32) -> Option<(BTreeMap<String, String>, String)> {
 }
 
 /// What holds on every boot of either setup, but the units' list.
-const HEALTHY: [(&str, &str); 8] = [
+const HEALTHY: [(&str, &str); 9] = [
     ("doctor-fail", "0"),
+    ("firewall-then-broker", "1"),
     ("state", "moat:moat:700"),
     ("not-moat", ""),
     ("table", "loaded"),
@@ -770,6 +817,7 @@ fn the_appliance_image_runs_under_the_modules_units_across_a_reboot() {
             boot,
             &[
                 ("units", "active,active,active"),
+                ("firstboot-then-firewall", "1"),
                 ("credential", "hello"),
                 ("device", "hello"),
                 ("old-password", refused),
