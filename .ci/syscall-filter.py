@@ -31,7 +31,7 @@ ROOT = os.path.dirname(HERE)
 def unit_filter():
     """The broker unit's SystemCallFilter= entries, from nix/units.nix."""
     expr = (
-        f'(import {ROOT}/nix/units.nix {{ moat = "moat"; coreutilsBin = "/bin"; '
+        f'(import {ROOT}/nix/units.nix {{ moat = "moat"; coreutilsBin = "/bin"; gnusedBin = "/bin"; '
         'stateDir = "/var/lib/moat"; manifestPath = "/var/lib/moat/moat.yaml"; '
         'allowedAddresses = [ ]; memoryMax = "256M"; bootPartition = "/boot/firmware"; '
         "}).broker.SystemCallFilter"

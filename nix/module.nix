@@ -32,6 +32,7 @@ let
       ;
     inherit (cfg.firstboot) bootPartition;
     coreutilsBin = "${pkgs.coreutils}/bin";
+    gnusedBin = "${pkgs.gnused}/bin";
     egress = cfg.firewall.egress;
     firstboot = firstbootActive;
     firstbootBefore = lib.optional cfg.wifi.enable wifiUnit;
@@ -40,29 +41,9 @@ let
 
   wifiUnit = "wpa_supplicant-${cfg.wifi.interface}.service";
 
-  # The Raspberry Pi OS convention: a wpa_supplicant.conf dropped on the FAT
-  # partition is moved to the file NixOS' wpa_supplicant reads when no network is
-  # declared, /etc/wpa_supplicant/imperative.conf (nixpkgs
-  # nixos/modules/services/networking/wpa_supplicant.nix: `-c
-  # /etc/wpa_supplicant/imperative.conf` when there is nothing declarative), and
-  # removed from the card, so the PSK does not stay on a partition anyone can read.
-  # The unit runs wpa_supplicant chrooted with its own control socket, so a
-  # `ctrl_interface=` line (Raspberry Pi OS writes one, with a group NixOS lacks) is
-  # dropped. The directory is made 0700: the unit's ExecStartPre chowns it to
-  # wpa_supplicant and makes the file 0664, and the PSK must not be world-readable.
-  importWifi = pkgs.writeShellScript "moat-import-wifi" ''
-    set -eu
-    card=${lib.escapeShellArg cfg.firstboot.bootPartition}/wpa_supplicant.conf
-    [ -f "$card" ] || exit 0
-    dir=/etc/wpa_supplicant
-    ${pkgs.coreutils}/bin/mkdir -p "$dir"
-    ${pkgs.coreutils}/bin/chmod 0700 "$dir"
-    ${pkgs.gnused}/bin/sed -E '/^[[:space:]]*ctrl_interface(_group)?[[:space:]]*=/d' "$card" > "$dir/imperative.conf.new"
-    ${pkgs.coreutils}/bin/chmod 0600 "$dir/imperative.conf.new"
-    ${pkgs.coreutils}/bin/mv "$dir/imperative.conf.new" "$dir/imperative.conf"
-    ${pkgs.coreutils}/bin/rm -f "$card"
-    ${pkgs.coreutils}/bin/sync
-  '';
+  # The Raspberry Pi OS convention, a wpa_supplicant.conf dropped on the card: see
+  # ./units.nix.
+  importWifi = pkgs.writeShellScript "moat-import-wifi" units.importWifiScript;
 
   # `moat firstboot` imports the manifest only when none is declared; the Wi-Fi
   # import is wanted either way on a Wi-Fi appliance.

@@ -7,9 +7,11 @@
 # one line) and boots it under systemd in a VM with the real binary. One place, so
 # the test runs the sandbox and the boot order the appliance runs.
 {
-  # The `moat` executable, and the directory holding coreutils' `kill` and `chown`.
+  # The `moat` executable, and the directories holding coreutils (`kill`, `chown`,
+  # `mkdir`...) and GNU sed.
   moat,
   coreutilsBin,
+  gnusedBin,
   stateDir,
   manifestPath,
   allowedAddresses,
@@ -187,6 +189,35 @@ in
     RemainAfterExit = true;
     UMask = "0077";
   };
+  # The Raspberry Pi OS convention: a wpa_supplicant.conf dropped on the card is
+  # moved to the file NixOS' wpa_supplicant reads when no network is declared,
+  # /etc/wpa_supplicant/imperative.conf (nixpkgs
+  # nixos/modules/services/networking/wpa_supplicant.nix: `-c
+  # /etc/wpa_supplicant/imperative.conf` when there is nothing declarative), and
+  # removed from the card, so the PSK does not stay on a partition anyone can read.
+  # The unit runs wpa_supplicant chrooted with its own control socket, so a
+  # `ctrl_interface=` line (Raspberry Pi OS writes one, with a group NixOS lacks) is
+  # dropped. The directory is made 0700: the unit's ExecStartPre chowns it to
+  # wpa_supplicant and makes the file 0664, and the PSK must not be world-readable.
+  # A file saved on Windows may start with a UTF-8 byte order mark, which
+  # wpa_supplicant would read as part of the first line's key (an unknown field:
+  # no Wi-Fi), and ends its lines in CRLF: both are taken out. Runs before the
+  # manifest's import (module.nix), so a failing import does not also leave the
+  # device offline.
+  importWifiScript = ''
+    set -eu
+    card=${escapeShellArg bootPartition}/wpa_supplicant.conf
+    [ -f "$card" ] || exit 0
+    dir=/etc/wpa_supplicant
+    ${coreutilsBin}/mkdir -p "$dir"
+    ${coreutilsBin}/chmod 0700 "$dir"
+    ${gnusedBin}/sed -E -e '1s/^\xEF\xBB\xBF//' -e 's/\r$//' \
+      -e '/^[[:space:]]*ctrl_interface(_group)?[[:space:]]*=/d' "$card" > "$dir/imperative.conf.new"
+    ${coreutilsBin}/chmod 0600 "$dir/imperative.conf.new"
+    ${coreutilsBin}/mv "$dir/imperative.conf.new" "$dir/imperative.conf"
+    ${coreutilsBin}/rm -f "$card"
+    ${coreutilsBin}/sync
+  '';
   importManifestScript = ''
     rc=0
     ${moat} firstboot --boot ${escapeShellArg bootPartition} || rc=$?

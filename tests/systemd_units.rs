@@ -5,8 +5,9 @@
 //! in qemu with systemd as PID 1 and this build's `moat`, both ways the module gets
 //! a manifest.
 //!
-//! The prebuilt image's way: the root unit imports the manifest from the card (a
-//! real FAT partition, mounted as nixpkgs' sd-image.nix declares it) and scrubs it,
+//! The prebuilt image's way: the root unit imports the Wi-Fi settings and the
+//! manifest from the card (a real FAT partition, mounted as nixpkgs' sd-image.nix
+//! declares it, the files as Windows' Notepad saves them) and scrubs it,
 //! `moat` applies the ruleset with its one ambient capability, and the broker starts
 //! under the whole sandbox (`Type=notify`). A script in the guest then checks what a
 //! home would meet:
@@ -14,6 +15,9 @@
 //! - every unit is active, each started after what it is ordered after had finished
 //!   (the import, then the firewall, then the broker), and the state directory is
 //!   the broker's alone;
+//! - the card's `wpa_supplicant.conf` is where NixOS's Wi-Fi unit reads it (a
+//!   stand-in here, no radio) before that unit starts, readable by root alone,
+//!   without the `ctrl_interface=` line NixOS cannot use, and gone from the card;
 //! - the certificate names the host (`moat-vm.local`) and its LAN address, read
 //!   under `ProcSubset=pid` and `ProtectHostname=`;
 //! - a real client (`mosquitto_pub`/`mosquitto_sub`, TLS) gets a retained message
@@ -43,7 +47,8 @@
 //!
 //! Not covered: what NixOS adds around the units (its own default dependencies,
 //! nixpkgs' nftables unit, the users and tmpfiles it generates, the SD image,
-//! Wi-Fi, avahi), which only a NixOS build can test (nix/tests/); the guest's
+//! the Wi-Fi radio and wpa_supplicant itself, avahi), which only a NixOS build can
+//! test (nix/tests/); the guest's
 //! systemd is Debian 13's 257, one release older than nixpkgs'.
 //!
 //! Needs root, qemu-system-x86_64, nix-instantiate, mkfs.ext4, mkfs.vfat, mcopy and
@@ -73,6 +78,9 @@ const NEW_PASSWORD: &str = "changed-Password-0815";
 /// Zigbee2MQTT's password, a file outside the store handed over by `LoadCredential=`.
 const Z2M_PASSWORD: &str = "z2m-Secret-2024";
 const Z2M_SECRET: &str = "/etc/moat-secrets/zigbee2mqtt";
+/// NixOS's Wi-Fi unit for the module's default interface (module.nix `wifiUnit`);
+/// the guest has a stand-in that records what it found when it started.
+const WIFI_UNIT: &str = "wpa_supplicant-wlan0.service";
 /// The bridge's remote: a public test address (RFC 5737), outside the unit's fence.
 const CLOUD: &str = "203.0.113.5";
 
@@ -138,10 +146,17 @@ fn units(setup: Setup) -> Value {
     // The module's `firstbootActive`: the card's import runs when no manifest is
     // declared.
     let firstboot = setup == Setup::Card;
+    // The image's test has Wi-Fi (`services.moat.wifi.enable`), whose unit the
+    // import must precede.
+    let wifi_unit = match setup {
+        Setup::Card => format!("[ \"{WIFI_UNIT}\" ]"),
+        Setup::Declared => "[ ]".to_string(),
+    };
     let expr = format!(
         r#"import {dir}/nix/units.nix {{
           moat = "{MOAT}";
           coreutilsBin = "/usr/bin";
+          gnusedBin = "/usr/bin";
           stateDir = "{STATE}";
           manifestPath = "{manifest}";
           allowedAddresses = import {dir}/nix/private-ranges.nix;
@@ -149,6 +164,7 @@ fn units(setup: Setup) -> Value {
           bootPartition = "{CARD}";
           credentials = {credentials};
           firstboot = {firstboot};
+          firstbootBefore = {wifi_unit};
         }}"#
     );
     let out = sh(&[
@@ -298,10 +314,30 @@ fingerprint=$(openssl s_client -connect "$LAN:8883" </dev/null 2>/dev/null | ope
 
 "#;
 
+/// The Wi-Fi settings a user drops on the card, as Raspberry Pi OS documents them:
+/// with a `ctrl_interface=` line for a group NixOS does not have.
+const CARD_WIFI: &str = "ctrl_interface=DIR=/var/run/wpa_supplicant GROUP=netdev
+update_config=1
+country=DE
+
+network={
+ ssid=\"moat-test\"
+ psk=\"not-a-real-passphrase\"
+}
+";
+
 /// The image's checks: the first boot changes a password, adds a device and tries
 /// the fences; the second finds the first's state.
 const CARD_CHECKS: &str = r#"say "firstboot-then-firewall=$(done_before moat-firstboot.service moat-firewall.service)"
+say "firstboot-then-wifi=$(done_before moat-firstboot.service wpa_supplicant-wlan0.service)"
 if [ "$boot" = 1 ]; then
+  # The card's Wi-Fi settings, where NixOS's wpa_supplicant reads them, before it
+  # started; the PSK readable by root alone, the group line NixOS lacks dropped.
+  wifi=/etc/wpa_supplicant/imperative.conf
+  say "wifi-saw=$(cat /run/moat-wifi-saw)"
+  say "wifi=$(stat -c '%U:%a' /etc/wpa_supplicant "$wifi" | paste -sd,)"
+  # ctrl_interface=, the card file's first line, came after its byte order mark.
+  say "wifi-lines=$(grep -c ctrl_interface "$wifi"),$(grep -c 'ssid="moat-test"' "$wifi"),$(grep -c $'\r' "$wifi"),$(grep -c $'\xEF\xBB\xBF' "$wifi")"
   mosquitto_pub "${tls[@]}" -u tester -P "$CARD_PASSWORD" -t check/ping -m hello -r -q 1 2>&1 | sed 's/^/moat-client: /'
   say "round-trip=$(receive tester "$CARD_PASSWORD")"
   echo "$fingerprint" > /var/lib/moat-check/fingerprint
@@ -487,16 +523,20 @@ fn stage_card(units: &Value, env: &str, files: &mut BTreeMap<String, (u32, Strin
         "etc/tmpfiles.d/moat.conf".into(),
         unit(format!("{}\n", units["stateDirRule"].as_str().unwrap())),
     );
-    files.insert(
-        "usr/local/lib/moat/firstboot".into(),
-        (
-            0o755,
-            format!(
-                "#!/bin/bash\n{}",
-                units["importManifestScript"].as_str().unwrap()
+    // The module's first-boot steps (`firstbootSteps`), Wi-Fi's first, each a
+    // script as `pkgs.writeShellScript` makes it.
+    for (script, text) in [
+        ("import-wifi", "importWifiScript"),
+        ("firstboot", "importManifestScript"),
+    ] {
+        files.insert(
+            format!("usr/local/lib/moat/{script}"),
+            (
+                0o755,
+                format!("#!/bin/bash\n{}", units[text].as_str().unwrap()),
             ),
-        ),
-    );
+        );
+    }
     // The card's FAT partition, as nixpkgs' sd-image.nix declares it (`nofail`,
     // `noauto`: mounted when the first-boot unit's RequiresMountsFor= asks).
     files.insert(
@@ -509,10 +549,26 @@ fn stage_card(units: &Value, env: &str, files: &mut BTreeMap<String, (u32, Strin
     files.insert(
         "etc/systemd/system/moat-firstboot.service".into(),
         unit(format!(
-            "{}[Service]\n{env}{}ExecStart=/usr/local/lib/moat/firstboot\n",
+            "{}[Service]\n{env}{}ExecStart=/usr/local/lib/moat/import-wifi\n\
+             ExecStart=/usr/local/lib/moat/firstboot\n",
             unit_section(&units["order"]["firstboot"]),
             section(&units["firstboot"])
         )),
+    );
+    // Wi-Fi: a stand-in for NixOS's wpa_supplicant unit (no radio here) that
+    // records whether the imported settings were there when it started.
+    files.insert(
+        format!("etc/systemd/system/{WIFI_UNIT}"),
+        unit(
+            "[Service]\nType=oneshot\nRemainAfterExit=true\n\
+             ExecStart=/bin/sh -c 'if [ -f /etc/wpa_supplicant/imperative.conf ]; \
+             then echo present; else echo missing; fi > /run/moat-wifi-saw'\n"
+                .into(),
+        ),
+    );
+    files.insert(
+        "etc/systemd/system/moat-test.target.d/wifi.conf".into(),
+        unit(format!("[Unit]\nWants={WIFI_UNIT}\n")),
     );
     files.insert(Z2M_SECRET[1..].into(), (0o600, format!("{Z2M_PASSWORD}\n")));
 }
@@ -653,21 +709,27 @@ fn disk(root: &Path, files: &BTreeMap<String, (u32, String)>, work: &Path) -> Pa
 /// would make it (mkfs.vfat, label `FIRMWARE` as nixpkgs' sd-image.nix gives it).
 fn card(work: &Path) -> PathBuf {
     let image = work.join("card.img");
-    let manifest = work.join("moat.yaml");
-    std::fs::write(
-        &manifest,
-        CARD_MANIFEST.replace("{PASSWORD}", CARD_PASSWORD),
-    )
-    .unwrap();
     sh(&["truncate", "-s", "32M", image.to_str().unwrap()]);
     sh(&["mkfs.vfat", "-n", "FIRMWARE", image.to_str().unwrap()]);
-    sh(&[
-        "mcopy",
-        "-i",
-        image.to_str().unwrap(),
-        manifest.to_str().unwrap(),
-        "::/moat.yaml",
-    ]);
+    // As Windows' Notepad can save them: a UTF-8 byte order mark, CRLF line ends.
+    let windows = |text: &str| format!("\u{feff}{}", text.replace('\n', "\r\n"));
+    for (name, text) in [
+        (
+            "moat.yaml",
+            windows(&CARD_MANIFEST.replace("{PASSWORD}", CARD_PASSWORD)),
+        ),
+        ("wpa_supplicant.conf", windows(CARD_WIFI)),
+    ] {
+        let file = work.join(name);
+        std::fs::write(&file, text).unwrap();
+        sh(&[
+            "mcopy",
+            "-i",
+            image.to_str().unwrap(),
+            file.to_str().unwrap(),
+            &format!("::/{name}"),
+        ]);
+    }
     image
 }
 
@@ -818,6 +880,7 @@ fn the_appliance_image_runs_under_the_modules_units_across_a_reboot() {
             &[
                 ("units", "active,active,active"),
                 ("firstboot-then-firewall", "1"),
+                ("firstboot-then-wifi", "1"),
                 ("credential", "hello"),
                 ("device", "hello"),
                 ("old-password", refused),
@@ -830,7 +893,11 @@ fn the_appliance_image_runs_under_the_modules_units_across_a_reboot() {
         1,
         &[
             ("round-trip", "hello"),
+            // wpa_supplicant.conf is gone from the card.
             ("card", "moat-ca.pem,moat-setup.txt,moat.yaml"),
+            ("wifi-saw", "present"),
+            ("wifi", "root:700,root:600"),
+            ("wifi-lines", "0,1,0,0"),
             ("card-plaintext", "0"),
             ("manifest", "moat:moat:600"),
             ("new-password", "hello"),

@@ -139,9 +139,26 @@ pub fn read_text(path: &Path) -> Result<String, ManifestError> {
         invalid(
             &name,
             &prefix,
-            vec![(line, column, "the manifest is not valid UTF-8".to_string())],
+            vec![(line, column, not_utf8(&bytes, valid))],
         )
     })
+}
+
+/// Why bytes are not UTF-8, and the fix: a manifest written on a PC may be saved
+/// as UTF-16 (Windows Notepad's "Unicode" encodings, with their byte order mark) or
+/// in a legacy code page (an `ö` as the single byte 0xF6 in Windows-1252).
+fn not_utf8(bytes: &[u8], valid_up_to: usize) -> String {
+    if bytes.starts_with(&[0xFF, 0xFE]) || bytes.starts_with(&[0xFE, 0xFF]) {
+        return "the manifest is saved as UTF-16 (Notepad's \"Unicode\"); save it as UTF-8"
+            .to_string();
+    }
+    match bytes.get(valid_up_to) {
+        Some(byte) => format!(
+            "the manifest is not valid UTF-8 (byte 0x{byte:02X}: saved in another encoding?); \
+             save it as UTF-8"
+        ),
+        None => "the manifest is not valid UTF-8 (it ends inside a character)".to_string(),
+    }
 }
 
 fn read_bounded(path: &Path) -> std::io::Result<Vec<u8>> {
@@ -361,6 +378,40 @@ mod tests {
     fn tabs_in_indentation_are_found() {
         assert_eq!(tab_in_indentation("a: 1\n  \tb: 2\n"), Some((2, 3)));
         assert_eq!(tab_in_indentation("a: \"x\ty\"\n"), None);
+    }
+
+    #[test]
+    fn a_manifest_saved_in_another_encoding_is_named_with_the_fix() {
+        let dir = tempfile::tempdir().unwrap();
+        let message = |name: &str, bytes: &[u8]| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, bytes).unwrap();
+            let err = read_text(&path).unwrap_err();
+            let diagnostic = &err.diagnostics()[0];
+            (
+                diagnostic.line,
+                diagnostic.column,
+                diagnostic.message.clone(),
+            )
+        };
+        // "version: 1" as Notepad's "Unicode" (UTF-16 LE with its byte order mark).
+        let utf16: Vec<u8> = [0xFF, 0xFE]
+            .into_iter()
+            .chain("version: 1\r\n".encode_utf16().flat_map(u16::to_le_bytes))
+            .collect();
+        let (line, column, text) = message("utf16.yaml", &utf16);
+        assert_eq!((line, column), (1, 1));
+        assert!(
+            text.contains("UTF-16") && text.contains("save it as UTF-8"),
+            "{text}"
+        );
+        // An `ö` in Windows-1252 on line 3.
+        let (line, column, text) = message("latin1.yaml", b"version: 1\nusers:\n  b\xF6b: {}\n");
+        assert_eq!((line, column), (3, 4));
+        assert!(
+            text.contains("byte 0xF6") && text.contains("save it as UTF-8"),
+            "{text}"
+        );
     }
 
     #[test]
