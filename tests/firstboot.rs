@@ -271,6 +271,9 @@ fn a_backup_is_not_restored_over_an_existing_installation() {
     assert_eq!(output.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("not empty"), "{stderr}");
+    // Where a user without a console looks.
+    let note = fs::read_to_string(app.card.join("moat-error.txt")).unwrap();
+    assert!(note.contains("not empty"), "{note}");
     assert!(archive.exists(), "the user's archive is left alone");
     assert_eq!(fs::read(app.state.join("ca.pem")).unwrap(), ca);
 }
@@ -308,4 +311,42 @@ fn no_manifest_anywhere_is_an_error() {
     assert_eq!(output.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("no manifest"), "{stderr}");
+}
+
+#[test]
+fn a_card_file_under_a_near_miss_name_is_named_on_the_card_with_the_fix() {
+    let app = Appliance::new();
+    // Notepad's "Save as type: Text Documents" adds .txt, and Windows hides it.
+    fs::write(app.card.join("moat.yaml.txt"), card_manifest()).unwrap();
+    let output = app.firstboot();
+    assert_eq!(output.status.code(), Some(1));
+    let error = fs::read_to_string(app.card.join("moat-error.txt")).unwrap();
+    assert!(
+        error.contains("no manifest")
+            && error.contains("moat.yaml.txt on the card was not read: rename it to moat.yaml"),
+        "{error}"
+    );
+    assert!(!app.manifest.exists());
+
+    // Renamed, it is imported; a Wi-Fi file under a near-miss name is named on the
+    // card and in the log, and the run still finishes (exit 1: it needs the user).
+    fs::rename(app.card.join("moat.yaml.txt"), app.card.join("moat.yaml")).unwrap();
+    fs::write(app.card.join("wpa_supplicant.conf.txt"), "network={\n}\n").unwrap();
+    let output = app.firstboot();
+    assert_eq!(output.status.code(), Some(1));
+    assert!(app.manifest.exists());
+    assert!(app.card.join("moat-ca.pem").exists());
+    let wifi = "wpa_supplicant.conf.txt on the card was not read: rename it to wpa_supplicant.conf";
+    let error = fs::read_to_string(app.card.join("moat-error.txt")).unwrap();
+    assert!(
+        error.contains("needs you") && error.contains(wifi),
+        "{error}"
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains(wifi), "{stderr}");
+
+    // Dealt with, the next boot needs nothing and removes the note.
+    fs::remove_file(app.card.join("wpa_supplicant.conf.txt")).unwrap();
+    ok(&app.firstboot());
+    assert!(!app.card.join("moat-error.txt").exists());
 }

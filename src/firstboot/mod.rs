@@ -6,14 +6,17 @@
 //! provisions the PKI and writes the CA certificate and a setup report back to the
 //! card. A run with nothing new on the card writes nothing. If a step fails, the error
 //! is written to `moat-error.txt` on the card, where a user without a console can
-//! read it. It does not touch Wi-Fi settings (a shell step of the NixOS module does)
-//! and does not start the broker.
+//! read it, and so is what a finished run needs the user for (a backup it would not
+//! restore, a card file under a near-miss name such as `moat.yaml.txt`). It does not
+//! touch Wi-Fi settings (a shell step of the NixOS module does) and does not start
+//! the broker.
 //!
 //! Card files: `moat.yaml` (in), `moat-backup.tar` (in, deleted after restore),
 //! `moat-ca.pem`, `moat-setup.txt` and `moat-error.txt` (out).
 
 mod card;
 mod import;
+mod names;
 mod setup;
 
 use std::fs;
@@ -27,6 +30,7 @@ use sha2::{Digest, Sha256};
 
 pub use card::{CardWrite, overwrite_in_place, shred_and_remove, write_if_changed};
 pub use import::{Hashed, ImportError, hash_plaintext_passwords};
+pub use names::Misnamed;
 
 use crate::backup::{self, BackupError, RestoreReport};
 use crate::export::ExportError;
@@ -44,8 +48,12 @@ pub const CARD_BACKUP: &str = "moat-backup.tar";
 pub const CARD_CA: &str = "moat-ca.pem";
 /// The setup report.
 pub const CARD_SETUP: &str = "moat-setup.txt";
-/// Why the last run failed (removed again by a successful run).
+/// Why the last run failed, or what it needs the user for (removed again by a run
+/// that needs nothing).
 pub const CARD_ERROR: &str = "moat-error.txt";
+/// The Wi-Fi settings, which the NixOS module's own step moves off the card; named
+/// here only to recognise a near miss of the name.
+pub const CARD_WIFI: &str = "wpa_supplicant.conf";
 /// In the state directory: the SHA-256 of the card manifest last imported, so a card
 /// left unchanged never overrides later edits of the installed manifest.
 pub const IMPORT_STAMP: &str = "firstboot-import.sha256";
@@ -92,10 +100,14 @@ pub enum FirstbootError {
         source: io::Error,
     },
     #[error(
-        "no manifest: put a moat.yaml on the boot partition ({}) and boot again",
-        .boot.display()
+        "no manifest: put a moat.yaml on the boot partition ({}) and boot again{}",
+        .boot.display(),
+        .misnamed.iter().map(|m| format!("\n{m}")).collect::<String>()
     )]
-    NoManifest { boot: PathBuf },
+    NoManifest {
+        boot: PathBuf,
+        misnamed: Vec<Misnamed>,
+    },
 }
 
 fn io_at(path: &Path) -> impl FnOnce(io::Error) -> FirstbootError + '_ {
@@ -147,21 +159,32 @@ impl FirstbootReport {
     }
 }
 
-/// Runs the first-boot import. On failure the error is also written to the card.
+/// Runs the first-boot import. On failure the error is also written to the card, and
+/// so are the refusals of a run that finished.
 pub fn run(paths: &Paths) -> Result<FirstbootReport, FirstbootError> {
     let result = run_steps(paths);
     let error_file = paths.boot.join(CARD_ERROR);
-    match &result {
-        Ok(_) => {
-            if error_file.exists() {
-                let _ = fs::remove_file(&error_file);
-            }
-        }
-        Err(e) => {
-            // Best effort: the error also goes to the journal through the caller.
-            let text = format!("moat firstboot failed:\n\n{e}\n");
+    let text = match &result {
+        Ok(report) if report.refusals.is_empty() => None,
+        Ok(report) => Some(format!(
+            "moat firstboot finished, but needs you:\n\n{}",
+            report
+                .refusals
+                .iter()
+                .map(|refusal| format!("- {refusal}\n"))
+                .collect::<String>()
+        )),
+        Err(e) => Some(format!("moat firstboot failed:\n\n{e}\n")),
+    };
+    // Best effort: the same text also goes to the journal through the caller.
+    match text {
+        Some(text) => {
             let _ = write_if_changed(&error_file, text.as_bytes());
         }
+        None if error_file.exists() => {
+            let _ = fs::remove_file(&error_file);
+        }
+        None => {}
     }
     result
 }
@@ -171,11 +194,14 @@ fn run_steps(paths: &Paths) -> Result<FirstbootReport, FirstbootError> {
     let restored = restore_from_card(paths, &mut refusals)?;
     ensure_private_dir(&paths.state)?;
     let import = import_card_manifest(paths)?;
+    let misnamed = names::misnamed(&paths.boot).map_err(io_at(&paths.boot))?;
     if !paths.manifest.exists() {
         return Err(FirstbootError::NoManifest {
             boot: paths.boot.clone(),
+            misnamed,
         });
     }
+    refusals.extend(misnamed.iter().map(ToString::to_string));
     let (policy, warnings) = Policy::load(&paths.manifest)?;
     // Secret files are the broker service's credentials, unreadable here.
     let provisioned = provision::provision(&paths.state, &policy, PasswordFiles::Leave)?.report;
