@@ -510,3 +510,12 @@ fn every_error_is_reported_not_just_the_first() {
     }
     assert!(stderr.contains("3 errors in the manifest"), "{stderr}");
 }
+
+#[test]
+fn smart_quotes_from_a_text_editor() {
+    // macOS TextEdit with "smart quotes": the password would hold the quotes.
+    rejected(
+        "version: 1\nusers:\n  ha:\n    password_hash: \"HASH\"\n    publish: [\u{201C}lights/#\u{201D}] # <-\n",
+        "typographic quote",
+    );
+}

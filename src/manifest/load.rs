@@ -201,6 +201,17 @@ pub fn parse_str(
             "tab character in indentation; YAML indents with spaces only".to_string(),
         );
     }
+    if let Some((place, quote)) = smart_quote(text) {
+        return refuse(
+            place,
+            format!(
+                "a typographic quote ({quote}), as a text editor's smart quotes write it; YAML \
+                 keeps it in the value (a password or topic no client sends). Type straight \
+                 quotes (\" or '); for the character itself, write \\u{:04X} inside \"...\"",
+                u32::from(quote)
+            ),
+        );
+    }
     let manifest = parse_yaml(text, source_name)?;
     let findings = validate::validate(&manifest, options);
     let mut errors = Vec::new();
@@ -364,9 +375,60 @@ fn tab_in_indentation(text: &str) -> Option<(u64, u64)> {
     None
 }
 
+/// The typographic quotes that "smart quotes" (macOS and iOS text editing, word
+/// processors) put where `"` or `'` was typed.
+const SMART_QUOTES: [char; 5] = ['\u{201C}', '\u{201D}', '\u{201E}', '\u{2018}', '\u{2019}'];
+
+/// The first typographic quote outside a comment, as ((line, column), the quote).
+/// YAML takes it as an ordinary character: `password: “x”` is a password with the
+/// quotes in it. Comments may hold any (`# Peter’s lamp`); a `#` starts one after
+/// whitespace, outside a straight-quoted scalar.
+fn smart_quote(text: &str) -> Option<((u64, u64), char)> {
+    for (index, line) in text.lines().enumerate() {
+        let mut quoted: Option<char> = None;
+        let mut previous = ' ';
+        for (col, c) in line.chars().enumerate() {
+            if SMART_QUOTES.contains(&c) {
+                return Some(((index as u64 + 1, col as u64 + 1), c));
+            }
+            match (quoted, c) {
+                (None, '#') if previous.is_whitespace() => break,
+                (None, '"' | '\'')
+                    if previous.is_whitespace() || matches!(previous, '[' | '{' | ',') =>
+                {
+                    quoted = Some(c)
+                }
+                (Some('"'), '"') if previous != '\\' => quoted = None,
+                (Some('\''), '\'') => quoted = None,
+                _ => {}
+            }
+            previous = c;
+        }
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn smart_quotes_are_found_outside_comments() {
+        let found = |text: &str| smart_quote(text).map(|(place, _)| place);
+        assert_eq!(
+            found("users:\n  a:\n    password: \u{201C}x\u{201D}\n"),
+            Some((3, 15))
+        );
+        assert_eq!(found("publish: [\u{2018}a/#\u{2019}]\n"), Some((1, 11)));
+        assert_eq!(found("a: \"it\u{2019}s\"\n"), Some((1, 7)));
+        // Comments, whole-line and trailing, and a `#` inside straight quotes.
+        assert_eq!(found("# Peter\u{2019}s lamp\nversion: 1\n"), None);
+        assert_eq!(found("version: 1  # the hub\u{2019}s\n"), None);
+        assert_eq!(found("a: \"x # y\" # \u{201C}z\u{201D}\n"), None);
+        assert_eq!(found("a: 'it''s' # \u{2019}\n"), None);
+        assert_eq!(found("a: \"say \\\" # \u{201C}\"\n"), Some((1, 14)));
+        assert_eq!(found("version: 1\n"), None);
+    }
 
     #[test]
     fn line_and_column_are_one_based() {
