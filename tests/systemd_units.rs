@@ -768,7 +768,7 @@ fn boot(root: &Path, disks: &[PathBuf], number: u32) -> String {
     };
     let accel = match std::env::var("MOAT_GUEST_ACCEL").as_deref() {
         Ok("kvm") => Accel::Kvm,
-        _ => Accel::Tcg,
+        _ => Accel::TcgOneThread,
     };
     let mut vm = Vm::boot_with(
         &kernel,

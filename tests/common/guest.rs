@@ -311,7 +311,14 @@ impl Cpio {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Accel {
     Kvm,
+    /// Emulated, one host thread per virtual CPU.
     Tcg,
+    /// Emulated, both virtual CPUs taking turns on one host thread. For guest
+    /// kernels that patch their own code while running: Debian 13's 6.12, under
+    /// qemu 7.2's multi-threaded TCG, once died at boot of an "Oops: int3" in
+    /// `sched_clock_cpu` (a static key's breakpoint still executed by the other
+    /// virtual CPU after the patch was done). On one thread no CPU runs stale code.
+    TcgOneThread,
 }
 
 impl Accel {
@@ -319,6 +326,7 @@ impl Accel {
         match self {
             Accel::Kvm => &["-accel", "kvm", "-cpu", "host"],
             Accel::Tcg => &["-accel", "tcg,thread=multi"],
+            Accel::TcgOneThread => &["-accel", "tcg,thread=single"],
         }
     }
 }
