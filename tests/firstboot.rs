@@ -350,3 +350,23 @@ fn a_card_file_under_a_near_miss_name_is_named_on_the_card_with_the_fix() {
     ok(&app.firstboot());
     assert!(!app.card.join("moat-error.txt").exists());
 }
+
+#[test]
+fn the_manifests_warnings_are_in_the_setup_report_on_the_card() {
+    let app = Appliance::new();
+    // A user with no role and no grants is valid, and a warning.
+    let manifest = card_manifest().replace(
+        "devices:\n",
+        "  idle:\n    password: idle-Secret-0815\ndevices:\n",
+    );
+    assert_ne!(manifest, card_manifest());
+    fs::write(app.card.join("moat.yaml"), &manifest).unwrap();
+    ok(&app.firstboot());
+    let setup = fs::read_to_string(app.card.join("moat-setup.txt")).unwrap();
+    assert!(
+        setup.contains("Warnings from moat.yaml")
+            && setup.contains("idle")
+            && setup.contains("has no role and no grants"),
+        "{setup}"
+    );
+}

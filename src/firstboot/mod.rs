@@ -211,7 +211,13 @@ fn run_steps(paths: &Paths) -> Result<FirstbootReport, FirstbootError> {
     let ca_fingerprint_sha256 = sha256_fingerprint(&ca_path, &ca_pem)?;
     let card_ca = paths.boot.join(CARD_CA);
     let ca_written = write_if_changed(&card_ca, &ca_pem).map_err(io_at(&card_ca))?;
-    let setup_text = setup::render(&policy, &paths.state, CARD_CA, &ca_fingerprint_sha256)?;
+    let setup_text = setup::render(
+        &policy,
+        &paths.state,
+        CARD_CA,
+        &ca_fingerprint_sha256,
+        &warnings,
+    )?;
     let card_setup = paths.boot.join(CARD_SETUP);
     let setup_written =
         write_if_changed(&card_setup, setup_text.as_bytes()).map_err(io_at(&card_setup))?;

@@ -1,21 +1,25 @@
 //! The setup report left on the card (`moat-setup.txt`): where the broker listens,
 //! the CA file and its SHA-256 fingerprint, the Tasmota key fingerprint, how to
-//! connect Home Assistant, and which identities exist. Its content depends only on
-//! the policy and the certificates (no timestamps), so an unchanged setup rewrites
-//! nothing. It never holds a password, a hash or a key.
+//! connect Home Assistant, which identities exist, and the manifest's warnings (read
+//! on a PC, where a journal is out of reach). Its content depends only on the
+//! manifest, the policy and the certificates (no timestamps), so an unchanged setup
+//! rewrites nothing. It never holds a password, a hash or a key.
 
 use std::fmt::Write as _;
 use std::path::Path;
 
 use crate::export::{self, ExportError};
+use crate::manifest::Warning;
 use crate::policy::{Credential, Policy};
 
-/// Renders the report. `ca_card_name` is the CA file's name on the card.
+/// Renders the report. `ca_card_name` is the CA file's name on the card; `warnings`
+/// are the installed manifest's.
 pub fn render(
     policy: &Policy,
     state: &Path,
     ca_card_name: &str,
     ca_fingerprint: &str,
+    warnings: &[Warning],
 ) -> Result<String, ExportError> {
     let hosts = export::broker_hosts(policy)?;
     let tasmota = crate::pki::rsa_fingerprint_sha1(state)?;
@@ -27,6 +31,13 @@ pub fn render(
         "Written by `moat firstboot`. It holds no password and no key; passwords are\n\
          stored on the broker as argon2id hashes only."
     );
+    if !warnings.is_empty() {
+        let _ = writeln!(t);
+        let _ = writeln!(t, "Warnings from moat.yaml (it works, but look at these):");
+        for warning in warnings {
+            let _ = writeln!(t, "  {warning}");
+        }
+    }
     let _ = writeln!(t);
     let _ = writeln!(t, "Broker");
     let _ = writeln!(t, "  names:     {}", hosts.join(", "));
