@@ -140,19 +140,21 @@ impl Setup {
 fn units(setup: Setup) -> Value {
     let dir = env!("CARGO_MANIFEST_DIR");
     let manifest = setup.manifest_path();
-    // The image's test hands Zigbee2MQTT's password over as a credential.
-    let credentials = match setup {
-        Setup::Card => format!("{{ zigbee2mqtt = \"{Z2M_SECRET}\"; }}"),
-        Setup::Declared => "{ cloud = \"/etc/moat-secrets/cloud\"; }".to_string(),
-    };
-    // The module's `firstbootActive`: the card's import runs when no manifest is
-    // declared.
-    let firstboot = setup == Setup::Card;
-    // The image's test has Wi-Fi (`services.moat.wifi.enable`), whose unit the
-    // import must precede.
-    let wifi_unit = match setup {
-        Setup::Card => format!("[ \"{WIFI_UNIT}\" ]"),
-        Setup::Declared => "[ ]".to_string(),
+    // The image's test hands Zigbee2MQTT's password over as a credential, runs the
+    // card's import (the module's `firstbootActive`: no declared manifest) and has
+    // Wi-Fi (`services.moat.wifi.enable`), whose unit the import must precede; the
+    // declared one hands over the bridge's password.
+    let (credentials, firstboot, wifi_unit) = match setup {
+        Setup::Card => (
+            format!("{{ zigbee2mqtt = \"{Z2M_SECRET}\"; }}"),
+            true,
+            format!("[ \"{WIFI_UNIT}\" ]"),
+        ),
+        Setup::Declared => (
+            "{ cloud = \"/etc/moat-secrets/cloud\"; }".to_string(),
+            false,
+            "[ ]".to_string(),
+        ),
     };
     let expr = format!(
         r#"import {dir}/nix/units.nix {{

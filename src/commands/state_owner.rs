@@ -50,17 +50,25 @@ mod tests {
     use super::give_back;
     use std::os::unix::fs::MetadataExt;
 
+    /// Whether the test runs as root: only root can give a file to another user,
+    /// and the rule acts only for root, so elsewhere a test says so and passes.
+    fn as_root() -> bool {
+        let root = nix::unistd::Uid::effective().is_root();
+        if !root {
+            eprintln!("skipping: only root can give a file to another user");
+        }
+        root
+    }
+
     fn owner(path: &std::path::Path) -> (u32, u32) {
         let meta = std::fs::symlink_metadata(path).unwrap();
         (meta.uid(), meta.gid())
     }
 
-    /// Only root can give files away, so elsewhere this says so and passes;
     /// tests/systemd_units.rs runs `moat provision` as root on the appliance's state.
     #[test]
     fn root_created_files_in_anothers_state_directory_go_to_its_owner() {
-        if !nix::unistd::Uid::effective().is_root() {
-            eprintln!("skipping: only root can give a file to another user");
+        if !as_root() {
             return;
         }
         let root = tempfile::tempdir().unwrap();
@@ -95,8 +103,7 @@ mod tests {
 
     #[test]
     fn a_directory_without_moats_ca_is_left_alone() {
-        if !nix::unistd::Uid::effective().is_root() {
-            eprintln!("skipping: the rule only acts for root");
+        if !as_root() {
             return;
         }
         let home = tempfile::tempdir().unwrap();
@@ -108,8 +115,7 @@ mod tests {
 
     #[test]
     fn a_state_directory_of_roots_own_is_left_alone() {
-        if !nix::unistd::Uid::effective().is_root() {
-            eprintln!("skipping: the rule only acts for root");
+        if !as_root() {
             return;
         }
         let state = tempfile::tempdir().unwrap();
